@@ -1,0 +1,121 @@
+"""Plate geometry and well names: parse 'A01', 'A1', 'a01', 'r01c01' or separate row/column values."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import CpDistillerError, example_rows, example_values, where
+
+
+@dataclass(frozen=True)
+class PlateGeometry:
+    """A plate format: number of rows and columns."""
+
+    n_wells: int
+    n_rows: int
+    n_cols: int
+
+    def row_letter(self, row: int) -> str:
+        """0-based row index -> letter(s): 0 -> 'A', 25 -> 'Z', 26 -> 'AA' (1536-well plates)."""
+        return row_letters(row)
+
+    def well_name(self, row: int, col: int) -> str:
+        """0-based (row, col) -> zero-padded well name 'A01'."""
+        return f"{row_letters(row)}{col + 1:02d}"
+
+
+GEOMETRIES = (PlateGeometry(96, 8, 12), PlateGeometry(384, 16, 24), PlateGeometry(1536, 32, 48))
+
+_LETTER_WELL = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*(\d{1,3})\s*$")
+_RC_WELL = re.compile(r"^\s*[Rr]0*(\d{1,3})\s*[Cc]0*(\d{1,3})\s*$")
+
+
+def row_letters(row: int) -> str:
+    """0-based row index -> 'A'…'Z', 'AA'…'AF'."""
+    if row < 26:
+        return chr(ord("A") + row)
+    return "A" + chr(ord("A") + row - 26)
+
+
+def _letters_to_row(letters: str) -> int:
+    letters = letters.upper()
+    if len(letters) == 1:
+        return ord(letters) - ord("A")
+    if letters[0] != "A":
+        return -1
+    return 26 + ord(letters[1]) - ord("A")
+
+
+def parse_wells(
+    wells: pd.Series, source: str | None = None, column: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Parse well names into 0-based (row, col) integer arrays.
+
+    Accepts 'A01', 'A1', 'a01', 'AF48' and Phenix-style 'r01c01'. Raises CpDistillerError naming
+    the file, the column and example rows for anything else.
+    """
+    text = wells.astype("string").fillna("")
+    uniq = pd.unique(text.to_numpy())
+    lookup: dict[str, tuple[int, int]] = {}
+    for w in uniq:
+        m = _LETTER_WELL.match(w)
+        if m:
+            lookup[w] = (_letters_to_row(m.group(1)), int(m.group(2)) - 1)
+            continue
+        m = _RC_WELL.match(w)
+        if m:
+            lookup[w] = (int(m.group(1)) - 1, int(m.group(2)) - 1)
+    bad = ~text.isin(list(lookup)).to_numpy()
+    if not bad.any():
+        pairs = np.array([lookup[w] for w in text.to_numpy()], dtype=np.int64).reshape(-1, 2)
+        bad = (pairs < 0).any(axis=1)
+        if not bad.any():
+            return pairs[:, 0], pairs[:, 1]
+    idx = wells.index[bad]
+    raise CpDistillerError(
+        f"{where(source, column)}cannot parse well names {example_values(wells[bad])} "
+        f"({example_rows(idx)}); expected names like 'A01', 'A1' or 'r01c01'."
+    )
+
+
+def infer_geometry(
+    rows: np.ndarray, cols: np.ndarray, declared: int | None = None, source: str | None = None
+) -> PlateGeometry:
+    """The smallest standard plate (96/384/1536) holding every well, or the declared one (checked)."""
+    max_row, max_col = int(rows.max(initial=0)), int(cols.max(initial=0))
+    if declared is not None:
+        geo = next((g for g in GEOMETRIES if g.n_wells == declared), None)
+        if geo is None:
+            raise CpDistillerError(f"{where(source)}unknown plate format {declared}; use 96, 384 or 1536.")
+        candidates = [geo]
+    else:
+        candidates = list(GEOMETRIES)
+    for geo in candidates:
+        if max_row < geo.n_rows and max_col < geo.n_cols and rows.min(initial=0) >= 0 and cols.min(initial=0) >= 0:
+            return geo
+    geo = candidates[-1]
+    raise CpDistillerError(
+        f"{where(source)}wells outside a {geo.n_wells}-well plate ({geo.n_rows} rows x {geo.n_cols} columns): "
+        f"found row {row_letters(max_row)} / column {max_col + 1}."
+    )
+
+
+def check_in_geometry(
+    rows: np.ndarray, cols: np.ndarray, geometry: PlateGeometry, index: pd.Index, source: str | None = None
+) -> None:
+    """Raise if any well falls outside the plate."""
+    bad = (rows < 0) | (rows >= geometry.n_rows) | (cols < 0) | (cols >= geometry.n_cols)
+    if bad.any():
+        raise CpDistillerError(
+            f"{where(source)}{int(bad.sum())} wells outside a {geometry.n_wells}-well plate "
+            f"({example_rows(index[bad])})."
+        )
+
+
+def well_names(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """0-based rows/cols -> standard zero-padded names ('A01')."""
+    return np.array([f"{row_letters(int(r))}{int(c) + 1:02d}" for r, c in zip(rows, cols)], dtype=object)

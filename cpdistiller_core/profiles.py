@@ -1,0 +1,280 @@
+"""`Profiles`: well-level metadata + float32 feature matrix + resolved roles; `Embedding`: a corrected one.
+
+A Profiles keeps every input metadata column in its original order (``meta``) and never edits it;
+the roles say which columns mean plate, well, batch, perturbation, control status and annotation.
+Derived, standardised values (0-based row/column, 'A01' well names, control status) are exposed as
+arrays, computed once at construction. Operations return new objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import CpDistillerError, example_rows, where
+from .layout import PlateGeometry, check_in_geometry, infer_geometry, parse_wells, well_names
+
+NEGATIVE, POSITIVE, TREATMENT = "negative", "positive", "treatment"
+CONTROL_STATUSES = (NEGATIVE, POSITIVE, TREATMENT)
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which metadata column plays which role. Column names refer to ``Profiles.meta``.
+
+    Either ``well`` (one column like 'A01' or 'r01c01') or both ``row`` and ``column`` must be set.
+    Control status comes from the ``control`` column: values in ``negative_values`` are negative
+    controls, values in ``positive_values`` positive controls, anything else a treatment.
+    """
+
+    plate: str
+    well: str | None = None
+    row: str | None = None
+    column: str | None = None
+    batch: str | None = None
+    perturbation: str | None = None
+    control: str | None = None
+    negative_values: tuple[str, ...] = ()
+    positive_values: tuple[str, ...] = ()
+    annotation: str | None = None
+    plate_format: int | None = None  # 96 / 384 / 1536; inferred when None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["negative_values"] = list(self.negative_values)
+        d["positive_values"] = list(self.positive_values)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Roles:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CpDistillerError(
+                f"unknown role(s) {sorted(unknown)} in column mapping; known roles: {sorted(known)}."
+            )
+        kw = dict(d)
+        for key in ("negative_values", "positive_values"):
+            if key in kw:
+                v = kw[key]
+                kw[key] = (v,) if isinstance(v, str) else tuple(str(x) for x in (v or ()))
+        return cls(**kw)
+
+    def columns(self) -> list[str]:
+        """Metadata columns referenced by the roles."""
+        names = [self.plate, self.well, self.row, self.column, self.batch, self.perturbation,
+                 self.control, self.annotation]
+        return [n for n in dict.fromkeys(names) if n]
+
+
+@dataclass(frozen=True, eq=False)
+class Profiles:
+    """Well-level profiles: ``meta`` (every input column), ``X`` (n_wells x n_features float32)."""
+
+    meta: pd.DataFrame
+    X: np.ndarray
+    features: list[str]
+    roles: Roles
+    source: str = ""
+    # Derived at construction (not arguments):
+    plate: np.ndarray = field(init=False, repr=False)
+    row: np.ndarray = field(init=False, repr=False)
+    col: np.ndarray = field(init=False, repr=False)
+    well: np.ndarray = field(init=False, repr=False)
+    control: np.ndarray = field(init=False, repr=False)
+    geometry: PlateGeometry = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        meta, roles, src = self.meta, self.roles, self.source or None
+        X = np.ascontiguousarray(self.X, dtype=np.float32)
+        object.__setattr__(self, "X", X)
+        object.__setattr__(self, "features", list(self.features))
+        if X.ndim != 2 or X.shape[0] != len(meta) or X.shape[1] != len(self.features):
+            raise CpDistillerError(
+                f"{where(src)}feature matrix shape {X.shape} does not match {len(meta)} rows x "
+                f"{len(self.features)} features."
+            )
+        missing = [c for c in roles.columns() if c not in meta.columns]
+        if missing:
+            raise CpDistillerError(f"{where(src)}role column(s) {missing} not found in the metadata.")
+        plate = meta[roles.plate]
+        if plate.isna().any():
+            raise CpDistillerError(
+                f"{where(src, roles.plate)}empty plate names ({example_rows(meta.index[plate.isna()])})."
+            )
+        if roles.well:
+            row, col = parse_wells(meta[roles.well], src, roles.well)
+        elif roles.row and roles.column:
+            row, col = _parse_row_col(meta, roles.row, roles.column, src)
+        else:
+            raise CpDistillerError(
+                f"{where(src)}no well column: set the 'well' role (e.g. 'Metadata_Well') or both 'row' and 'column'."
+            )
+        geometry = infer_geometry(row, col, roles.plate_format, src)
+        check_in_geometry(row, col, geometry, meta.index, src)
+        object.__setattr__(self, "plate", plate.astype(str).to_numpy(dtype=object))
+        object.__setattr__(self, "row", row)
+        object.__setattr__(self, "col", col)
+        object.__setattr__(self, "well", well_names(row, col))
+        object.__setattr__(self, "geometry", geometry)
+        object.__setattr__(self, "control", self._control_status())
+
+    # ----- derived roles -------------------------------------------------------------------------
+    def _control_status(self) -> np.ndarray:
+        out = np.full(len(self.meta), TREATMENT, dtype=object)
+        col = self.roles.control
+        if not col:
+            return out
+        values = self.meta[col].astype("string").str.strip()
+        if self.roles.negative_values:
+            out[values.isin(self.roles.negative_values).fillna(False).to_numpy(bool)] = NEGATIVE
+        if self.roles.positive_values:
+            out[values.isin(self.roles.positive_values).fillna(False).to_numpy(bool)] = POSITIVE
+        return out
+
+    @property
+    def batch(self) -> np.ndarray | None:
+        """Batch label per well (str), or None when no batch role is set."""
+        if not self.roles.batch:
+            return None
+        return self.meta[self.roles.batch].astype("string").fillna("NA").to_numpy(dtype=object)
+
+    @property
+    def perturbation(self) -> np.ndarray:
+        """Perturbation label per well (str); negative controls without a name get 'negative_control'."""
+        if not self.roles.perturbation:
+            return np.where(self.control == NEGATIVE, "negative_control", self.well).astype(object)
+        return self.meta[self.roles.perturbation].astype("string").fillna("NA").to_numpy(dtype=object)
+
+    @property
+    def annotation(self) -> np.ndarray | None:
+        if not self.roles.annotation:
+            return None
+        return self.meta[self.roles.annotation].astype("string").to_numpy(dtype=object)
+
+    @property
+    def negative_mask(self) -> np.ndarray:
+        return self.control == NEGATIVE
+
+    @property
+    def n_wells(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.X.shape[1]
+
+    def labels(self, effect: str) -> np.ndarray:
+        """Technical label per well for an effect: 'batch', 'plate', 'row' or 'column' (alias 'col')."""
+        if effect == "batch":
+            b = self.batch
+            if b is None:
+                raise CpDistillerError(f"{where(self.source or None)}no batch column: set the 'batch' role.")
+            return b
+        if effect == "plate":
+            return self.plate
+        if effect == "row":
+            return self.row
+        if effect in ("column", "col"):
+            return self.col
+        raise CpDistillerError(f"unknown technical effect {effect!r}; use batch, plate, row or column.")
+
+    # ----- new objects ---------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> Profiles:
+        """A copy with some fields replaced (meta, X, features, roles, source)."""
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        kw.update(changes)
+        return type(self)(**kw)
+
+    def with_features(self, X: np.ndarray, features: Sequence[str]) -> Profiles:
+        return self.replace(X=X, features=list(features))
+
+    def subset(self, rows: np.ndarray | Sequence[int] | None = None,
+               features: Sequence[str] | None = None) -> Profiles:
+        """Rows by boolean mask or positions, features by name; metadata index is kept."""
+        meta, X, names = self.meta, self.X, self.features
+        if rows is not None:
+            rows = np.asarray(rows)
+            meta = meta.iloc[np.flatnonzero(rows) if rows.dtype == bool else rows]
+            X = X[rows]
+        if features is not None:
+            pos = {f: i for i, f in enumerate(names)}
+            unknown = [f for f in features if f not in pos]
+            if unknown:
+                raise CpDistillerError(f"unknown feature(s) {unknown[:5]}.")
+            X = X[:, [pos[f] for f in features]]
+            names = list(features)
+        return self.replace(meta=meta, X=X, features=names)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Metadata columns (original order) followed by feature columns."""
+        feats = pd.DataFrame(self.X, columns=self.features, index=self.meta.index)
+        return pd.concat([self.meta, feats], axis=1)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for `cpdistiller info` and the dashboard."""
+        neg = self.negative_mask
+        per_plate = pd.Series(neg).groupby(self.plate).sum().astype(int)
+        return {
+            "source": self.source,
+            "wells": self.n_wells,
+            "features": self.n_features,
+            "plates": int(len(np.unique(self.plate))),
+            "batches": None if self.batch is None else int(len(np.unique(self.batch))),
+            "plate_format": self.geometry.n_wells,
+            "perturbations": int(len(np.unique(self.perturbation[~neg]))) if (~neg).any() else 0,
+            "negative_controls": int(neg.sum()),
+            "positive_controls": int((self.control == POSITIVE).sum()),
+            "negative_controls_per_plate": per_plate.to_dict(),
+            "nan_values": int(np.isnan(self.X).sum()),
+            "inf_values": int(np.isinf(self.X).sum()),
+            "roles": self.roles.to_dict(),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Embedding(Profiles):
+    """A corrected (or reference-method) embedding: Profiles whose features are ``cpd_0…`` or similar."""
+
+    method: str = "uncorrected"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_profiles(cls, profiles: Profiles, Z: np.ndarray, method: str, prefix: str = "cpd_",
+                      provenance: Mapping[str, Any] | None = None) -> Embedding:
+        """Wrap a (n_wells x d) array with the metadata and roles of ``profiles``."""
+        return cls(meta=profiles.meta, X=Z, features=[f"{prefix}{i}" for i in range(Z.shape[1])],
+                   roles=profiles.roles, source=profiles.source, method=method,
+                   provenance=dict(provenance or {}))
+
+
+def _parse_row_col(meta: pd.DataFrame, row_col: str, col_col: str, src: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Separate row/column columns: rows as letters ('A') or 1-based numbers, columns 1-based numbers."""
+    rows_raw = meta[row_col].astype("string").str.strip()
+    numeric = pd.to_numeric(rows_raw, errors="coerce")
+    letters = rows_raw.str.upper().str.fullmatch(r"[A-Z]{1,2}").fillna(False)
+    rows = np.full(len(meta), -1, dtype=np.int64)
+    ok_num = numeric.notna().to_numpy()
+    rows[ok_num] = numeric[ok_num].astype(int).to_numpy() - 1
+    let = letters.to_numpy(bool) & ~ok_num
+    if let.any():
+        r, _ = parse_wells(rows_raw[let] + "01", src, row_col)
+        rows[let] = r
+    bad = rows < 0
+    if bad.any():
+        raise CpDistillerError(
+            f"{where(src, row_col)}cannot parse row values ({example_rows(meta.index[bad])}); "
+            "expected letters ('A') or 1-based numbers."
+        )
+    cols_num = pd.to_numeric(meta[col_col], errors="coerce")
+    bad = cols_num.isna().to_numpy() | (cols_num < 1).fillna(True).to_numpy()
+    if bad.any():
+        raise CpDistillerError(
+            f"{where(src, col_col)}cannot parse column numbers ({example_rows(meta.index[bad])}); expected 1-based numbers."
+        )
+    return rows, cols_num.astype(int).to_numpy() - 1
