@@ -1,0 +1,805 @@
+"""Evaluation metrics and the `Scorecard`: technical-effect removal and biological conservation.
+
+Every metric is in [0, 1] with higher = better. A metric that cannot be computed on the given data
+(no negative controls, a single plate, no replicates, no annotation …) raises `MetricUnavailable`
+from its function; `evaluate` records it as missing (NaN) with the reason, never as 0 or 1.
+
+Definitions and references: docs/metrics.md. Summary:
+
+Technical removal (per effect: batch, plate, row, column; computed among negative controls):
+  * ``asw``        scib batch ASW: 1 − |silhouette| of the effect label (cosine), per homogeneous group.
+  * ``variance``   1 − adjusted R² of the embedding explained by the label (one-hot OLS).
+  * ``leakage``    1 − chance-corrected balanced accuracy of a cross-validated logistic regression.
+  * ``graph_connectivity`` (effect "perturbation") scib graph connectivity on a sparse kNN graph.
+Biological conservation:
+  * ``activity_map`` / ``activity_fraction``  copairs mAP of replicates vs negative controls; fraction
+    of perturbations with FDR-corrected p < 0.05.
+  * ``consistency_map`` / ``consistency_fraction``  copairs mAP of perturbations sharing an annotation.
+  * ``pasw``  perturbation ASW ((silhouette + 1) / 2, cosine).
+  * ``nmi`` / ``ari``  Leiden clusters vs annotation, best over a small resolution sweep.
+  * ``fraction_retrieved``  CPJUMP1 retrieval of known pairs (sister guides, gene–compound).
+  * ``knn_overlap``  neighbourhood agreement with the simulator's clean ground truth.
+Aggregates: technical mean, biological mean, overall = 0.4·technical + 0.6·biological.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import CpDistillerError
+from .profiles import Profiles
+from .progress import ProgressCallback, no_progress
+
+log = logging.getLogger("cpdistiller")
+
+TECHNICAL, BIOLOGICAL, AGGREGATE = "technical", "biological", "aggregate"
+EFFECTS = ("batch", "plate", "row", "column")
+TECHNICAL_WEIGHT, BIOLOGICAL_WEIGHT = 0.4, 0.6
+SCORE_COLUMNS = ["method", "metric", "effect", "category", "value", "n", "note"]
+
+# Standardised metadata column names used for copairs.
+_PERT, _REF, _WELL, _PLATE, _ANN = "Metadata_pert", "Metadata_ref", "Metadata_wellpos", "Metadata_plate", "Metadata_ann"
+
+
+class MetricUnavailable(CpDistillerError):
+    """A metric cannot be computed on these data; the message says why."""
+
+
+# ================================================================================================
+# helpers
+# ================================================================================================
+def _finite_rows(X: np.ndarray) -> np.ndarray:
+    return np.isfinite(X).all(axis=1)
+
+
+def _check_finite(emb: Profiles) -> None:
+    bad = ~_finite_rows(emb.X)
+    if bad.any():
+        raise MetricUnavailable(f"the embedding has {int(bad.sum())} wells with NaN/inf values.")
+
+
+def _l2_normalise(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    norm = np.linalg.norm(X, axis=1, keepdims=True)
+    norm[norm == 0] = 1.0
+    return X / norm
+
+
+def _subsample_stratified(labels: np.ndarray, max_n: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of at most ``max_n`` items, keeping label proportions (at least 2 per label if possible)."""
+    n = len(labels)
+    if n <= max_n:
+        return np.arange(n)
+    out = []
+    frac = max_n / n
+    for lab in pd.unique(labels):
+        pos = np.flatnonzero(labels == lab)
+        take = min(len(pos), max(2, int(round(len(pos) * frac))))
+        out.append(rng.choice(pos, size=take, replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def _drop_rare(labels: np.ndarray, min_count: int) -> np.ndarray:
+    """Boolean mask of items whose label occurs at least ``min_count`` times."""
+    counts = pd.Series(labels).value_counts()
+    keep = set(counts.index[counts >= min_count])
+    return np.array([lab in keep for lab in labels], dtype=bool)
+
+
+def effect_labels(emb: Profiles, effect: str) -> np.ndarray:
+    """Technical labels as strings; raises MetricUnavailable when the effect has no column."""
+    try:
+        labels = emb.labels(effect)
+    except CpDistillerError as exc:
+        raise MetricUnavailable(str(exc)) from exc
+    return np.asarray(labels).astype(str)
+
+
+def _negative_controls(emb: Profiles) -> np.ndarray:
+    neg = emb.negative_mask
+    if neg.sum() == 0:
+        raise MetricUnavailable("no negative controls (set the 'control' role and its negative values).")
+    return neg
+
+
+# ================================================================================================
+# technical removal
+# ================================================================================================
+def asw_effect(emb: Profiles, effect: str, *, groups: str = "negative", max_wells_per_group: int = 3000,
+               min_group_size: int = 4, seed: int = 0) -> tuple[float, int]:
+    """scib batch ASW of an effect label: mean over groups of mean(1 − |silhouette|) (cosine).
+
+    ``groups`` = "negative" (one group: the negative controls) or "perturbation" (each perturbation's
+    wells, controls included). Within a group, labels with a single well are dropped (a singleton's
+    silhouette is 0 by convention, which would read as perfect mixing). Groups larger than
+    ``max_wells_per_group`` are subsampled (stratified) so memory and time stay bounded.
+    Returns (score, number of wells used).
+    """
+    from sklearn.metrics import silhouette_samples
+
+    _check_finite(emb)
+    labels = effect_labels(emb, effect)
+    if groups == "negative":
+        group_ids = np.where(_negative_controls(emb), "negative", None)
+    elif groups == "perturbation":
+        group_ids = emb.perturbation.astype(object)
+    else:
+        raise CpDistillerError(f"unknown ASW grouping {groups!r}; use 'negative' or 'perturbation'.")
+    rng = np.random.default_rng(seed)
+    per_group, used = [], 0
+    for g in pd.unique(group_ids[pd.notna(group_ids)]):
+        pos = np.flatnonzero(group_ids == g)
+        pos = pos[_drop_rare(labels[pos], 2)]
+        if len(pos) < min_group_size or len(np.unique(labels[pos])) < 2:
+            continue
+        pos = pos[_subsample_stratified(labels[pos], max_wells_per_group, rng)]
+        sil = silhouette_samples(emb.X[pos].astype(np.float64), labels[pos], metric="cosine")
+        per_group.append(float(np.mean(1.0 - np.abs(sil))))
+        used += len(pos)
+    if not per_group:
+        raise MetricUnavailable(
+            f"no group ({groups}) has at least two {effect} labels with two or more wells each."
+        )
+    return float(np.mean(per_group)), used
+
+
+def variance_explained_score(emb: Profiles, effect: str) -> tuple[float, int]:
+    """1 − adjusted R² of the embedding (negative controls) explained by the one-hot effect label.
+
+    R² is pooled over embedding dimensions (sklearn ``r2_score(multioutput='variance_weighted')`` of
+    a one-hot linear model); the adjustment is 1 − (1 − R²)(n − 1)/(n − k). Negative adjusted R²
+    (less than chance) is clipped to 0, so the score is clipped to 1. Returns (score, wells).
+    """
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+    from sklearn.preprocessing import OneHotEncoder
+
+    _check_finite(emb)
+    neg = _negative_controls(emb)
+    labels = effect_labels(emb, effect)[neg]
+    Y = emb.X[neg].astype(np.float64)
+    n, k = len(labels), len(np.unique(labels))
+    if k < 2:
+        raise MetricUnavailable(f"negative controls span a single {effect} ({labels[0]!r}).")
+    if n - k < 2:
+        raise MetricUnavailable(f"too few negative controls ({n}) for {k} {effect} levels.")
+    design = OneHotEncoder(drop="first", sparse_output=False).fit_transform(labels.reshape(-1, 1))
+    pred = LinearRegression().fit(design, Y).predict(design)
+    r2 = r2_score(Y, pred, multioutput="variance_weighted")
+    adj = 1.0 - (1.0 - r2) * (n - 1) / (n - k)
+    return float(1.0 - min(1.0, max(0.0, adj))), n
+
+
+def classifier_leakage(emb: Profiles, effect: str, *, n_splits: int = 5, seed: int = 0,
+                       max_wells: int = 5000) -> tuple[float, int]:
+    """1 − chance-corrected balanced accuracy of a cross-validated classifier predicting the label.
+
+    Logistic regression on standardised embedding coordinates of the negative controls, stratified
+    k-fold predictions (labels with fewer wells than folds are dropped); sklearn
+    ``balanced_accuracy_score(adjusted=True)`` is 0 at chance and 1 when perfect; below-chance
+    values are clipped to 0. Returns (score, wells).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    _check_finite(emb)
+    neg = np.flatnonzero(_negative_controls(emb))
+    labels = effect_labels(emb, effect)[neg]
+    folds = n_splits
+    keep = _drop_rare(labels, 2)
+    neg, labels = neg[keep], labels[keep]
+    if len(np.unique(labels)) < 2:
+        raise MetricUnavailable(f"negative controls span fewer than two {effect} levels with 2+ wells.")
+    folds = int(min(n_splits, pd.Series(labels).value_counts().min()))
+    rng = np.random.default_rng(seed)
+    sub = _subsample_stratified(labels, max_wells, rng)
+    neg, labels = neg[sub], labels[sub]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = cross_val_predict(clf, emb.X[neg].astype(np.float64), labels, cv=cv)
+        bacc = balanced_accuracy_score(labels, pred, adjusted=True)
+    return float(1.0 - min(1.0, max(0.0, bacc))), len(neg)
+
+
+def knn_graph(X: np.ndarray, k: int = 15) -> sp.csr_matrix:
+    """Sparse symmetric cosine kNN graph (binary connectivities), O(N·k) memory."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = int(min(k, len(X) - 1))
+    if k < 1:
+        raise MetricUnavailable("too few wells for a neighbour graph.")
+    nn = NearestNeighbors(n_neighbors=k, metric="cosine").fit(X)
+    A = nn.kneighbors_graph(X, mode="connectivity")
+    A = ((A + A.T) > 0).astype(np.float32)
+    return sp.csr_matrix(A)
+
+
+def graph_connectivity(emb: Profiles, labels: np.ndarray | None = None, *, k: int = 15,
+                       min_wells: int = 2) -> tuple[float, int]:
+    """scib graph connectivity: mean over labels of (largest connected component / label size).
+
+    The graph is the sparse kNN graph of all wells, restricted to each label's wells (scib
+    definition, Luecken et al. 2022). Labels default to perturbations; labels with fewer than
+    ``min_wells`` wells are skipped (trivially connected). Returns (score, number of labels).
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    _check_finite(emb)
+    labels = np.asarray(emb.perturbation if labels is None else labels).astype(str)
+    A = knn_graph(emb.X, k)
+    scores = []
+    for lab in pd.unique(labels):
+        pos = np.flatnonzero(labels == lab)
+        if len(pos) < min_wells:
+            continue
+        _, comp = connected_components(A[pos][:, pos], directed=False)
+        scores.append(np.bincount(comp).max() / len(pos))
+    if not scores:
+        raise MetricUnavailable(f"no label has {min_wells} or more wells.")
+    return float(np.mean(scores)), len(scores)
+
+
+# ================================================================================================
+# biological conservation: copairs mAP
+# ================================================================================================
+def _copairs_cache() -> str:
+    from .paths import cache_dir
+
+    return str(cache_dir() / "copairs")
+
+
+def _copairs_map(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
+                 neg_sameby: list[str], neg_diffby: list[str], group_by: list[str], *, null_size: int,
+                 threshold: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """copairs average_precision → mean_average_precision (p-values + BH FDR). Returns (ap, map)."""
+    from copairs.map import average_precision, mean_average_precision
+    from copairs.matching import UnpairedException
+
+    meta = meta.reset_index(drop=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ap = average_precision(meta, X.astype(np.float64), pos_sameby=pos_sameby, pos_diffby=pos_diffby,
+                                   neg_sameby=neg_sameby, neg_diffby=neg_diffby, distance="cosine",
+                                   progress_bar=False)
+    except UnpairedException as exc:
+        raise MetricUnavailable(f"copairs found no pairs: {exc}") from exc
+    valid = ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)
+    if not valid.any():
+        raise MetricUnavailable("no profile has both a positive and a negative pair.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mp = mean_average_precision(ap, sameby=group_by, null_size=null_size, threshold=threshold,
+                                    seed=seed, progress_bar=False, cache_dir=_copairs_cache())
+    return ap, mp.drop(columns=["indices"], errors="ignore")
+
+
+def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = True,
+                        null_size: int = 10000, threshold: float = 0.05, seed: int = 0,
+                        include_positive_controls: bool = True) -> pd.DataFrame:
+    """Phenotypic activity: mAP of each perturbation's replicate wells retrieved against negative controls.
+
+    copairs ``average_precision`` with positives = wells of the same perturbation (in different well
+    positions when ``replicates_in_different_wells``, so a shared position effect cannot create the
+    match) and negatives = negative-control wells; then ``mean_average_precision`` (null of
+    ``null_size`` random rankings, Benjamini–Hochberg FDR).
+
+    Returns one row per perturbation with columns: perturbation, n_replicates, mean_average_precision,
+    mean_normalized_average_precision, p_value, corrected_p_value, below_p, below_corrected_p.
+    Raises MetricUnavailable without negative controls or replicated perturbations.
+    """
+    _check_finite(emb)
+    neg = _negative_controls(emb)
+    keep = np.ones(emb.n_wells, bool) if include_positive_controls else (emb.control != "positive")
+    pert = emb.perturbation.astype(str)
+    meta = pd.DataFrame({_PERT: np.where(neg, "__negative_control__", pert), _WELL: emb.well,
+                         _PLATE: emb.plate.astype(str)})
+    meta[_REF] = np.where(neg, np.arange(len(meta)), -1)
+    meta = meta[keep]
+    X = emb.X[keep]
+    pos_diffby = [_WELL] if replicates_in_different_wells else []
+    ap, mp = _copairs_map(meta, X, pos_sameby=[_PERT, _REF], pos_diffby=pos_diffby, neg_sameby=[],
+                          neg_diffby=[_PERT, _REF], group_by=[_PERT], null_size=null_size,
+                          threshold=threshold, seed=seed)
+    n_rep = meta.loc[~neg[keep], _PERT].value_counts()
+    mp = mp[mp[_PERT] != "__negative_control__"].rename(columns={_PERT: "perturbation"})
+    mp.insert(1, "n_replicates", mp["perturbation"].map(n_rep).astype(int))
+    return mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
+
+
+def consensus_profiles(emb: Profiles, *, exclude_negative: bool = True, how: str = "median",
+                       extra: Sequence[str] = ()) -> pd.DataFrame:
+    """One profile per perturbation (median or mean over its wells); columns: perturbation,
+    n_wells, the ``extra`` metadata columns (first value), then the embedding coordinates."""
+    _check_finite(emb)
+    mask = ~emb.negative_mask if exclude_negative else np.ones(emb.n_wells, bool)
+    df = pd.DataFrame(emb.X[mask], columns=emb.features)
+    df.insert(0, "perturbation", emb.perturbation[mask].astype(str))
+    grouped = df.groupby("perturbation", sort=True)
+    prof = grouped.median() if how == "median" else grouped.mean()
+    out = prof.reset_index()
+    out.insert(1, "n_wells", grouped.size().to_numpy())
+    for i, col in enumerate(extra):
+        first = pd.Series(emb.meta[col].to_numpy()[mask]).groupby(df["perturbation"].to_numpy()).first()
+        out.insert(2 + i, col, out["perturbation"].map(first).to_numpy())
+    return out
+
+
+def phenotypic_consistency(emb: Profiles, annotation_col: str | None = None, *, null_size: int = 10000,
+                           threshold: float = 0.05, seed: int = 0, sep: str | None = None,
+                           how: str = "median") -> pd.DataFrame:
+    """Phenotypic consistency: mAP of consensus profiles of perturbations sharing an annotation.
+
+    Consensus = median per perturbation (negative controls excluded). copairs positives = other
+    perturbations with the same annotation value (gene, MOA, target), negatives = perturbations
+    with a different one. ``annotation_col`` defaults to the annotation role; with ``sep`` (e.g.
+    "|"), multi-valued annotations are split and copairs' multilabel AP is used.
+
+    Returns one row per annotation value: annotation, n_perturbations, mean_average_precision,
+    mean_normalized_average_precision, p_value, corrected_p_value, below_p, below_corrected_p.
+    """
+    col = annotation_col or emb.roles.annotation
+    if not col:
+        raise MetricUnavailable("no annotation column (set the 'annotation' role or pass annotation_col).")
+    if col not in emb.meta.columns:
+        raise CpDistillerError(f"annotation column {col!r} not found in the metadata.")
+    cons = consensus_profiles(emb, how=how, extra=[col])
+    ann = cons[col].astype("string")
+    ok = ann.notna() & (ann.str.strip() != "")
+    cons = cons[ok.to_numpy()].reset_index(drop=True)
+    feats = [c for c in cons.columns if c in emb.features]
+    if sep:
+        values = cons[col].astype(str).map(lambda s: [v.strip() for v in s.split(sep) if v.strip()])
+        meta = pd.DataFrame({_ANN: values, _PERT: cons["perturbation"]})
+        exploded = meta.explode(_ANN)
+        counts = exploded[_ANN].value_counts()
+    else:
+        meta = pd.DataFrame({_ANN: cons[col].astype(str), _PERT: cons["perturbation"]})
+        counts = meta[_ANN].value_counts()
+    if (counts >= 2).sum() == 0:
+        raise MetricUnavailable(f"no {col!r} value is shared by two or more perturbations.")
+    X = cons[feats].to_numpy(np.float64)
+    if sep:
+        from copairs.map import mean_average_precision
+        from copairs.map.multilabel import average_precision as ap_multilabel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ap = ap_multilabel(meta, X, pos_sameby=[_ANN], pos_diffby=[], neg_sameby=[], neg_diffby=[_ANN],
+                               multilabel_col=_ANN, distance="cosine", progress_bar=False)
+            mp = mean_average_precision(ap, sameby=[_ANN], null_size=null_size, threshold=threshold,
+                                        seed=seed, progress_bar=False, cache_dir=_copairs_cache())
+        mp = mp.drop(columns=["indices"], errors="ignore")
+    else:
+        _, mp = _copairs_map(meta, X, pos_sameby=[_ANN], pos_diffby=[_PERT], neg_sameby=[], neg_diffby=[_ANN],
+                             group_by=[_ANN], null_size=null_size, threshold=threshold, seed=seed)
+    mp = mp.rename(columns={_ANN: "annotation"})
+    mp.insert(1, "n_perturbations", mp["annotation"].map(counts).astype(int))
+    return mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
+
+
+# ================================================================================================
+# biological conservation: retrieval of known pairs (CPJUMP1)
+# ================================================================================================
+def pairs_from_annotation(emb: Profiles, annotation_col: str | None = None) -> pd.DataFrame:
+    """All pairs (a, b) of distinct non-control perturbations sharing a value of ``annotation_col``
+    (e.g. two guides of one gene). Columns: a, b, annotation."""
+    col = annotation_col or emb.roles.annotation
+    if not col:
+        raise MetricUnavailable("no annotation column to build pairs from.")
+    mask = ~emb.negative_mask
+    df = pd.DataFrame({"p": emb.perturbation[mask].astype(str),
+                       "ann": emb.meta[col].astype("string").to_numpy()[mask]}).dropna().drop_duplicates()
+    rows = []
+    for ann, grp in df.groupby("ann"):
+        perts = sorted(set(grp["p"]))
+        rows += [(a, b, ann) for i, a in enumerate(perts) for b in perts[i + 1:]]
+    return pd.DataFrame(rows, columns=["a", "b", "annotation"])
+
+
+def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float = 95.0,
+                       tails: str = "upper", how: str = "median", max_null: int = 200_000,
+                       seed: int = 0) -> tuple[float, pd.DataFrame]:
+    """CPJUMP1 "fraction retrieved" (Chandrasekaran et al. 2024).
+
+    ``pairs``: DataFrame with columns ``a`` and ``b`` (perturbation names; extra columns are kept).
+    Consensus profiles (median per perturbation) are compared by cosine similarity. The null is the
+    similarity of non-pairs: every (x, y) with x among the ``a`` perturbations and y among the ``b``
+    ones that is not a listed pair (uniformly subsampled to ``max_null`` pairs). A pair is retrieved
+    when its similarity exceeds the ``percentile`` of the null (``tails="both"``: or falls below the
+    100 − percentile, for anti-correlated gene–compound pairs).
+
+    Returns (fraction of found pairs retrieved, per-pair table with columns a, b, …, found,
+    cosine_similarity, retrieved). Pairs naming a perturbation absent from ``emb`` get found=False
+    and are not counted. Raises MetricUnavailable when no pair is found or the null is empty.
+    """
+    if not {"a", "b"} <= set(pairs.columns):
+        raise CpDistillerError("pairs must have columns 'a' and 'b' (perturbation names).")
+    if tails not in ("upper", "both"):
+        raise CpDistillerError("tails must be 'upper' or 'both'.")
+    cons = consensus_profiles(emb, how=how)
+    names = cons["perturbation"].to_numpy()
+    index = {p: i for i, p in enumerate(names)}
+    Z = _l2_normalise(cons[[c for c in cons.columns if c in emb.features]].to_numpy())
+    table = pairs.copy().reset_index(drop=True)
+    table["a"], table["b"] = table["a"].astype(str), table["b"].astype(str)
+    ia = table["a"].map(index)
+    ib = table["b"].map(index)
+    found = ia.notna() & ib.notna() & (table["a"] != table["b"])
+    table["found"] = found.to_numpy()
+    sims = np.full(len(table), np.nan)
+    fi, fj = ia[found].astype(int).to_numpy(), ib[found].astype(int).to_numpy()
+    sims[found.to_numpy()] = np.einsum("ij,ij->i", Z[fi], Z[fj])
+    table["cosine_similarity"] = sims
+    if not found.any():
+        raise MetricUnavailable("none of the pairs' perturbations are in the embedding.")
+    A = np.unique(fi)
+    B = np.unique(fj)
+    true = {(int(x), int(y)) for x, y in zip(fi, fj)} | {(int(y), int(x)) for x, y in zip(fi, fj)}
+    rng = np.random.default_rng(seed)
+    total = len(A) * len(B)
+    if total <= max_null:
+        xa, xb = np.repeat(A, len(B)), np.tile(B, len(A))
+    else:
+        xa, xb = rng.choice(A, size=max_null), rng.choice(B, size=max_null)
+    keep = (xa != xb) & np.array([(int(x), int(y)) not in true for x, y in zip(xa, xb)], dtype=bool)
+    xa, xb = xa[keep], xb[keep]
+    if len(xa) < 20:
+        raise MetricUnavailable(f"only {len(xa)} non-pairs to build the null from (need 20+).")
+    null = np.einsum("ij,ij->i", Z[xa], Z[xb])
+    hi = np.percentile(null, percentile)
+    retrieved = sims > hi
+    if tails == "both":
+        retrieved |= sims < np.percentile(null, 100.0 - percentile)
+    table["retrieved"] = np.where(found, retrieved, False)
+    table.attrs.update({"null_size": int(len(null)), "threshold_upper": float(hi)})
+    return float(table.loc[found, "retrieved"].mean()), table
+
+
+# ================================================================================================
+# biological conservation: clustering and silhouettes
+# ================================================================================================
+def perturbation_asw(emb: Profiles, *, max_wells: int = 5000, seed: int = 0) -> tuple[float, int]:
+    """Perturbation ASW: (silhouette + 1) / 2 of perturbation labels (cosine) over replicated
+    treatments (negative controls excluded, perturbations with one well dropped; subsampled,
+    stratified, to at most ``max_wells``). Returns (score, wells)."""
+    from sklearn.metrics import silhouette_score
+
+    _check_finite(emb)
+    pos = np.flatnonzero(~emb.negative_mask)
+    labels = emb.perturbation[pos].astype(str)
+    keep = _drop_rare(labels, 2)
+    pos, labels = pos[keep], labels[keep]
+    if len(np.unique(labels)) < 2:
+        raise MetricUnavailable("fewer than two perturbations with replicate wells.")
+    sub = _subsample_stratified(labels, max_wells, np.random.default_rng(seed))
+    pos, labels = pos[sub], labels[sub]
+    s = silhouette_score(emb.X[pos].astype(np.float64), labels, metric="cosine")
+    return float((s + 1.0) / 2.0), len(pos)
+
+
+def leiden_nmi_ari(emb: Profiles, annotation_col: str | None = None, *, k: int = 15,
+                   resolutions: Sequence[float] = (0.25, 0.5, 1.0, 1.5, 2.0), seed: int = 0
+                   ) -> dict[str, Any]:
+    """NMI and ARI of Leiden clusters against an annotation, best over a resolution sweep (scib).
+
+    Wells: non-control wells with a non-empty annotation. Graph: scanpy ``pp.neighbors`` (sparse,
+    cosine, ``k`` neighbours) on the embedding; clusters: ``tl.leiden`` (igraph flavour) at each
+    resolution. NMI is sklearn's arithmetic-mean NMI, ARI is clipped at 0. Returns a dict with nmi,
+    ari, their resolutions and the number of wells.
+    """
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    _check_finite(emb)
+    col = annotation_col or emb.roles.annotation
+    if not col:
+        raise MetricUnavailable("no annotation column (set the 'annotation' role).")
+    ann = emb.meta[col].astype("string").str.strip()
+    mask = (~emb.negative_mask) & ann.notna().to_numpy() & (ann != "").fillna(False).to_numpy()
+    labels = ann.to_numpy()[mask].astype(str)
+    if len(np.unique(labels)) < 2 or mask.sum() < 10:
+        raise MetricUnavailable(f"need 10+ annotated treatment wells in 2+ {col!r} classes.")
+    adata = ad.AnnData(X=emb.X[mask].astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.neighbors(adata, n_neighbors=int(min(k, mask.sum() - 1)), use_rep="X", metric="cosine",
+                        random_state=seed)
+        best = {"nmi": -1.0, "ari": -1.0, "nmi_resolution": None, "ari_resolution": None}
+        for r in resolutions:
+            sc.tl.leiden(adata, resolution=r, key_added="leiden", flavor="igraph", n_iterations=2,
+                         directed=False, random_state=seed)
+            cl = adata.obs["leiden"].to_numpy()
+            nmi = normalized_mutual_info_score(labels, cl, average_method="arithmetic")
+            ari = max(0.0, adjusted_rand_score(labels, cl))
+            if nmi > best["nmi"]:
+                best.update(nmi=float(nmi), nmi_resolution=r)
+            if ari > best["ari"]:
+                best.update(ari=float(ari), ari_resolution=r)
+    best["n"] = int(mask.sum())
+    return best
+
+
+def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15) -> tuple[float, int]:
+    """Mean fraction of each well's k cosine nearest neighbours in ``emb`` that are also among its
+    k nearest neighbours in ``truth`` (wells matched by plate + well). Returns (score, wells)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    _check_finite(emb)
+    key_e = pd.Index(pd.Series(emb.plate).astype(str) + "|" + pd.Series(emb.well).astype(str))
+    key_t = pd.Index(pd.Series(truth.plate).astype(str) + "|" + pd.Series(truth.well).astype(str))
+    if not key_e.is_unique or not key_t.is_unique:
+        raise MetricUnavailable("plate + well does not identify wells uniquely; cannot align the truth.")
+    pos = key_t.get_indexer(key_e)
+    ok = pos >= 0
+    if ok.sum() < k + 2:
+        raise MetricUnavailable(f"only {int(ok.sum())} wells shared with the truth.")
+    T = truth.X[pos[ok]]
+    E = emb.X[ok]
+    if not (_finite_rows(T).all()):
+        raise MetricUnavailable("the truth has NaN/inf values.")
+    kk = int(min(k, ok.sum() - 1))
+    ne = NearestNeighbors(n_neighbors=kk + 1, metric="cosine").fit(E).kneighbors(E, return_distance=False)
+    nt = NearestNeighbors(n_neighbors=kk + 1, metric="cosine").fit(T).kneighbors(T, return_distance=False)
+    overlap = [len(set(a[1:]) & set(b[1:])) / kk for a, b in zip(ne, nt)]
+    return float(np.mean(overlap)), int(ok.sum())
+
+
+# ================================================================================================
+# Scorecard
+# ================================================================================================
+@dataclass
+class EvaluationConfig:
+    """Settings of `evaluate`. ``effects`` None = every effect the data has (batch, plate, row, column)."""
+
+    effects: tuple[str, ...] | None = None
+    k: int = 15
+    null_size: int = 10000
+    threshold: float = 0.05
+    replicates_in_different_wells: bool = True
+    asw_per_perturbation: bool = False
+    leiden_resolutions: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Scorecard:
+    """Tidy scores (columns: method, metric, effect, category, value, n, note) plus detail tables
+    (e.g. ``details['activity']`` per-perturbation mAP) keyed by name, per method."""
+
+    scores: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SCORE_COLUMNS))
+    details: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+    runtimes: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def concat(cls, cards: Iterable[Scorecard]) -> Scorecard:
+        cards = list(cards)
+        out = cls(pd.concat([c.scores for c in cards], ignore_index=True) if cards else
+                  pd.DataFrame(columns=SCORE_COLUMNS))
+        for c in cards:
+            out.details.update(c.details)
+            out.runtimes.update(c.runtimes)
+        return out
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(self.scores["method"]))
+
+    def wide(self, include_aggregates: bool = True, with_runtime: bool = True) -> pd.DataFrame:
+        """Method × metric table of values; columns named ``metric`` or ``metric[effect]``."""
+        df = self.scores
+        if not include_aggregates:
+            df = df[df["category"] != AGGREGATE]
+        name = df["metric"] + np.where(df["effect"].fillna("") != "", "[" + df["effect"].fillna("") + "]", "")
+        wide = df.assign(column=name).pivot_table(index="method", columns="column", values="value",
+                                                  aggfunc="first", dropna=False, sort=False)
+        order = list(dict.fromkeys(name))
+        aggs = [c for c in ("technical", "biological", "overall") if c in order]
+        wide = wide.reindex(index=self.methods, columns=aggs + [c for c in order if c not in aggs])
+        if with_runtime and self.runtimes:
+            wide["runtime_s"] = [self.runtimes.get(m, np.nan) for m in wide.index]
+        wide.columns.name = None
+        return wide
+
+    def summary(self) -> pd.DataFrame:
+        """Method × (technical, biological, overall, n_technical, n_biological)."""
+        agg = self.scores[self.scores["category"] == AGGREGATE]
+        out = agg.pivot_table(index="method", columns="metric", values="value", aggfunc="first",
+                              dropna=False, sort=False)
+        n = agg.pivot_table(index="method", columns="metric", values="n", aggfunc="first", dropna=False)
+        for m in ("technical", "biological"):
+            if m in n.columns:
+                out[f"n_{m}"] = n[m]
+        out.columns.name = None
+        return out.reindex(self.methods)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        s = self.scores.astype(object).where(self.scores.notna(), None)
+        return {"scores": s.to_dict(orient="records"), "runtimes": self.runtimes}
+
+    def format(self) -> str:
+        """Plain-text rendering for the terminal."""
+        lines = []
+        for method in self.methods:
+            sub = self.scores[self.scores["method"] == method]
+            lines.append(f"== {method}" + (f"  (run time {self.runtimes[method]:.1f} s)" if method in self.runtimes else ""))
+            for _, r in sub.iterrows():
+                name = r["metric"] + (f"[{r['effect']}]" if r["effect"] else "")
+                val = "missing" if pd.isna(r["value"]) else f"{r['value']:.3f}"
+                n = "" if pd.isna(r["n"]) else f"n={int(r['n'])}"
+                lines.append(f"  {r['category']:<10} {name:<28} {val:>8}  {n:<8} {r['note'] or ''}".rstrip())
+        return "\n".join(lines)
+
+
+def _aggregate_rows(method: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    means = {}
+    for cat in (TECHNICAL, BIOLOGICAL):
+        vals = [r["value"] for r in rows if r["category"] == cat]
+        avail = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        means[cat] = float(np.mean(avail)) if avail else math.nan
+        out.append(dict(method=method, metric=cat, effect="", category=AGGREGATE, value=means[cat],
+                        n=len(avail), note=f"mean of {len(avail)} of {len(vals)} {cat} metrics"
+                        + ("" if avail else "; none available")))
+    t, b = means[TECHNICAL], means[BIOLOGICAL]
+    ok = not (math.isnan(t) or math.isnan(b))
+    out.append(dict(method=method, metric="overall", effect="", category=AGGREGATE,
+                    value=TECHNICAL_WEIGHT * t + BIOLOGICAL_WEIGHT * b if ok else math.nan,
+                    n=out[0]["n"] + out[1]["n"],
+                    note="0.4·technical + 0.6·biological" if ok else
+                    "missing: needs both a technical and a biological score"))
+    return out
+
+
+def available_effects(emb: Profiles) -> list[str]:
+    """Effects with a label column and at least two levels (batch only with a batch role)."""
+    out = []
+    for e in EFFECTS:
+        try:
+            lab = effect_labels(emb, e)
+        except MetricUnavailable:
+            continue
+        if len(np.unique(lab)) > 1:
+            out.append(e)
+    return out
+
+
+def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None = None,
+             pairs: dict[str, pd.DataFrame] | None = None, config: EvaluationConfig | None = None,
+             progress: ProgressCallback = no_progress) -> Scorecard:
+    """Compute every metric on one embedding and return its Scorecard (with aggregates).
+
+    ``pairs``: named pair tables for `fraction_retrieved` (e.g. {"sister": df, "gene_compound": df}).
+    ``truth``: clean ground-truth profiles (simulator) for `knn_overlap`.
+    Effects that the data lack (e.g. batch without a batch column, plate with one plate) are
+    reported as missing with the reason.
+    """
+    cfg = config or EvaluationConfig()
+    method = method or getattr(emb, "method", None) or "embedding"
+    rows: list[dict[str, Any]] = []
+    details: dict[str, pd.DataFrame] = {}
+    effects = list(cfg.effects) if cfg.effects else list(EFFECTS)
+
+    def record(metric: str, effect: str, category: str, fn: Callable[[], Any]) -> Any:
+        try:
+            res = fn()
+        except MetricUnavailable as exc:
+            rows.append(dict(method=method, metric=metric, effect=effect, category=category,
+                             value=math.nan, n=None, note=f"missing: {exc}"))
+            return None
+        value, n, note = res if len(res) == 3 else (*res, "")
+        value = float(value)
+        if not math.isnan(value):
+            value = min(1.0, max(0.0, value))
+        rows.append(dict(method=method, metric=metric, effect=effect, category=category, value=value,
+                         n=n, note=note))
+        return res
+
+    steps = len(effects) * 3 + 8
+    done = 0
+
+    def tick(msg: str) -> None:
+        nonlocal done
+        done += 1
+        progress(min(1.0, done / steps), f"{method}: {msg}")
+
+    for eff in effects:
+        def _asw(eff=eff):
+            if cfg.asw_per_perturbation:
+                return (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed), "per perturbation")
+            return (*asw_effect(emb, eff, seed=cfg.seed), "negative controls")
+        record("asw", eff, TECHNICAL, _asw)
+        tick(f"ASW {eff}")
+        record("variance", eff, TECHNICAL, lambda eff=eff: variance_explained_score(emb, eff))
+        tick(f"variance {eff}")
+        record("leakage", eff, TECHNICAL, lambda eff=eff: classifier_leakage(emb, eff, seed=cfg.seed))
+        tick(f"leakage {eff}")
+    record("graph_connectivity", "perturbation", TECHNICAL,
+           lambda: (*graph_connectivity(emb, k=cfg.k), "labels with 2+ wells"))
+    tick("graph connectivity")
+
+    def _activity():
+        tab = phenotypic_activity(emb, replicates_in_different_wells=cfg.replicates_in_different_wells,
+                                  null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
+        details["activity"] = tab
+        return tab
+
+    act = None
+    try:
+        act = _activity()
+    except MetricUnavailable as exc:
+        for m in ("activity_map", "activity_fraction"):
+            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
+                             n=None, note=f"missing: {exc}"))
+    if act is not None:
+        where = "different wells" if cfg.replicates_in_different_wells else "any well"
+        record("activity_map", "", BIOLOGICAL,
+               lambda: (act["mean_average_precision"].mean(), len(act), f"replicates in {where} vs negative controls"))
+        record("activity_fraction", "", BIOLOGICAL,
+               lambda: (act["below_corrected_p"].mean(), len(act), f"FDR < {cfg.threshold}"))
+    tick("phenotypic activity")
+
+    cons = None
+    try:
+        cons = phenotypic_consistency(emb, null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
+        details["consistency"] = cons
+    except MetricUnavailable as exc:
+        for m in ("consistency_map", "consistency_fraction"):
+            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
+                             n=None, note=f"missing: {exc}"))
+    if cons is not None:
+        record("consistency_map", "", BIOLOGICAL,
+               lambda: (cons["mean_average_precision"].mean(), len(cons), f"annotation {emb.roles.annotation}"))
+        record("consistency_fraction", "", BIOLOGICAL,
+               lambda: (cons["below_corrected_p"].mean(), len(cons), f"FDR < {cfg.threshold}"))
+    tick("phenotypic consistency")
+
+    record("pasw", "", BIOLOGICAL, lambda: (*perturbation_asw(emb, seed=cfg.seed), "replicated treatments"))
+    tick("perturbation ASW")
+
+    try:
+        lr = leiden_nmi_ari(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed)
+        record("nmi", "", BIOLOGICAL, lambda: (lr["nmi"], lr["n"], f"Leiden resolution {lr['nmi_resolution']}"))
+        record("ari", "", BIOLOGICAL, lambda: (lr["ari"], lr["n"], f"Leiden resolution {lr['ari_resolution']}"))
+    except MetricUnavailable as exc:
+        for m in ("nmi", "ari"):
+            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
+                             n=None, note=f"missing: {exc}"))
+    tick("Leiden NMI/ARI")
+
+    for name, tab in (pairs or {}).items():
+        def _fr(tab=tab, name=name):
+            frac, per_pair = fraction_retrieved(emb, tab, seed=cfg.seed)
+            details[f"retrieval_{name}"] = per_pair
+            return frac, int(per_pair["found"].sum()), f"{name} pairs, > 95th percentile of non-pairs"
+        record("fraction_retrieved", name, BIOLOGICAL, _fr)
+    tick("retrieval")
+
+    if truth is not None:
+        record("knn_overlap", "truth", BIOLOGICAL, lambda: (*knn_overlap(emb, truth, k=cfg.k), f"k={cfg.k}"))
+    tick("truth")
+
+    rows += _aggregate_rows(method, rows)
+    scores = pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    scores["n"] = scores["n"].astype("Int64")
+    scores["note"] = scores["note"].fillna("")
+    progress(1.0, f"{method}: done")
+    return Scorecard(scores=scores, details={method: details})
