@@ -1,0 +1,138 @@
+"""2-D views of profiles and embeddings (UMAP, PCA) with a disk cache keyed by content + parameters.
+
+UMAP is computed once per embedding and parameter set: the cache key is a SHA-256 of the matrix
+bytes, its shape and dtype, plus the method and its parameters, so a changed embedding or a changed
+parameter gives a new key and an unchanged one is read back from ``<cache dir>/reduce/<key>.npy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CpDistillerError
+from .paths import atomic_write_bytes, cache_dir
+from .progress import ProgressCallback, no_progress
+
+UMAP_DEFAULTS = {"n_neighbors": 15, "min_dist": 0.1, "random_state": 9000}
+
+
+@dataclass(frozen=True)
+class ReduceParams:
+    """How to reduce: ``method`` 'umap' or 'pca', and UMAP's parameters (paper defaults)."""
+
+    method: str = "umap"
+    n_components: int = 2
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    random_state: int = 9000
+    metric: str = "euclidean"
+
+    def key_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.method == "pca":  # UMAP knobs do not change a PCA
+            d = {"method": "pca", "n_components": self.n_components}
+        return d
+
+
+def content_hash(X: np.ndarray) -> str:
+    """SHA-256 of a matrix's bytes, shape and dtype (C-contiguous float32 view)."""
+    arr = np.ascontiguousarray(X, dtype=np.float32)
+    h = hashlib.sha256()
+    h.update(json.dumps({"shape": list(arr.shape), "dtype": str(arr.dtype)}).encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def cache_key(X: np.ndarray, params: ReduceParams) -> str:
+    """Content hash of the matrix combined with the reduction parameters."""
+    h = hashlib.sha256()
+    h.update(content_hash(X).encode())
+    h.update(json.dumps(params.key_dict(), sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def _cache_path(key: str, root: Path | None) -> Path:
+    return (Path(root) if root is not None else cache_dir() / "reduce") / f"{key}.npy"
+
+
+def _check_matrix(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] < 3:
+        raise CpDistillerError(f"need at least 3 wells to draw an embedding (got shape {X.shape}).")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        raise CpDistillerError(
+            f"{int(bad.sum())} NaN/inf values in the matrix ({int(bad.any(axis=0).sum())} features); "
+            "preprocess the profiles (drop or impute them) before computing a UMAP or PCA."
+        )
+    return X
+
+
+def pca(X: np.ndarray, n_components: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """PCA scores (n x k) and explained-variance ratios of a centred matrix (k clipped to the data)."""
+    from sklearn.decomposition import PCA
+
+    X = _check_matrix(X)
+    k = int(max(1, min(n_components, X.shape[0] - 1, X.shape[1])))
+    model = PCA(n_components=k, random_state=seed, svd_solver="auto")
+    scores = model.fit_transform(X.astype(np.float64)).astype(np.float32)
+    return scores, model.explained_variance_ratio_.astype(np.float32)
+
+
+def reduce(X: np.ndarray, params: ReduceParams | None = None, cache: bool = True,
+           cache_root: Path | None = None, progress: ProgressCallback = no_progress) -> np.ndarray:
+    """2-D (or ``n_components``-D) coordinates of the rows of ``X`` by UMAP or PCA, cached on disk."""
+    params = params or ReduceParams()
+    if params.method not in ("umap", "pca"):
+        raise CpDistillerError(f"unknown reduction {params.method!r}; use 'umap' or 'pca'.")
+    X = _check_matrix(X)
+    path = _cache_path(cache_key(X, params), cache_root)
+    if cache and path.exists():
+        try:
+            out = np.load(path, allow_pickle=False)
+            if out.shape[0] == X.shape[0]:
+                progress(1.0, "read from cache")
+                return out
+        except (OSError, ValueError):
+            pass  # unreadable cache entry: recompute and overwrite it
+    progress(0.0, f"computing {params.method.upper()} of {X.shape[0]} x {X.shape[1]}")
+    if params.method == "pca":
+        out, _ = pca(X, params.n_components)
+        if out.shape[1] < params.n_components:  # a 1-feature matrix: pad so plots keep two axes
+            out = np.hstack([out, np.zeros((out.shape[0], params.n_components - out.shape[1]), np.float32)])
+    else:
+        out = _umap(X, params)
+    if cache:
+        buf = io.BytesIO()
+        np.save(buf, out.astype(np.float32), allow_pickle=False)
+        atomic_write_bytes(path, buf.getvalue())
+    progress(1.0, "done")
+    return out.astype(np.float32)
+
+
+def _umap(X: np.ndarray, params: ReduceParams) -> np.ndarray:
+    import warnings
+
+    import umap
+
+    n = X.shape[0]
+    n_neighbors = int(min(params.n_neighbors, n - 1))
+    if n_neighbors < 2:
+        raise CpDistillerError(f"UMAP needs at least 3 wells (got {n}).")
+    model = umap.UMAP(n_neighbors=n_neighbors, min_dist=params.min_dist, n_components=params.n_components,
+                      random_state=params.random_state, metric=params.metric)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # n_jobs overridden by random_state; spectral init notices
+        return np.asarray(model.fit_transform(X), dtype=np.float32)
+
+
+def is_cached(X: np.ndarray, params: ReduceParams, cache_root: Path | None = None) -> bool:
+    """Whether ``reduce(X, params)`` would be read from disk."""
+    return _cache_path(cache_key(np.asarray(X, dtype=np.float32), params), cache_root).exists()
