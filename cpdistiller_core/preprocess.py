@@ -9,8 +9,8 @@ Defaults follow the cpDistiller paper, which preprocesses with pycytominer:
 2. feature selection with pycytominer's operations: ``drop_na_columns`` (NaN in > 5 % of wells),
    ``variance_threshold`` (variance < 1e-6), ``frequency_threshold`` (near-constant: 2nd/1st most
    common value ratio < 0.05 or unique values / wells < 0.01), ``correlation_threshold``
-   (Pearson > 0.9) and the packaged ``blocklist``. Wells still holding NaN after the NaN-heavy
-   features are gone are dropped and reported.
+   (Pearson > 0.9) and the packaged ``blocklist``, fitted on the wells without missing values.
+   Wells with missing values in a kept feature are then dropped (or set to 0) and reported.
 3. clipping to ``[-clip, clip]`` and z-scoring every kept feature over all wells.
 
 pycytominer's ``normalize`` works on one DataFrame per call; we vectorise it per plate in numpy
@@ -531,24 +531,34 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
         dropped_feats += [{"feature": f, "step": "drop_na_columns", "reason": "all values NaN"}
                           for f, a in zip(cur.features, all_nan) if a]
         cur = cur.subset(features=[f for f, a in zip(cur.features, all_nan) if not a])
-    cur = _handle_incomplete_rows(cur, config, report, warn)
     if select:
-        before_const = _constant_features(cur)
-        cur, d = select_features(cur, ops, min_variance=config.min_variance, freq_cut=config.freq_cut,
+        # selection is fitted on complete wells; wells incomplete in a kept feature are handled after
+        complete = np.isfinite(cur.X).all(axis=1)
+        fit = cur if complete.all() else cur.subset(rows=complete)
+        if fit.n_wells < 2:
+            raise CpDistillerError(
+                f"{where(src)}fewer than 2 wells are complete after dropping NaN-heavy features; "
+                "raise na_cutoff or fix the missing values."
+            )
+        before_const = _constant_features(fit)
+        fit, d = select_features(fit, ops, min_variance=config.min_variance, freq_cut=config.freq_cut,
                                  unique_cut=config.unique_cut, corr_threshold=config.corr_threshold,
                                  blocklist=config.blocklist,
                                  progress=lambda f, m: progress(0.3 + 0.6 * f, m))
         dropped_feats += d
-        left_const = [f for f in before_const if f in set(cur.features)]
+        kept = set(fit.features)
+        left_const = [f for f in before_const if f in kept]
         if left_const:  # constant features carry nothing and break z-scoring; never keep them silently
             dropped_feats += [{"feature": f, "step": "constant", "reason": "constant (variance 0)"}
                               for f in left_const]
-            cur = cur.subset(features=[f for f in cur.features if f not in set(left_const)])
-        if cur.n_features == 0:
+            kept -= set(left_const)
+        if not kept:
             raise CpDistillerError(
                 f"{where(src)}preprocessing dropped every feature ({len(dropped_feats)} dropped); "
-                "see the reasons with a looser configuration (e.g. fewer operations)."
+                "loosen the configuration (e.g. fewer operations)."
             )
+        cur = cur.subset(features=[f for f in cur.features if f in kept])
+    cur = _handle_incomplete_rows(cur, config, report, warn)
     report.dropped_features = dropped_feats
     report.kept_features = list(cur.features)
 
