@@ -1,0 +1,444 @@
+"""`CpDistiller`: fit / transform / save / load around the correction network.
+
+``fit`` expects preprocessed Profiles (``preprocess.preprocess``). The model then applies its own input
+transform, fitted at ``fit`` and stored with the weights: a per-feature z-score, optionally preceded by
+ZCA sphering fitted on negative-control wells (``config.sphering = "negcon"``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import CpDistillerConfig, parse_effects
+from .errors import CpDistillerError, CpDistillerWarning, example_values, where
+from .model.discriminators import ordinal_soft_labels, smooth_labels
+from .model.gmvae import CorrectionModule
+from .paths import atomic_write_bytes, atomic_write_text
+from .profiles import Embedding, Profiles
+from .progress import ProgressCallback, no_progress
+from .train import EMA, TrainData, TrainResult, select_device, train
+
+WEIGHTS_FILE = "weights.pt"
+MODEL_FILE = "model.json"
+FORMAT_VERSION = 1
+ORDERED_EFFECTS = ("row", "column")
+
+
+# ----- the model's own input transform -------------------------------------------------------------
+@dataclass
+class InputTransform:
+    """x -> ((x - center) @ W - mean) / std, with W the negative-control ZCA matrix or the identity."""
+
+    center: np.ndarray
+    whiten: np.ndarray | None
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
+            source: str | None = None) -> InputTransform:
+        d = X.shape[1]
+        center = np.zeros(d, dtype=np.float32)
+        whiten = None
+        Y = X
+        if sphering == "negcon":
+            n_neg = 0 if negative is None else int(negative.sum())
+            if n_neg < 2:
+                raise CpDistillerError(
+                    f"{where(source)}sphering on negative controls needs negative-control wells "
+                    f"(found {n_neg}): set the 'control' role and its negative values, or use sphering 'none'."
+                )
+            Xn = X[negative].astype(np.float64)
+            center = Xn.mean(axis=0)
+            cov = np.cov(Xn - center, rowvar=False).reshape(d, d)
+            evals, evecs = np.linalg.eigh(cov)
+            evals = np.clip(evals, 0.0, None)
+            # Relative ridge: with fewer controls than features most eigenvalues are 0.
+            ridge = regularization * max(float(evals.mean()), 1e-12)
+            whiten = ((evecs / np.sqrt(evals + ridge)) @ evecs.T).astype(np.float32)
+            center = center.astype(np.float32)
+            Y = _chunked_affine(X, center, whiten)
+        mean = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
+        std = Y.std(axis=0, dtype=np.float64).astype(np.float32)
+        std[~(std > 1e-8)] = 1.0
+        return cls(center, whiten, mean, std)
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        Y = _chunked_affine(X, self.center, self.whiten) if self.whiten is not None else X
+        return ((Y - self.mean) / self.std).astype(np.float32, copy=False)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+               (("center", self.center), ("mean", self.mean), ("std", self.std))}
+        if self.whiten is not None:
+            out["whiten"] = torch.from_numpy(self.whiten)
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: Mapping[str, torch.Tensor]) -> InputTransform:
+        w = t.get("whiten")
+        return cls(t["center"].numpy(), None if w is None else w.numpy(), t["mean"].numpy(), t["std"].numpy())
+
+
+def _chunked_affine(X: np.ndarray, center: np.ndarray, W: np.ndarray | None, chunk: int = 8192) -> np.ndarray:
+    """(X - center) @ W in row chunks, so temporary memory does not grow with the number of wells."""
+    out = np.empty(X.shape, dtype=np.float32)
+    for s in range(0, X.shape[0], chunk):
+        blk = X[s:s + chunk] - center
+        out[s:s + chunk] = blk @ W if W is not None else blk
+    return out
+
+
+# ----- helpers -------------------------------------------------------------------------------------
+def _level_codes(values: np.ndarray, effect: str) -> tuple[np.ndarray, list[Any]]:
+    """Codes 0..L-1; row/column levels sorted by plate position so code distance is positional order."""
+    if effect in ORDERED_EFFECTS:
+        levels = sorted({int(v) for v in values})
+        codes = np.searchsorted(np.asarray(levels), values.astype(np.int64))
+        return codes.astype(np.int64), levels
+    levels = sorted({str(v) for v in values})
+    lookup = {v: i for i, v in enumerate(levels)}
+    return np.fromiter((lookup[str(v)] for v in values), dtype=np.int64, count=len(values)), levels
+
+
+def _check_finite(profiles: Profiles, what: str = "features") -> None:
+    bad = ~np.isfinite(profiles.X)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        cols = [profiles.features[j] for j in np.flatnonzero(bad.any(axis=0))]
+        raise CpDistillerError(
+            f"{where(profiles.source or None)}{what} contain NaN/inf in {len(rows)} well(s) "
+            f"(rows {', '.join(str(profiles.meta.index[i]) for i in rows[:5])}; columns "
+            f"{example_values(cols)}): preprocess the profiles first (cpdistiller preprocess)."
+        )
+
+
+def _well_keys(p: Profiles) -> np.ndarray:
+    return np.char.add(np.char.add(p.plate.astype(str), "\x1f"), p.well.astype(str))
+
+
+def align_extractor(profiles: Profiles, extractor: Profiles) -> np.ndarray:
+    """Image features in the row order of ``profiles``, joined on plate + well."""
+    keys = _well_keys(extractor)
+    uniq, first = np.unique(keys, return_index=True)
+    if len(uniq) != len(keys):
+        dup = keys[np.setdiff1d(np.arange(len(keys)), first)]
+        raise CpDistillerError(
+            f"{where(extractor.source or None)}image features list some wells twice "
+            f"({example_values([k.replace(chr(31), ' ') for k in dup])}); give one row per plate and well."
+        )
+    want = _well_keys(profiles)
+    pos = np.searchsorted(uniq, want)
+    pos = np.clip(pos, 0, len(uniq) - 1)
+    found = uniq[pos] == want
+    if not found.all():
+        miss = want[~found]
+        raise CpDistillerError(
+            f"{where(extractor.source or None)}no image features for {len(miss)} well(s) of the profiles "
+            f"({example_values([k.replace(chr(31), ' ') for k in miss])}); join on plate and well failed."
+        )
+    _check_finite(extractor, "image features")
+    return extractor.X[first[pos]]
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+    import pandas
+    import sklearn
+
+    return {"cpdistiller": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "pandas": pandas.__version__, "scikit-learn": sklearn.__version__,
+            "python": platform.python_version()}
+
+
+# ----- the model -----------------------------------------------------------------------------------
+class CpDistiller:
+    """Removes batch / row / column effects from preprocessed well-level profiles.
+
+    >>> model = CpDistiller(CpDistillerConfig(epochs=50)).fit(profiles, effects=("row", "column"))
+    >>> emb = model.transform(profiles)          # Embedding with cpd_0 ... cpd_49
+    >>> model.save("model/"); CpDistiller.load("model/").transform(new_plates)
+    """
+
+    def __init__(self, config: CpDistillerConfig | None = None, **overrides: Any) -> None:
+        config = config or CpDistillerConfig()
+        self.config = config.replace(**overrides) if overrides else config
+        self.module: CorrectionModule | None = None
+        self.features: list[str] = []
+        self.effects: tuple[str, ...] = ()
+        self.levels: dict[str, list[Any]] = {}
+        self.input_transform: InputTransform | None = None
+        self.extractor_features: list[str] | None = None
+        self.joint_settings: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.neighbor_stats: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.train_info: dict[str, Any] = {}
+        self.device = select_device(self.config.device)
+
+    # ----- fit -----------------------------------------------------------------------------------
+    def fit(self, profiles: Profiles, effects: str | Sequence[str] = ("row", "column"),
+            progress: ProgressCallback | None = None, warm_start: str | Path | None = None,
+            extractor: Profiles | None = None,
+            on_epoch: Callable[[dict[str, Any], EMA], None] | None = None) -> CpDistiller:
+        """Train on preprocessed ``profiles``; ``extractor`` adds per-well image features (joint module).
+
+        ``warm_start``: a saved model directory to fine-tune (same features; its input transform and
+        architecture are kept, discriminators are re-initialised when the levels differ).
+        """
+        from .neighbors import TripletSampler, mine_neighbors
+
+        progress = progress or no_progress
+        cfg = self.config
+        t_start = time.perf_counter()
+        src = profiles.source or None
+        _check_finite(profiles)
+        if profiles.n_wells < 2:
+            raise CpDistillerError(f"{where(src)}need at least 2 wells to train, got {profiles.n_wells}.")
+        effects = self._usable_effects(profiles, parse_effects(effects))
+        base = CpDistiller.load(warm_start, device=cfg.device) if warm_start is not None else None
+        if base is not None:
+            self._check_features(profiles, base.features, "the warm-start model")
+            if (extractor is None) != (base.extractor_features is None):
+                raise CpDistillerError("the warm-start model and this fit disagree on image features "
+                                       "(one uses an extractor table, the other not).")
+            self.features = list(base.features)
+            self.input_transform = base.input_transform
+            arch = {k: getattr(base.config, k) for k in ("hidden_dim", "latent_dim", "n_components",
+                                                         "discriminator_hidden")}
+            cfg = self.config = cfg.replace(**arch)
+        else:
+            self.features = list(profiles.features)
+            neg = profiles.negative_mask
+            self.input_transform = InputTransform.fit(profiles.X, neg, cfg.sphering,
+                                                      cfg.sphering_regularization, src)
+        X = self.input_transform.apply(profiles.subset(features=self.features).X
+                                       if base is not None else profiles.X)
+        self.effects = effects
+        codes, self.levels = {}, {}
+        soft = {}
+        for e in effects:
+            codes[e], self.levels[e] = _level_codes(profiles.labels(e), e)
+            n = len(self.levels[e])
+            table = ordinal_soft_labels(n, cfg.soft_label_alpha) if e in ORDERED_EFFECTS else \
+                smooth_labels(n, cfg.soft_label_alpha)
+            soft[e] = torch.tensor(table, dtype=torch.float32)
+
+        E = None
+        joint = None
+        if extractor is not None:
+            E = align_extractor(profiles, extractor).astype(np.float32)
+            joint = self._make_joint(E, base)
+            self.extractor_features = list(extractor.features)
+        self.module = CorrectionModule(
+            X.shape[1], {e: len(self.levels[e]) for e in effects}, cfg.hidden_dim, cfg.latent_dim,
+            cfg.n_components, cfg.discriminator_hidden, joint=joint)
+        if base is not None:
+            self._load_warm(base)
+
+        # Neighbours for the contrastive term (sparse; mined on the model's input space).
+        t0 = time.perf_counter()
+        progress(0.0, "mining neighbours")
+        graph = mine_neighbors(X, {e: profiles.labels(e) for e in effects}, k_knn=cfg.k_knn,
+                               k_mnn=cfg.k_mnn, n_pcs=cfg.neighbor_pcs, combine=cfg.neighbor_combine,
+                               method=cfg.neighbor_method, seed=cfg.seed,
+                               progress=lambda f, m: progress(0.05 * f, m))
+        self.neighbor_stats = dict(getattr(graph, "stats", {}) or {})
+        n_anchor = int(graph.has_positive().sum())
+        self.neighbor_stats.setdefault("anchors_with_positive", n_anchor)
+        sampler = TripletSampler(graph, profiles.negative_mask, seed=cfg.seed) if n_anchor else None
+        if sampler is None:
+            warnings.warn("no well has a positive neighbour: training without the contrastive term.",
+                          CpDistillerWarning, stacklevel=2)
+        self.timings["neighbors_s"] = time.perf_counter() - t0
+
+        dev = self.device
+        data = TrainData(
+            X=torch.from_numpy(X).to(dev),
+            labels={e: torch.from_numpy(codes[e]).to(dev) for e in effects},
+            soft_targets={e: soft[e].to(dev) for e in effects},
+            E=None if E is None else torch.from_numpy(E).to(dev),
+            triplets=sampler,
+        )
+        result: TrainResult = train(self.module, data, cfg, dev,
+                                    progress=lambda f, m: progress(0.05 + 0.95 * f, m), on_epoch=on_epoch)
+        del data
+        self.history = result.history
+        self.timings["train_s"] = result.seconds
+        self.timings["fit_s"] = time.perf_counter() - t_start
+        self.train_info = {"steps": result.steps, "device": result.device, "amp_dtype": result.amp_dtype,
+                           "n_wells": profiles.n_wells, "n_features": len(self.features),
+                           "warm_start": None if warm_start is None else str(warm_start)}
+        return self
+
+    def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
+        kept = []
+        for e in effects:
+            n = len(np.unique(profiles.labels(e).astype(str)))
+            if n < 2:
+                warnings.warn(f"effect {e!r} has a single level in these profiles: not corrected.",
+                              CpDistillerWarning, stacklevel=3)
+            else:
+                kept.append(e)
+        if not kept:
+            raise CpDistillerError(
+                f"{where(profiles.source or None)}nothing to correct: every requested effect "
+                f"({', '.join(effects)}) has a single level (e.g. one plate in one batch). "
+                "Choose effects with at least two levels, such as row,column."
+            )
+        return tuple(kept)
+
+    def _make_joint(self, E: np.ndarray, base: CpDistiller | None) -> torch.nn.Module:
+        from .model.joint import DEFAULT_OUT_DIM, DEFAULT_POOL, JointModule, compute_pca_init
+
+        if base is not None and base.joint_settings is not None:
+            self.joint_settings = dict(base.joint_settings)
+            return JointModule(**self.joint_settings)
+        self.joint_settings = {"n_features": E.shape[1], "pool": DEFAULT_POOL, "out_dim": DEFAULT_OUT_DIM}
+        return JointModule(**self.joint_settings,
+                           pca_init=compute_pca_init(E, DEFAULT_POOL, DEFAULT_OUT_DIM, self.config.seed))
+
+    def _load_warm(self, base: CpDistiller) -> None:
+        assert self.module is not None and base.module is not None
+        state = base.module.state_dict()
+        own = self.module.state_dict()
+        keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
+                and not (k.startswith("discriminators.") and base.levels != self.levels)}
+        self.module.load_state_dict(keep, strict=False)
+
+    # ----- transform -----------------------------------------------------------------------------
+    def _check_features(self, profiles: Profiles, features: Sequence[str], what: str) -> None:
+        have = set(profiles.features)
+        missing = [f for f in features if f not in have]
+        if missing:
+            raise CpDistillerError(
+                f"{where(profiles.source or None)}{len(missing)} of the {len(features)} features {what} was "
+                f"trained on are missing ({example_values(missing)}): apply the same preprocessing "
+                "(PreprocessReport.apply) or retrain on these features."
+            )
+
+    def _require_fitted(self) -> CorrectionModule:
+        if self.module is None or self.input_transform is None:
+            raise CpDistillerError("this CpDistiller has not been fitted or loaded yet.")
+        return self.module
+
+    @torch.no_grad()
+    def transform(self, profiles: Profiles, extractor: Profiles | None = None,
+                  batch_size: int = 8192) -> Embedding:
+        """The corrected embedding (EMA model's posterior mean) for profiles with the model's features."""
+        module = self._require_fitted()
+        self._check_features(profiles, self.features, "this model")
+        sub = profiles if list(profiles.features) == self.features else profiles.subset(features=self.features)
+        _check_finite(sub)
+        if (self.extractor_features is not None) and extractor is None:
+            raise CpDistillerError("this model was trained with image features: pass extractor= to transform.")
+        E = None
+        if self.extractor_features is not None and extractor is not None:
+            E = align_extractor(profiles, extractor).astype(np.float32)
+            if E.shape[1] != len(self.extractor_features):
+                raise CpDistillerError(
+                    f"image features have {E.shape[1]} columns; the model was trained on "
+                    f"{len(self.extractor_features)}.")
+        module.eval().to(self.device)
+        Z = np.empty((sub.n_wells, self.config.latent_dim), dtype=np.float32)
+        for s in range(0, sub.n_wells, batch_size):
+            x = torch.from_numpy(self.input_transform.apply(sub.X[s:s + batch_size])).to(self.device)
+            e = None if E is None else torch.from_numpy(E[s:s + batch_size]).to(self.device)
+            Z[s:s + batch_size] = module.embed(x, e).float().cpu().numpy()
+        return Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
+
+    def fit_transform(self, profiles: Profiles, effects: str | Sequence[str] = ("row", "column"),
+                      **kw: Any) -> Embedding:
+        return self.fit(profiles, effects=effects, **kw).transform(profiles, extractor=kw.get("extractor"))
+
+    def provenance(self) -> dict[str, Any]:
+        return {"cpdistiller_version": __version__, "effects": list(self.effects),
+                "config": self.config.to_dict(), "n_features": len(self.features),
+                "neighbors": self.neighbor_stats, "train": self.train_info}
+
+    # ----- save / load ---------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """``weights.pt`` (tensors only, loads with weights_only=True) + ``model.json`` (config, features)."""
+        module = self._require_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        import io
+
+        buf = io.BytesIO()
+        state = {"module": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                 "input_transform": self.input_transform.tensors()}
+        torch.save(state, buf)
+        atomic_write_bytes(directory / WEIGHTS_FILE, buf.getvalue())
+        meta = {"format_version": FORMAT_VERSION, "cpdistiller_version": __version__,
+                "config": self.config.to_dict(), "features": self.features, "effects": list(self.effects),
+                "levels": {e: list(v) for e, v in self.levels.items()},
+                "extractor_features": self.extractor_features, "joint": self.joint_settings,
+                "n_input": len(self.features), "neighbors": self.neighbor_stats, "train": self.train_info,
+                "timings": self.timings}
+        atomic_write_text(directory / MODEL_FILE, json.dumps(meta, indent=1, default=_json_default))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> CpDistiller:
+        directory = Path(directory)
+        meta_path, w_path = directory / MODEL_FILE, directory / WEIGHTS_FILE
+        if not meta_path.is_file() or not w_path.is_file():
+            raise CpDistillerError(f"{directory}: not a saved cpDistiller model (needs {MODEL_FILE} and {WEIGHTS_FILE}).")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise CpDistillerError(f"{meta_path}: unreadable model description ({exc}).") from None
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise CpDistillerError(f"{directory}: saved by a newer cpDistiller ({meta.get('cpdistiller_version')}).")
+        cfg = CpDistillerConfig.from_dict(meta["config"], source=str(meta_path))
+        if device is not None:
+            cfg = cfg.replace(device=device)
+        self = cls(cfg)
+        self.features = list(meta["features"])
+        self.effects = tuple(meta["effects"])
+        self.levels = {e: list(v) for e, v in meta["levels"].items()}
+        self.extractor_features = meta.get("extractor_features")
+        self.joint_settings = meta.get("joint")
+        self.neighbor_stats = meta.get("neighbors", {})
+        self.train_info = meta.get("train", {})
+        self.timings = meta.get("timings", {})
+        try:
+            state = torch.load(w_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
+            raise CpDistillerError(f"{w_path}: cannot load weights ({exc}).") from None
+        joint = None
+        if self.joint_settings is not None:
+            from .model.joint import JointModule
+
+            joint = JointModule(**self.joint_settings)
+        self.module = CorrectionModule(
+            len(self.features), {e: len(self.levels[e]) for e in self.effects}, cfg.hidden_dim,
+            cfg.latent_dim, cfg.n_components, cfg.discriminator_hidden, joint=joint)
+        try:
+            self.module.load_state_dict(state["module"])
+        except (RuntimeError, KeyError) as exc:
+            raise CpDistillerError(f"{w_path}: weights do not match {meta_path} ({exc}).") from None
+        self.input_transform = InputTransform.from_tensors(state["input_transform"])
+        if self.input_transform.mean.shape[0] != len(self.features) and self.input_transform.whiten is None:
+            raise CpDistillerError(f"{w_path}: input transform does not match the feature list.")
+        self.module.eval().to(self.device)
+        return self
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,165 @@
+"""`CpDistillerConfig`: every setting of the correction engine, with the paper's defaults.
+
+The defaults follow Yan et al., Nat Commun 16:6886 (2025) and the published implementation; each
+field says where it comes from. Departures from the paper are options here, off by default unless a
+benchmark showed they win (see docs/model.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CpDistillerError
+
+EFFECTS = ("batch", "row", "column")
+_EFFECT_ALIASES = {"batch": "batch", "row": "row", "column": "column", "col": "column"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SPHERING = ("none", "negcon")
+
+
+@dataclass
+class CpDistillerConfig:
+    """Settings of one correction. ``to_dict``/``from_dict``/``from_file`` round-trip through JSON."""
+
+    # --- GMVAE (paper: hidden 512, latent 50, K = 10 mixture components) ---
+    hidden_dim: int = 512
+    latent_dim: int = 50
+    n_components: int = 10
+    # Gumbel-softmax temperature: tau_e = max(start * exp(-decay * e), min) at epoch e (reference: 1.0, 0.0125, 0.5).
+    temperature_start: float = 1.0
+    temperature_decay: float = 0.0125
+    temperature_min: float = 0.5
+    # --- adversarial part (gradient reversal; lambda = 2 / (1 + exp(-gamma * p)) - 1) ---
+    grl_gamma: float = 10.0
+    discriminator_hidden: int = 128
+    soft_label_alpha: float = 0.75   # target mass on the true label
+    soft_label_eps: float = 0.1      # loss = (1 - eps) CE(one-hot) + eps CE(soft)
+    # --- contrastive part ---
+    triplet_margin: float = 10.0
+    k_knn: int = 10                  # KNN within a level of an effect
+    k_mnn: int = 5                   # MNN across levels of an effect
+    neighbor_pcs: int = 50
+    neighbor_combine: str = "intersection"
+    # --- loss weights: w_elbo * ELBO + w_dis * sum(D) + w_con * triplet, w_dis = w_con = d / 35 ---
+    w_elbo: float = 1.0
+    w_dis_per_feature: float = 1.0 / 35.0
+    w_con_per_feature: float = 1.0 / 35.0
+    # --- optimisation (AdamW, cosine schedule over the epochs) ---
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_discriminator: float = 3e-3
+    weight_decay: float = 0.01       # torch's AdamW default, as in the reference
+    ema_decay: float | None = None   # None: 1 - 5 / epochs, updated once per epoch as in the reference
+    min_steps: int = 0               # lengthen epochs' worth of steps for tiny screens (0: the paper's epochs)
+    # --- input handling inside the model ---
+    sphering: str = "none"           # "negcon": ZCA whitening fitted on negative-control wells
+    sphering_regularization: float = 0.1
+    # --- runtime ---
+    seed: int = 0
+    device: str = "auto"             # auto: CUDA > MPS > CPU
+    amp: bool = True                 # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
+    neighbor_method: str = "auto"
+    checkpoint_every: int = 0        # epochs between checkpoints in a run dir (0: only the final model)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----- derived values ------------------------------------------------------------------------
+    @property
+    def ema_alpha(self) -> float:
+        """EMA decay per epoch: ``ema_decay`` or the paper's 1 - 5 / epochs (clipped at 0)."""
+        if self.ema_decay is not None:
+            return float(self.ema_decay)
+        return max(0.0, 1.0 - 5.0 / max(self.epochs, 1))
+
+    def loss_weights(self, n_input: int) -> tuple[float, float, float]:
+        """(w_elbo, w_dis, w_con) for an input of ``n_input`` dimensions."""
+        return self.w_elbo, self.w_dis_per_feature * n_input, self.w_con_per_feature * n_input
+
+    # ----- validation and (de)serialisation ------------------------------------------------------
+    def validate(self) -> None:
+        checks = [
+            (self.hidden_dim >= 1, "hidden_dim must be >= 1"),
+            (self.latent_dim >= 1, "latent_dim must be >= 1"),
+            (self.n_components >= 1, "n_components must be >= 1"),
+            (0 < self.temperature_min <= self.temperature_start, "need 0 < temperature_min <= temperature_start"),
+            (self.temperature_decay >= 0, "temperature_decay must be >= 0"),
+            (0.0 < self.soft_label_alpha < 1.0, "soft_label_alpha must be in (0, 1)"),
+            (0.0 <= self.soft_label_eps <= 1.0, "soft_label_eps must be in [0, 1]"),
+            (self.triplet_margin >= 0, "triplet_margin must be >= 0"),
+            (self.k_knn >= 1 and self.k_mnn >= 1, "k_knn and k_mnn must be >= 1"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2"),
+            (self.lr > 0 and self.lr_discriminator > 0, "learning rates must be > 0"),
+            (self.ema_decay is None or 0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
+            (self.min_steps >= 0, "min_steps must be >= 0"),
+            (self.sphering in SPHERING, f"sphering must be one of {SPHERING}"),
+            (self.sphering_regularization >= 0, "sphering_regularization must be >= 0"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}"),
+            (self.neighbor_combine in ("intersection", "union"), "neighbor_combine must be intersection or union"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise CpDistillerError("invalid cpDistiller settings: " + "; ".join(bad) + ".")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> CpDistillerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            where = f"{source}: " if source else ""
+            raise CpDistillerError(f"{where}unknown setting(s) {unknown}; known settings: {sorted(known)}.")
+        try:
+            return cls(**dict(d))
+        except TypeError as exc:
+            raise CpDistillerError(f"{source + ': ' if source else ''}bad settings: {exc}.") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CpDistillerConfig:
+        """Read settings from a JSON or YAML file (only the keys to change are needed)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CpDistillerError(f"{path}: cannot read settings file ({exc.strerror}).") from None
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+            raise CpDistillerError(f"{path}: cannot parse settings ({exc}).") from None
+        if not isinstance(data, dict):
+            raise CpDistillerError(f"{path}: settings must be a mapping of name -> value.")
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self, **changes: Any) -> CpDistillerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_effects(effects: str | Any) -> tuple[str, ...]:
+    """'batch,row,col' or a sequence -> canonical ('batch', 'row', 'column'), order kept, no duplicates."""
+    items = [e.strip() for e in effects.split(",")] if isinstance(effects, str) else [str(e).strip() for e in effects]
+    items = [e for e in items if e]
+    out: list[str] = []
+    for e in items:
+        canon = _EFFECT_ALIASES.get(e.lower())
+        if canon is None:
+            raise CpDistillerError(f"unknown effect {e!r}; choose from batch, row, column (or col).")
+        if canon not in out:
+            out.append(canon)
+    if not out:
+        raise CpDistillerError("no effects to correct: give at least one of batch, row, column.")
+    return tuple(out)
