@@ -1,0 +1,1025 @@
+"""Reading and writing well-level profiles: formats, role detection and mapping, validation.
+
+``read_profiles`` reads CSV/TSV (optionally gzipped), Parquet and AnnData ``.h5ad`` files into a
+:class:`~cpdistiller_core.profiles.Profiles`. Features are the numeric CellProfiler measurement
+columns (``Cells_``, ``Nuclei_``, ``Cytoplasm_``, ``Image_``… prefixes) unless a list or regex is
+given; every other column is metadata and is kept untouched, in its original order. Roles (plate,
+well, batch, perturbation, control status, annotation) are auto-detected from pycytominer / JUMP
+naming conventions (:func:`explain_roles` says why each was chosen) and can be overridden by a
+dict, a :class:`Roles`, or a small YAML/JSON mapping file.
+
+``write_profiles`` stores roles (and an Embedding's method/provenance) with the data: in the
+Parquet schema metadata, the h5ad ``uns``, or a ``<file>.cpdistiller.json`` sidecar next to a CSV,
+so that reading back restores them exactly.
+
+Row numbers in messages are 0-based data rows (the header is not counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io as _io
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pandas as pd
+
+from .errors import CpDistillerError, CpDistillerWarning, example_rows, example_values, where
+from .profiles import Embedding, Profiles, Roles
+
+PathLike = str | os.PathLike
+InputLike = PathLike | BinaryIO
+
+# CellProfiler object/compartment names seen in profiles (JUMP, LINCS, VarChAMP, cmQTL, cell injury...).
+FEATURE_PREFIXES: tuple[str, ...] = (
+    "Cells_", "Nuclei_", "Cytoplasm_", "Image_", "PreNuclei_", "Mito_", "Mitochondria_",
+    "Speckles_", "Foci_", "Spots_", "Neurites_", "Nucleoli_", "Organelles_", "Cell_", "Nucleus_",
+)
+# Image_ columns that describe the acquisition, not the biology: they stay metadata.
+_IMAGE_NON_FEATURES = re.compile(
+    r"^Image_(Metadata|FileName|PathName|URL|MD5Digest|Width|Height|Scaling|Series|Frame|Group|"
+    r"ExecutionTime|ModuleError|ImageNumber|ImageSet|Channel|Count|Stack|Plane|Timepoint)(_|$)"
+)
+
+_FORMAT_SUFFIXES = {
+    ".csv": "csv", ".csv.gz": "csv", ".tsv": "tsv", ".tsv.gz": "tsv", ".txt": "tsv", ".txt.gz": "tsv",
+    ".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad",
+}
+SIDECAR_SUFFIX = ".cpdistiller.json"
+_STORE_KEY = "cpdistiller"
+_STORE_VERSION = 1
+
+# Known column names per role, in priority order; matching is case-insensitive, exact case preferred.
+PLATE_NAMES = ("Metadata_Plate", "Metadata_Assay_Plate_Barcode", "Metadata_Barcode", "Metadata_PlateID",
+               "Image_Metadata_Plate", "Plate", "Plate_ID", "PlateID", "Barcode")
+WELL_NAMES = ("Metadata_Well", "Image_Metadata_Well", "Metadata_well_position", "Metadata_WellID",
+              "Well", "Well_ID", "WellID", "WellName", "Well Name")
+ROW_NAMES = ("Metadata_Row", "Image_Metadata_Row", "Metadata_WellRow", "Row")
+COLUMN_NAMES = ("Metadata_Col", "Metadata_Column", "Image_Metadata_Col", "Image_Metadata_Column",
+                "Metadata_WellColumn", "Col", "Column")
+BATCH_NAMES = ("Metadata_Batch", "Image_Metadata_Batch", "Batch", "Metadata_Source")
+PERTURBATION_NAMES = (
+    "Metadata_JCP2022", "Metadata_broad_sample", "Metadata_gene_allele", "Metadata_pert_iname",
+    "Metadata_Symbol", "Metadata_target_gene", "Metadata_gene_symbol", "Metadata_Gene",
+    "Metadata_pert_id", "Metadata_pert_name", "Metadata_Compound", "Metadata_Treatment",
+    "Metadata_Perturbation", "Metadata_sgRNA", "Compound Name", "Compound", "Treatment", "Perturbation",
+)
+ANNOTATION_NAMES = (
+    "Metadata_moa", "Metadata_Symbol", "Metadata_gene_symbol", "Metadata_Gene", "Metadata_target",
+    "Metadata_target_gene", "Metadata_pathway", "Metadata_Annotation", "injury_type", "MOA", "Target",
+)
+CONTROL_NAMES = (
+    "Metadata_control_type", "Metadata_pert_type", "Metadata_node_type", "Metadata_broad_sample_type",
+    "Metadata_Control", "Metadata_negcon", "Control Type", "Control_Type", "control_type", "Control",
+)
+# Control-status vocabularies (lower case).
+NEGATIVE_VALUES = frozenset({
+    "negcon", "negative", "negative control", "negative_control", "neg_con", "neg", "nc", "control",
+    "ctrl", "dmso", "empty", "untreated", "mock", "vehicle", "non-targeting", "nontargeting",
+    "non_targeting", "no_guide", "no-guide", "negcon_orf", "negcon_crispr", "negcon_compound",
+})
+POSITIVE_VALUES = frozenset({
+    "poscon", "positive", "positive control", "positive_control", "pos_con", "pos", "pc", "cpc",
+    "poscon_orf", "poscon_cp", "poscon_diverse", "poscon_crispr",
+})
+# In a perturbation column only unambiguous names count ('PC' is also a gene symbol).
+_NEGATIVE_PERTURBATIONS = frozenset({
+    "dmso", "control", "negcon", "empty", "untreated", "mock", "vehicle", "non-targeting",
+    "nontargeting", "non_targeting", "no_guide", "no-guide",
+})
+_COLUMN_ROLES = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
+
+
+# ----- reports ------------------------------------------------------------------------------------
+@dataclass
+class RoleDetection:
+    """Detected roles and, per role, a sentence saying why that column (or nothing) was chosen."""
+
+    roles: Roles
+    reasons: dict[str, str]
+
+
+@dataclass
+class CombineReport:
+    """What :func:`combine` kept and dropped."""
+
+    sources: list[str]
+    wells_per_source: dict[str, int]
+    features_per_source: dict[str, int]
+    shared_features: int
+    dropped: dict[str, list[str]]
+    batch_column: str | None = None
+    batch_added: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LoadReport:
+    """Everything :func:`read_profiles_with_report` learnt while loading, for `info` and the dashboard."""
+
+    files: list[str]
+    role_reasons: dict[str, str]
+    combine: CombineReport | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "role_reasons": self.role_reasons,
+                "combine": None if self.combine is None else self.combine.to_dict(),
+                "warnings": self.warnings}
+
+
+# ----- reading --------------------------------------------------------------------------------------
+def read_profiles(
+    paths: InputLike | Sequence[InputLike],
+    roles: Roles | Mapping[str, Any] | PathLike | None = None,
+    *,
+    features: Sequence[str] | None = None,
+    feature_regex: str | None = None,
+    batch_from_file: bool = False,
+    source: str | None = None,
+) -> Profiles:
+    """Read one or several profile files into one Profiles (several files: shared features only).
+
+    ``roles``: None (auto-detect), a Roles (used as is), a dict of partial overrides merged over the
+    detected roles (``{"plate": "Plate", "negative_values": ["DMSO"]}``; a value None unsets a
+    role), or the path of a YAML/JSON mapping file holding such a dict. ``source`` names a single
+    input in messages (e.g. an uploaded file's original name). Warnings from :func:`validate` are
+    emitted as CpDistillerWarning.
+    """
+    return read_profiles_with_report(paths, roles, features=features, feature_regex=feature_regex,
+                                     batch_from_file=batch_from_file, source=source)[0]
+
+
+def read_profiles_with_report(
+    paths: InputLike | Sequence[InputLike],
+    roles: Roles | Mapping[str, Any] | PathLike | None = None,
+    *,
+    features: Sequence[str] | None = None,
+    feature_regex: str | None = None,
+    batch_from_file: bool = False,
+    source: str | None = None,
+    emit_warnings: bool = True,
+) -> tuple[Profiles, LoadReport]:
+    """Like :func:`read_profiles`, also returning a :class:`LoadReport` (role reasons, combine report,
+    warnings). With ``emit_warnings=False`` the warnings are only collected in the report."""
+    items = _as_list(paths)
+    if not items:
+        raise CpDistillerError("no input files given.")
+    if source is not None and len(items) > 1:
+        raise CpDistillerError("'source' names a single input; got several files.")
+    spec: Roles | dict[str, Any] | None
+    if isinstance(roles, (str, os.PathLike)):
+        spec = read_mapping(roles)
+        features = features if features is not None else spec.pop("features", None)
+        feature_regex = feature_regex if feature_regex is not None else spec.pop("feature_regex", None)
+        spec.pop("features", None)
+        spec.pop("feature_regex", None)
+    elif isinstance(roles, Mapping):
+        spec = dict(roles)
+    else:
+        spec = roles
+    collected: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CpDistillerWarning)
+        loaded = [_read_one(item, spec, features, feature_regex, source) for item in items]
+        profiles, reasons = loaded[0]
+        creport = None
+        if len(loaded) > 1 or batch_from_file:
+            profiles, creport = combine([p for p, _ in loaded], batch_from_file=batch_from_file)
+            if creport.batch_added:
+                reasons = {**reasons, "batch": f"one batch per input file, new column {creport.batch_column!r} "
+                                               "(--batch-from-file)"}
+    collected += [str(w.message) for w in caught if issubclass(w.category, CpDistillerWarning)]
+    for w in caught:  # re-emit foreign warnings untouched
+        if not issubclass(w.category, CpDistillerWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    collected += validate(profiles)
+    if emit_warnings:
+        for msg in collected:
+            warnings.warn(msg, CpDistillerWarning, stacklevel=3)
+    names = [_display_name(i, source) for i in items]
+    return profiles, LoadReport(files=names, role_reasons=reasons, combine=creport, warnings=collected)
+
+
+def read_mapping(path: PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON role mapping: ``{plate: Plate, well: Well, negative_values: [Negative]}``.
+
+    A top-level ``roles:`` key is also accepted; ``features`` / ``feature_regex`` keys select features.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise CpDistillerError(f"{p}: mapping file not found.")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise CpDistillerError(f"{p}: cannot parse the mapping file: {_one_line(exc)}") from None
+    if isinstance(data, Mapping) and isinstance(data.get("roles"), Mapping):
+        extra = {k: v for k, v in data.items() if k in ("features", "feature_regex")}
+        data = {**data["roles"], **extra}
+    if not isinstance(data, Mapping):
+        raise CpDistillerError(f"{p}: the mapping must be a dict of role: column (e.g. 'plate: Plate').")
+    known = {f.name for f in dataclasses.fields(Roles)} | {"features", "feature_regex"}
+    unknown = sorted(set(map(str, data)) - known)
+    if unknown:
+        raise CpDistillerError(f"{p}: unknown role(s) {unknown} in the mapping; known: {sorted(known)}.")
+    return dict(data)
+
+
+def feature_columns(columns: Iterable[str], features: Sequence[str] | None = None,
+                    feature_regex: str | None = None, source: str | None = None) -> list[str]:
+    """Which columns are features: the given list, those matching the regex, or CellProfiler names."""
+    cols = [str(c) for c in columns]
+    if features is not None:
+        present = set(cols)
+        missing = [f for f in features if f not in present]
+        if missing:
+            raise CpDistillerError(
+                f"{where(source)}{len(missing)} requested feature column(s) not found: {example_values(missing)}."
+            )
+        return list(dict.fromkeys(features))
+    if feature_regex is not None:
+        try:
+            rx = re.compile(feature_regex)
+        except re.error as exc:
+            raise CpDistillerError(f"invalid feature regex {feature_regex!r}: {exc}.") from None
+        return [c for c in cols if rx.search(c)]
+    return [c for c in cols if is_cellprofiler_feature(c)]
+
+
+def is_cellprofiler_feature(name: str) -> bool:
+    """True for CellProfiler measurement names ('Cells_AreaShape_Area'), False for metadata."""
+    return name.startswith(FEATURE_PREFIXES) and not _IMAGE_NON_FEATURES.match(name)
+
+
+def _as_list(paths: InputLike | Sequence[InputLike]) -> list[InputLike]:
+    if isinstance(paths, (str, os.PathLike)) or hasattr(paths, "read"):
+        return [paths]  # type: ignore[list-item]
+    return list(paths)  # type: ignore[arg-type]
+
+
+def _display_name(item: InputLike, source: str | None = None) -> str:
+    if source:
+        return source
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    return str(getattr(item, "name", "<uploaded file>"))
+
+
+def _format_of(name: str) -> str | None:
+    low = name.lower()
+    for suffix in sorted(_FORMAT_SUFFIXES, key=len, reverse=True):
+        if low.endswith(suffix):
+            return _FORMAT_SUFFIXES[suffix]
+    return None
+
+
+def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Sequence[str] | None,
+              feature_regex: str | None, source: str | None) -> tuple[Profiles, dict[str, str]]:
+    name = _display_name(item, source)
+    fmt = _format_of(name)
+    if fmt is None:
+        raise CpDistillerError(
+            f"{name}: unknown file format {''.join(Path(name).suffixes) or '(no extension)'!r}; "
+            "use .csv, .csv.gz, .tsv(.gz), .parquet or .h5ad."
+        )
+    if isinstance(item, (str, os.PathLike)):
+        p = Path(item)
+        if not p.exists():
+            raise CpDistillerError(f"{name}: file not found.")
+        if not p.is_file():
+            raise CpDistillerError(f"{name}: not a file.")
+        if p.stat().st_size == 0:
+            raise CpDistillerError(f"{name}: file is empty.")
+        handle: Any = p
+    else:
+        data = item.read()
+        if not data:
+            raise CpDistillerError(f"{name}: file is empty.")
+        handle = _io.BytesIO(data)
+    if fmt in ("csv", "tsv"):
+        meta, X, feats, stored = _read_delimited(handle, name, "\t" if fmt == "tsv" else ",",
+                                                 features, feature_regex)
+    elif fmt == "parquet":
+        meta, X, feats, stored = _read_parquet(handle, name, features, feature_regex)
+    else:
+        meta, X, feats, stored = _read_h5ad(handle, name, features, feature_regex)
+    if len(meta) == 0:
+        raise CpDistillerError(f"{name}: no data rows.")
+    if not feats:
+        raise CpDistillerError(
+            f"{name}: no feature columns found (expected numeric CellProfiler columns starting with "
+            f"{', '.join(FEATURE_PREFIXES[:4])}…); pass --features-regex to choose them."
+        )
+    stored_roles = Roles.from_dict(stored["roles"]) if stored and stored.get("roles") else None
+    roles, reasons = resolve_roles(meta, spec, source=name, stored=stored_roles)
+    kw: dict[str, Any] = dict(meta=meta, X=X, features=feats, roles=roles, source=name)
+    if stored and stored.get("kind") == "embedding":
+        prof: Profiles = Embedding(**kw, method=stored.get("method", "uncorrected"),
+                                   provenance=dict(stored.get("provenance") or {}))
+    else:
+        prof = Profiles(**kw)
+    check_duplicates(prof)
+    return prof, reasons
+
+
+def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | None,
+                    feature_regex: str | None) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
+    compression = "gzip" if name.lower().endswith(".gz") else None
+    stored = _read_sidecar(handle) if isinstance(handle, Path) else None
+
+    def _read(**kw: Any) -> pd.DataFrame:
+        if isinstance(handle, _io.BytesIO):
+            handle.seek(0)
+        try:
+            return pd.read_csv(handle, sep=sep, compression=compression, low_memory=False, **kw)
+        except pd.errors.EmptyDataError:
+            raise CpDistillerError(f"{name}: file is empty (no header row).") from None
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+            raise CpDistillerError(f"{name}: cannot read as {'TSV' if sep == chr(9) else 'CSV'}: "
+                                   f"{_one_line(exc)}") from None
+
+    header = [str(c) for c in _read(nrows=0).columns]
+    if stored:
+        feats = [f for f in stored.get("features", []) if f in set(header)]
+    else:
+        feats = feature_columns(header, features, feature_regex, name)
+    fset = set(feats)
+    meta_cols = [c for c in header if c not in fset]
+    dtypes: dict[str, Any] = {c: str for c in meta_cols}
+    try:
+        df = _read(dtype={**dtypes, **{c: "float32" for c in feats}})
+    except ValueError:
+        # Text in a feature column: read it as text to name the column, the values and the rows.
+        df = _read(dtype={**dtypes, **{c: object for c in feats}})
+    meta = df[meta_cols]
+    if stored and stored.get("metadata_dtypes"):
+        meta = _restore_dtypes(meta, stored["metadata_dtypes"], name)
+    else:
+        meta = _infer_metadata_dtypes(meta)
+    X = _feature_matrix(df, feats, name)
+    return meta.reset_index(drop=True), X, feats, stored
+
+
+def _read_parquet(handle: Any, name: str, features: Sequence[str] | None,
+                  feature_regex: str | None) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(handle)
+    except Exception as exc:  # pyarrow raises several types (ArrowInvalid, OSError...) for bad files
+        raise CpDistillerError(f"{name}: cannot read as Parquet: {_one_line(exc)}") from None
+    stored = None
+    raw = (table.schema.metadata or {}).get(_STORE_KEY.encode())
+    if raw:
+        stored = json.loads(raw.decode("utf-8"))
+    df = table.to_pandas()
+    df.columns = [str(c) for c in df.columns]
+    if stored:
+        feats = [f for f in stored.get("features", []) if f in set(df.columns)]
+    else:
+        feats = feature_columns(df.columns, features, feature_regex, name)
+    fset = set(feats)
+    meta = df[[c for c in df.columns if c not in fset]].reset_index(drop=True)
+    return meta, _feature_matrix(df, feats, name), feats, stored
+
+
+def _read_h5ad(handle: Any, name: str, features: Sequence[str] | None,
+               feature_regex: str | None) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
+    import anndata
+    import scipy.sparse as sp
+
+    try:
+        adata = anndata.read_h5ad(handle)
+    except Exception as exc:  # h5py/anndata raise OSError, KeyError, ValueError... for bad files
+        raise CpDistillerError(f"{name}: cannot read as AnnData .h5ad: {_one_line(exc)}") from None
+    stored = None
+    raw = adata.uns.get(_STORE_KEY)
+    if isinstance(raw, str):
+        stored = json.loads(raw)
+    meta = adata.obs.reset_index(drop=True)
+    meta.columns = [str(c) for c in meta.columns]
+    var_names = [str(v) for v in adata.var_names]
+    X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    if stored and stored.get("metadata_dtypes"):
+        meta = _restore_dtypes(meta, stored["metadata_dtypes"], name)
+    if stored:
+        feats = list(var_names)
+    elif features is None and feature_regex is None:
+        feats = list(var_names)  # an AnnData's X is the feature matrix by construction
+    else:
+        feats = feature_columns(var_names, features, feature_regex, name)
+    pos = {v: i for i, v in enumerate(var_names)}
+    X = np.ascontiguousarray(X[:, [pos[f] for f in feats]], dtype=np.float32)
+    return meta, X, feats, stored
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    side = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not side.is_file():
+        return None
+    try:
+        return json.loads(side.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CpDistillerError(f"{side}: cannot parse the cpDistiller sidecar: {_one_line(exc)}") from None
+
+
+def _infer_metadata_dtypes(meta: pd.DataFrame) -> pd.DataFrame:
+    """Text metadata -> numbers only where every value is a number written without leading zeros,
+    so IDs like '0042', wells 'A01' and SMILES stay strings while doses and counts become numeric."""
+    out = {}
+    for c in meta.columns:
+        s = meta[c]
+        vals = s.dropna()
+        if len(vals) and not vals.str.match(r"^\s*[+-]?0\d").any():
+            num = pd.to_numeric(s, errors="coerce")
+            if num.notna().sum() == len(vals):
+                s = num
+        out[c] = s
+    return pd.DataFrame(out, index=meta.index, columns=meta.columns)
+
+
+def _restore_dtypes(meta: pd.DataFrame, dtypes: Mapping[str, str], name: str) -> pd.DataFrame:
+    """Cast columns back to the dtypes recorded when the file was written."""
+    meta = meta.copy()
+    for c, want in dtypes.items():
+        if c not in meta.columns or str(meta[c].dtype) == want:
+            continue
+        s = meta[c]
+        try:
+            if want == "bool":
+                mapped = s.astype(object).map({"True": True, "False": False, True: True, False: False})
+                meta[c] = mapped.astype(bool) if mapped.notna().all() else mapped
+            elif want.startswith(("int", "uint", "float", "Int", "UInt", "Float")):
+                meta[c] = pd.to_numeric(s.astype(object)).astype(want)
+            elif want.startswith("datetime"):
+                meta[c] = pd.to_datetime(s.astype(object)).astype(want)
+            elif want == "object":
+                meta[c] = s.astype(object).where(s.notna(), np.nan)
+            else:
+                meta[c] = s.astype(want)
+        except (TypeError, ValueError):
+            warnings.warn(f"{where(name, c)}cannot restore the recorded dtype {want}; kept {s.dtype}.",
+                          CpDistillerWarning, stacklevel=2)
+    return meta
+
+
+def _feature_matrix(df: pd.DataFrame, feats: Sequence[str], source: str) -> np.ndarray:
+    """Feature columns -> float32 matrix; text in a feature column is an error naming column and rows."""
+    bad: list[str] = []
+    X = np.empty((len(df), len(feats)), dtype=np.float32)
+    for j, f in enumerate(feats):
+        s = df[f]
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            num = pd.to_numeric(s, errors="coerce")
+            text = s.astype("string").str.strip()
+            offending = num.isna() & s.notna() & (text != "")
+            if offending.any():
+                rows = df.index[offending.to_numpy(bool)]
+                bad.append(f"{f!r} holds text {example_values(s[offending.to_numpy(bool)], 3)} "
+                           f"({example_rows(rows, 3)})")
+                continue
+            s = num
+        X[:, j] = s.to_numpy(dtype=np.float32, na_value=np.nan)
+    if bad:
+        more = f" (+{len(bad) - 3} more columns)" if len(bad) > 3 else ""
+        raise CpDistillerError(
+            f"{source}: non-numeric feature column(s): {'; '.join(bad[:3])}{more}. Fix the values or "
+            "exclude the columns with --features-regex."
+        )
+    return X
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# ----- roles ----------------------------------------------------------------------------------------
+def detect_roles(df: pd.DataFrame, source: str | None = None) -> Roles:
+    """Auto-detect roles from pycytominer / JUMP naming conventions (see :func:`explain_roles`)."""
+    return explain_roles(df, source).roles
+
+
+def explain_roles(df: pd.DataFrame, source: str | None = None, *,
+                  given: Mapping[str, Any] | None = None) -> RoleDetection:
+    """Detect roles and say why each was chosen. Raises when no plate or well column is found.
+
+    ``given`` (a partial mapping) supplies plate / well / row+column that need not be detected;
+    apply the rest of it with :func:`resolve_roles`.
+    """
+    cols = [str(c) for c in df.columns if not is_cellprofiler_feature(str(c))]
+    reasons: dict[str, str] = {}
+    found: dict[str, Any] = {}
+    given = given or {}
+
+    plate = ((_resolve_column(cols, str(given["plate"]), "plate", source), "set by the mapping")
+             if given.get("plate") else _match(cols, PLATE_NAMES))
+    if plate is None:
+        raise CpDistillerError(
+            f"{where(source)}no plate column found (looked for {', '.join(PLATE_NAMES[:3])}, 'Plate'…); "
+            f"name it with --plate-col or a mapping{_suggest(cols, 'plate')}."
+        )
+    found["plate"], reasons["plate"] = plate[0], plate[1]
+
+    well = _match(cols, WELL_NAMES)
+    if given.get("well") or (given.get("row") and given.get("column")):
+        pass  # set by the mapping
+    elif well is not None:
+        found["well"], reasons["well"] = well
+    else:
+        row, col = _match(cols, ROW_NAMES), _match(cols, COLUMN_NAMES)
+        if row is None or col is None:
+            raise CpDistillerError(
+                f"{where(source)}no well column found (looked for 'Metadata_Well', 'Well', or "
+                f"'Metadata_Row' + 'Metadata_Col'); name it with --well-col or --row-col/--column-col"
+                f"{_suggest(cols, 'well', 'row', 'col')}."
+            )
+        found["row"], reasons["row"] = row
+        found["column"], reasons["column"] = col
+        reasons["well"] = "no well column; wells from separate row and column columns"
+
+    batch = _match(cols, BATCH_NAMES)
+    if batch is None:
+        batch = _fuzzy_batch(df, cols, exclude={found["plate"]})
+    if batch is not None:
+        found["batch"], reasons["batch"] = batch
+    else:
+        reasons["batch"] = "no batch column found (a batch column with several values, or --batch-from-file)"
+
+    pert = _match(cols, PERTURBATION_NAMES)
+    if pert is not None:
+        found["perturbation"], reasons["perturbation"] = pert
+    else:
+        reasons["perturbation"] = "no perturbation column found; wells are identified by position"
+
+    ann = _match([c for c in cols if c != found.get("perturbation")], ANNOTATION_NAMES)
+    if ann is not None:
+        found["annotation"], reasons["annotation"] = ann
+    else:
+        reasons["annotation"] = "no annotation column (gene symbol, MOA, target) found"
+
+    control = _detect_control(df, cols, found.get("perturbation"))
+    found.update(control[0])
+    reasons["control"] = control[1]
+    return RoleDetection(Roles(**found), reasons)
+
+
+def _match(cols: Sequence[str], candidates: Sequence[str]) -> tuple[str, str] | None:
+    """First candidate present (exact case preferred, then case-insensitive) -> (column, reason)."""
+    lower: dict[str, list[str]] = {}
+    for c in cols:
+        lower.setdefault(c.lower().strip(), []).append(c)
+    for cand in candidates:
+        hits = lower.get(cand.lower())
+        if not hits:
+            continue
+        col = cand if cand in hits else hits[0]
+        how = "known column name" if col == cand else f"case-insensitive match for {cand!r}"
+        others = [h for h in hits if h != col]
+        also = f" (ignored {', '.join(map(repr, others))})" if others else ""
+        return col, f"{how} {col!r}{also}"
+    return None
+
+
+def _fuzzy_batch(df: pd.DataFrame, cols: Sequence[str], exclude: set[str]) -> tuple[str, str] | None:
+    """A column whose name contains the word 'batch' and whose values look like a few labels."""
+    for c in cols:
+        if c in exclude or not re.search(r"(^|[^a-z])batch([^a-z]|$)", c.lower()):
+            continue
+        n = df[c].nunique(dropna=True)
+        if 2 <= n <= max(2, len(df) // 2):
+            return c, f"column name {c!r} contains 'batch' and holds {n} labels"
+    return None
+
+
+def _control_values(s: pd.Series, vocab: frozenset[str]) -> list[str]:
+    vals = pd.unique(s.dropna().astype(str).str.strip())
+    return sorted(v for v in vals if v.lower() in vocab or (vocab is NEGATIVE_VALUES and v.lower().startswith("negcon"))
+                  or (vocab is POSITIVE_VALUES and v.lower().startswith("poscon")))
+
+
+def _detect_control(df: pd.DataFrame, cols: Sequence[str], perturbation: str | None) -> tuple[dict[str, Any], str]:
+    candidates: list[str] = []
+    lower = {c.lower().strip(): c for c in reversed(cols)}
+    for cand in CONTROL_NAMES:
+        c = next((x for x in cols if x == cand), None) or lower.get(cand.lower())
+        if c and c not in candidates:
+            candidates.append(c)
+    positives_only: tuple[str, list[str]] | None = None
+    for c in candidates:
+        neg = _control_values(df[c], NEGATIVE_VALUES)
+        pos = _control_values(df[c], POSITIVE_VALUES)
+        if neg:
+            return ({"control": c, "negative_values": tuple(neg), "positive_values": tuple(pos)},
+                    f"control column {c!r}: negative controls {neg}"
+                    + (f", positive controls {pos}" if pos else "") + ", anything else a treatment")
+        if pos and positives_only is None:
+            positives_only = (c, pos)
+    if perturbation:
+        vals = pd.unique(df[perturbation].dropna().astype(str).str.strip())
+        neg = sorted(v for v in vals if v.lower() in _NEGATIVE_PERTURBATIONS)
+        if neg:
+            return ({"control": perturbation, "negative_values": tuple(neg)},
+                    f"perturbation column {perturbation!r} names negative controls {neg}")
+    if positives_only:
+        c, pos = positives_only
+        return ({"control": c, "positive_values": tuple(pos)},
+                f"control column {c!r} has positive controls {pos} but no negative controls")
+    return {}, "no negative controls found (no control column and no DMSO/CONTROL/negcon values)"
+
+
+def _suggest(cols: Sequence[str], *words: str) -> str:
+    hits = [c for c in cols if any(w in c.lower() for w in words)]
+    return f" (columns that might be it: {example_values(hits)})" if hits else ""
+
+
+def resolve_roles(meta: pd.DataFrame, spec: Roles | Mapping[str, Any] | None, source: str | None = None,
+                  stored: Roles | None = None) -> tuple[Roles, dict[str, str]]:
+    """Roles for ``meta``: ``spec`` if a Roles, else stored/detected roles with ``spec`` overrides."""
+    if isinstance(spec, Roles):
+        return spec, {r: "given" for r in _COLUMN_ROLES if getattr(spec, r)}
+    if stored is not None:
+        base, reasons = stored, {r: "stored with the file" for r in _COLUMN_ROLES if getattr(stored, r)}
+    else:
+        det = explain_roles(meta, source, given=spec)
+        base, reasons = det.roles, det.reasons
+    if not spec:
+        return base, reasons
+    return _apply_overrides(meta, base, dict(reasons), spec, source)
+
+
+def _apply_overrides(meta: pd.DataFrame, base: Roles, reasons: dict[str, str], spec: Mapping[str, Any],
+                     source: str | None) -> tuple[Roles, dict[str, str]]:
+    known = {f.name for f in dataclasses.fields(Roles)}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise CpDistillerError(f"unknown role(s) {unknown} in the column mapping; known roles: {sorted(known)}.")
+    kw = base.to_dict()
+    cols = [str(c) for c in meta.columns]
+    for role in _COLUMN_ROLES:
+        if role not in spec:
+            continue
+        value = spec[role]
+        if value is None or value == "":
+            kw[role] = None
+            reasons[role] = "unset by the mapping"
+            continue
+        kw[role] = _resolve_column(cols, str(value), role, source)
+        reasons[role] = f"set by the mapping to {kw[role]!r}"
+    if "well" in spec and spec["well"] and not ({"row", "column"} & set(spec)):
+        kw["row"] = kw["column"] = None
+    if ({"row", "column"} <= set(spec)) and spec["row"] and spec["column"] and "well" not in spec:
+        kw["well"] = None
+        reasons["well"] = "wells from the mapped row and column columns"
+    if "plate_format" in spec and spec["plate_format"] is not None:
+        try:
+            kw["plate_format"] = int(spec["plate_format"])
+        except (TypeError, ValueError):
+            raise CpDistillerError(f"plate format must be 96, 384 or 1536, not {spec['plate_format']!r}.") from None
+
+    neg_given = _as_values(spec.get("negative_values"))
+    pos_given = _as_values(spec.get("positive_values"))
+    control_changed = "control" in spec and kw["control"] != base.control
+    if control_changed and kw["control"]:
+        neg = _control_values(meta[kw["control"]], NEGATIVE_VALUES)
+        pos = _control_values(meta[kw["control"]], POSITIVE_VALUES)
+        kw["negative_values"], kw["positive_values"] = neg, pos
+        reasons["control"] = (f"set by the mapping to {kw['control']!r}; negative controls {neg}"
+                              + (f", positive controls {pos}" if pos else ""))
+    elif kw["control"] is None and (neg_given or pos_given):
+        kw["control"] = _column_with_values(meta, neg_given + pos_given, kw, source)
+        kw["negative_values"], kw["positive_values"] = [], []
+        reasons["control"] = f"column {kw['control']!r} holds the given control values"
+    elif kw["control"] is None:
+        kw["negative_values"], kw["positive_values"] = [], []
+    if kw["control"] and neg_given:
+        kw["negative_values"] = _match_values(meta[kw["control"]], neg_given, kw["control"], source)
+    if kw["control"] and pos_given:
+        kw["positive_values"] = _match_values(meta[kw["control"]], pos_given, kw["control"], source)
+    if kw["control"] and (neg_given or pos_given):
+        reasons["control"] = (f"column {kw['control']!r}: negative controls {list(kw['negative_values'])}, "
+                              f"positive controls {list(kw['positive_values'])} (given)")
+    if kw["well"] is None and not (kw["row"] and kw["column"]):
+        raise CpDistillerError(f"{where(source)}no well column: set --well-col, or both --row-col and --column-col.")
+    return Roles.from_dict(kw), reasons
+
+
+def _as_values(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [x.strip() for x in v.split(",") if x.strip()]
+    return [str(x).strip() for x in v if str(x).strip()]
+
+
+def _resolve_column(cols: Sequence[str], name: str, role: str, source: str | None) -> str:
+    if name in cols:
+        return name
+    hits = [c for c in cols if c.lower().strip() == name.lower().strip()]
+    if len(hits) == 1:
+        return hits[0]
+    raise CpDistillerError(
+        f"{where(source)}the {role} column {name!r} is not in the file{_suggest(cols, *name.lower().split('_')[-1:])}."
+    )
+
+
+def _match_values(s: pd.Series, given: Sequence[str], column: str, source: str | None) -> list[str]:
+    """Given control values -> the spellings present in the column (case-insensitive)."""
+    present = {v.lower(): v for v in pd.unique(s.dropna().astype(str).str.strip())}
+    out, missing = [], []
+    for g in given:
+        if g in present.values():
+            out.append(g)
+        elif g.lower() in present:
+            out.append(present[g.lower()])
+        else:
+            missing.append(g)
+    if missing:
+        warnings.warn(f"{where(source, column)}control value(s) {missing} do not occur; values there include "
+                      f"{example_values(list(present.values()))}.", CpDistillerWarning, stacklevel=3)
+    return list(dict.fromkeys(out + missing))
+
+
+def _column_with_values(meta: pd.DataFrame, values: Sequence[str], kw: Mapping[str, Any],
+                        source: str | None) -> str:
+    """The column holding the given control values: perturbation first, then any text column."""
+    wanted = {v.lower() for v in values}
+    order = [kw.get("perturbation")] + [c for c in meta.columns if c != kw.get("perturbation")]
+    for c in order:
+        if not c or c not in meta.columns or pd.api.types.is_float_dtype(meta[c]):
+            continue
+        vals = {str(v).strip().lower() for v in pd.unique(meta[c].dropna())}
+        if wanted & vals:
+            return str(c)
+    raise CpDistillerError(
+        f"{where(source)}no column holds the control value(s) {list(values)}; name it with --control-col."
+    )
+
+
+# ----- combining and checks ------------------------------------------------------------------------
+def combine(profiles: Sequence[Profiles], batch_from_file: bool = False,
+            batch_column: str = "Metadata_Batch") -> tuple[Profiles, CombineReport]:
+    """Stack several Profiles: shared features only (in the first input's order), metadata columns
+    united in order of first appearance. With ``batch_from_file`` and no batch role, adds a batch
+    column named after each input's file stem."""
+    if not profiles:
+        raise CpDistillerError("nothing to combine: no profiles given.")
+    names = [p.source or f"input {i + 1}" for i, p in enumerate(profiles)]
+    if len(set(names)) < len(names):
+        names = [f"{n} [{i + 1}]" for i, n in enumerate(names)]
+    common = set(profiles[0].features)
+    for p in profiles[1:]:
+        common &= set(p.features)
+    shared = [f for f in profiles[0].features if f in common]
+    dropped = {n: [f for f in p.features if f not in common] for n, p in zip(names, profiles)}
+    if not shared:
+        raise CpDistillerError(f"no feature columns are shared by all inputs ({', '.join(names)}).")
+    notes: list[str] = []
+    roles = _merge_roles(profiles, names, notes)
+    meta = pd.concat([p.meta for p in profiles], ignore_index=True, sort=False)
+    n_total = sum(p.n_wells for p in profiles)
+    X = np.empty((n_total, len(shared)), dtype=np.float32)
+    start = 0
+    for p in profiles:
+        pos = {f: i for i, f in enumerate(p.features)}
+        X[start:start + p.n_wells] = p.X[:, [pos[f] for f in shared]]
+        start += p.n_wells
+    added = False
+    if batch_from_file:
+        if roles.batch is None:
+            col = batch_column
+            while col in meta.columns:
+                col += "_file"
+            stems = [_file_stem(n) for n in names]
+            meta[col] = np.repeat(np.array(stems, dtype=object), [p.n_wells for p in profiles])
+            roles = dataclasses.replace(roles, batch=col)
+            added = True
+        else:
+            notes.append(f"batch role already set ({roles.batch!r}); --batch-from-file added no column")
+    report = CombineReport(
+        sources=names, wells_per_source={n: p.n_wells for n, p in zip(names, profiles)},
+        features_per_source={n: p.n_features for n, p in zip(names, profiles)},
+        shared_features=len(shared), dropped=dropped, batch_column=roles.batch, batch_added=added, notes=notes,
+    )
+    if any(dropped.values()):
+        parts = [f"{len(d)} from {n}" for n, d in dropped.items() if d]
+        warnings.warn(f"kept the {len(shared)} features shared by all {len(profiles)} inputs; dropped "
+                      + ", ".join(parts) + ".", CpDistillerWarning, stacklevel=2)
+    for note in notes:
+        warnings.warn(note, CpDistillerWarning, stacklevel=2)
+    source = names[0] if len(names) == 1 else " + ".join(Path(n).name for n in names)
+    out = Profiles(meta=meta, X=X, features=shared, roles=roles, source=source)
+    check_duplicates(out, np.repeat(np.array(names, dtype=object), [p.n_wells for p in profiles]))
+    return out, report
+
+
+def _merge_roles(profiles: Sequence[Profiles], names: Sequence[str], notes: list[str]) -> Roles:
+    first = profiles[0].roles
+    for key in ("plate", "well", "row", "column"):
+        vals = {getattr(p.roles, key) for p in profiles}
+        if len(vals) > 1:
+            detail = "; ".join(f"{n}: {getattr(p.roles, key)!r}" for n, p in zip(names, profiles))
+            raise CpDistillerError(f"the inputs use different {key} columns ({detail}); map them to the same "
+                                   "column names first.")
+    kw = first.to_dict()
+    for key in ("batch", "perturbation", "control", "annotation"):
+        vals = [getattr(p.roles, key) for p in profiles if getattr(p.roles, key)]
+        if vals:
+            kw[key] = vals[0]
+            if len(set(vals)) > 1:
+                notes.append(f"inputs differ in the {key} column ({sorted(set(vals))}); using {vals[0]!r}")
+    same_control = [p for p in profiles if p.roles.control == kw["control"]]
+    kw["negative_values"] = list(dict.fromkeys(v for p in same_control for v in p.roles.negative_values))
+    kw["positive_values"] = list(dict.fromkeys(v for p in same_control for v in p.roles.positive_values))
+    formats = {p.roles.plate_format for p in profiles if p.roles.plate_format}
+    kw["plate_format"] = max(formats) if formats else None
+    return Roles.from_dict(kw)
+
+
+def _file_stem(name: str) -> str:
+    base = Path(name).name
+    low = base.lower()
+    for suffix in sorted(_FORMAT_SUFFIXES, key=len, reverse=True):
+        if low.endswith(suffix):
+            return base[: -len(suffix)]
+    return Path(base).stem
+
+
+def check_duplicates(profiles: Profiles, origin: np.ndarray | None = None) -> None:
+    """Raise when a (plate, well) pair occurs more than once, naming the pairs and rows (and files)."""
+    key = pd.DataFrame({"plate": profiles.plate, "well": profiles.well})
+    dup = key.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    first = np.flatnonzero(dup)[0]
+    p, w = key.iloc[first]
+    same = np.flatnonzero(dup & (key["plate"].to_numpy() == p) & (key["well"].to_numpy() == w))
+    files = ""
+    if origin is not None:
+        files = f" in {', '.join(dict.fromkeys(str(origin[i]) for i in same))}"
+    n_pairs = int(key[dup].drop_duplicates().shape[0])
+    raise CpDistillerError(
+        f"{where(profiles.source or None, profiles.roles.well or profiles.roles.row)}{n_pairs} duplicated "
+        f"(plate, well) pair(s), e.g. plate {p!r} well {w!r}{files} ({example_rows(profiles.meta.index[same])}); "
+        "profiles must have one row per well — aggregate per well first."
+    )
+
+
+def validate(profiles: Profiles) -> list[str]:
+    """Warnings about data that can still be used: bad features, inf values, missing controls, a
+    single plate, labels that are all the same. Each message names the file and the column."""
+    src = profiles.source or None
+    out: list[str] = []
+    X = profiles.X
+    feats = np.asarray(profiles.features, dtype=object)
+    nan = np.isnan(X)
+    all_nan = nan.all(axis=0)
+    if all_nan.any():
+        out.append(f"{where(src)}{int(all_nan.sum())} feature(s) are all NaN: {example_values(feats[all_nan])}; "
+                   "preprocessing drops them.")
+    finite = np.where(np.isfinite(X), X, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        constant = (np.nanmax(finite, axis=0) == np.nanmin(finite, axis=0)) & ~all_nan
+    if constant.any():
+        out.append(f"{where(src)}{int(constant.sum())} feature(s) are constant: {example_values(feats[constant])}; "
+                   "preprocessing drops them.")
+    inf = np.isinf(X)
+    if inf.any():
+        per = inf.sum(axis=0)
+        cols = np.flatnonzero(per)
+        order = cols[np.argsort(-per[cols], kind="stable")]
+        shown = ", ".join(f"{feats[j]!r}: {int(per[j])}" for j in order[:5])
+        more = f" (+{len(cols) - 5} more columns)" if len(cols) > 5 else ""
+        out.append(f"{where(src)}{int(inf.sum())} infinite value(s) in {len(cols)} feature(s) ({shown}{more}); "
+                   "preprocessing treats them as missing.")
+    roles = profiles.roles
+    if not profiles.negative_mask.any():
+        if roles.control:
+            out.append(f"{where(src, roles.control)}no negative controls (values {list(roles.negative_values)} "
+                       "not found); normalisation and metrics that need controls will use all wells.")
+        else:
+            out.append(f"{where(src)}no negative controls detected; name them with --control-col/--negative "
+                       "(normalisation and metrics that need controls will use all wells).")
+    n_plates = len(pd.unique(profiles.plate))
+    if n_plates == 1:
+        out.append(f"{where(src, roles.plate)}a single plate ({profiles.plate[0]!r}); plate effects cannot be "
+                   "estimated, only row/column effects.")
+    for role in ("batch", "perturbation", "annotation"):
+        col = getattr(roles, role)
+        if col and profiles.meta[col].nunique(dropna=False) == 1:
+            out.append(f"{where(src, col)}the {role} column holds a single value "
+                       f"({example_values(profiles.meta[col].astype(str)[:1])}) for every well.")
+    return out
+
+
+# ----- writing --------------------------------------------------------------------------------------
+def write_profiles(profiles: Profiles, path: PathLike, format: str | None = None) -> Path:
+    """Write profiles: Parquet (default), CSV/TSV (+ a ``.cpdistiller.json`` sidecar) or AnnData .h5ad.
+
+    Roles, the feature list, metadata dtypes and an Embedding's method/provenance are stored with
+    the data so :func:`read_profiles` restores them. Writing is atomic (temp file + rename).
+    """
+    path = Path(path)
+    fmt = (format or _format_of(path.name) or ("parquet" if not path.suffix else "")).lower()
+    if fmt == "pq":
+        fmt = "parquet"
+    if fmt not in ("parquet", "csv", "tsv", "h5ad"):
+        raise CpDistillerError(f"{path}: unknown output format {format or path.suffix!r}; use parquet, csv or h5ad.")
+    info = _store_info(profiles)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "parquet":
+            _write_parquet(profiles, tmp, info)
+        elif fmt in ("csv", "tsv"):
+            comp = "gzip" if path.name.lower().endswith(".gz") else None
+            _writable_meta(profiles.meta)
+            profiles.to_frame().to_csv(tmp, sep="\t" if fmt == "tsv" else ",", index=False, compression=comp)
+            side = path.with_name(path.name + SIDECAR_SUFFIX)
+            side_tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+            side_tmp.write_text(json.dumps(info, indent=1, default=_json_default), encoding="utf-8")
+            os.replace(side_tmp, side)
+        else:
+            _write_h5ad(profiles, tmp, info)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _store_info(profiles: Profiles) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "format": "cpdistiller-profiles", "version": _STORE_VERSION,
+        "kind": "embedding" if isinstance(profiles, Embedding) else "profiles",
+        "roles": profiles.roles.to_dict(), "features": list(profiles.features),
+        "metadata_columns": [str(c) for c in profiles.meta.columns],
+        "metadata_dtypes": {str(c): str(t) for c, t in profiles.meta.dtypes.items()},
+        "source": profiles.source,
+    }
+    if isinstance(profiles, Embedding):
+        info["method"] = profiles.method
+        info["provenance"] = json.loads(json.dumps(profiles.provenance, default=_json_default))
+    return info
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path, os.PathLike)):
+        return str(o)
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return str(o)
+
+
+def _writable_meta(meta: pd.DataFrame) -> pd.DataFrame:
+    """Object columns mixing types (e.g. int and str plates after combining) become text."""
+    out = meta.copy(deep=False)
+    out.columns = [str(c) for c in out.columns]
+    for c in out.columns:
+        if out[c].dtype == object:
+            kind = pd.api.types.infer_dtype(out[c], skipna=True)
+            if kind not in ("string", "empty"):
+                out[c] = out[c].map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+    return out
+
+
+def _write_parquet(profiles: Profiles, tmp: Path, info: dict[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = _writable_meta(profiles.meta).reset_index(drop=True)
+    feats = pd.DataFrame(profiles.X, columns=profiles.features)
+    table = pa.Table.from_pandas(pd.concat([meta, feats], axis=1), preserve_index=False)
+    schema_meta = dict(table.schema.metadata or {})
+    schema_meta[_STORE_KEY.encode()] = json.dumps(info, default=_json_default).encode("utf-8")
+    pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+
+
+def _write_h5ad(profiles: Profiles, tmp: Path, info: dict[str, Any]) -> None:
+    import anndata
+
+    obs = _writable_meta(profiles.meta).reset_index(drop=True)
+    obs.index = pd.Index([str(i) for i in range(len(obs))])
+    var = pd.DataFrame(index=pd.Index(profiles.features))
+    adata = anndata.AnnData(X=profiles.X, obs=obs, var=var)
+    adata.uns[_STORE_KEY] = json.dumps(info, default=_json_default)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's string->categorical notices
+        adata.write_h5ad(tmp)
