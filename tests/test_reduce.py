@@ -69,3 +69,52 @@ def test_nan_and_tiny_inputs_raise_readable_errors(tmp_path):
         reduce(np.zeros((2, 4), np.float32), cache_root=tmp_path)
     with pytest.raises(CpDistillerError, match="unknown reduction"):
         reduce(_blobs()[0], ReduceParams(method="tsne"), cache_root=tmp_path)
+
+
+# ----- the embedding figure built on these coordinates ----------------------------------------------
+def _profiles(n_plates: int = 2):
+    import pandas as pd
+
+    from cpdistiller_core.profiles import Profiles, Roles
+
+    rows = [{"Plate": f"P{p}", "Well": f"{chr(65 + r)}{c + 1:02d}", "Batch": f"B{p}", "Type": "ctl" if c == 0 else "trt",
+             "Cpd": "DMSO" if c == 0 else f"cmpd{c % 5}"} for p in range(n_plates) for r in range(8) for c in range(12)]
+    meta = pd.DataFrame(rows)
+    X = np.random.default_rng(1).normal(size=(len(meta), 4)).astype(np.float32)
+    roles = Roles(plate="Plate", well="Well", batch="Batch", perturbation="Cpd", control="Type", negative_values=("ctl",))
+    return Profiles(meta=meta, X=X, features=list("abcd"), roles=roles)
+
+
+def test_embedding_figure_panels_colourings_hover_and_highlight():
+    from cpdistiller_core.plots.embedding import available_colorings, embedding_figure
+
+    p = _profiles()
+    xy = np.random.default_rng(0).normal(size=(p.n_wells, 2))
+    assert available_colorings(p) == ["batch", "row", "column", "plate", "perturbation", "control"]
+    fig = embedding_figure({"uncorrected": xy, "cpDistiller": xy * 2}, p, color_by="batch")
+    scatters = [t for t in fig.data if t.type == "scattergl"]
+    assert len(scatters) == 4  # 2 batches x 2 panels, all WebGL
+    assert sorted(t.name for t in scatters if t.showlegend) == ["B0", "B1"]
+    densities = [t for t in fig.data if t.type == "scatter"]
+    assert len(densities) == 8  # x and y density per batch per panel
+    assert "plate %{customdata[0]}" in scatters[0].hovertemplate
+    assert list(scatters[0].customdata[0][:2]) == ["P0", "A01"]
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["<b>uncorrected</b>", "<b>cpDistiller</b>"]
+    # marginal x axes follow their scatter's x axis
+    main_x = scatters[0].xaxis
+    top = [t for t in densities if t.yaxis != scatters[0].yaxis and t.xaxis != main_x][0]
+    assert fig.layout[top.xaxis.replace("x", "xaxis")].matches == main_x
+
+    col = embedding_figure({"u": xy}, p, color_by="column")
+    main = [t for t in col.data if t.type == "scattergl"][0]
+    assert main.marker.colorscale is not None and max(main.marker.color) == 12  # continuous 1-based columns
+    assert len([t for t in col.data if t.type == "scatter"]) == 2 * 12  # one density per column
+
+    hl = embedding_figure({"u": xy}, p, color_by="plate", highlight=["cmpd3"])
+    star = [t for t in hl.data if t.name == "★ cmpd3"]
+    assert len(star) == 1 and len(star[0].x) == int((p.perturbation == "cmpd3").sum())
+    with pytest.raises(CpDistillerError):
+        embedding_figure({"u": xy[:5]}, p)
+    with pytest.raises(CpDistillerError):
+        embedding_figure({"u": xy}, p, color_by="annotation")

@@ -1,0 +1,203 @@
+"""Per-well values laid out on plates, per-row/column profiles and variance explained by a label.
+
+These are the numbers behind the dashboard's plate maps (and usable from reports): a value per well
+(a feature, a principal component, an embedding dimension, the distance to the plate's negative-control
+centroid, or a metadata column such as the cell count), the (rows x columns) grid of one plate for any
+plate geometry, the mean and spread of the value along rows and columns (where gradients show), and
+the fraction of variance of the top principal components explained by batch / plate / row / column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import CpDistillerError
+from .layout import row_letters
+from .profiles import Profiles
+
+VALUE_KINDS = ("feature", "pc", "dimension", "control_distance", "metadata")
+EFFECT_ORDER = ("batch", "plate", "row", "column")
+
+
+def numeric_metadata_columns(profiles: Profiles) -> list[str]:
+    """Numeric metadata columns that vary (candidates for 'cell count' and similar), count-like first."""
+    cols = []
+    for c in profiles.meta.columns:
+        s = pd.to_numeric(profiles.meta[c], errors="coerce")
+        if s.notna().mean() >= 0.5 and s.nunique(dropna=True) > 1:
+            cols.append(str(c))
+    return sorted(cols, key=lambda c: (("count" not in c.lower()), cols.index(c)))
+
+
+def well_values(profiles: Profiles, kind: str, which: str | int | None = None, seed: int = 0) -> np.ndarray:
+    """One float per well.
+
+    kind: ``feature`` (``which`` = feature name), ``dimension`` (same, for an embedding's ``cpd_k``),
+    ``pc`` (``which`` = 0-based principal component of ``X``), ``control_distance`` (Euclidean distance
+    of each well to the centroid of its plate's negative controls, NaN on plates without any) or
+    ``metadata`` (``which`` = a numeric metadata column, e.g. a cell count).
+    """
+    if kind in ("feature", "dimension"):
+        if which not in profiles.features:
+            raise CpDistillerError(f"unknown {kind} {which!r}; pick one of {profiles.features[:5]}…")
+        return profiles.X[:, profiles.features.index(which)].astype(np.float64)
+    if kind == "pc":
+        from .reduce import pca
+
+        k = int(which or 0)
+        scores, _ = pca(profiles.X, k + 1, seed=seed)
+        if k >= scores.shape[1]:
+            raise CpDistillerError(f"only {scores.shape[1]} principal components exist (asked for PC{k + 1}).")
+        return scores[:, k].astype(np.float64)
+    if kind == "control_distance":
+        return control_distance(profiles)
+    if kind == "metadata":
+        if which not in profiles.meta.columns:
+            raise CpDistillerError(f"no metadata column {which!r}.")
+        values = pd.to_numeric(profiles.meta[which], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isnan(values).all():
+            raise CpDistillerError(f"metadata column {which!r} holds no numbers.")
+        return values
+    raise CpDistillerError(f"unknown value kind {kind!r}; use one of {list(VALUE_KINDS)}.")
+
+
+def control_distance(profiles: Profiles) -> np.ndarray:
+    """Distance of every well to the centroid of its own plate's negative controls."""
+    neg = profiles.negative_mask
+    if not neg.any():
+        raise CpDistillerError("no negative controls: set the 'control' role and its negative values "
+                               "to map distances to the control centroid.")
+    out = np.full(profiles.n_wells, np.nan)
+    X = profiles.X.astype(np.float64)
+    for plate in pd.unique(profiles.plate):
+        on = profiles.plate == plate
+        ref = on & neg
+        if not ref.any():
+            continue
+        centroid = np.nanmean(X[ref], axis=0)
+        out[on] = np.sqrt(np.nansum((X[on] - centroid) ** 2, axis=1))
+    return out
+
+
+def plate_grid(profiles: Profiles, values: np.ndarray, plate: str) -> np.ndarray:
+    """(n_rows x n_cols) array of one plate's values (mean of duplicate wells), NaN where no well."""
+    geo = profiles.geometry
+    on = np.flatnonzero(profiles.plate == str(plate))
+    if not len(on):
+        raise CpDistillerError(f"no plate {plate!r}.")
+    sums = np.zeros((geo.n_rows, geo.n_cols))
+    counts = np.zeros((geo.n_rows, geo.n_cols))
+    v = np.asarray(values, dtype=np.float64)[on]
+    ok = np.isfinite(v)
+    np.add.at(sums, (profiles.row[on][ok], profiles.col[on][ok]), v[ok])
+    np.add.at(counts, (profiles.row[on][ok], profiles.col[on][ok]), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
+def layout_grid(profiles: Profiles, plate: str) -> np.ndarray:
+    """(n_rows x n_cols) object array of control status ('negative'/'positive'/'treatment', '' if empty)."""
+    geo = profiles.geometry
+    grid = np.full((geo.n_rows, geo.n_cols), "", dtype=object)
+    on = profiles.plate == str(plate)
+    grid[profiles.row[on], profiles.col[on]] = profiles.control[on]
+    return grid
+
+
+def position_profile(profiles: Profiles, values: np.ndarray, axis: str, by: str | None = None) -> pd.DataFrame:
+    """Mean, std and count of ``values`` per row (``axis='row'``) or column, optionally per group.
+
+    Columns: position (0-based), label ('A'/'1'), group, mean, std, sem, n. ``by`` is None, 'plate'
+    or 'batch'. Non-finite values are ignored.
+    """
+    if axis not in ("row", "column"):
+        raise CpDistillerError(f"axis must be 'row' or 'column' (got {axis!r}).")
+    pos = profiles.row if axis == "row" else profiles.col
+    group = np.full(profiles.n_wells, "all", dtype=object) if by is None else np.asarray(profiles.labels(by), object)
+    df = pd.DataFrame({"position": pos, "group": group.astype(str), "value": np.asarray(values, np.float64)})
+    df = df[np.isfinite(df["value"])]
+    out = (df.groupby(["group", "position"], sort=True)["value"]
+           .agg(mean="mean", std="std", n="count").reset_index())
+    out["std"] = out["std"].fillna(0.0)
+    out["sem"] = out["std"] / np.sqrt(out["n"].clip(lower=1))
+    out["label"] = [row_letters(int(p)) if axis == "row" else str(int(p) + 1) for p in out["position"]]
+    return out[["group", "position", "label", "mean", "std", "sem", "n"]]
+
+
+def gradient_strength(profile: pd.DataFrame) -> float:
+    """Slope-free gradient summary: std of the per-position means divided by the mean within-position std."""
+    within = float(np.nanmean(profile["std"])) if len(profile) else np.nan
+    between = float(np.nanstd(profile["mean"])) if len(profile) else np.nan
+    return between / within if within and np.isfinite(within) and within > 0 else np.nan
+
+
+def variance_explained(profiles: Profiles, label: str | np.ndarray, n_pcs: int = 30,
+                       wells: str = "all", seed: int = 0) -> float:
+    """Fraction of the variance of the top ``n_pcs`` PCs explained by a label (between-group SS / total SS).
+
+    ``label``: an effect ('batch', 'plate', 'row', 'column') or an array of labels. ``wells``: 'all' or
+    'negative' (negative controls only, where technical effects are not confounded with treatments).
+    """
+    from .reduce import pca
+
+    labels = np.asarray(profiles.labels(label) if isinstance(label, str) else label).astype(str)
+    mask = np.ones(profiles.n_wells, bool)
+    if wells == "negative":
+        mask = profiles.negative_mask
+        if mask.sum() < 3:
+            raise CpDistillerError("fewer than 3 negative controls: set the control role or use all wells.")
+    elif wells != "all":
+        raise CpDistillerError(f"wells must be 'all' or 'negative' (got {wells!r}).")
+    X, labels = profiles.X[mask], labels[mask]
+    scores, _ = pca(X, n_pcs, seed=seed)
+    scores = scores.astype(np.float64) - scores.mean(axis=0)
+    total = float((scores ** 2).sum())
+    if total <= 0:
+        return 0.0
+    codes, uniq = pd.factorize(labels)
+    if len(uniq) < 2:
+        return 0.0
+    counts = np.bincount(codes).astype(np.float64)
+    means = np.zeros((len(uniq), scores.shape[1]))
+    np.add.at(means, codes, scores)
+    means /= counts[:, None]
+    between = float((counts[:, None] * means ** 2).sum())
+    return between / total
+
+
+def variance_table(sides: dict[str, Profiles], effects: Sequence[str] = EFFECT_ORDER, n_pcs: int = 30,
+                   wells: str = "all") -> pd.DataFrame:
+    """Variance explained per effect for each side ('uncorrected', 'cpDistiller', …): long table.
+
+    Effects a side cannot label (no batch role) or with a single level are skipped.
+    """
+    rows = []
+    for side, prof in sides.items():
+        for effect in effects:
+            try:
+                labels = np.asarray(prof.labels(effect)).astype(str)
+            except CpDistillerError:
+                continue
+            sub = labels[prof.negative_mask] if wells == "negative" else labels
+            if len(np.unique(sub)) < 2:
+                continue
+            rows.append({"side": side, "effect": effect,
+                         "variance_explained": variance_explained(prof, labels, n_pcs, wells)})
+    return pd.DataFrame(rows, columns=["side", "effect", "variance_explained"])
+
+
+def align(before: Profiles, after: Profiles) -> tuple[Profiles, Profiles]:
+    """Restrict two profiles of the same wells (e.g. input vs embedding) to their shared metadata index."""
+    if before.n_wells == after.n_wells and before.meta.index.equals(after.meta.index):
+        return before, after
+    if before.meta.index.has_duplicates or after.meta.index.has_duplicates:
+        raise CpDistillerError("cannot match wells before and after correction: duplicate row labels.")
+    shared = before.meta.index.intersection(after.meta.index, sort=False)
+    if not len(shared):
+        raise CpDistillerError("the corrected embedding shares no wells with the input profiles.")
+    b = before.subset(before.meta.index.get_indexer(shared))
+    a = after.subset(after.meta.index.get_indexer(shared))
+    return b, a

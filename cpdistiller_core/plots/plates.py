@@ -1,0 +1,155 @@
+"""Plate-map figures: per-plate heatmaps (any geometry), layout thumbnails, row/column profiles and
+variance-explained bars, each comparing sides (e.g. uncorrected vs cpDistiller)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..layout import PlateGeometry, row_letters
+from ..profiles import Profiles
+
+SIDE_COLORS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3")
+LAYOUT_CODES = {"": 0, "treatment": 1, "negative": 2, "positive": 3}
+LAYOUT_COLORS = ["#f2f2f2", "#c9d3e0", "#1f77b4", "#d62728"]
+
+
+def _robust_z(grid: np.ndarray) -> np.ndarray:
+    med = np.nanmedian(grid)
+    mad = np.nanmedian(np.abs(grid - med)) * 1.4826
+    return (grid - med) / mad if mad and np.isfinite(mad) and mad > 0 else grid - med
+
+
+def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: PlateGeometry,
+                   value_label: str = "value", standardise: bool = False, height_per_plate: int = 260) -> go.Figure:
+    """Rows = plates, columns = sides. ``grids[side][plate]`` is an (n_rows x n_cols) array.
+
+    Each side has its own colour scale shared by its plates (plates comparable within a side). With
+    ``standardise`` every side is robust-z-scored over all its plates, so sides in different units
+    (a feature vs an embedding dimension) share one diverging scale.
+    """
+    sides = list(grids)
+    plates = list(dict.fromkeys(p for side in sides for p in grids[side]))
+    fig = make_subplots(rows=len(plates), cols=len(sides), horizontal_spacing=0.1,
+                        vertical_spacing=min(0.08, 0.3 / max(1, len(plates))),
+                        subplot_titles=[f"{side} · {plate}" for plate in plates for side in sides])
+    ylabels = [row_letters(r) for r in range(geometry.n_rows)]
+    xlabels = [str(c + 1) for c in range(geometry.n_cols)]
+    for s, side in enumerate(sides):
+        stack = np.stack([grids[side][p] for p in plates if p in grids[side]])
+        if standardise:
+            flat = _robust_z(stack)
+            lo, hi = -3.0, 3.0
+            per = {p: flat[i] for i, p in enumerate(p for p in plates if p in grids[side])}
+        else:
+            lo, hi = (float(np.nanpercentile(stack, 2)), float(np.nanpercentile(stack, 98))) \
+                if np.isfinite(stack).any() else (0.0, 1.0)
+            per = dict(grids[side])
+        axis = "coloraxis" if s == 0 else f"coloraxis{s + 1}"
+        x_bar = (s + 1) / len(sides) - 0.04 if len(sides) > 1 else 1.02
+        fig.update_layout({axis: dict(colorscale="RdBu_r" if standardise else "Viridis", cmin=lo, cmax=hi,
+                                      colorbar=dict(title=dict(text=f"{side}<br>{'z' if standardise else value_label}",
+                                                               side="top"),
+                                                    x=x_bar, len=min(1.0, 0.9 / max(1, len(plates)) * 2),
+                                                    y=1.0, yanchor="top", thickness=10))})
+        for r, plate in enumerate(plates):
+            if plate not in per:
+                continue
+            z = per[plate]
+            text = np.vectorize(lambda v: "" if not np.isfinite(v) else f"{v:.3g}")(z)
+            fig.add_trace(go.Heatmap(z=z, x=xlabels, y=ylabels, coloraxis=axis, text=text, xgap=1, ygap=1,
+                                     hovertemplate=f"{plate} %{{y}}%{{x}}<br>{value_label}: %{{text}}<extra>{side}</extra>"),
+                          row=r + 1, col=s + 1)
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=8))
+    fig.update_xaxes(tickfont=dict(size=8), side="bottom")
+    fig.update_layout(height=max(320, height_per_plate * len(plates)), margin=dict(l=10, r=40, t=40, b=10),
+                      plot_bgcolor="white")
+    return fig
+
+
+def plate_layout_thumbnails(profiles: Profiles, max_plates: int = 24, per_row: int = 4) -> go.Figure:
+    """Small maps of every plate's layout: empty / treatment / negative control / positive control."""
+    from ..platemap import layout_grid
+
+    plates = list(pd.unique(profiles.plate))[:max_plates]
+    rows = int(np.ceil(len(plates) / per_row))
+    cols = min(per_row, len(plates))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[str(p) for p in plates],
+                        horizontal_spacing=0.03, vertical_spacing=0.12 / max(1, rows) + 0.04)
+    geo = profiles.geometry
+    n = len(LAYOUT_CODES)
+    scale = []
+    for i, c in enumerate(LAYOUT_COLORS):
+        scale += [[i / n, c], [(i + 1) / n, c]]
+    names = {v: k or "empty" for k, v in LAYOUT_CODES.items()}
+    for i, plate in enumerate(plates):
+        grid = layout_grid(profiles, plate)
+        z = np.vectorize(LAYOUT_CODES.get)(grid).astype(float)
+        label = np.vectorize(names.get)(z.astype(int))
+        fig.add_trace(go.Heatmap(
+            z=z, zmin=-0.5, zmax=n - 0.5, colorscale=scale, showscale=i == 0, text=label, xgap=1, ygap=1,
+            x=[str(c + 1) for c in range(geo.n_cols)], y=[row_letters(r) for r in range(geo.n_rows)],
+            hovertemplate=f"{plate} %{{y}}%{{x}}: %{{text}}<extra></extra>",
+            colorbar=dict(tickvals=list(range(n)), ticktext=[names[k] for k in range(n)], thickness=10, len=0.8)),
+            row=i // per_row + 1, col=i % per_row + 1)
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(height=170 * rows + 40, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white")
+    return fig
+
+
+def position_profile_figure(profiles_by_side: Mapping[str, pd.DataFrame], axis: str,
+                            value_label: str = "value", standardise: bool = True) -> go.Figure:
+    """Mean ± std of a value per row (or column), one line and band per side (and group).
+
+    Inputs are ``platemap.position_profile`` tables. With ``standardise`` each side's means and spreads
+    are divided by its overall spread so sides in different units compare on one axis.
+    """
+    fig = go.Figure()
+    i = 0
+    for side, df in profiles_by_side.items():
+        for group, g in df.groupby("group", sort=False):
+            g = g.sort_values("position")
+            mean, std = g["mean"].to_numpy(float), g["std"].to_numpy(float)
+            if standardise:
+                center = float(np.average(mean, weights=g["n"]))
+                scale = float(np.sqrt(np.average(std ** 2 + (mean - center) ** 2, weights=g["n"]))) or 1.0
+                mean, std = (mean - center) / scale, std / scale
+            color = SIDE_COLORS[i % len(SIDE_COLORS)]
+            name = side if group == "all" else f"{side} · {group}"
+            x = g["label"].tolist()
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=list(mean + std) + list((mean - std)[::-1]), fill="toself",
+                                     fillcolor=color, opacity=0.15, line=dict(width=0), hoverinfo="skip",
+                                     showlegend=False, legendgroup=name))
+            fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name,
+                                     line=dict(color=color, width=2),
+                                     customdata=np.stack([std, g["n"]], axis=1),
+                                     hovertemplate=f"{axis} %{{x}}: %{{y:.3g}} ± %{{customdata[0]:.3g}} "
+                                                   f"(n=%{{customdata[1]}})<extra>{name}</extra>"))
+            i += 1
+    fig.update_layout(xaxis_title=axis, yaxis_title=f"{value_label}{' (standardised)' if standardise else ''}",
+                      height=340, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
+                      legend=dict(orientation="h", y=1.12), xaxis=dict(type="category"))
+    fig.update_yaxes(gridcolor="#eee", zerolinecolor="#ccc")
+    return fig
+
+
+def variance_bars(table: pd.DataFrame, sides: Sequence[str] | None = None) -> go.Figure:
+    """Grouped bars: variance explained by each effect (x), one bar per side (``variance_table`` output)."""
+    fig = go.Figure()
+    sides = list(sides or pd.unique(table["side"]))
+    for i, side in enumerate(sides):
+        t = table[table["side"] == side]
+        fig.add_trace(go.Bar(x=t["effect"], y=t["variance_explained"], name=side,
+                             marker_color=SIDE_COLORS[i % len(SIDE_COLORS)],
+                             text=[f"{v:.2f}" for v in t["variance_explained"]], textposition="outside",
+                             hovertemplate="%{x}: %{y:.3f}<extra>" + side + "</extra>"))
+    top = float(table["variance_explained"].max()) if len(table) else 1.0
+    fig.update_layout(barmode="group", yaxis=dict(title="fraction of variance (top PCs)", range=[0, min(1.0, top * 1.25 + 0.02)]),
+                      height=320, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
+                      legend=dict(orientation="h", y=1.15))
+    return fig
