@@ -16,6 +16,7 @@ import warnings
 from ..errors import CpDistillerError, CpDistillerWarning
 
 COMMAND_MODULES: list[str] = [
+    "data",
     "jump",
 ]
 
