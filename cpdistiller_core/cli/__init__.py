@@ -16,8 +16,10 @@ import warnings
 from ..errors import CpDistillerError, CpDistillerWarning
 
 COMMAND_MODULES: list[str] = [
+    "correct",
     "data",
     "jump",
+    "evaluate",
 ]
 
 

@@ -1,0 +1,212 @@
+"""Benchmark: run cpDistiller and the reference methods on the same preprocessed profiles, score them all.
+
+>>> result = run_benchmark(preprocessed, methods="all", epochs=20)
+>>> result.table            # method x metric (+ runtime_s, status)
+>>> write_benchmark(result, "bench_out/")   # CSV/JSON/Markdown tables + plotly HTML figures
+
+A method that fails (e.g. well-position correction on a single plate, or the engine not installed)
+is kept in the table with status "failed: <reason>" and missing scores; nothing is faked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import baselines
+from .errors import CpDistillerError
+from .metrics import EvaluationConfig, Scorecard, evaluate
+from .paths import atomic_write_text
+from .profiles import Embedding, Profiles
+from .progress import ProgressCallback, no_progress
+
+log = logging.getLogger("cpdistiller")
+
+CPDISTILLER = "cpDistiller"
+ALL_METHODS: tuple[str, ...] = (CPDISTILLER, *baselines.BASELINES)
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    """'all', a comma-separated string or a list → method names (case-insensitive, validated)."""
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    known = {m.lower(): m for m in ALL_METHODS}
+    out: list[str] = []
+    for m in methods:
+        if m.lower() == "all":
+            out += [x for x in ALL_METHODS if x not in out]
+            continue
+        if m.lower() not in known:
+            raise CpDistillerError(f"unknown method {m!r}; choose from all, {', '.join(ALL_METHODS)}.")
+        if known[m.lower()] not in out:
+            out.append(known[m.lower()])
+    if not out:
+        raise CpDistillerError("no methods selected.")
+    return out
+
+
+def run_cpdistiller(profiles: Profiles, effects: Sequence[str], seed: int = 0, epochs: int | None = None,
+                    progress: ProgressCallback = no_progress, **config: Any) -> Embedding:
+    """Fit cpDistiller (``cpdistiller_core.api``) on ``profiles`` and return its embedding (timed)."""
+    from .api import CpDistiller
+    from .config import CpDistillerConfig
+
+    use = [e for e in effects if e in ("batch", "row", "column")]
+    use, _ = baselines.resolve_effects(profiles, use)
+    if not use:
+        raise CpDistillerError("cpDistiller needs at least one of batch, row or column with 2+ levels.")
+    overrides = dict(config)
+    if epochs is not None:
+        overrides["epochs"] = int(epochs)
+    cfg = CpDistillerConfig(seed=seed, **overrides)
+    t0 = time.perf_counter()
+    model = CpDistiller(cfg).fit(profiles, effects=tuple(use), progress=progress)
+    emb = model.transform(profiles)
+    emb.provenance["runtime_s"] = round(time.perf_counter() - t0, 3)
+    emb.provenance["effects_corrected"] = list(use)
+    return emb
+
+
+@dataclass
+class BenchmarkResult:
+    """Scores of every method; ``table`` is method × metric with runtime_s and status."""
+
+    scorecard: Scorecard
+    embeddings: dict[str, Embedding] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        wide = self.scorecard.wide() if len(self.scorecard.scores) else pd.DataFrame()
+        wide = wide.reindex(list(self.status))
+        wide["runtime_s"] = [self.scorecard.runtimes.get(m, np.nan) for m in wide.index]
+        wide["status"] = [self.status[m] for m in wide.index]
+        wide.index.name = "method"
+        return wide
+
+    def activity_tables(self) -> dict[str, pd.DataFrame]:
+        """Per-perturbation phenotypic-activity tables by method (those that could be computed)."""
+        return {m: d["activity"] for m, d in self.scorecard.details.items() if "activity" in d}
+
+
+def run_benchmark(profiles: Profiles, methods: str | Sequence[str] = "all",
+                  effects: Sequence[str] = baselines.DEFAULT_EFFECTS, *, seed: int = 0,
+                  epochs: int | None = None, truth: Profiles | None = None,
+                  pairs: dict[str, pd.DataFrame] | None = None, eval_config: EvaluationConfig | None = None,
+                  cpdistiller_config: dict[str, Any] | None = None,
+                  progress: ProgressCallback = no_progress) -> BenchmarkResult:
+    """Run each method on the same (already preprocessed) profiles and evaluate it.
+
+    The uncorrected embedding is scored too (it is the reference of the mAP scatter). A failing
+    method gets status "failed: …" and no scores.
+    """
+    names = parse_methods(methods)
+    cfg = eval_config or EvaluationConfig(seed=seed)
+    cards: list[Scorecard] = []
+    result = BenchmarkResult(scorecard=Scorecard())
+    result.info = {"wells": profiles.n_wells, "features": profiles.n_features, "effects": list(effects),
+                   "seed": seed, "epochs": epochs, "methods": names, "evaluation": cfg.to_dict()}
+    n = len(names)
+    for i, name in enumerate(names):
+        base = i / n
+
+        def sub(frac: float, msg: str, base: float = base) -> None:
+            progress(base + frac / n, msg)
+
+        sub(0.0, f"running {name}")
+        try:
+            if name == CPDISTILLER:
+                emb = run_cpdistiller(profiles, effects, seed=seed, epochs=epochs,
+                                      progress=lambda f, m: sub(0.6 * f, f"{CPDISTILLER}: {m}"),
+                                      **(cpdistiller_config or {}))
+            else:
+                emb = baselines.run_baseline(name, profiles, effects, seed=seed)
+        except (ImportError, NotImplementedError) as exc:
+            result.status[name] = f"failed: engine not available ({type(exc).__name__}: {exc})"
+            log.warning("%s failed: %s", name, exc)
+            continue
+        except CpDistillerError as exc:
+            result.status[name] = f"failed: {exc}"
+            log.warning("%s failed: %s", name, exc)
+            continue
+        emb = emb.replace(method=name, provenance=emb.provenance)
+        result.embeddings[name] = emb
+        sub(0.6 if name == CPDISTILLER else 0.3, f"scoring {name}")
+        card = evaluate(emb, method=name, truth=truth, pairs=pairs, config=cfg)
+        card.runtimes[name] = float(emb.provenance.get("runtime_s", np.nan))
+        cards.append(card)
+        result.status[name] = "ok"
+    result.scorecard = Scorecard.concat(cards)
+    progress(1.0, "benchmark done")
+    return result
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table (no tabulate dependency); missing values shown as '–'."""
+    cols = ["method", *table.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for idx, row in table.iterrows():
+        cells = [str(idx)]
+        for v in row:
+            if isinstance(v, (float, np.floating)):
+                cells.append("–" if np.isnan(v) else f"{v:.{digits}f}")
+            else:
+                cells.append(str(v).replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_benchmark(result: BenchmarkResult, out_dir: str | Path, figures: bool = True) -> dict[str, Path]:
+    """Write comparison.csv/.md (method × metric with run time), scores.csv (tidy), scores.json,
+    activity_<method>.csv and figures/*.html (scorecard bars, per-perturbation mAP scatter)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    table = result.table
+    paths["comparison_csv"] = out / "comparison.csv"
+    atomic_write_text(paths["comparison_csv"], table.to_csv())
+    paths["comparison_md"] = out / "comparison.md"
+    atomic_write_text(paths["comparison_md"], to_markdown(table) + "\n")
+    paths["scores_csv"] = out / "scores.csv"
+    atomic_write_text(paths["scores_csv"], result.scorecard.scores.to_csv(index=False))
+    paths["scores_json"] = out / "scores.json"
+    payload = {**result.scorecard.to_json_dict(), "status": result.status, "info": result.info}
+    atomic_write_text(paths["scores_json"], json.dumps(payload, indent=2, default=_json_default))
+    for m, tab in result.activity_tables().items():
+        p = out / f"activity_{m}.csv"
+        atomic_write_text(p, tab.to_csv(index=False))
+        paths[f"activity_{m}"] = p
+    if figures and len(result.scorecard.scores):
+        from .plots.scores import map_scatter, scorecard_bars
+
+        fig_dir = out / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        paths["fig_scorecard"] = fig_dir / "scorecard.html"
+        atomic_write_text(paths["fig_scorecard"], scorecard_bars(result.scorecard).to_html(include_plotlyjs=True))
+        acts = result.activity_tables()
+        if "uncorrected" in acts and len(acts) > 1:
+            paths["fig_map_scatter"] = fig_dir / "map_scatter.html"
+            atomic_write_text(paths["fig_map_scatter"],
+                              map_scatter(acts, reference="uncorrected").to_html(include_plotlyjs=True))
+    return paths
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, (np.ndarray,)):
+        return obj.tolist()
+    if obj is pd.NA:
+        return None
+    return str(obj)
