@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "data",
     "jump",
     "evaluate",
+    "extract",
 ]
 
 

@@ -1,0 +1,91 @@
+"""`cpdistiller extract` (images -> per-well Mesmer features) and `cpdistiller convert-mesmer`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract", help="extract per-well Mesmer image features (one Parquet file per plate)",
+        description="Extract the paper's Mesmer (C5_reduced) features from Cell Painting images: "
+                    "illumination-correct, DNA + mean(RNA, ER), CLAHE, 256 px tiles with 25%% overlap, "
+                    "max-pool, 9 sites per well -> 11,664 values per well. Resumes an interrupted run.",
+    )
+    p.add_argument("manifest", help="LoadData CSV, or an image folder together with --pattern")
+    p.add_argument("--out", required=True, help="output folder ({plate}.parquet per plate)")
+    p.add_argument("--weights", help="converted Mesmer weights (see `cpdistiller convert-mesmer`)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="TESTS ONLY: untrained random weights; stamped into every output row")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    p.add_argument("--pattern", help="filename regex for an image folder (default: Phenix r01c01f01p01-ch1)")
+    p.add_argument("--channel-map", help="pattern channel per stain, e.g. 'DNA=1,ER=2,RNA=3'")
+    p.add_argument("--plate", help="plate name for an image folder (default: the folder name)")
+    p.add_argument("--illum-dir", help="folder with {plate}_Illum{DNA,RNA,ER}.npy illumination functions")
+    p.add_argument("--sites", type=int, help="sites per well (default: the most common count; all must match)")
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--pool", type=int, default=16, help="max-pool kernel = stride")
+    p.add_argument("--view", choices=["paper", "spatial"], default="paper",
+                   help="paper: the published layout (1,296 values per 1080 px site); spatial: true feature map")
+    p.add_argument("--batch-size", type=int, default=32, help="tiles per network batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (autocast fp16 on CUDA)")
+    p.add_argument("--workers", type=int, default=4, help="threads decoding and pre-processing images")
+    p.add_argument("--checkpoint-every", type=int, default=16, help="wells between resume checkpoints")
+    p.add_argument("--no-dask", action="store_true", help="run plates one after another in this process")
+    p.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
+    p.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes")
+    p.add_argument("--retries", type=int, default=2, help="retries of a failed plate")
+    p.add_argument("--torch-threads", type=int, help="torch threads per Dask worker")
+    p.set_defaults(func=run_extract)
+
+    c = sub.add_parser(
+        "convert-mesmer", help="convert the Mesmer SavedModel to a torch state dict (needs TensorFlow once)",
+        description="Convert the MultiplexSegmentation SavedModel (downloaded with your DeepCell token) "
+                    "or a Keras .h5 weights file into the weights file `cpdistiller extract --weights` reads.",
+    )
+    c.add_argument("src", help="MultiplexSegmentation SavedModel folder or Keras .h5 file")
+    c.add_argument("dst", help="output .pt file")
+    c.set_defaults(func=run_convert)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..extractor.distributed import extract_plates
+    from ..extractor.features import FeatureSettings
+    from ..extractor.images import PHENIX_PATTERN, read_load_data, read_pattern_folder
+    from ..extractor.run import WeightsSpec
+    from ..progress import TerminalProgress
+
+    weights = WeightsSpec(path=args.weights, random=args.random_weights, seed=args.seed)
+    weights.check()
+    if args.random_weights:
+        print("warning: --random-weights: features come from an UNTRAINED network (tests only); "
+              "every output row is stamped.", file=sys.stderr)
+    src = Path(args.manifest)
+    if src.is_dir():
+        manifest = read_pattern_folder(src, args.pattern or PHENIX_PATTERN, args.channel_map, args.plate,
+                                       args.illum_dir)
+    else:
+        manifest = read_load_data(src, args.illum_dir)
+    settings = FeatureSettings(tile=args.tile, overlap=args.overlap, pool=args.pool, view=args.view,
+                               batch_size=args.batch_size)
+    with TerminalProgress("extract") as bar:
+        summaries = extract_plates(manifest, args.out, weights, settings, n_sites=args.sites, device=args.device,
+                                   workers=args.workers, checkpoint_every=args.checkpoint_every,
+                                   use_dask=not args.no_dask, scheduler=args.scheduler,
+                                   n_workers=args.dask_workers, retries=args.retries,
+                                   torch_threads=args.torch_threads, progress=bar)
+    for s in summaries:
+        print(json.dumps(s))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ..extractor.convert import convert_mesmer
+
+    print(json.dumps(convert_mesmer(args.src, args.dst)))
+    return 0
