@@ -286,10 +286,23 @@ def _format_of(name: str) -> str | None:
     return None
 
 
+def _sniff_format(item: InputLike) -> str | None:
+    """Parquet or HDF5 (h5ad) files without a known extension, recognised by their magic bytes."""
+    if not isinstance(item, (str, os.PathLike)) or not Path(item).is_file():
+        return None
+    with open(item, "rb") as fh:
+        head = fh.read(8)
+    if head[:4] == b"PAR1":
+        return "parquet"
+    if head == b"\x89HDF\r\n\x1a\n":
+        return "h5ad"
+    return None
+
+
 def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Sequence[str] | None,
               feature_regex: str | None, source: str | None) -> tuple[Profiles, dict[str, str]]:
     name = _display_name(item, source)
-    fmt = _format_of(name)
+    fmt = _format_of(name) or _sniff_format(item)
     if fmt is None:
         raise CpDistillerError(
             f"{name}: unknown file format {''.join(Path(name).suffixes) or '(no extension)'!r}; "
@@ -393,6 +406,9 @@ def _read_parquet(handle: Any, name: str, features: Sequence[str] | None,
         feats = feature_columns(df.columns, features, feature_regex, name)
     fset = set(feats)
     meta = df[[c for c in df.columns if c not in fset]].reset_index(drop=True)
+    for c in meta.columns:  # missing text is NaN whatever the format (pyarrow gives None)
+        if meta[c].dtype == object and meta[c].isna().any():
+            meta[c] = meta[c].where(meta[c].notna(), np.nan)
     return meta, _feature_matrix(df, feats, name), feats, stored
 
 

@@ -83,7 +83,8 @@ def parse_wells(
 
 
 def infer_geometry(
-    rows: np.ndarray, cols: np.ndarray, declared: int | None = None, source: str | None = None
+    rows: np.ndarray, cols: np.ndarray, declared: int | None = None, source: str | None = None,
+    index: pd.Index | None = None, column: str | None = None,
 ) -> PlateGeometry:
     """The smallest standard plate (96/384/1536) holding every well, or the declared one (checked)."""
     max_row, max_col = int(rows.max(initial=0)), int(cols.max(initial=0))
@@ -98,20 +99,23 @@ def infer_geometry(
         if max_row < geo.n_rows and max_col < geo.n_cols and rows.min(initial=0) >= 0 and cols.min(initial=0) >= 0:
             return geo
     geo = candidates[-1]
+    bad = (rows < 0) | (rows >= geo.n_rows) | (cols < 0) | (cols >= geo.n_cols)
+    at = f" ({example_rows(index[bad])})" if index is not None and bad.any() else ""
     raise CpDistillerError(
-        f"{where(source)}wells outside a {geo.n_wells}-well plate ({geo.n_rows} rows x {geo.n_cols} columns): "
-        f"found row {row_letters(max_row)} / column {max_col + 1}."
+        f"{where(source, column)}wells outside a {geo.n_wells}-well plate ({geo.n_rows} rows x {geo.n_cols} columns): "
+        f"found row {row_letters(max_row)} / column {max_col + 1}{at}."
     )
 
 
 def check_in_geometry(
-    rows: np.ndarray, cols: np.ndarray, geometry: PlateGeometry, index: pd.Index, source: str | None = None
+    rows: np.ndarray, cols: np.ndarray, geometry: PlateGeometry, index: pd.Index, source: str | None = None,
+    column: str | None = None,
 ) -> None:
     """Raise if any well falls outside the plate."""
     bad = (rows < 0) | (rows >= geometry.n_rows) | (cols < 0) | (cols >= geometry.n_cols)
     if bad.any():
         raise CpDistillerError(
-            f"{where(source)}{int(bad.sum())} wells outside a {geometry.n_wells}-well plate "
+            f"{where(source, column)}{int(bad.sum())} wells outside a {geometry.n_wells}-well plate "
             f"({example_rows(index[bad])})."
         )
 

@@ -115,8 +115,9 @@ class Profiles:
             raise CpDistillerError(
                 f"{where(src)}no well column: set the 'well' role (e.g. 'Metadata_Well') or both 'row' and 'column'."
             )
-        geometry = infer_geometry(row, col, roles.plate_format, src)
-        check_in_geometry(row, col, geometry, meta.index, src)
+        well_col = roles.well or roles.row
+        geometry = infer_geometry(row, col, roles.plate_format, src, meta.index, well_col)
+        check_in_geometry(row, col, geometry, meta.index, src, well_col)
         object.__setattr__(self, "plate", plate.astype(str).to_numpy(dtype=object))
         object.__setattr__(self, "row", row)
         object.__setattr__(self, "col", col)
