@@ -27,7 +27,7 @@ from .model.gmvae import CorrectionModule
 from .paths import atomic_write_bytes, atomic_write_text
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
-from .train import EMA, TrainData, TrainResult, select_device, train
+from .train import EMA, TrainData, TrainResult, ema_state, seed_everything, select_device, train
 
 WEIGHTS_FILE = "weights.pt"
 MODEL_FILE = "model.json"
@@ -191,11 +191,14 @@ class CpDistiller:
     def fit(self, profiles: Profiles, effects: str | Sequence[str] = ("row", "column"),
             progress: ProgressCallback | None = None, warm_start: str | Path | None = None,
             extractor: Profiles | None = None,
-            on_epoch: Callable[[dict[str, Any], EMA], None] | None = None) -> CpDistiller:
+            on_epoch: Callable[[dict[str, Any], EMA], None] | None = None,
+            checkpoint_dir: str | Path | None = None) -> CpDistiller:
         """Train on preprocessed ``profiles``; ``extractor`` adds per-well image features (joint module).
 
         ``warm_start``: a saved model directory to fine-tune (same features; its input transform and
         architecture are kept, discriminators are re-initialised when the levels differ).
+        ``checkpoint_dir``: with ``config.checkpoint_every = k``, the EMA model is saved every k epochs to
+        ``checkpoint_dir/epoch_NNN`` (a model directory: loadable, usable as ``warm_start``).
         """
         from .neighbors import TripletSampler, mine_neighbors
 
@@ -207,6 +210,7 @@ class CpDistiller:
         if profiles.n_wells < 2:
             raise CpDistillerError(f"{where(src)}need at least 2 wells to train, got {profiles.n_wells}.")
         effects = self._usable_effects(profiles, parse_effects(effects))
+        seed_everything(cfg.seed)  # before any module is built: same seed, same initial weights
         base = CpDistiller.load(warm_start, device=cfg.device) if warm_start is not None else None
         if base is not None:
             self._check_features(profiles, base.features, "the warm-start model")
@@ -272,7 +276,8 @@ class CpDistiller:
             triplets=sampler,
         )
         result: TrainResult = train(self.module, data, cfg, dev,
-                                    progress=lambda f, m: progress(0.05 + 0.95 * f, m), on_epoch=on_epoch)
+                                    progress=lambda f, m: progress(0.05 + 0.95 * f, m),
+                                    on_epoch=self._epoch_hook(on_epoch, checkpoint_dir))
         del data
         self.history = result.history
         self.timings["train_s"] = result.seconds
@@ -281,6 +286,21 @@ class CpDistiller:
                            "n_wells": profiles.n_wells, "n_features": len(self.features),
                            "warm_start": None if warm_start is None else str(warm_start)}
         return self
+
+    def _epoch_hook(self, on_epoch: Callable[[dict[str, Any], EMA], None] | None,
+                    checkpoint_dir: str | Path | None) -> Callable[[dict[str, Any], EMA], None] | None:
+        every = self.config.checkpoint_every
+        if not (every and checkpoint_dir):
+            return on_epoch
+
+        def hook(record: dict[str, Any], ema: EMA) -> None:
+            if record["epoch"] % every == 0 or record["epoch"] == self.config.epochs:
+                assert self.module is not None
+                self._write(Path(checkpoint_dir) / f"epoch_{record['epoch']:03d}", ema_state(self.module, ema),
+                            {"checkpoint_epoch": record["epoch"]})
+            if on_epoch is not None:
+                on_epoch(record, ema)
+        return hook
 
     def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
         kept = []
@@ -371,21 +391,23 @@ class CpDistiller:
     def save(self, directory: str | Path) -> Path:
         """``weights.pt`` (tensors only, loads with weights_only=True) + ``model.json`` (config, features)."""
         module = self._require_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        return self._write(Path(directory), {k: v.detach().cpu() for k, v in module.state_dict().items()})
+
+    def _write(self, directory: Path, module_state: Mapping[str, torch.Tensor],
+               extra: Mapping[str, Any] | None = None) -> Path:
         import io
 
+        assert self.input_transform is not None
+        directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        state = {"module": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                 "input_transform": self.input_transform.tensors()}
-        torch.save(state, buf)
+        torch.save({"module": dict(module_state), "input_transform": self.input_transform.tensors()}, buf)
         atomic_write_bytes(directory / WEIGHTS_FILE, buf.getvalue())
         meta = {"format_version": FORMAT_VERSION, "cpdistiller_version": __version__,
                 "config": self.config.to_dict(), "features": self.features, "effects": list(self.effects),
                 "levels": {e: list(v) for e, v in self.levels.items()},
                 "extractor_features": self.extractor_features, "joint": self.joint_settings,
                 "n_input": len(self.features), "neighbors": self.neighbor_stats, "train": self.train_info,
-                "timings": self.timings}
+                "timings": self.timings, **dict(extra or {})}
         atomic_write_text(directory / MODEL_FILE, json.dumps(meta, indent=1, default=_json_default))
         return directory
 

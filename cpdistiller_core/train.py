@@ -123,7 +123,7 @@ def steps_per_epoch(n: int, config: CpDistillerConfig) -> int:
 
 def _batches(n: int, steps: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """``steps`` mini-batches: a fresh permutation per pass; batches of nearly equal size (no size-1 tails)."""
-    if steps * batch_size <= n or steps == 1:
+    if steps <= math.ceil(n / batch_size):
         return np.array_split(rng.permutation(n), steps)
     passes = math.ceil(steps * batch_size / n)
     order = np.concatenate([rng.permutation(n) for _ in range(passes)])

@@ -1,0 +1,157 @@
+"""CpDistiller: fit / transform / save / load, new plates, warm start, checkpoints, image features, errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from engine_screens import small_screen
+
+from cpdistiller_core.api import MODEL_FILE, WEIGHTS_FILE, CpDistiller, InputTransform
+from cpdistiller_core.config import CpDistillerConfig, parse_effects
+from cpdistiller_core.errors import CpDistillerError, CpDistillerWarning
+from cpdistiller_core.profiles import Embedding, Profiles
+
+TINY = CpDistillerConfig(epochs=2, batch_size=64, hidden_dim=32, latent_dim=8, n_components=4,
+                         discriminator_hidden=16, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def screen() -> Profiles:
+    return small_screen(n_plates=3, n_features=20, seed=2)
+
+
+@pytest.fixture(scope="module")
+def fitted(screen) -> CpDistiller:
+    return CpDistiller(TINY).fit(screen, effects="batch,row,col")
+
+
+def test_transform_returns_embedding_with_every_metadata_column(fitted, screen):
+    emb = fitted.transform(screen)
+    assert isinstance(emb, Embedding) and emb.method == "cpDistiller"
+    assert emb.features == [f"cpd_{i}" for i in range(8)]
+    assert list(emb.meta.columns) == list(screen.meta.columns)
+    assert emb.meta.equals(screen.meta)
+    assert np.isfinite(emb.X).all() and emb.X.std(axis=0).min() > 0
+    assert emb.provenance["effects"] == ["batch", "row", "column"]
+    # Deterministic: the posterior mean, not a sample.
+    np.testing.assert_array_equal(emb.X, fitted.transform(screen).X)
+
+
+def test_save_load_identical_and_weights_only(fitted, screen, tmp_path):
+    fitted.save(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / WEIGHTS_FILE, weights_only=True)
+    assert set(state) == {"module", "input_transform"}
+    meta = json.loads((tmp_path / "m" / MODEL_FILE).read_text())
+    assert meta["features"] == screen.features and meta["config"]["latent_dim"] == 8
+    loaded = CpDistiller.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.transform(screen).X, fitted.transform(screen).X)
+
+
+def test_new_plates_reordered_or_extra_features_work_missing_refused(fitted, screen, tmp_path):
+    fitted.save(tmp_path / "m")
+    model = CpDistiller.load(tmp_path / "m")
+    new = small_screen(n_plates=2, n_features=20, seed=9)
+    ref = model.transform(new).X
+    shuffled = new.subset(features=new.features[::-1])
+    np.testing.assert_allclose(model.transform(shuffled).X, ref, rtol=1e-5, atol=1e-6)
+    extra = new.with_features(np.hstack([new.X, np.ones((new.n_wells, 1), np.float32)]),
+                              new.features + ["Cells_extra"])
+    np.testing.assert_allclose(model.transform(extra).X, ref, rtol=1e-5, atol=1e-6)
+    other = small_screen(n_plates=1, n_features=21, seed=9)
+    other = other.with_features(other.X, [f"Nuclei_g{i}" for i in range(21)])
+    with pytest.raises(CpDistillerError, match="features this model was trained on are missing"):
+        model.transform(other)
+    with pytest.raises(CpDistillerError, match="warm-start"):
+        CpDistiller(TINY).fit(other, effects="row,column", warm_start=tmp_path / "m")
+
+
+def test_warm_start_fine_tunes_from_saved_weights(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    new = small_screen(n_plates=2, n_features=20, seed=5)
+    tuned = CpDistiller(TINY.replace(epochs=1, hidden_dim=64)).fit(new, effects="row,column",
+                                                                  warm_start=tmp_path / "m")
+    assert tuned.config.hidden_dim == 32  # the saved architecture wins
+    assert tuned.train_info["warm_start"] == str(tmp_path / "m")
+    # Starts from the saved weights (close after one epoch) rather than from scratch.
+    w0 = fitted.module.gmvae.qy_x[0].weight
+    w1 = tuned.module.gmvae.qy_x[0].weight
+    fresh = CpDistiller(TINY.replace(epochs=1)).fit(new, effects="row,column").module.gmvae.qy_x[0].weight
+    assert (w1 - w0).abs().mean() < (fresh - w0).abs().mean()
+    assert np.array_equal(tuned.input_transform.mean, fitted.input_transform.mean)
+
+
+def test_checkpoints_are_loadable_models(screen, tmp_path):
+    cfg = TINY.replace(epochs=3, checkpoint_every=2)
+    model = CpDistiller(cfg).fit(screen, effects="row,column", checkpoint_dir=tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch_002", "epoch_003"]
+    last = CpDistiller.load(tmp_path / "ck" / "epoch_003")
+    np.testing.assert_allclose(last.transform(screen).X, model.transform(screen).X, rtol=1e-5, atol=1e-6)
+
+
+def test_single_level_effect_dropped_with_notice(screen):
+    one_batch = screen.replace(meta=screen.meta.assign(Metadata_Batch="B0"))
+    with pytest.warns(CpDistillerWarning, match="'batch' has a single level"):
+        m = CpDistiller(TINY.replace(epochs=1)).fit(one_batch, effects="batch,row,col")
+    assert m.effects == ("row", "column") and set(m.module.discriminators) == {"row", "column"}
+
+
+def test_bad_inputs_give_clear_errors(screen):
+    one_plate = screen.subset(rows=screen.plate == "P0")
+    with pytest.raises(CpDistillerError, match="nothing to correct"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", CpDistillerWarning)
+        CpDistiller(TINY).fit(one_plate, effects="batch")
+    # One plate is fine for row/column correction (the reference crashes there).
+    CpDistiller(TINY.replace(epochs=1)).fit(one_plate, effects="row,column")
+    no_controls = small_screen(n_plates=2, n_features=20, with_controls=False)
+    with pytest.raises(CpDistillerError, match="negative-control wells"):
+        CpDistiller(TINY.replace(sphering="negcon")).fit(no_controls, effects="row,column")
+    bad = screen.X.copy()
+    bad[5, 3] = np.nan
+    with pytest.raises(CpDistillerError, match=r"NaN/inf.*Cells_f3"):
+        CpDistiller(TINY).fit(screen.with_features(bad, screen.features), effects="row")
+    with pytest.raises(CpDistillerError, match="unknown effect"):
+        parse_effects("row,plate_x")
+    with pytest.raises(CpDistillerError, match="not a saved cpDistiller model"):
+        CpDistiller.load(screen.source or "/nonexistent")
+    with pytest.raises(CpDistillerError, match="not been fitted"):
+        CpDistiller(TINY).transform(screen)
+    with pytest.raises(CpDistillerError, match="invalid cpDistiller settings"):
+        CpDistillerConfig(sphering="pca")
+
+
+def test_negcon_sphering_whitens_controls(screen):
+    t = InputTransform.fit(screen.X, screen.negative_mask, "negcon", 1e-6)
+    neg = t.apply(screen.X[screen.negative_mask])
+    assert t.whiten is not None and t.whiten.shape == (20, 20)
+    # Whitened controls: near-identity covariance up to the final per-feature scaling.
+    cov = np.cov(neg * t.std, rowvar=False)
+    np.testing.assert_allclose(cov, np.eye(20), atol=0.05)
+    m = CpDistiller(TINY.replace(sphering="negcon", epochs=1)).fit(screen, effects="row,column")
+    assert np.isfinite(m.transform(screen).X).all()
+
+
+def test_image_features_join_on_plate_and_well(screen):
+    rng = np.random.default_rng(0)
+    n_img = 45  # 5 pooled values with the joint module's window of 9
+    order = rng.permutation(screen.n_wells)  # the table comes in another row order
+    img = Profiles(screen.meta.iloc[order][["Metadata_Plate", "Metadata_Well"]].reset_index(drop=True),
+                   rng.normal(size=(screen.n_wells, n_img)).astype(np.float32),
+                   [f"img_{i}" for i in range(n_img)], screen.roles.__class__(plate="Metadata_Plate",
+                                                                              well="Metadata_Well"))
+    m = CpDistiller(TINY).fit(screen, effects="row,column", extractor=img)
+    assert m.module.joint is not None
+    assert m.module.n_gmvae_input == 20 + m.module.joint.out_dim
+    assert "joint_recon" in m.history[-1]
+    Z = m.transform(screen, extractor=img).X
+    assert Z.shape == (screen.n_wells, 8)
+    # The image features matter: shuffling them across wells changes the embedding.
+    shuffled = img.with_features(img.X[rng.permutation(img.n_wells)], img.features)
+    assert not np.allclose(m.transform(screen, extractor=shuffled).X, Z)
+    with pytest.raises(CpDistillerError, match="image features"):
+        m.transform(screen)
+    with pytest.raises(CpDistillerError, match="no image features for"):
+        CpDistiller(TINY).fit(screen, effects="row", extractor=img.subset(rows=np.arange(10)))
