@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel-map", help="pattern channel per stain, e.g. 'DNA=1,ER=2,RNA=3'")
     p.add_argument("--plate", help="plate name for an image folder (default: the folder name)")
     p.add_argument("--illum-dir", help="folder with {plate}_Illum{DNA,RNA,ER}.npy illumination functions")
-    p.add_argument("--sites", type=int, help="sites per well (default: the most common count; all must match)")
+    p.add_argument("--sites", type=int, help="sites per well (default: the largest count found; all wells must have it)")
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--pool", type=int, default=16, help="max-pool kernel = stride")

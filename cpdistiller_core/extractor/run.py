@@ -111,10 +111,10 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def sites_per_well(manifest: Manifest, n_sites: int | None = None) -> int:
-    """Check every well has the same number of sites (``n_sites`` or the most common count)."""
+    """Check every well has the same number of sites (``n_sites``, default the largest count seen)."""
     keys = [manifest.table[manifest.plate].astype(str), manifest.table[manifest.well].astype(str)]
     counts = manifest.table.groupby(keys, sort=False).size()
-    expected = int(n_sites) if n_sites else int(counts.mode().iloc[0])
+    expected = int(n_sites) if n_sites else int(counts.max())
     bad = counts[counts != expected]
     if len(bad):
         shown = [f"{p}/{w} ({c} sites)" for (p, w), c in bad.head(5).items()]
