@@ -94,6 +94,16 @@ _NEGATIVE_PERTURBATIONS = frozenset({
     "dmso", "control", "negcon", "empty", "untreated", "mock", "vehicle", "non-targeting",
     "nontargeting", "non_targeting", "no_guide", "no-guide",
 })
+# JUMP-CP control perturbations (Metadata_JCP2022), as listed in JUMP's perturbation_control.csv.
+JUMP_NEGATIVE_CONTROLS = frozenset({
+    "JCP2022_033924",  # DMSO
+    "JCP2022_800001", "JCP2022_800002",  # CRISPR no-guide, non-targeting
+    "JCP2022_915128", "JCP2022_915129", "JCP2022_915130", "JCP2022_915131",  # ORF BFP, HcRed, LUCIFERASE, LacZ
+})
+JUMP_POSITIVE_CONTROLS = frozenset({
+    "JCP2022_037716", "JCP2022_025848", "JCP2022_046054", "JCP2022_035095", "JCP2022_064022",
+    "JCP2022_050797", "JCP2022_012818", "JCP2022_085227", "JCP2022_805264", "JCP2022_915132",
+})
 _COLUMN_ROLES = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
 
 
@@ -645,10 +655,13 @@ def _detect_control(df: pd.DataFrame, cols: Sequence[str], perturbation: str | N
             positives_only = (c, pos)
     if perturbation:
         vals = pd.unique(df[perturbation].dropna().astype(str).str.strip())
-        neg = sorted(v for v in vals if v.lower() in _NEGATIVE_PERTURBATIONS)
+        neg = sorted(v for v in vals if v.lower() in _NEGATIVE_PERTURBATIONS or v.upper() in JUMP_NEGATIVE_CONTROLS)
+        pos = sorted(v for v in vals if v.upper() in JUMP_POSITIVE_CONTROLS)
         if neg:
-            return ({"control": perturbation, "negative_values": tuple(neg)},
-                    f"perturbation column {perturbation!r} names negative controls {neg}")
+            jump = " (JUMP control identifiers)" if any(v.upper() in JUMP_NEGATIVE_CONTROLS for v in neg) else ""
+            return ({"control": perturbation, "negative_values": tuple(neg), "positive_values": tuple(pos)},
+                    f"perturbation column {perturbation!r} names negative controls {neg}"
+                    + (f" and positive controls {pos}" if pos else "") + jump)
     if positives_only:
         c, pos = positives_only
         return ({"control": c, "positive_values": tuple(pos)},
@@ -714,7 +727,10 @@ def _apply_overrides(meta: pd.DataFrame, base: Roles, reasons: dict[str, str], s
         kw["negative_values"], kw["positive_values"] = neg, pos
         reasons["control"] = (f"set by the mapping to {kw['control']!r}; negative controls {neg}"
                               + (f", positive controls {pos}" if pos else ""))
-    elif kw["control"] is None and (neg_given or pos_given):
+    elif (neg_given or pos_given) and (kw["control"] is None or (
+            "control" not in spec and not _occurs(meta[kw["control"]], neg_given + pos_given))):
+        # The given values live elsewhere than in the detected control column (e.g. DMSO in the
+        # perturbation column): use the column that holds them.
         kw["control"] = _column_with_values(meta, neg_given + pos_given, kw, source)
         kw["negative_values"], kw["positive_values"] = [], []
         reasons["control"] = f"column {kw['control']!r} holds the given control values"
@@ -730,6 +746,11 @@ def _apply_overrides(meta: pd.DataFrame, base: Roles, reasons: dict[str, str], s
     if kw["well"] is None and not (kw["row"] and kw["column"]):
         raise CpDistillerError(f"{where(source)}no well column: set --well-col, or both --row-col and --column-col.")
     return Roles.from_dict(kw), reasons
+
+
+def _occurs(s: pd.Series, values: Sequence[str]) -> bool:
+    present = {str(v).strip().lower() for v in pd.unique(s.dropna())}
+    return any(v.lower() in present for v in values)
 
 
 def _as_values(v: Any) -> list[str]:

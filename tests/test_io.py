@@ -172,6 +172,17 @@ def test_negative_controls_from_perturbation_names() -> None:
     assert set(roles.negative_values) == {"CONTROL", "EMPTY"}
 
 
+def test_jump_control_identifiers() -> None:
+    df = pd.DataFrame({"Metadata_Source": "source_4", "Metadata_Plate": "BR1", "Metadata_Well": ["A01", "A02", "A03"],
+                       "Metadata_JCP2022": ["JCP2022_033924", "JCP2022_037716", "JCP2022_012345"],
+                       "Cells_x": [1.0, 2.0, 3.0]})
+    det = explain_roles(df)
+    assert det.roles.batch == "Metadata_Source" and det.roles.perturbation == "Metadata_JCP2022"
+    assert det.roles.negative_values == ("JCP2022_033924",)
+    assert det.roles.positive_values == ("JCP2022_037716",)
+    assert "JUMP" in det.reasons["control"]
+
+
 def test_phenix_and_row_column_wells(tmp_path: Path) -> None:
     df = pd.DataFrame({"Metadata_Plate": ["P"] * 3, "Metadata_Well": ["r01c01", "r02c03", "r16c24"],
                        "Cells_x": [1.0, 2.0, 3.0]})
@@ -244,6 +255,15 @@ def test_partial_override_keeps_detected_roles(tmp_path: Path) -> None:
     assert p.roles.batch == "Metadata_run" and p.roles.annotation is None
     assert p.roles.control == "Metadata_pert_type"  # still detected
     assert report.role_reasons["control"].startswith("control column")
+
+
+def test_negative_values_pick_the_column_holding_them(tmp_path: Path) -> None:
+    make_frame().to_csv(tmp_path / "p.csv", index=False)
+    # Detected control column is Metadata_pert_type ('control'/'trt'); DMSO lives in the perturbation column.
+    p, report = read_profiles_with_report(tmp_path / "p.csv", {"negative_values": "dmso"}, emit_warnings=False)
+    assert p.roles.control == "Metadata_broad_sample" and p.roles.negative_values == ("DMSO",)
+    assert p.roles.positive_values == () and p.negative_mask.sum() == 8
+    assert "(given)" in report.role_reasons["control"]
 
 
 def test_cli_flags_map_columns(tmp_path: Path) -> None:
