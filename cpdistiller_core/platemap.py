@@ -190,14 +190,20 @@ def variance_table(sides: dict[str, Profiles], effects: Sequence[str] = EFFECT_O
 
 
 def align(before: Profiles, after: Profiles) -> tuple[Profiles, Profiles]:
-    """Restrict two profiles of the same wells (e.g. input vs embedding) to their shared metadata index."""
-    if before.n_wells == after.n_wells and before.meta.index.equals(after.meta.index):
+    """Match two profiles of the same wells (e.g. input vs embedding read back from disk).
+
+    Same length and the same (plate, well) in the same order: returned as they are. Otherwise wells are
+    matched on (plate, well), which a profiles table holds once each.
+    """
+    same_order = (before.n_wells == after.n_wells and np.array_equal(before.plate, after.plate)
+                  and np.array_equal(before.well, after.well))
+    if same_order:
         return before, after
-    if before.meta.index.has_duplicates or after.meta.index.has_duplicates:
-        raise CpDistillerError("cannot match wells before and after correction: duplicate row labels.")
-    shared = before.meta.index.intersection(after.meta.index, sort=False)
+    kb = pd.MultiIndex.from_arrays([before.plate, before.well])
+    ka = pd.MultiIndex.from_arrays([after.plate, after.well])
+    if kb.has_duplicates or ka.has_duplicates:
+        raise CpDistillerError("cannot match wells before and after correction: duplicated (plate, well) pairs.")
+    shared = kb.intersection(ka, sort=False)
     if not len(shared):
         raise CpDistillerError("the corrected embedding shares no wells with the input profiles.")
-    b = before.subset(before.meta.index.get_indexer(shared))
-    a = after.subset(after.meta.index.get_indexer(shared))
-    return b, a
+    return before.subset(kb.get_indexer(shared)), after.subset(ka.get_indexer(shared))

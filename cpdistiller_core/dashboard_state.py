@@ -1,0 +1,322 @@
+"""What the dashboard holds between pages, and the core calls behind its buttons (no Streamlit here).
+
+Session-state keys are named here so every page (including other developers' pages) reads the same:
+
+- ``DATASET_KEY`` -> :class:`Dataset`: the loaded profiles, how they were loaded, their preprocessing.
+- ``RUN_KEY`` -> str: the run directory the Explorer and Plate-map pages show.
+- ``SESSION_ID_KEY`` -> str: a random id naming this session's upload folder.
+
+Uploads are written under ``<app data dir>/uploads/<session id>/`` with sanitised names that can never
+point outside it. A correction is one job (``jobs.submit``) running ``runs.run_correction`` in a
+separate process; reference methods are written next to it in ``RUN_DIR/references/<method>.parquet``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import jobs
+from .errors import CpDistillerError
+from .paths import app_data_dir, atomic_write_bytes
+from .profiles import Embedding, Profiles
+
+DATASET_KEY = "cpd_dataset"
+RUN_KEY = "cpd_run_dir"
+SESSION_ID_KEY = "cpd_session_id"
+
+SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".parquet", ".pq", ".h5ad")
+MAX_UPLOAD_MB = 1024  # keep in sync with server.maxUploadSize in .streamlit/config.toml
+CORRECTION_TARGET = "cpdistiller_core.runs:run_correction"
+INPUT_OBJECT = "input_profiles"
+REFERENCES_DIR = "references"
+ROLE_FIELDS = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
+
+
+@dataclass
+class Dataset:
+    """The dataset the session works on: raw profiles, how they were loaded, and their preprocessing."""
+
+    name: str
+    raw: Profiles
+    origin: str = "upload"                 # 'demo', 'upload', 'path'
+    files: list[str] = field(default_factory=list)
+    role_reasons: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    preprocess_enabled: bool = True        # preprocess before correction (with preprocess_config or defaults)
+    preprocess_config: Any = None          # the PreprocessConfig last applied, None: defaults
+    preprocessed: Profiles | None = None
+    preprocess_report: Any = None
+    truth: Any = None                      # the demo's ground truth, when known
+
+    @property
+    def current(self) -> Profiles:
+        """What a correction would be trained on: the preprocessed profiles if any, else the raw ones."""
+        return self.preprocessed if self.preprocessed is not None else self.raw
+
+
+# ----- uploads ------------------------------------------------------------------------------------
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sanitize_filename(name: str, default: str = "upload") -> str:
+    """A safe base name: no directories, no '..', no leading dot, only [A-Za-z0-9._-], <= 120 chars."""
+    text = unicodedata.normalize("NFKD", str(name or "")).encode("ascii", "ignore").decode("ascii")
+    text = text.replace("\\", "/").split("/")[-1]
+    text = _UNSAFE.sub("_", text).strip("._- ")
+    text = re.sub(r"\.{2,}", ".", text)
+    if not text:
+        text = default
+    if len(text) > 120:  # keep the (possibly double) extension
+        suffix = "".join(Path(text).suffixes)[-20:]
+        text = text[: 120 - len(suffix)] + suffix
+    return text
+
+
+def has_supported_suffix(name: str) -> bool:
+    low = name.lower()
+    return any(low.endswith(s) for s in SUPPORTED_SUFFIXES)
+
+
+def session_upload_dir(session_id: str) -> Path:
+    """``<app data dir>/uploads/<session id>`` (the id is sanitised too)."""
+    safe = sanitize_filename(session_id, default="session")
+    path = app_data_dir() / "uploads" / safe
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def save_uploads(files: Iterable[tuple[str, bytes]], session_id: str) -> list[Path]:
+    """Write uploaded (name, bytes) pairs into the session's upload folder; returns their paths.
+
+    Names are sanitised and de-duplicated; a name with an unsupported extension is refused with a
+    message naming the accepted formats.
+    """
+    dest = session_upload_dir(session_id).resolve()
+    out: list[Path] = []
+    used: set[str] = set()
+    for name, data in files:
+        safe = sanitize_filename(name)
+        if not has_supported_suffix(safe):
+            raise CpDistillerError(
+                f"{name!r}: unsupported file type; upload CSV, CSV.gz, TSV, Parquet or h5ad files."
+            )
+        stem, n = safe, 1
+        while safe in used:
+            n += 1
+            suffix = "".join(Path(stem).suffixes)
+            safe = f"{stem[: len(stem) - len(suffix)]}-{n}{suffix}"
+        used.add(safe)
+        path = (dest / safe).resolve()
+        if path.parent != dest:  # belt and braces: sanitize_filename already forbids this
+            raise CpDistillerError(f"{name!r}: refused, the name points outside the upload folder.")
+        atomic_write_bytes(path, data)
+        out.append(path)
+    return out
+
+
+def server_paths(text: str) -> list[Path]:
+    """Paths typed by the user (one per line or comma-separated) that exist as profile files."""
+    items = [s.strip().strip('"').strip("'") for s in re.split(r"[\n,]", text or "") if s.strip()]
+    if not items:
+        raise CpDistillerError("give at least one file path on the server.")
+    paths = []
+    for item in items:
+        p = Path(item).expanduser()
+        if not p.is_file():
+            raise CpDistillerError(f"{item}: no such file on the server.")
+        if not has_supported_suffix(p.name):
+            raise CpDistillerError(f"{item}: unsupported file type; use CSV, CSV.gz, TSV, Parquet or h5ad.")
+        paths.append(p)
+    return paths
+
+
+# ----- loading ------------------------------------------------------------------------------------
+def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *, batch_from_file: bool = False,
+               name: str | None = None, origin: str = "upload", source: str | None = None) -> Dataset:
+    """Read profile files (roles auto-detected, ``roles`` overrides applied) into a Dataset."""
+    from .io import read_profiles_with_report
+
+    paths = [Path(p) for p in paths]
+    profiles, report = read_profiles_with_report(
+        [str(p) for p in paths], dict(roles) if roles else None, batch_from_file=batch_from_file,
+        source=source if len(paths) == 1 else None, emit_warnings=False)
+    label = name or (paths[0].name if len(paths) == 1 else f"{len(paths)} files")
+    return Dataset(name=label, raw=profiles, origin=origin, files=[str(p) for p in paths],
+                   role_reasons=dict(report.role_reasons), warnings=list(report.warnings))
+
+
+def load_demo(seed: int = 0) -> Dataset:
+    """The built-in simulated screen (known batch, row and column effects)."""
+    from .datasets import make_demo_screen
+
+    demo = make_demo_screen(seed=seed)
+    profiles = demo.profiles
+    from .io import validate
+
+    return Dataset(name=f"demo screen (seed {seed})", raw=profiles, origin="demo", files=[],
+                   role_reasons={r: "built-in demo" for r in ROLE_FIELDS if getattr(profiles.roles, r)},
+                   warnings=validate(profiles), truth=getattr(demo, "truth", None))
+
+
+def with_roles(dataset: Dataset, overrides: Mapping[str, Any]) -> Dataset:
+    """Re-resolve the roles of a loaded dataset with the user's overrides (preprocessing is reset)."""
+    from .io import resolve_roles, validate
+
+    roles, reasons = resolve_roles(dataset.raw.meta, dict(overrides), dataset.raw.source or None,
+                                   stored=dataset.raw.roles)
+    raw = dataset.raw.replace(roles=roles)
+    return Dataset(name=dataset.name, raw=raw, origin=dataset.origin, files=dataset.files,
+                   role_reasons={**dataset.role_reasons, **reasons}, warnings=validate(raw), truth=dataset.truth)
+
+
+def apply_preprocessing(dataset: Dataset, config: Any) -> Dataset:
+    """Run the core preprocessing (or none when ``config`` is None) and keep its report."""
+    from .preprocess import preprocess
+
+    if config is None:
+        return Dataset(**{**dataset.__dict__, "preprocess_enabled": False, "preprocess_config": None,
+                          "preprocessed": None, "preprocess_report": None})
+    out, report = preprocess(dataset.raw, config)
+    return Dataset(**{**dataset.__dict__, "preprocess_enabled": True, "preprocess_config": config,
+                      "preprocessed": out, "preprocess_report": report})
+
+
+# ----- runs ---------------------------------------------------------------------------------------
+def launch_correction(dataset: Dataset, config: Mapping[str, Any], effects: Sequence[str],
+                      root: Path | None = None) -> Path:
+    """Start ``runs.run_correction`` on the dataset in a separate process; returns the run directory.
+
+    The raw profiles and the preprocessing settings go to the run (so the run directory holds the
+    model's preprocessing and can be re-run), not the already-preprocessed copy.
+    """
+    from .config import CpDistillerConfig, parse_effects
+
+    cfg = CpDistillerConfig.from_dict(dict(config))  # validate here: errors show before a process starts
+    eff = list(parse_effects(list(effects)))
+    if not eff:
+        raise CpDistillerError("choose at least one effect to correct (batch, row or column).")
+    if "batch" in eff and dataset.raw.batch is None:
+        raise CpDistillerError("no batch column: set the 'batch' role on the Load page or do not correct batch.")
+    pcfg = None
+    if dataset.preprocess_enabled:
+        from .preprocess import PreprocessConfig
+
+        pcfg = dataset.preprocess_config or PreprocessConfig()
+    kwargs = {"config": cfg.to_dict(), "effects": eff, "preprocess": pcfg is not None,
+              "preprocess_config": None if pcfg is None else pcfg.to_dict()}
+    meta = {"dataset": dataset.name, "effects": ",".join(eff), "epochs": cfg.epochs,
+            "wells": dataset.raw.n_wells, "features": dataset.raw.n_features}
+    return jobs.submit(CORRECTION_TARGET, jobs.new_run_dir(root), kwargs=kwargs,
+                       objects={INPUT_OBJECT: dataset.raw}, meta=meta)
+
+
+@dataclass
+class RunView:
+    """A finished run's uncorrected input (after its preprocessing) and corrected embedding, aligned."""
+
+    run_dir: Path
+    uncorrected: Profiles
+    corrected: Embedding
+    references: dict[str, Embedding]
+
+
+def run_input(run_dir: Path) -> Profiles:
+    """The profiles the model was trained on: the job's raw input with the run's preprocessing re-applied."""
+    raw = jobs.load_input(run_dir, INPUT_OBJECT)
+    prep = Path(run_dir) / "model" / "preprocess.json"
+    if prep.is_file():
+        from .preprocess import PreprocessReport
+
+        return PreprocessReport.load(prep).apply(raw)
+    return raw
+
+
+def load_run_view(run_dir: Path) -> RunView:
+    """Read a finished run (and its reference embeddings) for the Explorer and Plate maps."""
+    from .platemap import align
+    from .runs import load_run
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    corrected = run.embedding()
+    before, after = align(run_input(run_dir), corrected)
+    refs = {}
+    for method, emb in load_references(run_dir).items():
+        _, refs[method] = align(before, emb)
+    return RunView(run_dir, before, after, refs)
+
+
+def load_references(run_dir: Path) -> dict[str, Embedding]:
+    from .io import read_profiles
+
+    out: dict[str, Embedding] = {}
+    for path in sorted((Path(run_dir) / REFERENCES_DIR).glob("*.parquet")):
+        emb = read_profiles(str(path))
+        if not isinstance(emb, Embedding):
+            emb = Embedding(meta=emb.meta, X=emb.X, features=emb.features, roles=emb.roles, method=path.stem)
+        out[path.stem] = emb
+    return out
+
+
+def compute_reference(run_dir: Path, method: str, effects: Sequence[str] | None = None, seed: int = 0) -> Path:
+    """Run a reference method on the run's input and write it to ``RUN_DIR/references/<method>.parquet``."""
+    from .baselines import run_baseline
+    from .io import write_profiles
+
+    run_dir = Path(run_dir)
+    if effects is None:
+        effects = (jobs.job_spec(run_dir).get("kwargs") or {}).get("effects") or ("batch", "row", "column")
+    profiles = run_input(run_dir)
+    usable = [e for e in effects if not (e == "batch" and profiles.batch is None)]
+    emb = run_baseline(method, profiles, usable or ("row", "column"), seed=seed)
+    return write_profiles(emb, run_dir / REFERENCES_DIR / f"{sanitize_filename(method)}.parquet")
+
+
+def export_embedding(emb: Profiles, fmt: str, tmp_dir: Path) -> bytes:
+    """The embedding as Parquet, CSV or h5ad bytes (through io.write_profiles)."""
+    from .io import write_profiles
+
+    fmt = fmt.lower()
+    if fmt not in ("parquet", "csv", "h5ad"):
+        raise CpDistillerError(f"unknown export format {fmt!r}; use parquet, csv or h5ad.")
+    path = Path(tmp_dir) / f"embedding.{fmt}"
+    write_profiles(emb, path, format=fmt)
+    return path.read_bytes()
+
+
+def zip_directory(path: Path) -> bytes:
+    """A zip archive (bytes) of a directory, e.g. the run's model/."""
+    import io
+    import zipfile
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CpDistillerError(f"{path}: no such directory (the run saved no model).")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                zf.write(f, arcname=str(Path(path.name) / f.relative_to(path)))
+    return buf.getvalue()
+
+
+def cuda_available() -> tuple[bool, str]:
+    """Whether torch sees a CUDA GPU, and its name."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True, torch.cuda.get_device_name(0)
+    except Exception as exc:  # a broken CUDA install is reported, not fatal
+        return False, f"CUDA check failed: {exc}"
+    return False, "no CUDA GPU visible to torch; training runs on the CPU"

@@ -1,0 +1,212 @@
+"""Load profiles: upload files or give server paths (or the demo), check and fix roles, QC, preprocess."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from cpdistiller_core import dashboard_state as ds
+from cpdistiller_core.errors import CpDistillerError
+from cpdistiller_core.plots.plates import plate_layout_thumbnails
+from cpdistiller_core.preprocess import FEATURE_OPERATIONS, PreprocessConfig
+
+NONE = "(none)"
+
+
+def _fail(exc: Exception) -> None:
+    """A readable message for the user; never a traceback."""
+    if isinstance(exc, CpDistillerError):
+        st.error(str(exc))
+    else:
+        st.error(f"Could not read the data: {type(exc).__name__}: {exc}")
+
+
+def _set_dataset(dataset: ds.Dataset) -> None:
+    st.session_state[ds.DATASET_KEY] = dataset
+    st.session_state.pop(ds.RUN_KEY, None)
+
+
+@st.cache_resource(show_spinner="Simulating the demo screen…")
+def _demo(seed: int) -> ds.Dataset:
+    return ds.load_demo(seed)
+
+
+st.title("Load profiles")
+st.caption("Well-level CellProfiler profiles: one row per well, metadata columns plus numeric features. "
+           "Several files are combined on their shared features.")
+
+tab_upload, tab_path, tab_demo = st.tabs(["Upload", "Server path", "Demo"])
+# The "From JUMP" tab (Cell Painting Gallery) is added here by the JUMP module's own function.
+
+with tab_upload:
+    st.markdown(f"CSV, CSV.gz, TSV, Parquet or h5ad; several files at once; **up to {ds.MAX_UPLOAD_MB} MB per file**.")
+    files = st.file_uploader("Profile files", accept_multiple_files=True, key="load_files",
+                             type=["csv", "gz", "tsv", "txt", "parquet", "pq", "h5ad"])
+    per_file = st.checkbox("Each file is one batch", key="load_batch_from_file_upload",
+                           help="Adds a batch column named after the file (e.g. two imaging batches in two files).")
+    if st.button("Read uploaded files", type="primary", disabled=not files, key="load_read_upload"):
+        try:
+            with st.spinner("Reading…"):
+                saved = ds.save_uploads([(f.name, f.getvalue()) for f in files], st.session_state[ds.SESSION_ID_KEY])
+                _set_dataset(ds.load_files(saved, batch_from_file=per_file, origin="upload",
+                                           source=files[0].name if len(files) == 1 else None))
+            st.success(f"Loaded {len(saved)} file(s).")
+        except Exception as exc:  # noqa: BLE001 - every failure is shown as a message
+            _fail(exc)
+
+with tab_path:
+    text = st.text_area("Paths on the server (one per line)", key="load_paths",
+                        placeholder="/data/screen/plate1.csv.gz\n/data/screen/plate2.csv.gz")
+    per_file_p = st.checkbox("Each file is one batch", key="load_batch_from_file_path")
+    if st.button("Read files", type="primary", key="load_read_paths"):
+        try:
+            with st.spinner("Reading…"):
+                paths = ds.server_paths(text)
+                _set_dataset(ds.load_files(paths, batch_from_file=per_file_p, origin="path"))
+            st.success(f"Loaded {len(paths)} file(s).")
+        except Exception as exc:  # noqa: BLE001
+            _fail(exc)
+
+with tab_demo:
+    st.markdown("A simulated 384-well screen with known batch, row and column effects and known biology.")
+    if st.button("Load the demo screen", type="primary", key="load_demo"):
+        try:
+            _set_dataset(_demo(0))
+        except Exception as exc:  # noqa: BLE001
+            _fail(exc)
+
+dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
+if dataset is None:
+    st.info("Load a dataset to see its roles, quality summary and preprocessing.")
+    st.stop()
+
+raw = dataset.raw
+st.divider()
+st.subheader(f"Dataset: {dataset.name}")
+for w in dataset.warnings:
+    st.warning(w)
+
+# ----- roles ------------------------------------------------------------------------------------
+st.markdown("#### Roles")
+columns = [str(c) for c in raw.meta.columns]
+roles = raw.roles
+role_table = pd.DataFrame([{"role": r, "column": getattr(roles, r) or "—", "why": dataset.role_reasons.get(r, "")}
+                           for r in ds.ROLE_FIELDS])
+st.dataframe(role_table, hide_index=True, width="stretch")
+
+with st.expander("Fix roles and the negative-control definition", expanded=False):
+    choice: dict[str, object] = {}
+    cols = st.columns(4)
+    for i, r in enumerate(ds.ROLE_FIELDS):
+        current = getattr(roles, r)
+        options = [NONE] + columns
+        choice[r] = cols[i % 4].selectbox(r, options, index=options.index(current) if current in columns else 0,
+                                          key=f"load_role_{r}")
+    control_col = choice["control"] if choice["control"] != NONE else None
+    neg_default: list[str] = []
+    values: list[str] = []
+    if control_col:
+        values = sorted(raw.meta[control_col].dropna().astype(str).str.strip().unique().tolist())[:500]
+        neg_default = [v for v in roles.negative_values if v in values] if control_col == roles.control else []
+    c1, c2, c3 = st.columns([2, 2, 1])
+    neg = c1.multiselect("Negative-control values", values, default=neg_default, key="load_neg_values",
+                         help="Wells whose control column holds one of these values are negative controls (e.g. DMSO).")
+    pos = c2.multiselect("Positive-control values", values,
+                         default=[v for v in roles.positive_values if v in values] if control_col == roles.control else [],
+                         key="load_pos_values")
+    fmt = c3.selectbox("Plate format", ["auto", "96", "384", "1536"],
+                       index=["auto", "96", "384", "1536"].index(str(roles.plate_format) if roles.plate_format else "auto"),
+                       key="load_plate_format")
+    if st.button("Apply roles", key="load_apply_roles"):
+        overrides = {r: (None if v == NONE else v) for r, v in choice.items()}
+        if overrides["well"] and not ({"row", "column"} - {r for r, v in overrides.items() if v}):
+            overrides["row"] = overrides["column"] = None  # a well column wins over separate row/column
+        overrides["negative_values"] = list(neg)
+        overrides["positive_values"] = list(pos)
+        overrides["plate_format"] = None if fmt == "auto" else int(fmt)
+        try:
+            _set_dataset(ds.with_roles(dataset, overrides))
+            st.rerun()
+        except Exception as exc:  # noqa: BLE001
+            _fail(exc)
+
+# ----- preview and QC ---------------------------------------------------------------------------
+st.markdown("#### Preview")
+preview_cols = roles.columns() + raw.features[:12]
+st.dataframe(raw.to_frame()[preview_cols].head(50), width="stretch", height=240)
+
+st.markdown("#### Quality summary")
+summary = raw.summary()
+m = st.columns(6)
+m[0].metric("Plates", summary["plates"])
+m[1].metric("Wells", f"{summary['wells']:,}")
+m[2].metric("Features", summary["features"])
+m[3].metric("Negative controls", summary["negative_controls"])
+m[4].metric("NaN values", f"{summary['nan_values']:,}")
+m[5].metric("Inf values", f"{summary['inf_values']:,}")
+left, right = st.columns([1, 3])
+with left:
+    per_plate = pd.DataFrame({"plate": list(summary["negative_controls_per_plate"]),
+                              "negative controls": list(summary["negative_controls_per_plate"].values())})
+    wells = pd.Series(raw.plate).value_counts()
+    per_plate["wells"] = per_plate["plate"].map(wells).fillna(0).astype(int)
+    st.dataframe(per_plate, hide_index=True, width="stretch")
+    st.caption(f"{summary['plate_format']}-well plates · batches: {summary['batches'] or '—'} · "
+               f"perturbations: {summary['perturbations']}")
+with right:
+    st.plotly_chart(plate_layout_thumbnails(raw), width="stretch", key="load_thumbs")
+
+# ----- preprocessing ----------------------------------------------------------------------------
+st.markdown("#### Preprocessing")
+st.caption("Plate-wise robust (MAD) normalisation to the negative controls, pycytominer feature selection, "
+           "clipping and z-scoring (the paper's pipeline). Skip it for profiles that are already normalised.")
+defaults = PreprocessConfig()
+with st.form("load_preprocess"):
+    enabled = st.checkbox("Preprocess before correction", value=dataset.preprocess_enabled, key="load_pp_enabled")
+    c = st.columns(4)
+    by_options = ["plate"] + (["batch"] if raw.batch is not None else [])
+    normalize_by = c[0].selectbox("Normalise per", by_options, key="load_pp_by")
+    samples = c[1].selectbox("Reference wells", ["negcon", "all"], key="load_pp_samples",
+                             help="negcon: the negative controls of each plate; all: every well.")
+    normalize = c[2].checkbox("MAD normalisation", value=True, key="load_pp_normalize")
+    zscore = c[3].checkbox("z-score features", value=defaults.zscore, key="load_pp_zscore")
+    ops = st.multiselect("Feature selection", list(FEATURE_OPERATIONS), default=list(defaults.operations),
+                         key="load_pp_ops")
+    c = st.columns(4)
+    corr = c[0].number_input("Correlation threshold", 0.0, 1.0, defaults.corr_threshold, 0.01, key="load_pp_corr")
+    na_cut = c[1].number_input("Max NaN fraction per feature", 0.0, 1.0, defaults.na_cutoff, 0.01, key="load_pp_na")
+    clip = c[2].number_input("Clip at ± (0 = off)", 0.0, 1000.0, float(defaults.clip or 0), 1.0, key="load_pp_clip")
+    nan_rows = c[3].selectbox("Wells still with NaN", ["drop", "zero"], key="load_pp_nanrows")
+    submitted = st.form_submit_button("Run preprocessing", type="primary")
+if submitted:
+    try:
+        config = None
+        if enabled:
+            config = PreprocessConfig(normalize="mad_robustize" if normalize else None, normalize_by=normalize_by,
+                                      normalize_samples=samples, operations=tuple(ops), corr_threshold=corr,
+                                      na_cutoff=na_cut, clip=clip or None, nan_rows=nan_rows, zscore=zscore)
+        with st.spinner("Preprocessing…"):
+            _set_dataset(ds.apply_preprocessing(dataset, config))
+        dataset = st.session_state[ds.DATASET_KEY]
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+
+report = dataset.preprocess_report
+if report is not None:
+    s = report.summary()
+    m = st.columns(4)
+    m[0].metric("Features kept", f"{s['features_kept']} / {s['features_in']}")
+    m[1].metric("Wells kept", f"{s['wells_out']} / {s['wells_in']}")
+    m[2].metric("Clipped values", s["clipped_values"])
+    m[3].metric("Imputed values", s["imputed_values"])
+    for w in report.warnings:
+        st.warning(w)
+    t1, t2 = st.tabs(["Dropped features", "Dropped wells"])
+    t1.dataframe(report.dropped_features_table(), hide_index=True, width="stretch", height=260)
+    t2.dataframe(report.dropped_rows_table(), hide_index=True, width="stretch", height=260)
+    st.success("Ready to correct: the Correct page trains on these preprocessed profiles.")
+elif not dataset.preprocess_enabled:
+    st.info("Preprocessing is off: the correction trains on the profiles as loaded.")
+else:
+    st.info("Not previewed yet: the correction will preprocess with the default settings shown above.")
+st.page_link("pages/2_Correct.py", label="Go to Correct", icon=":material/arrow_forward:")

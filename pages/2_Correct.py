@@ -1,0 +1,202 @@
+"""Correct: choose effects and settings, run cpDistiller in a separate process, follow it, cancel it,
+browse run history, compute reference methods and download the results."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from cpdistiller_core import dashboard_state as ds
+from cpdistiller_core import jobs
+from cpdistiller_core.baselines import BASELINES
+from cpdistiller_core.config import CpDistillerConfig
+from cpdistiller_core.errors import CpDistillerError
+from cpdistiller_core.plots.training import training_curves
+from cpdistiller_core.runs import load_run
+
+POLL_SECONDS = 1.0
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@st.cache_resource
+def _gpu() -> tuple[bool, str]:
+    return ds.cuda_available()
+
+
+@st.cache_data(show_spinner="Preparing the download…", max_entries=16)
+def _export(run_dir: str, fmt: str, stamp: float) -> bytes:
+    emb = load_run(Path(run_dir)).embedding()
+    with tempfile.TemporaryDirectory() as tmp:
+        return ds.export_embedding(emb, fmt, Path(tmp))
+
+
+@st.cache_data(show_spinner="Zipping the model…", max_entries=8)
+def _model_zip(run_dir: str, stamp: float) -> bytes:
+    return ds.zip_directory(Path(run_dir) / "model")
+
+
+st.title("Correct")
+dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
+defaults = CpDistillerConfig()
+
+if dataset is None:
+    st.info("Load a dataset first (or the built-in demo) to start a correction. Past runs are listed below.")
+    st.page_link("pages/1_Load_profiles.py", label="Load profiles", icon=":material/upload_file:")
+else:
+    st.caption(f"Dataset **{dataset.name}**: {dataset.raw.n_wells:,} wells, {dataset.raw.n_features} features; "
+               + ("preprocessing: " + ("custom settings from the Load page" if dataset.preprocess_config else "defaults")
+                  if dataset.preprocess_enabled else "no preprocessing"))
+    gpu, gpu_msg = _gpu()
+    (st.success if gpu else st.info)(f"GPU: {gpu_msg}" if gpu else gpu_msg, icon=":material/memory:")
+    with st.form("correct_form"):
+        has_batch = dataset.raw.batch is not None
+        options = (["batch"] if has_batch else []) + ["row", "column"]
+        effects = st.multiselect("Effects to remove", options, default=options, key="correct_effects",
+                                 help="Batch needs a batch column (set it on the Load page).")
+        c = st.columns(5)
+        epochs = c[0].number_input("Epochs", 1, 2000, defaults.epochs, key="correct_epochs")
+        batch_size = c[1].number_input("Batch size", 2, 65536, defaults.batch_size, key="correct_batch_size")
+        lr = c[2].number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%.4f", key="correct_lr")
+        latent = c[3].number_input("Latent dimensions", 2, 1024, defaults.latent_dim, key="correct_latent")
+        seed = c[4].number_input("Seed", 0, 2**31 - 1, defaults.seed, key="correct_seed")
+        devices = ["auto", "cpu"] + (["cuda"] if gpu else [])
+        device = st.selectbox("Device", devices, key="correct_device",
+                              help="auto uses the GPU when torch sees one.")
+        with st.expander("More settings (paper defaults)"):
+            c = st.columns(5)
+            hidden = c[0].number_input("Hidden units", 8, 8192, defaults.hidden_dim, key="correct_hidden")
+            k = c[1].number_input("Mixture components", 1, 100, defaults.n_components, key="correct_k")
+            margin = c[2].number_input("Triplet margin", 0.0, 1000.0, float(defaults.triplet_margin), key="correct_margin")
+            k_knn = c[3].number_input("KNN (within)", 1, 200, defaults.k_knn, key="correct_knn")
+            k_mnn = c[4].number_input("MNN (across)", 1, 200, defaults.k_mnn, key="correct_mnn")
+        launch = st.form_submit_button("Start correction", type="primary")
+    if launch:
+        config = defaults.to_dict() | {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
+                                       "latent_dim": int(latent), "seed": int(seed), "device": device,
+                                       "hidden_dim": int(hidden), "n_components": int(k),
+                                       "triplet_margin": float(margin), "k_knn": int(k_knn), "k_mnn": int(k_mnn)}
+        try:
+            run_dir = ds.launch_correction(dataset, config, effects)
+            st.session_state[ds.RUN_KEY] = str(run_dir)
+            st.toast(f"Started {run_dir.name}")
+        except CpDistillerError as exc:
+            st.error(str(exc))
+
+
+def run_panel(run_dir: Path) -> None:
+    """Progress, losses, cancel, errors and downloads of one run; polls while it runs."""
+    try:
+        state = jobs.status(run_dir)
+    except CpDistillerError as exc:
+        st.error(str(exc))
+        return
+    run = None
+    try:
+        run = load_run(run_dir)
+    except CpDistillerError:
+        pass  # the child has not written config.json yet
+    prog = run.progress if run else {}
+    epoch, n_epochs = prog.get("epoch") or 0, prog.get("epochs") or (jobs.job_spec(run_dir).get("kwargs") or {}).get(
+        "config", {}).get("epochs")
+    elapsed = prog.get("elapsed_s") if prog.get("elapsed_s") is not None else state.elapsed
+    eta = prog.get("eta_s") if not state.finished else 0
+    fraction = 1.0 if state.status == jobs.DONE else float(prog.get("fraction", state.fraction) or 0.0)
+    stage = prog.get("stage") or state.message
+    st.markdown(f"**{run_dir.name}** · {state.status}")
+    st.progress(min(1.0, fraction), text=f"{stage} · epoch {epoch}/{n_epochs or '?'} · elapsed {_fmt_s(elapsed)}"
+                                         f" · remaining {_fmt_s(eta) if eta is not None else '—'}")
+    if not state.finished:
+        if st.button("Cancel run", key=f"cancel_{run_dir.name}", icon=":material/stop_circle:"):
+            jobs.cancel(run_dir)
+            st.rerun()
+    if run is not None and run.train_log is not None:
+        st.plotly_chart(training_curves(run.train_log), width="stretch", key=f"curves_{run_dir.name}")
+        if prog.get("losses"):
+            st.caption("Latest: " + " · ".join(f"{k} {v:.3g}" for k, v in prog["losses"].items()
+                                                if isinstance(v, (int, float)) and k not in ("seconds", "triplets")))
+    if state.status == jobs.FAILED:
+        st.error(f"The run failed: {state.error or (run.error if run else 'see the log')}")
+    elif state.status == jobs.CANCELLED:
+        st.warning("The run was cancelled; the files it wrote are kept.")
+    if state.status in (jobs.FAILED, jobs.CANCELLED):
+        with st.expander("Log and files written", expanded=state.status == jobs.FAILED):
+            st.code(jobs.read_log(run_dir, 6000) or "(empty log)", language="text")
+            st.write(sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()))
+    if state.status == jobs.DONE:
+        st.success(f"Finished in {_fmt_s(elapsed)}. Open the Embedding explorer or Plate maps to look at it.")
+        stamp = (run_dir / "embedding.parquet").stat().st_mtime if (run_dir / "embedding.parquet").exists() else 0.0
+        c = st.columns(4)
+        for i, fmt in enumerate(("parquet", "csv", "h5ad")):
+            try:
+                c[i].download_button(f"Embedding ({fmt})", _export(str(run_dir), fmt, stamp),
+                                     file_name=f"{run_dir.name}_embedding.{fmt}", key=f"dl_{fmt}_{run_dir.name}")
+            except CpDistillerError as exc:
+                c[i].error(str(exc))
+        try:
+            c[3].download_button("Model (zip)", _model_zip(str(run_dir), stamp), file_name=f"{run_dir.name}_model.zip",
+                                 mime="application/zip", key=f"dl_model_{run_dir.name}")
+        except CpDistillerError as exc:
+            c[3].error(str(exc))
+    seen = st.session_state.setdefault("correct_seen_status", {})
+    if seen.get(str(run_dir)) not in (None, state.status) and state.finished:
+        seen[str(run_dir)] = state.status
+        st.rerun()  # stop polling: redraw the page once with the final state
+    seen[str(run_dir)] = state.status
+
+
+st.subheader("Current run")
+current = st.session_state.get(ds.RUN_KEY)
+if not current:
+    st.info("No run selected: start one above or open one from the history.")
+else:
+    current = Path(current)
+    try:
+        running = not jobs.status(current).finished
+    except CpDistillerError:
+        running = False
+    st.fragment(run_every=POLL_SECONDS if running else None)(run_panel)(current)
+
+    if not running and jobs.status(current).status == jobs.DONE:
+        st.markdown("##### Reference methods")
+        have = sorted(p.stem for p in (current / ds.REFERENCES_DIR).glob("*.parquet"))
+        st.caption("Computed on the same preprocessed input, for side-by-side comparison in the explorer. "
+                   + (f"Available: {', '.join(have)}." if have else "None computed yet."))
+        c1, c2 = st.columns([3, 1])
+        chosen = c1.multiselect("Methods", [m for m in BASELINES if m not in have],
+                                default=[m for m in ("uncorrected", "harmony") if m not in have][:2], key="correct_refs")
+        if c2.button("Compute", disabled=not chosen, key="correct_refs_go"):
+            with st.status("Computing reference methods…", expanded=True) as status:
+                for m in chosen:
+                    try:
+                        st.write(f"{m}…")
+                        ds.compute_reference(current, m)
+                    except CpDistillerError as exc:
+                        st.error(f"{m}: {exc}")
+                status.update(label="Reference methods done", state="complete")
+            st.rerun()
+
+st.subheader("Run history")
+rows = [r for r in jobs.list_runs() if r["target"] == ds.CORRECTION_TARGET]
+if not rows:
+    st.caption("No runs yet.")
+else:
+    table = pd.DataFrame(rows)
+    table["started"] = pd.to_datetime(table["created"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
+    show = [c for c in ("run_id", "status", "started", "meta.dataset", "meta.effects", "meta.epochs", "error")
+            if c in table]
+    st.dataframe(table[show].rename(columns=lambda c: c.replace("meta.", "")), hide_index=True, width="stretch")
+    ids = table["run_id"].tolist()
+    pick = st.selectbox("Open a run", ids, index=ids.index(Path(current).name) if current and Path(current).name in ids
+                        else 0, key="correct_open")
+    if st.button("Open", key="correct_open_go"):
+        st.session_state[ds.RUN_KEY] = table.loc[table["run_id"] == pick, "run_dir"].iloc[0]
+        st.rerun()

@@ -1,0 +1,98 @@
+"""Embedding explorer: UMAP or PCA of uncorrected vs corrected (and reference methods) side by side,
+coloured by a technical or biological label, with marginal densities, search and hover."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from cpdistiller_core import dashboard_state as ds
+from cpdistiller_core import jobs
+from cpdistiller_core.errors import CpDistillerError
+from cpdistiller_core.plots.embedding import available_colorings, embedding_figure
+from cpdistiller_core.reduce import UMAP_DEFAULTS, ReduceParams, cache_key, is_cached, reduce
+
+
+def _stamp(run_dir: Path) -> tuple:
+    files = [run_dir / "embedding.parquet", *sorted((run_dir / ds.REFERENCES_DIR).glob("*.parquet"))]
+    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
+
+
+@st.cache_resource(show_spinner="Reading the run…", max_entries=4)
+def _view(run_dir: str, stamp: tuple) -> ds.RunView:
+    return ds.load_run_view(Path(run_dir))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _coords(key: str, _X: np.ndarray, params: ReduceParams) -> np.ndarray:
+    """2-D coordinates; ``key`` (content hash + parameters) is the cache key, the disk cache backs it."""
+    return reduce(_X, params)
+
+
+st.title("Embedding explorer")
+dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
+run_dir = st.session_state.get(ds.RUN_KEY)
+
+spaces: dict[str, object] = {}
+base = None
+try:
+    if run_dir and jobs.status(Path(run_dir)).status == jobs.DONE:
+        view = _view(run_dir, _stamp(Path(run_dir)))
+        base = view.uncorrected
+        spaces = {"uncorrected": view.uncorrected, "cpDistiller": view.corrected}
+        spaces.update({m: e for m, e in view.references.items() if m != "uncorrected" and e.n_wells == base.n_wells})
+        if "uncorrected" in view.references:  # the PCA-50 reference of the same input
+            spaces["uncorrected (PCA-50)"] = view.references["uncorrected"]
+        st.caption(f"Run **{Path(run_dir).name}**: {base.n_wells:,} wells.")
+    elif dataset is not None:
+        base = dataset.current
+        spaces = {"uncorrected": base}
+        st.info("No finished correction selected: showing the uncorrected profiles only. Run one on the Correct page.")
+except CpDistillerError as exc:
+    st.error(str(exc))
+if base is None:
+    st.info("Load a dataset (or the demo) and run a correction to explore embeddings.")
+    st.page_link("pages/1_Load_profiles.py", label="Load profiles", icon=":material/upload_file:")
+    st.stop()
+
+c = st.columns([1, 1, 2, 1])
+method = c[0].radio("Projection", ["UMAP", "PCA"], horizontal=True, key="explorer_method")
+colorings = available_colorings(base)
+color_by = c[1].selectbox("Colour by", colorings, index=0, key="explorer_color")
+names = list(spaces)
+shown = c[2].multiselect("Panels", names, default=names[:3], key="explorer_panels")
+marginals = c[3].checkbox("Marginal densities", value=True, key="explorer_marginals")
+perts = sorted(set(base.perturbation.astype(str)))
+highlight = st.multiselect("Highlight perturbations (type to search)", perts, key="explorer_highlight",
+                           max_selections=12)
+with st.expander("UMAP settings"):
+    u = st.columns(3)
+    n_neighbors = u[0].number_input("n_neighbors", 2, 200, UMAP_DEFAULTS["n_neighbors"], key="explorer_nn")
+    min_dist = u[1].number_input("min_dist", 0.0, 1.0, UMAP_DEFAULTS["min_dist"], 0.05, key="explorer_md")
+    random_state = u[2].number_input("random_state", 0, 2**31 - 1, UMAP_DEFAULTS["random_state"], key="explorer_rs")
+params = ReduceParams(method=method.lower(), n_neighbors=int(n_neighbors), min_dist=float(min_dist),
+                      random_state=int(random_state))
+
+if not shown:
+    st.warning("Choose at least one panel.")
+    st.stop()
+panels: dict[str, np.ndarray] = {}
+try:
+    todo = [n for n in shown if not is_cached(spaces[n].X, params)]
+    progress = st.progress(0.0, text="Computing projections…") if todo else None
+    for i, name in enumerate(shown):
+        X = spaces[name].X
+        if progress is not None:
+            progress.progress(i / len(shown), text=f"{method} of {name} ({X.shape[0]:,} × {X.shape[1]})…")
+        panels[name] = _coords(cache_key(X, params), X, params)
+    if progress is not None:
+        progress.empty()
+    fig = embedding_figure(panels, base, color_by=color_by, highlight=highlight, marginals=marginals)
+    st.plotly_chart(fig, width="stretch", key="explorer_fig")
+    st.caption(f"{method} computed once per embedding and cached on disk (key: content hash + parameters). "
+               "Rows and columns use a continuous colour scale so gradients show; curves above and right of each "
+               "panel are the densities per group.")
+except CpDistillerError as exc:
+    st.error(str(exc))
