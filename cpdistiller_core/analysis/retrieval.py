@@ -62,10 +62,10 @@ def gene_compound_pairs(emb: Profiles, gene_col: str, target_col: str, sep: str 
     """Pairs (a = genetic perturbation, b = compound) where the compound's targets include the gene.
 
     Genetic perturbations are those with a value in ``gene_col``; compounds those with one in
-    ``target_col`` (pipe-separated symbols allowed). Columns a, b, annotation (shared gene).
+    ``target_col`` (pipe-separated symbols allowed) and none in ``gene_col``. Columns a, b, annotation (shared gene).
     """
     genes = {p: s for p, s in perturbation_symbols(emb, gene_col, sep).items() if s}
-    targets = {p: s for p, s in perturbation_symbols(emb, target_col, sep).items() if s}
+    targets = {p: s for p, s in perturbation_symbols(emb, target_col, sep).items() if s and p not in genes}
     by_target: dict[str, list[str]] = {}
     for c, ts in targets.items():
         for t in ts:

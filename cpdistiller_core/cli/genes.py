@@ -115,8 +115,10 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if len(inputs) == 1 and inputs[0].lower() == "demo":
         from ..datasets import make_demo_screen
 
-        out["input"] = make_demo_screen(args.demo_seed).profiles
-        desc = f"demo screen (seed {args.demo_seed})"
+        from ..preprocess import PreprocessConfig, preprocess
+
+        out["input"], _ = preprocess(make_demo_screen(args.demo_seed).profiles, PreprocessConfig())
+        desc = f"demo screen (seed {args.demo_seed}), preprocessed, uncorrected"
     elif len(inputs) == 1 and Path(inputs[0]).is_dir():
         from ..baselines import uncorrected
         from ..dashboard_state import load_references, run_input
