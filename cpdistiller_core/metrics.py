@@ -535,9 +535,12 @@ def leiden_nmi_ari(emb: Profiles, annotation_col: str | None = None, *, k: int =
     return best
 
 
-def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15) -> tuple[float, int]:
+def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15, standardize_truth: bool = True
+                ) -> tuple[float, int]:
     """Mean fraction of each well's k cosine nearest neighbours in ``emb`` that are also among its
-    k nearest neighbours in ``truth`` (wells matched by plate + well). Returns (score, wells)."""
+    k nearest neighbours in ``truth`` (wells matched by plate + well). The truth (raw-scale clean
+    features) is z-scored per feature first unless ``standardize_truth`` is False, so that no
+    single large-valued feature dominates its cosine neighbourhoods. Returns (score, wells)."""
     from sklearn.neighbors import NearestNeighbors
 
     _check_finite(emb)
@@ -553,6 +556,10 @@ def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15) -> tuple[float, 
     E = emb.X[ok]
     if not (_finite_rows(T).all()):
         raise MetricUnavailable("the truth has NaN/inf values.")
+    if standardize_truth:
+        T = T.astype(np.float64)
+        sd = T.std(axis=0)
+        T = (T - T.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     kk = int(min(k, ok.sum() - 1))
     ne = NearestNeighbors(n_neighbors=kk + 1, metric="cosine").fit(E).kneighbors(E, return_distance=False)
     nt = NearestNeighbors(n_neighbors=kk + 1, metric="cosine").fit(T).kneighbors(T, return_distance=False)

@@ -24,6 +24,10 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
                         "named by the file stem")
     g.add_argument("--sister-col", metavar="COL",
                    help="metadata column (e.g. gene) whose shared values define sister perturbation pairs")
+    g.add_argument("--gene-col", metavar="COL",
+                   help="gene column of genetic perturbations; with --target-col scores gene–compound retrieval")
+    g.add_argument("--target-col", metavar="COL",
+                   help="compound target column (pipe-separated gene symbols allowed)")
     g.add_argument("--same-well-replicates", action="store_true",
                    help="phenotypic activity: allow replicate positives in the same well position "
                         "(default: different wells only)")
@@ -108,6 +112,15 @@ def _pairs(args: argparse.Namespace, profiles) -> dict[str, pd.DataFrame]:
         if pairs.empty:
             raise CpDistillerError(f"no two perturbations share a value of {args.sister_col!r}.")
         out["sister"] = pairs
+    if bool(args.gene_col) != bool(args.target_col):
+        raise CpDistillerError("gene–compound retrieval needs both --gene-col and --target-col.")
+    if args.gene_col:
+        from ..analysis.retrieval import gene_compound_pairs
+
+        pairs = gene_compound_pairs(profiles, args.gene_col, args.target_col)
+        if pairs.empty:
+            raise CpDistillerError(f"no compound in {args.target_col!r} targets a gene in {args.gene_col!r}.")
+        out["gene_compound"] = pairs
     return out
 
 
@@ -153,6 +166,8 @@ def _load_benchmark_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
         screen = make_demo_screen(args.demo_seed)
         truth = screen.truth if not args.truth else _read_truth(args)
+        if not args.gene_col and not args.target_col:
+            args.gene_col, args.target_col = "Metadata_Symbol", "Metadata_target"
         return screen.profiles, truth, f"demo screen (seed {args.demo_seed})"
     return _read(args, list(args.inputs)), _read_truth(args), ", ".join(args.inputs)
 
