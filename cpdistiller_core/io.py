@@ -348,6 +348,8 @@ def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Se
         )
     stored_roles = Roles.from_dict(stored["roles"]) if stored and stored.get("roles") else None
     roles, reasons = resolve_roles(meta, spec, source=name, stored=stored_roles)
+    if stored_roles is not None:
+        reasons = {**{r: "stored with the file" for r in _COLUMN_ROLES if getattr(roles, r)}, **reasons}
     kw: dict[str, Any] = dict(meta=meta, X=X, features=feats, roles=roles, source=name)
     if stored and stored.get("kind") == "embedding":
         prof: Profiles = Embedding(**kw, method=stored.get("method", "uncorrected"),
@@ -375,25 +377,93 @@ def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | 
                                    f"{_one_line(exc)}") from None
 
     header = [str(c) for c in _read(nrows=0).columns]
+    raw = _raw_header(handle, name, sep)
+    dups = sorted({h for h in raw if raw.count(h) > 1})
+    if dups:
+        warnings.warn(f"{name}: duplicated column name(s) {example_values(dups)}; later copies are read as "
+                      f"'<name>.1', '<name>.2'…", CpDistillerWarning, stacklevel=2)
     if stored:
         feats = [f for f in stored.get("features", []) if f in set(header)]
     else:
         feats = feature_columns(header, features, feature_regex, name)
     fset = set(feats)
     meta_cols = [c for c in header if c not in fset]
-    dtypes: dict[str, Any] = {c: str for c in meta_cols}
-    try:
-        df = _read(dtype={**dtypes, **{c: "float32" for c in feats}})
-    except ValueError:
-        # Text in a feature column: read it as text to name the column, the values and the rows.
-        df = _read(dtype={**dtypes, **{c: object for c in feats}})
-    meta = df[meta_cols]
+    fast = _read_delimited_arrow(handle, name, sep, header, meta_cols, feats)
+    if fast is not None:
+        meta, X = fast
+    else:
+        # pandas: for what pyarrow rejects (text in a feature column, odd dialects, duplicate names),
+        # with messages naming the column, the values and the rows.
+        dtypes: dict[str, Any] = {c: str for c in meta_cols}
+        try:
+            df = _read(dtype={**dtypes, **{c: "float32" for c in feats}})
+        except ValueError:
+            df = _read(dtype={**dtypes, **{c: object for c in feats}})
+        meta = df[meta_cols]
+        X = _feature_matrix(df, feats, name)
     if stored and stored.get("metadata_dtypes"):
         meta = _restore_dtypes(meta, stored["metadata_dtypes"], name)
     else:
         meta = _infer_metadata_dtypes(meta)
-    X = _feature_matrix(df, feats, name)
     return meta.reset_index(drop=True), X, feats, stored
+
+
+def _raw_header(handle: Any, name: str, sep: str) -> list[str]:
+    """The header row exactly as written (pandas renames duplicates)."""
+    import csv
+    import gzip
+
+    if isinstance(handle, _io.BytesIO):
+        handle.seek(0)
+        binary: Any = gzip.GzipFile(fileobj=handle) if name.lower().endswith(".gz") else handle
+    else:
+        binary = gzip.open(handle) if name.lower().endswith(".gz") else open(handle, "rb")
+    text = _io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
+    try:
+        return next(csv.reader(text, delimiter=sep), [])
+    except (OSError, EOFError, csv.Error):
+        return []
+    finally:
+        if isinstance(handle, _io.BytesIO):
+            text.detach()  # leave the caller's buffer open
+            handle.seek(0)
+        else:
+            text.close()
+
+
+def _read_delimited_arrow(handle: Any, name: str, sep: str, header: list[str], meta_cols: list[str],
+                          feats: list[str]) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """The fast path: pyarrow's CSV reader (2-3x faster than pandas, features parsed straight to
+    float32). None when pyarrow cannot read the file as expected; the pandas path then decides."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    if len(set(header)) != len(header) or any(h.startswith("Unnamed: ") for h in header):
+        return None
+    if isinstance(handle, _io.BytesIO):
+        handle.seek(0)
+        source: Any = pa.input_stream(handle, compression="gzip" if name.lower().endswith(".gz") else None)
+    else:
+        source = str(handle)  # compression inferred from the extension
+    types = {**{c: pa.string() for c in meta_cols}, **{c: pa.float32() for c in feats}}
+    try:
+        table = pcsv.read_csv(
+            source, read_options=pcsv.ReadOptions(use_threads=False),
+            parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError):
+        return None
+    if table.column_names != header:
+        return None
+    X = np.empty((table.num_rows, len(feats)), dtype=np.float32)
+    for j, f in enumerate(feats):
+        X[:, j] = table.column(f).to_numpy()
+    meta = table.select(meta_cols).to_pandas()
+    for c in meta.columns:  # missing text is NaN, as from pandas
+        if meta[c].isna().any():
+            meta[c] = meta[c].where(meta[c].notna(), np.nan)
+    return meta, X
 
 
 def _read_parquet(handle: Any, name: str, features: Sequence[str] | None,
@@ -676,11 +746,14 @@ def _suggest(cols: Sequence[str], *words: str) -> str:
 
 def resolve_roles(meta: pd.DataFrame, spec: Roles | Mapping[str, Any] | None, source: str | None = None,
                   stored: Roles | None = None) -> tuple[Roles, dict[str, str]]:
-    """Roles for ``meta``: ``spec`` if a Roles, else stored/detected roles with ``spec`` overrides."""
+    """Roles for ``meta``: ``spec`` if a Roles, else stored/detected roles with ``spec`` overrides.
+
+    Reasons cover every detected role, or with ``stored`` roles only those the overrides changed.
+    """
     if isinstance(spec, Roles):
         return spec, {r: "given" for r in _COLUMN_ROLES if getattr(spec, r)}
     if stored is not None:
-        base, reasons = stored, {r: "stored with the file" for r in _COLUMN_ROLES if getattr(stored, r)}
+        base, reasons = stored, {}  # only the overrides get new reasons
     else:
         det = explain_roles(meta, source, given=spec)
         base, reasons = det.roles, det.reasons

@@ -115,6 +115,39 @@ def test_reads_an_uploaded_buffer_with_source_name(tmp_path: Path) -> None:
     buf = io.BytesIO(make_frame().to_csv(index=False).encode())
     p = read_profiles(buf, source="upload.csv")
     assert p.source == "upload.csv" and p.n_wells == 48
+    import gzip
+
+    gz = io.BytesIO(gzip.compress(make_frame().to_csv(sep="\t", index=False).encode()))
+    p = read_profiles(gz, source="upload.tsv.gz")
+    assert p.features == FEATURES and p.n_wells == 48
+    pq = io.BytesIO()
+    make_frame().to_parquet(pq)
+    pq.seek(0)
+    assert read_profiles(pq, source="upload.parquet").features == FEATURES
+
+
+def test_free_text_survives_quotes_commas_newlines(tmp_path: Path) -> None:
+    df = make_frame()
+    df["Metadata_comment"] = 'a "quoted", multi\nline note'
+    df.loc[5, "Metadata_comment"] = None
+    df["Metadata_NA_gene"] = "NAT1"
+    df.to_csv(tmp_path / "free.csv.gz", index=False)
+    p = read_profiles(tmp_path / "free.csv.gz")
+    assert p.meta["Metadata_comment"].iloc[0] == 'a "quoted", multi\nline note'
+    assert pd.isna(p.meta["Metadata_comment"].iloc[5]) and p.n_wells == 48
+    assert (p.meta["Metadata_NA_gene"] == "NAT1").all()
+
+
+def test_duplicate_and_unnamed_headers_read_like_pandas(tmp_path: Path) -> None:
+    df = make_frame()
+    df.to_csv(tmp_path / "indexed.csv")  # written with its index: an unnamed first column
+    p = read_profiles(tmp_path / "indexed.csv")
+    assert p.meta.columns[0] == "Unnamed: 0" and p.features == FEATURES
+    text = (tmp_path / "indexed.csv").read_text().replace("Cytoplasm_Texture_Contrast_AGP", "Cells_AreaShape_Area")
+    (tmp_path / "dup.csv").write_text(text)
+    with pytest.warns(CpDistillerWarning, match="duplicated column name.*'Cells_AreaShape_Area'"):
+        p = read_profiles(tmp_path / "dup.csv")
+    assert p.features[:3] == ["Cells_AreaShape_Area", "Nuclei_Intensity_MeanIntensity_DNA", "Cells_AreaShape_Area.1"]
 
 
 def test_image_acquisition_columns_stay_metadata() -> None:
