@@ -479,6 +479,8 @@ def _read_parquet(handle: Any, name: str, features: Sequence[str] | None,
     if raw:
         stored = json.loads(raw.decode("utf-8"))
     df = table.to_pandas()
+    if not stored and not isinstance(df.index, pd.RangeIndex):
+        df = df.reset_index()  # a stored pandas index is data too: keep it as leading column(s)
     df.columns = [str(c) for c in df.columns]
     if stored:
         feats = [f for f in stored.get("features", []) if f in set(df.columns)]
@@ -505,7 +507,11 @@ def _read_h5ad(handle: Any, name: str, features: Sequence[str] | None,
     raw = adata.uns.get(_STORE_KEY)
     if isinstance(raw, str):
         stored = json.loads(raw)
-    meta = adata.obs.reset_index(drop=True)
+    obs = adata.obs
+    default_names = pd.Index([str(i) for i in range(adata.n_obs)])
+    if not stored and not obs.index.equals(default_names) and "obs_names" not in obs.columns:
+        obs = obs.rename_axis("obs_names").reset_index()  # meaningful obs names are kept as a column
+    meta = obs.reset_index(drop=True)
     meta.columns = [str(c) for c in meta.columns]
     var_names = [str(v) for v in adata.var_names]
     X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)

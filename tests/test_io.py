@@ -150,6 +150,33 @@ def test_duplicate_and_unnamed_headers_read_like_pandas(tmp_path: Path) -> None:
     assert p.features[:3] == ["Cells_AreaShape_Area", "Nuclei_Intensity_MeanIntensity_DNA", "Cells_AreaShape_Area.1"]
 
 
+def test_indexes_of_foreign_parquet_and_h5ad_are_kept(tmp_path: Path) -> None:
+    df = make_frame().set_index("Metadata_ID")
+    df.to_parquet(tmp_path / "indexed.parquet")
+    p = read_profiles(tmp_path / "indexed.parquet")
+    assert p.meta.columns[0] == "Metadata_ID" and p.meta["Metadata_ID"].iloc[1] == "0001"
+    obs = df[[c for c in META_COLS if c != "Metadata_ID"]].copy()
+    obs.index = [f"well_{i}" for i in range(len(obs))]
+    anndata.AnnData(X=df[FEATURES].to_numpy(np.float32), obs=obs,
+                    var=pd.DataFrame(index=FEATURES)).write_h5ad(tmp_path / "named.h5ad")
+    p = read_profiles(tmp_path / "named.h5ad")
+    assert p.meta.columns[0] == "obs_names" and p.meta["obs_names"].iloc[2] == "well_2"
+
+
+def test_write_after_combining_mixed_types(tmp_path: Path) -> None:
+    a = make_frame(plates=("P1",))
+    b = make_frame(plates=("P2",))
+    a["Metadata_Plate"] = 7  # an integer plate in one file, text in the other
+    a.to_csv(tmp_path / "a.csv", index=False)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    p = quiet_read([tmp_path / "a.csv", tmp_path / "b.csv"])
+    assert sorted(set(p.plate)) == ["7", "P2"]
+    for name in ("c.parquet", "c.h5ad", "c.csv"):
+        q = quiet_read(write_profiles(p, tmp_path / name))
+        assert sorted(set(q.plate)) == ["7", "P2"] and q.roles == p.roles
+        assert list(q.meta.columns) == list(p.meta.columns)
+
+
 def test_image_acquisition_columns_stay_metadata() -> None:
     cols = ["Image_Metadata_Plate", "Image_FileName_DNA", "Image_PathName_DNA", "Image_Count_Cells",
             "Image_Granularity_1_DNA", "Cells_AreaShape_Area", "Metadata_Plate", "Compound SMILES"]
