@@ -270,15 +270,28 @@ class _Progress:
             self.cb(frac, self.msg)
 
 
-def _knn_keys(Z: np.ndarray, groups: list[np.ndarray], k: int, method: str,
-              prog: _Progress | None = None) -> tuple[np.ndarray, dict[str, int]]:
-    n = len(Z)
-    parts, used = [], {"exact": 0, "approx": 0}
+def _build_indexes(Z: np.ndarray, groups: list[np.ndarray], method: str) -> tuple[list[_LevelIndex | None], dict[str, int]]:
+    """One search index per non-empty level, shared by the KNN and MNN searches of an effect."""
+    out: list[_LevelIndex | None] = []
+    used = {"exact": 0, "approx": 0}
     for members in groups:
-        if len(members) >= 2 and k > 0:
+        if len(members):
             approx = _use_approx(method, len(members))
             used["approx" if approx else "exact"] += 1
-            index = _LevelIndex(Z, members, approx)
+            out.append(_LevelIndex(Z, members, approx))
+        else:
+            out.append(None)
+    return out, used
+
+
+def _knn_keys(Z: np.ndarray, indexes: list[_LevelIndex | None], k: int,
+              prog: _Progress | None = None) -> np.ndarray:
+    """Sorted keys of directed within-level KNN pairs (self excluded)."""
+    n = len(Z)
+    parts = []
+    for index in indexes:
+        if index is not None and len(index.members) >= 2 and k > 0:
+            members = index.members
             found = index.search(Z[members], k + 1)
             src = np.repeat(members, found.shape[1]).reshape(found.shape)
             keep = (found != src) & (found >= 0)
@@ -287,28 +300,19 @@ def _knn_keys(Z: np.ndarray, groups: list[np.ndarray], k: int, method: str,
             parts.append(src[keep] * n + found[keep])
         if prog is not None:
             prog.step()
-    keys = _unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
-    return keys, used
+    return _unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
 
 
-def _mnn_keys(Z: np.ndarray, groups: list[np.ndarray], k: int, method: str,
-              prog: _Progress | None = None) -> tuple[np.ndarray, dict[str, int]]:
+def _mnn_keys(Z: np.ndarray, indexes: list[_LevelIndex | None], k: int,
+              prog: _Progress | None = None) -> np.ndarray:
+    """Sorted keys of symmetric MNN pairs between every pair of levels."""
     n = len(Z)
-    used = {"exact": 0, "approx": 0}
-    indices: list[_LevelIndex | None] = []
-    for members in groups:
-        if len(members) and k > 0:
-            approx = _use_approx(method, len(members))
-            used["approx" if approx else "exact"] += 1
-            indices.append(_LevelIndex(Z, members, approx))
-        else:
-            indices.append(None)
     parts = []
-    for a in range(len(groups)):
-        for b in range(a + 1, len(groups)):
-            ia, ib = indices[a], indices[b]
-            if ia is not None and ib is not None:
-                ga, gb = groups[a], groups[b]
+    for a in range(len(indexes)):
+        for b in range(a + 1, len(indexes)):
+            ia, ib = indexes[a], indexes[b]
+            if ia is not None and ib is not None and k > 0:
+                ga, gb = ia.members, ib.members
                 a_to_b = ib.search(Z[ga], k)          # global ids in level b
                 b_to_a = ia.search(Z[gb], k)          # global ids in level a
                 fwd = _keys(np.repeat(ga, a_to_b.shape[1]), a_to_b.ravel(), n)
@@ -319,7 +323,7 @@ def _mnn_keys(Z: np.ndarray, groups: list[np.ndarray], k: int, method: str,
             if prog is not None:
                 prog.step()
     keys = _unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
-    return _symmetric(keys, n), used
+    return _symmetric(keys, n)
 
 
 def knn_within(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exact",
@@ -332,7 +336,8 @@ def knn_within(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exac
     _check_method(method)
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     codes, n_levels = _codes(levels, len(Z))
-    keys, _ = _knn_keys(Z, _groups(codes, n_levels), k, method)
+    indexes, _ = _build_indexes(Z, _groups(codes, n_levels), method)
+    keys = _knn_keys(Z, indexes, k)
     return _keys_to_csr(keys, len(Z))
 
 
@@ -345,7 +350,8 @@ def mnn_across(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exac
     _check_method(method)
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     codes, n_levels = _codes(levels, len(Z))
-    keys, _ = _mnn_keys(Z, _groups(codes, n_levels), k, method)
+    indexes, _ = _build_indexes(Z, _groups(codes, n_levels), method)
+    keys = _mnn_keys(Z, indexes, k)
     return _keys_to_csr(keys, len(Z))
 
 
@@ -405,24 +411,29 @@ def mine_neighbors(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: in
     prog = _Progress(progress, 0.1, 0.95, total, "neighbours: KNN/MNN search")
     knn_sets: list[np.ndarray] = []
     mnn_sets: list[np.ndarray] = []
-    t_knn = t_mnn = 0.0
+    t_build = t_knn = t_mnn = 0.0
     for name, (codes, n_levels) in effects.items():
         groups = _groups(codes, n_levels)
         t0 = time.perf_counter()
-        kkeys, used_k = _knn_keys(Z, groups, k_knn, method, prog)
-        t1 = time.perf_counter()
-        mkeys, used_m = _mnn_keys(Z, groups, k_mnn, method, prog)
-        t2 = time.perf_counter()
-        t_knn += t1 - t0
-        t_mnn += t2 - t1
+        indexes, used = _build_indexes(Z, groups, method)
         for key in ("exact", "approx"):
-            stats["indexes"][key] += used_k[key] + used_m[key]
+            stats["indexes"][key] += used[key]
+        t_index = time.perf_counter()
+        kkeys = _knn_keys(Z, indexes, k_knn, prog)
+        t1 = time.perf_counter()
+        mkeys = _mnn_keys(Z, indexes, k_mnn, prog)
+        del indexes
+        t2 = time.perf_counter()
+        t_build += t_index - t0
+        t_knn += t1 - t_index
+        t_mnn += t2 - t1
         knn_sets.append(kkeys)
         mnn_sets.append(mkeys)
         stats["effects"][name] = {
             "levels": n_levels, "knn_pairs": int(len(kkeys)), "mnn_pairs": int(len(mkeys) // 2),
-            "knn_s": round(t1 - t0, 3), "mnn_s": round(t2 - t1, 3),
+            "index_s": round(t_index - t0, 3), "knn_s": round(t1 - t_index, 3), "mnn_s": round(t2 - t1, 3),
         }
+    stats["timings_s"]["index"] = t_build
     stats["timings_s"]["knn"] = t_knn
     stats["timings_s"]["mnn"] = t_mnn
 
@@ -431,8 +442,8 @@ def mine_neighbors(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: in
         progress(0.95, "neighbours: combining effects")
     fallback = "none"
     if not effects:
-        groups = [np.arange(n)]
-        kkeys, used = _knn_keys(Z, groups, k_knn if k_knn > 0 else k_mnn, method)
+        indexes, used = _build_indexes(Z, [np.arange(n)], method)
+        kkeys = _knn_keys(Z, indexes, k_knn if k_knn > 0 else k_mnn)
         stats["indexes"]["exact"] += used["exact"]
         stats["indexes"]["approx"] += used["approx"]
         knn = _symmetric(kkeys, n)
