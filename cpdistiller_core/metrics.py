@@ -413,13 +413,15 @@ def pairs_from_annotation(emb: Profiles, annotation_col: str | None = None) -> p
 
 def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float = 95.0,
                        tails: str = "upper", how: str = "median", max_null: int = 200_000,
-                       seed: int = 0) -> tuple[float, pd.DataFrame]:
+                       null: str = "cross", seed: int = 0) -> tuple[float, pd.DataFrame]:
     """CPJUMP1 "fraction retrieved" (Chandrasekaran et al. 2024).
 
     ``pairs``: DataFrame with columns ``a`` and ``b`` (perturbation names; extra columns are kept).
     Consensus profiles (median per perturbation) are compared by cosine similarity. The null is the
-    similarity of non-pairs: every (x, y) with x among the ``a`` perturbations and y among the ``b``
-    ones that is not a listed pair (uniformly subsampled to ``max_null`` pairs). A pair is retrieved
+    similarity of non-pairs: with ``null="cross"`` (gene–compound) every (x, y) with x among the ``a``
+    perturbations and y among the ``b`` ones that is not a listed pair; with ``null="union"`` (sister
+    perturbations, where a/b order is arbitrary) every pair of distinct perturbations named anywhere
+    in the table that is not a listed pair. Uniformly subsampled to ``max_null`` pairs. A pair is retrieved
     when its similarity exceeds the ``percentile`` of the null (``tails="both"``: or falls below the
     100 − percentile, for anti-correlated gene–compound pairs).
 
@@ -431,6 +433,8 @@ def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float 
         raise CpDistillerError("pairs must have columns 'a' and 'b' (perturbation names).")
     if tails not in ("upper", "both"):
         raise CpDistillerError("tails must be 'upper' or 'both'.")
+    if null not in ("cross", "union"):
+        raise CpDistillerError("null must be 'cross' or 'union'.")
     cons = consensus_profiles(emb, how=how)
     names = cons["perturbation"].to_numpy()
     index = {p: i for i, p in enumerate(names)}
@@ -447,8 +451,10 @@ def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float 
     table["cosine_similarity"] = sims
     if not found.any():
         raise MetricUnavailable("none of the pairs' perturbations are in the embedding.")
-    A = np.unique(fi)
-    B = np.unique(fj)
+    if null == "cross":
+        A, B = np.unique(fi), np.unique(fj)
+    else:
+        A = B = np.unique(np.concatenate([fi, fj]))
     true = {(int(x), int(y)) for x, y in zip(fi, fj)} | {(int(y), int(x)) for x, y in zip(fi, fj)}
     rng = np.random.default_rng(seed)
     total = len(A) * len(B)
@@ -457,6 +463,8 @@ def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float 
     else:
         xa, xb = rng.choice(A, size=max_null), rng.choice(B, size=max_null)
     keep = (xa != xb) & np.array([(int(x), int(y)) not in true for x, y in zip(xa, xb)], dtype=bool)
+    if null == "union":
+        keep &= xa < xb  # each unordered pair once
     xa, xb = xa[keep], xb[keep]
     if len(xa) < 20:
         raise MetricUnavailable(f"only {len(xa)} non-pairs to build the null from (need 20+).")
@@ -694,7 +702,8 @@ def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None
              progress: ProgressCallback = no_progress) -> Scorecard:
     """Compute every metric on one embedding and return its Scorecard (with aggregates).
 
-    ``pairs``: named pair tables for `fraction_retrieved` (e.g. {"sister": df, "gene_compound": df}).
+    ``pairs``: named pair tables for `fraction_retrieved` (e.g. {"sister": df, "gene_compound": df});
+    names starting with "sister" use the "union" null (all non-pairs among the named perturbations).
     ``truth``: clean ground-truth profiles (simulator) for `knn_overlap`.
     Effects that the data lack (e.g. batch without a batch column, plate with one plate) are
     reported as missing with the reason.
@@ -794,7 +803,8 @@ def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None
 
     for name, tab in (pairs or {}).items():
         def _fr(tab=tab, name=name):
-            frac, per_pair = fraction_retrieved(emb, tab, seed=cfg.seed)
+            frac, per_pair = fraction_retrieved(emb, tab, seed=cfg.seed,
+                                                null="union" if name.startswith("sister") else "cross")
             details[f"retrieval_{name}"] = per_pair
             return frac, int(per_pair["found"].sum()), f"{name} pairs, > 95th percentile of non-pairs"
         record("fraction_retrieved", name, BIOLOGICAL, _fr)

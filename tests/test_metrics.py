@@ -177,6 +177,9 @@ def test_fraction_retrieved_known_pairs():
     assert frac == 1.0
     assert table["found"].tolist() == [True] * 10 + [False]
     assert math.isnan(table["cosine_similarity"].iloc[-1])
+    assert table.attrs["null_size"] == 10 * 10 - 10  # cross null: a-side x b-side minus the true pairs
+    frac_u, table_u = M.fraction_retrieved(emb, pairs, null="union")
+    assert frac_u == 1.0 and table_u.attrs["null_size"] == 20 * 19 // 2 - 10
     with pytest.raises(M.MetricUnavailable):
         M.fraction_retrieved(emb, pd.DataFrame({"a": ["x"], "b": ["y"]}))
     with pytest.raises(CpDistillerError):
