@@ -935,7 +935,8 @@ def combine(profiles: Sequence[Profiles], batch_from_file: bool = False,
                       + ", ".join(parts) + ".", CpDistillerWarning, stacklevel=2)
     for note in notes:
         warnings.warn(note, CpDistillerWarning, stacklevel=2)
-    source = names[0] if len(names) == 1 else " + ".join(Path(n).name for n in names)
+    short = [Path(n).name for n in names]
+    source = " + ".join(short[:2]) + (f" + {len(short) - 2} more files" if len(short) > 2 else "")
     out = Profiles(meta=meta, X=X, features=shared, roles=roles, source=source)
     check_duplicates(out, np.repeat(np.array(names, dtype=object), [p.n_wells for p in profiles]))
     return out, report

@@ -78,6 +78,20 @@ def test_info_combines_files_with_batch_from_file(tmp_path: Path, capsys: pytest
     assert "--batch-from-file" in d["role_reasons"]["batch"]
 
 
+def test_info_on_a_written_embedding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cpdistiller_core.io import read_profiles, write_profiles
+    from cpdistiller_core.profiles import Embedding
+
+    p = read_profiles(plates_csv(tmp_path))
+    emb = Embedding.from_profiles(p, np.ones((p.n_wells, 3), np.float32) * np.arange(48)[:, None], "cpDistiller",
+                                  provenance={"seed": 0})
+    path = write_profiles(emb, tmp_path / "run" / "embedding.parquet")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "embedding       method 'cpDistiller'" in out and "features        3" in out
+    assert "stored with the file" in out
+
+
 def test_info_with_mapping_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     df = pd.DataFrame({"Barcode Name": ["X"] * 4 + ["Y"] * 4, "Pos": ["A1", "A2", "B1", "B2"] * 2,
                        "Drug": ["dmso", "t1", "t2", "t1"] * 2, "Cells_a": np.arange(8.0),

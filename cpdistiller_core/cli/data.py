@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import LoadReport
-from ..profiles import NEGATIVE, POSITIVE, Profiles
+from ..profiles import NEGATIVE, POSITIVE, Embedding, Profiles
 from .common import add_input_arguments, load_from_args
 
 _ROLE_ORDER = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
@@ -62,6 +62,8 @@ def info_dict(profiles: Profiles, report: LoadReport) -> dict[str, Any]:
         "role_reasons": report.role_reasons,
         "combine": None if report.combine is None else report.combine.to_dict(),
         "warnings": report.warnings,
+        "embedding": ({"method": profiles.method, "provenance": profiles.provenance}
+                      if isinstance(profiles, Embedding) else None),
     }
     return json.loads(json.dumps(out, default=_jsonable))
 
@@ -90,6 +92,8 @@ def format_info(d: dict[str, Any]) -> str:
         lines.append(f"  {label:<16}{value}")
 
     geo = d["plate_format"]
+    if d.get("embedding"):
+        row("embedding", f"method {d['embedding']['method']!r}")
     row("wells", f"{d['wells']:,}")
     row("features", f"{d['features']:,}")
     row("metadata", f"{len(d['metadata_columns'])} columns")
