@@ -79,3 +79,51 @@ def test_gene_clusters_page_offline_enrichr_says_how_to_use_local_sets(demo_data
     assert any("cannot reach Enrichr" in e.value and "--gmt" in e.value for e in at.error)
     assert any("Local .gmt files" in i.value for i in at.info)
     assert "genes_results" not in at.session_state
+
+
+def test_retrieval_page_pairs_scores_and_query(demo_dataset):
+    at = _page(RETRIEVAL_PAGE, demo_dataset)
+    assert not at.exception
+    assert at.selectbox(key="retrieval_gene_col").value == "Metadata_Symbol"
+    assert at.selectbox(key="retrieval_target_col").value == "Metadata_target"
+    at.checkbox(key="retrieval_activity").uncheck()
+    at.number_input(key="retrieval_null").set_value(500)
+    at.button(key="retrieval_go").click()
+    at.run()
+    assert not at.exception and not at.error
+    summary = at.session_state["retrieval_results"]["summary"].set_index(["task", "metric"])["value"]
+    assert 0 < summary[("gene_compound", "fraction_retrieved")] <= 1
+    assert 0 < summary[("shared_gene", "mAP")] <= 1
+    assert ("replicates", "mAP") not in summary.index  # switched off
+    # query a gene: the compounds targeting it are known pairs
+    at.selectbox(key="retrieval_query").set_value("PSMB5")
+    at.run()
+    assert not at.exception
+    table = at.dataframe[-1].value  # the query's ranked list (last table on the page)
+    assert table["known_pair"].any()
+    assert set(table.loc[table["known_pair"], "perturbation"]) <= {"bortezomib", "carfilzomib", "MG-132"}
+
+
+def test_retrieval_page_opens_a_scorecard(demo_dataset, tmp_path):
+    import pandas as pd
+
+    from cpdistiller_core.metrics import SCORE_COLUMNS
+
+    rows = [("cpDistiller", "overall", "", "aggregate", 0.8, 20, ""), ("uncorrected", "overall", "", "aggregate", 0.6, 20, ""),
+            ("cpDistiller", "asw", "row", "technical", 0.9, 100, ""), ("uncorrected", "asw", "row", "technical", 0.5, 100, ""),
+            ("cpDistiller", "fraction_retrieved", "gene_compound", "biological", 0.7, 33, ""),
+            ("uncorrected", "fraction_retrieved", "gene_compound", "biological", 0.4, 33, "")]
+    path = tmp_path / "scores.csv"
+    pd.DataFrame(rows, columns=SCORE_COLUMNS).to_csv(path, index=False)
+    at = _page(RETRIEVAL_PAGE, demo_dataset)
+    at.text_input(key="retrieval_scores_path").set_value(str(path))
+    at.button(key="retrieval_scores_open").click()
+    at.run()
+    assert not at.exception and not at.error
+    wide = at.dataframe[0].value  # the scorecard (first table on the page)
+    assert list(wide.index) == ["cpDistiller", "uncorrected"]
+    assert wide.loc["cpDistiller", "asw[row]"] == 0.9
+    at.text_input(key="retrieval_scores_path").set_value(str(tmp_path / "missing.csv"))
+    at.button(key="retrieval_scores_open").click()
+    at.run()
+    assert any("cannot read" in e.value for e in at.error)

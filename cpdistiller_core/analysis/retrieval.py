@@ -17,6 +17,7 @@ from .. import metrics
 from ..errors import CpDistillerError
 from ..metrics import MetricUnavailable
 from ..profiles import Profiles
+from ..progress import ProgressCallback, no_progress
 from .consensus import consensus
 
 TASKS = ("sister", "gene_compound")
@@ -116,25 +117,30 @@ def shared_gene_map(emb: Profiles, gene_col: str | None, target_col: str | None 
 
 def evaluate_retrieval(embeddings: dict[str, Profiles], gene_col: str | None, target_col: str | None = None,
                        sep: str = "|", null_size: int = 10000, seed: int = 0,
-                       tasks: Sequence[str] = TASKS) -> dict[str, pd.DataFrame]:
+                       tasks: Sequence[str] = TASKS, activity: bool = True,
+                       progress: ProgressCallback = no_progress) -> dict[str, pd.DataFrame]:
     """Retrieval of each named embedding (e.g. corrected and uncorrected).
 
     Returns tables: ``summary`` (method, task, metric, value, n, note), ``activity`` (per
     perturbation mAP vs controls), ``shared_gene`` (per gene mAP), ``pairs`` (per pair similarity
     and retrieved flag), each with a ``method`` column. Unavailable scores are NaN with the reason.
+    ``activity=False`` skips the replicate mAP (copairs over all wells: the slow part on big screens).
     """
-    summary, activity, shared, pairs_out = [], [], [], []
-    for name, emb in embeddings.items():
+    summary, activity_tables, shared, pairs_out = [], [], [], []
+    for i, (name, emb) in enumerate(embeddings.items()):
+        progress(i / len(embeddings), f"retrieval: {name}")
+
         def add(task: str, metric: str, value: float, n: int, note: str = "", _m: str = name) -> None:
             summary.append({"method": _m, "task": task, "metric": metric, "value": value, "n": n, "note": note})
 
-        try:
-            act = metrics.phenotypic_activity(emb, null_size=null_size, seed=seed)
-            activity.append(act.assign(method=name))
-            add("replicates", "mAP", float(act["mean_average_precision"].mean()), len(act))
-            add("replicates", "fraction_significant", float(act["below_corrected_p"].mean()), len(act))
-        except MetricUnavailable as exc:
-            add("replicates", "mAP", np.nan, 0, str(exc))
+        if activity:
+            try:
+                act = metrics.phenotypic_activity(emb, null_size=null_size, seed=seed)
+                activity_tables.append(act.assign(method=name))
+                add("replicates", "mAP", float(act["mean_average_precision"].mean()), len(act))
+                add("replicates", "fraction_significant", float(act["below_corrected_p"].mean()), len(act))
+            except MetricUnavailable as exc:
+                add("replicates", "mAP", np.nan, 0, str(exc))
         try:
             sg = shared_gene_map(emb, gene_col, target_col, sep, null_size, seed)
             shared.append(sg.assign(method=name))
@@ -157,7 +163,7 @@ def evaluate_retrieval(embeddings: dict[str, Profiles], gene_col: str | None, ta
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
     return {"summary": pd.DataFrame(summary, columns=["method", "task", "metric", "value", "n", "note"]),
-            "activity": cat(activity), "shared_gene": cat(shared), "pairs": cat(pairs_out)}
+            "activity": cat(activity_tables), "shared_gene": cat(shared), "pairs": cat(pairs_out)}
 
 
 def paired_scores(table: pd.DataFrame, key: str, value: str = "mean_average_precision",
