@@ -78,6 +78,7 @@ def test_info_combines_files_with_batch_from_file(tmp_path: Path, capsys: pytest
     assert "--batch-from-file" in d["role_reasons"]["batch"]
 
 
+@pytest.mark.filterwarnings("ignore::cpdistiller_core.errors.CpDistillerWarning")
 def test_info_on_a_written_embedding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cpdistiller_core.io import read_profiles, write_profiles
     from cpdistiller_core.profiles import Embedding

@@ -221,6 +221,7 @@ def test_empty_plate_names(tmp_path: Path) -> None:
 
 
 # ----- warnings: usable data --------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::cpdistiller_core.errors.CpDistillerWarning")
 def test_all_nan_and_constant_features_warn(tmp_path: Path) -> None:
     df = frame()
     df["Cells_empty"] = np.nan
@@ -272,6 +273,7 @@ def test_single_plate_and_single_batch_warn(tmp_path: Path) -> None:
     assert any("batch column holds a single value" in w for w in ws)
 
 
+@pytest.mark.filterwarnings("ignore::cpdistiller_core.errors.CpDistillerWarning")
 def test_warnings_are_emitted_as_cpdistiller_warnings(tmp_path: Path) -> None:
     with pytest.warns(CpDistillerWarning, match="a single plate"):
         read_profiles(write(frame(plates=("P1",)), tmp_path / "one.csv"))
