@@ -1030,6 +1030,9 @@ def validate(profiles: Profiles) -> list[str]:
         else:
             out.append(f"{where(src)}no negative controls detected; name them with --control-col/--negative "
                        "(normalisation and metrics that need controls will use all wells).")
+    elif profiles.negative_mask.all():
+        out.append(f"{where(src, roles.control)}every well is a negative control "
+                   f"({list(roles.negative_values)}); check the control column and values.")
     n_plates = len(pd.unique(profiles.plate))
     if n_plates == 1:
         out.append(f"{where(src, roles.plate)}a single plate ({profiles.plate[0]!r}); plate effects cannot be "

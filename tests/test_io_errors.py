@@ -255,6 +255,13 @@ def test_no_negative_controls_warn(tmp_path: Path) -> None:
     assert any("no negative controls detected" in w and "--negative" in w for w in ws)
 
 
+def test_all_wells_negative_warns(tmp_path: Path) -> None:
+    df = frame()
+    df["Metadata_pert_type"] = "negcon"
+    ws = warnings_of(write(df, tmp_path / "allneg.csv"))
+    assert any("allneg.csv" in w and "every well is a negative control" in w for w in ws)
+
+
 def test_given_negative_value_absent_warns(tmp_path: Path) -> None:
     ws = warnings_of(write(frame(), tmp_path / "v.csv"), roles={"negative_values": ["DMSO", "negcon"]})
     assert any("'DMSO'" in w and "'Metadata_pert_type'" in w and "do not occur" in w for w in ws)
