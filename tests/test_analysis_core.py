@@ -56,6 +56,11 @@ def test_select_type_keeps_controls():
     p = make_profiles(X, ["a", "b", "DMSO", "DMSO"], {"type": ["orf", "compound", "control", "control"]})
     sub = select_type(p, "type", ["orf"])
     assert sorted(sub.perturbation) == ["DMSO", "DMSO", "a"]
+    # controls labelled with a type: only those of the chosen type
+    q = make_profiles(np.zeros((5, 2)), ["a", "b", "DMSO", "DMSO", "DMSO"],
+                      {"type": ["crispr", "compound", "crispr", "compound", "compound"]})
+    assert list(select_type(q, "type", ["crispr"]).meta["type"]) == ["crispr", "crispr"]
+    assert sorted(select_type(q, "type", ["compound"]).perturbation) == ["DMSO", "DMSO", "b"]
     with pytest.raises(CpDistillerError, match="no wells"):
         select_type(p, "type", ["crispr"])
 

@@ -58,11 +58,15 @@ class Consensus:
 
 
 def select_type(profiles: Profiles, column: str, values: Sequence[str]) -> Profiles:
-    """Wells whose ``column`` is one of ``values`` (e.g. one perturbation type), plus negative controls."""
+    """Wells whose ``column`` is one of ``values`` (e.g. one perturbation type), plus negative controls:
+    those of the same type when the column labels some (non-targeting guides for CRISPR, DMSO for
+    compounds), else all of them."""
     if column not in profiles.meta.columns:
         raise CpDistillerError(f"column {column!r} not found; available: {list(profiles.meta.columns)[:20]}.")
     col = profiles.meta[column].astype("string").fillna("").to_numpy(dtype=object)
-    mask = np.isin(col, [str(v) for v in values]) | profiles.negative_mask
+    chosen = np.isin(col, [str(v) for v in values])
+    neg = profiles.negative_mask
+    mask = chosen | (neg & chosen if (neg & chosen).any() else neg)
     if not (mask & ~profiles.negative_mask).any():
         raise CpDistillerError(f"no wells with {column} in {list(values)}; values present: "
                                f"{sorted(set(col))[:10]}.")

@@ -114,7 +114,6 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     out: dict[str, Any] = {}
     if len(inputs) == 1 and inputs[0].lower() == "demo":
         from ..datasets import make_demo_screen
-
         from ..preprocess import PreprocessConfig, preprocess
 
         out["input"], _ = preprocess(make_demo_screen(args.demo_seed).profiles, PreprocessConfig())
@@ -128,7 +127,8 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         out["corrected"] = load_run(run_dir).embedding()
         refs = load_references(run_dir)
         if not args.uncorrected:
-            out["uncorrected"] = refs.get("uncorrected") or uncorrected(run_input(run_dir), seed=args.seed)
+            out["uncorrected"] = refs.get("uncorrected") or uncorrected(_run_input(run_dir, run_input),
+                                                                         seed=args.seed)
         desc = f"run {run_dir.name}"
     else:
         emb = _read(args, inputs)
@@ -147,6 +147,27 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         values = [v.strip() for v in args.type.split(",") if v.strip()]
         out = {k: select_type(v, args.type_col, values) for k, v in out.items()}
     return out, desc
+
+
+def _run_input(run_dir: Path, run_input):
+    """The run's preprocessed input: the dashboard job's copy, else the file named in config.json."""
+    try:
+        return run_input(run_dir)
+    except CpDistillerError:
+        pass
+    from ..io import read_profiles
+    from ..runs import load_run
+
+    src = (load_run(run_dir).config.get("input") or {}).get("source")
+    if not isinstance(src, str) or not Path(src).is_file():
+        raise CpDistillerError(f"{run_dir}: cannot find the run's input ({src!r}); pass --uncorrected FILE.")
+    raw = read_profiles(src)
+    prep = run_dir / "model" / "preprocess.json"
+    if prep.is_file():
+        from ..preprocess import PreprocessReport
+
+        return PreprocessReport.load(prep).apply(raw)
+    return raw
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> Path:
