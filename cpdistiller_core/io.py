@@ -312,12 +312,6 @@ def _sniff_format(item: InputLike) -> str | None:
 def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Sequence[str] | None,
               feature_regex: str | None, source: str | None) -> tuple[Profiles, dict[str, str]]:
     name = _display_name(item, source)
-    fmt = _format_of(name) or _sniff_format(item)
-    if fmt is None:
-        raise CpDistillerError(
-            f"{name}: unknown file format {''.join(Path(name).suffixes) or '(no extension)'!r}; "
-            "use .csv, .csv.gz, .tsv(.gz), .parquet or .h5ad."
-        )
     if isinstance(item, (str, os.PathLike)):
         p = Path(item)
         if not p.exists():
@@ -326,7 +320,14 @@ def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Se
             raise CpDistillerError(f"{name}: not a file.")
         if p.stat().st_size == 0:
             raise CpDistillerError(f"{name}: file is empty.")
-        handle: Any = p
+    fmt = _format_of(name) or _sniff_format(item)
+    if fmt is None:
+        raise CpDistillerError(
+            f"{name}: unknown file format {''.join(Path(name).suffixes) or '(no extension)'!r}; "
+            "use .csv, .csv.gz, .tsv(.gz), .parquet or .h5ad."
+        )
+    if isinstance(item, (str, os.PathLike)):
+        handle: Any = Path(item)
     else:
         data = item.read()
         if not data:
@@ -383,7 +384,7 @@ def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | 
         warnings.warn(f"{name}: duplicated column name(s) {example_values(dups)}; later copies are read as "
                       f"'<name>.1', '<name>.2'…", CpDistillerWarning, stacklevel=2)
     if stored:
-        feats = [f for f in stored.get("features", []) if f in set(header)]
+        feats = _stored_features(stored, header, features, feature_regex, name)
     else:
         feats = feature_columns(header, features, feature_regex, name)
     fset = set(feats)
@@ -483,7 +484,7 @@ def _read_parquet(handle: Any, name: str, features: Sequence[str] | None,
         df = df.reset_index()  # a stored pandas index is data too: keep it as leading column(s)
     df.columns = [str(c) for c in df.columns]
     if stored:
-        feats = [f for f in stored.get("features", []) if f in set(df.columns)]
+        feats = _stored_features(stored, df.columns, features, feature_regex, name)
     else:
         feats = feature_columns(df.columns, features, feature_regex, name)
     fset = set(feats)
@@ -518,7 +519,7 @@ def _read_h5ad(handle: Any, name: str, features: Sequence[str] | None,
     if stored and stored.get("metadata_dtypes"):
         meta = _restore_dtypes(meta, stored["metadata_dtypes"], name)
     if stored:
-        feats = list(var_names)
+        feats = _stored_features(stored, var_names, features, feature_regex, name)
     elif features is None and feature_regex is None:
         feats = list(var_names)  # an AnnData's X is the feature matrix by construction
     else:
@@ -526,6 +527,16 @@ def _read_h5ad(handle: Any, name: str, features: Sequence[str] | None,
     pos = {v: i for i, v in enumerate(var_names)}
     X = np.ascontiguousarray(X[:, [pos[f] for f in feats]], dtype=np.float32)
     return meta, X, feats, stored
+
+
+def _stored_features(stored: Mapping[str, Any], columns: Iterable[str], features: Sequence[str] | None,
+                     feature_regex: str | None, name: str) -> list[str]:
+    """The feature list written with the file, optionally narrowed by a given list or regex."""
+    present = set(map(str, columns))
+    feats = [f for f in stored.get("features", []) if f in present]
+    if features is not None or feature_regex is not None:
+        feats = feature_columns(feats, features, feature_regex, name)
+    return feats
 
 
 def _read_sidecar(path: Path) -> dict | None:

@@ -431,6 +431,14 @@ def test_embedding_round_trip(tmp_path: Path, name: str) -> None:
     np.testing.assert_array_equal(q.X, Z)
 
 
+def test_feature_regex_narrows_stored_features(tmp_path: Path) -> None:
+    make_frame().to_csv(tmp_path / "in.csv", index=False)
+    p = read_profiles(tmp_path / "in.csv")
+    for name in ("s.parquet", "s.csv", "s.h5ad"):
+        q = read_profiles(write_profiles(p, tmp_path / name), feature_regex="^(Cells|Nuclei)_")
+        assert q.features == FEATURES[:2]
+
+
 def test_write_rejects_unknown_format(tmp_path: Path) -> None:
     make_frame().to_csv(tmp_path / "in.csv", index=False)
     p = read_profiles(tmp_path / "in.csv")
