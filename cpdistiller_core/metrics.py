@@ -290,13 +290,18 @@ def _copairs_map(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_d
 
 def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = True,
                         null_size: int = 10000, threshold: float = 0.05, seed: int = 0,
-                        include_positive_controls: bool = True) -> pd.DataFrame:
+                        include_positive_controls: bool = True, negatives: str = "auto",
+                        max_negative_pairs: int = 20_000_000) -> pd.DataFrame:
     """Phenotypic activity: mAP of each perturbation's replicate wells retrieved against negative controls.
 
     copairs ``average_precision`` with positives = wells of the same perturbation (in different well
     positions when ``replicates_in_different_wells``, so a shared position effect cannot create the
     match) and negatives = negative-control wells; then ``mean_average_precision`` (null of
     ``null_size`` random rankings, Benjamini–Hochberg FDR).
+
+    ``negatives``: "all" (every negative control), "same_plate" (the controls of the query's plate,
+    as in the JUMP pipelines; pairs stay linear in wells), or "auto": "all" unless that would exceed
+    ``max_negative_pairs`` treatment–control pairs. The choice is in ``result.attrs["negatives"]``.
 
     Returns one row per perturbation with columns: perturbation, n_replicates, mean_average_precision,
     mean_normalized_average_precision, p_value, corrected_p_value, below_p, below_corrected_p.
@@ -312,13 +317,21 @@ def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = 
     meta = meta[keep]
     X = emb.X[keep]
     pos_diffby = [_WELL] if replicates_in_different_wells else []
-    ap, mp = _copairs_map(meta, X, pos_sameby=[_PERT, _REF], pos_diffby=pos_diffby, neg_sameby=[],
+    if negatives not in ("auto", "all", "same_plate"):
+        raise CpDistillerError("negatives must be 'auto', 'all' or 'same_plate'.")
+    if negatives == "auto":
+        n_ctrl = int(neg[keep].sum())
+        negatives = "all" if (len(meta) - n_ctrl) * n_ctrl <= max_negative_pairs else "same_plate"
+    neg_sameby = [_PLATE] if negatives == "same_plate" else []
+    ap, mp = _copairs_map(meta, X, pos_sameby=[_PERT, _REF], pos_diffby=pos_diffby, neg_sameby=neg_sameby,
                           neg_diffby=[_PERT, _REF], group_by=[_PERT], null_size=null_size,
                           threshold=threshold, seed=seed)
     n_rep = meta.loc[~neg[keep], _PERT].value_counts()
     mp = mp[mp[_PERT] != "__negative_control__"].rename(columns={_PERT: "perturbation"})
     mp.insert(1, "n_replicates", mp["perturbation"].map(n_rep).astype(int))
-    return mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
+    out = mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
+    out.attrs["negatives"] = negatives
+    return out
 
 
 def consensus_profiles(emb: Profiles, *, exclude_negative: bool = True, how: str = "median",
@@ -768,7 +781,8 @@ def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None
     if act is not None:
         where = "different wells" if cfg.replicates_in_different_wells else "any well"
         record("activity_map", "", BIOLOGICAL,
-               lambda: (act["mean_average_precision"].mean(), len(act), f"replicates in {where} vs negative controls"))
+               lambda: (act["mean_average_precision"].mean(), len(act),
+                        f"replicates in {where} vs negative controls ({act.attrs.get('negatives', 'all')})"))
         record("activity_fraction", "", BIOLOGICAL,
                lambda: (act["below_corrected_p"].mean(), len(act), f"FDR < {cfg.threshold}"))
     tick("phenotypic activity")

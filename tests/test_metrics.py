@@ -145,6 +145,13 @@ def test_copairs_activity_matches_brute_force():
     np.testing.assert_allclose(act.loc[brute.index, "mean_average_precision"], brute, atol=1e-6)
     assert {"p_value", "corrected_p_value", "below_corrected_p", "n_replicates"} <= set(act.columns)
     assert (act["n_replicates"] >= 2).all()
+    assert act.attrs["negatives"] == "all"
+    same_plate = M.phenotypic_activity(emb, null_size=NULL, negatives="same_plate")
+    assert same_plate.attrs["negatives"] == "same_plate"
+    auto = M.phenotypic_activity(emb, null_size=NULL, max_negative_pairs=10)  # too many pairs: per plate
+    assert auto.attrs["negatives"] == "same_plate"
+    np.testing.assert_allclose(auto.set_index("perturbation")["mean_average_precision"],
+                               same_plate.set_index("perturbation")["mean_average_precision"])
 
 
 def test_random_embedding_low_map_and_near_zero_retrieval(screen):
