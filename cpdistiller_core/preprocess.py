@@ -15,11 +15,11 @@ Defaults follow the cpDistiller paper, which preprocesses with pycytominer:
 
 pycytominer's ``normalize`` works on one DataFrame per call; we vectorise it per plate in numpy
 (float64 arithmetic, identical formula; the tests check it against pycytominer on real plates).
-``correlation_threshold`` and ``frequency_threshold`` are re-implemented with pycytominer's decision
-rules but vectorised (pycytominer builds a long pair table with a per-pair ``apply``, and runs one
-``value_counts`` per feature: ~25 s each on 100k wells x 1,500 features); the tests check they select
-the same features as pycytominer. ``drop_na_columns``, ``variance_threshold`` and ``blocklist`` call
-pycytominer itself.
+``correlation_threshold``, ``frequency_threshold`` and ``variance_threshold`` are re-implemented with
+pycytominer's decision rules but vectorised and chunked (pycytominer builds a long pair table with a
+per-pair ``apply``, runs one ``value_counts`` per feature, and sklearn's variance copies the matrix to
+float64: 10-25 s each and GBs of memory on 100k wells x 1,500 features); the tests check they select
+the same features as pycytominer. ``drop_na_columns`` and ``blocklist`` call pycytominer itself.
 """
 
 from __future__ import annotations
@@ -239,8 +239,10 @@ def correlation_threshold(X: np.ndarray, features: Sequence[str], threshold: flo
         return []
     mean = X.mean(axis=0, dtype=np.float64).astype(X.dtype)
     gram = np.zeros((p, p))
+    buf = np.empty((min(chunk_rows, n), p), dtype=X.dtype)  # reused: no fresh pages per chunk
     for s in range(0, n, chunk_rows):
-        C = X[s:s + chunk_rows] - mean
+        C = buf[:min(chunk_rows, n - s)]
+        np.subtract(X[s:s + chunk_rows], mean, out=C)
         gram += C.T @ C
     d = np.sqrt(np.diag(gram))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -256,6 +258,23 @@ def correlation_threshold(X: np.ndarray, features: Sequence[str], threshold: flo
         a, b = np.nonzero(np.tril(corr > threshold, k=-1))  # a > b: pycytominer's (pair_a, pair_b)
     excluded = np.unique(np.where(rank[a] > rank[b], a, b))
     return [features[i] for i in excluded]
+
+
+def variance_threshold(X: np.ndarray, features: Sequence[str], min_variance: float = 1e-6) -> list[str]:
+    """Low-variance features, pycytominer's ``variance_threshold`` rule (sklearn ``VarianceThreshold``:
+    population variance <= ``min_variance``; with 0, the peak-to-peak range decides constant columns).
+
+    Computed in float64 over row chunks: sklearn first copies the matrix to float64 and ``nanvar``
+    adds temporaries, about 4x the data in memory and ~15 s on 100k wells x 1,500 features.
+    """
+    X = np.asarray(X)
+    if X.shape[0] == 0:
+        return list(features)
+    var = _mean_std(X)[1] ** 2
+    if min_variance == 0:
+        var = np.minimum(var, np.ptp(X, axis=0))
+    bad = ~(var > min_variance)
+    return [f for f, b in zip(features, bad) if b]
 
 
 def frequency_threshold(X: np.ndarray, features: Sequence[str], freq_cut: float = 0.05,
@@ -276,18 +295,18 @@ def frequency_threshold(X: np.ndarray, features: Sequence[str], freq_cut: float 
         S = np.sort(X[:, j0:j0 + chunk_cols], axis=0).T  # (k, n): one sorted feature per row
         k = S.shape[0]
         new = np.ones(S.shape, dtype=bool)
-        new[:, 1:] = S[:, 1:] != S[:, :-1]
-        starts = np.flatnonzero(new.ravel())
-        lengths = np.diff(np.append(starts, k * n))
-        col = starts // n
-        n_unique = np.bincount(col, minlength=k)
-        order = np.lexsort((-lengths, col))  # by column, longest run first
-        first = np.searchsorted(col[order], np.arange(k))
-        top1 = lengths[order[first]]
-        second = np.minimum(first + 1, len(order) - 1)
-        top2 = np.where(n_unique >= 2, lengths[order[second]], 0)
-        ratio = top2 / top1
-        bad = (ratio < freq_cut) | (n_unique / n < unique_cut)
+        np.not_equal(S[:, 1:], S[:, :-1], out=new[:, 1:])
+        n_unique = new.sum(axis=1)
+        starts = np.flatnonzero(new.ravel())  # run starts; every column starts a run at its first value
+        lengths = np.diff(starts, append=k * n)
+        seg = np.concatenate([[0], np.cumsum(n_unique)[:-1]])  # first run of each column
+        top1 = np.maximum.reduceat(lengths, seg)
+        is_top = lengths == np.repeat(top1, n_unique)
+        n_top = np.add.reduceat(is_top.astype(np.int64), seg)
+        rest = np.where(is_top, 0, lengths)
+        top2 = np.where(n_top >= 2, top1, np.maximum.reduceat(rest, seg))
+        top2 = np.where(n_unique >= 2, top2, 0)
+        bad = (top2 / top1 < freq_cut) | (n_unique / n < unique_cut)
         excluded += [features[j0 + i] for i in np.flatnonzero(bad)]
     return excluded
 
@@ -308,7 +327,7 @@ def select_features(profiles: Profiles, operations: Sequence[str] = FEATURE_OPER
     drop NaN-heavy features and incomplete wells first (``preprocess`` does).
     """
     from pycytominer.cyto_utils.blocklist import get_blocklist_features
-    from pycytominer.operations import get_na_columns, variance_threshold
+    from pycytominer.operations import get_na_columns
 
     progress = progress or no_progress
     unknown = [op for op in operations if op not in FEATURE_OPERATIONS]
@@ -333,8 +352,8 @@ def select_features(profiles: Profiles, operations: Sequence[str] = FEATURE_OPER
             for f in get_na_columns(df, features=names, cutoff=na_cutoff):
                 reasons[f] = f"NaN in {frac[pos[f]]:.1%} of wells (> {na_cutoff:.0%})"
         elif op == "variance_threshold":
-            var = X.var(axis=0, dtype=np.float64)
-            for f in variance_threshold(df, features=names, min_variance=min_variance):
+            var = _mean_std(X)[1] ** 2
+            for f in variance_threshold(X, names, min_variance=min_variance):
                 reasons[f] = ("constant (variance 0)" if var[pos[f]] == 0
                               else f"variance {var[pos[f]]:.3g} < {min_variance:g}")
         elif op == "frequency_threshold":
@@ -384,9 +403,12 @@ def _mean_std(X: np.ndarray, chunk_rows: int = 8192) -> tuple[np.ndarray, np.nda
     n = max(X.shape[0], 1)
     mean = X.sum(axis=0, dtype=np.float64) / n
     ss = np.zeros(X.shape[1])
+    buf = np.empty((min(chunk_rows, X.shape[0]), X.shape[1]), dtype=X.dtype)
     for s in range(0, X.shape[0], chunk_rows):
-        d = X[s:s + chunk_rows] - mean.astype(X.dtype)
-        ss += np.einsum("ij,ij->j", d, d, dtype=np.float64)
+        d = buf[:min(chunk_rows, X.shape[0] - s)]
+        np.subtract(X[s:s + chunk_rows], mean.astype(X.dtype), out=d)
+        np.multiply(d, d, out=d)
+        ss += d.sum(axis=0, dtype=np.float64)
     return mean, np.sqrt(ss / n)
 
 

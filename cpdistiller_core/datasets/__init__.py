@@ -32,9 +32,13 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=4)
 def load_demo(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 4, n_features: int = 300) -> DemoScreen:
     """The demo screen, built once per setting and cached (treat it as read-only)."""
+    return _cached_demo(int(seed), int(n_batches), int(plates_per_batch), int(n_features))
+
+
+@lru_cache(maxsize=4)
+def _cached_demo(seed: int, n_batches: int, plates_per_batch: int, n_features: int) -> DemoScreen:
     return make_demo_screen(seed=seed, n_batches=n_batches, plates_per_batch=plates_per_batch,
                             n_features=n_features)
 

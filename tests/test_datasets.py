@@ -1,0 +1,165 @@
+"""The demo screen: technical effects where they belong, biology in the truth, determinism, GMT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from cpdistiller_core.datasets import (
+    GENE_GROUPS,
+    GMT_PATH,
+    demo_gene_sets,
+    demo_profiles,
+    gene_sets,
+    gmt_text,
+    load_demo,
+    make_demo_screen,
+    read_gmt,
+)
+from cpdistiller_core.io import detect_roles
+from cpdistiller_core.profiles import NEGATIVE, POSITIVE
+
+
+@pytest.fixture(scope="module")
+def screen():
+    return make_demo_screen(seed=0)
+
+
+def _negcon_z(p):
+    """Negative controls standardised per feature, each plate centred (isolates well position)."""
+    neg = p.negative_mask
+    X = p.X[neg].astype(np.float64)
+    Z = (X - X.mean(0)) / X.std(0)
+    Z = Z - pd.DataFrame(Z).groupby(p.plate[neg]).transform("mean").to_numpy()
+    return Z, p.row[neg], p.col[neg]
+
+
+def _explained(Z: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of the (centred) variance explained by group means."""
+    Z = Z - Z.mean(0)
+    means = pd.DataFrame(Z).groupby(labels).transform("mean").to_numpy()
+    return float((means**2).sum() / (Z**2).sum())
+
+
+def _distance_by_offset(Z: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    M = pd.DataFrame(Z).groupby(labels).mean().reindex(range(n)).to_numpy()
+    return np.array([np.mean(np.linalg.norm(M[k:] - M[:-k], axis=1)) for k in range(1, n)])
+
+
+def test_shape_metadata_and_roles(screen):
+    p, t = screen.profiles, screen.truth
+    assert p.n_wells == 3 * 4 * 384 and p.n_features == 300 and p.geometry.n_wells == 384
+    assert p.meta is t.meta and p.features == t.features
+    for col in ("Metadata_Batch", "Metadata_Plate", "Metadata_Well", "Metadata_pert_iname", "Metadata_Symbol",
+                "Metadata_pert_type", "Metadata_target", "Metadata_pathway", "Metadata_Count_Cells"):
+        assert col in p.meta.columns
+    assert set(p.meta["Metadata_pert_type"]) == {"negcon", "poscon", "trt"}
+    assert (p.control == NEGATIVE).sum() > 0 and (p.control == POSITIVE).sum() > 0
+    assert len(np.unique(p.batch)) == 3 and len(np.unique(p.plate)) == 12
+    # realistic CellProfiler names across compartments, channels and feature families
+    for prefix in ("Cells_AreaShape_", "Nuclei_Intensity_", "Cytoplasm_Texture_", "_Granularity_",
+                   "_RadialDistribution_", "_Correlation_"):
+        assert any(prefix in f for f in p.features), prefix
+    assert any(f.endswith("_Mito_3_00_256") for f in p.features)
+    # io's auto-detection (pycytominer/JUMP names) finds the same roles, apart from the annotation,
+    # where it prefers the gene-symbol column
+    auto = detect_roles(p.meta)
+    for role in ("plate", "well", "batch", "perturbation", "control"):
+        assert getattr(auto, role) == getattr(p.roles, role), role
+    assert auto.negative_values == ("negcon",)
+    # compounds: pipe-separated real targets; genes from the shipped groups
+    cpd = p.meta[p.meta["Metadata_modality"] == "compound"]
+    assert cpd["Metadata_target"].str.contains("|", regex=False).any()
+    genes = set(p.meta.loc[p.meta["Metadata_modality"] == "crispr", "Metadata_Symbol"].dropna())
+    assert genes == {g for grp in GENE_GROUPS.values() for g in grp.genes}
+    # negative controls on edge wells too; replicates of every treatment
+    neg = p.negative_mask
+    assert ((p.row[neg] == 0) | (p.row[neg] == 15) | (p.col[neg] == 0) | (p.col[neg] == 23)).sum() > 20
+    reps = p.meta.loc[p.control == "treatment", "Metadata_pert_iname"].value_counts()
+    assert reps.min() >= 3
+    # plates share layouts, as real screens do, but not all the same
+    maps = p.meta.groupby("Metadata_Plate")["Metadata_plate_map_name"].first()
+    assert 1 < maps.nunique() < len(maps)
+    assert p.meta["Metadata_Count_Cells"].between(100, 20000).all()
+
+
+def test_row_and_column_effects_present_and_monotone(screen):
+    Z, row, col = _negcon_z(screen.profiles)
+    chance_row, chance_col = 15 / len(Z), 23 / len(Z)
+    assert _explained(Z, row) > 4 * chance_row
+    assert _explained(Z, col) > 4 * chance_col
+    d_row = _distance_by_offset(Z, row, 16)
+    d_col = _distance_by_offset(Z, col, 24)
+    assert spearmanr(np.arange(15), d_row)[0] > 0.9 and d_row[-1] > 2 * d_row[0]
+    assert spearmanr(np.arange(23), d_col)[0] > 0.9 and d_col[-1] > 2 * d_col[0]
+
+
+def test_truth_is_free_of_position_and_batch_effects(screen):
+    Z, row, col = _negcon_z(screen.truth)
+    assert _explained(Z, row) < 2 * 15 / len(Z)
+    assert _explained(Z, col) < 2 * 23 / len(Z)
+    assert abs(spearmanr(np.arange(15), _distance_by_offset(Z, row, 16))[0]) < 0.6
+    for p, low in ((screen.truth, True), (screen.profiles, False)):
+        neg = p.negative_mask
+        X = p.X[neg].astype(np.float64)
+        Zb = (X - X.mean(0)) / X.std(0)
+        frac = _explained(Zb, p.batch[neg])
+        assert (frac < 0.02) if low else (frac > 0.05)
+
+
+def test_same_group_genes_are_closer_in_truth(screen):
+    t = screen.truth
+    neg = t.negative_mask
+    Z = (t.X - t.X[neg].mean(0)) / t.X[neg].std(0)
+    crispr = (t.meta["Metadata_modality"] == "crispr").to_numpy() & (t.control == "treatment")
+    means = pd.DataFrame(Z[crispr]).groupby(t.meta["Metadata_Symbol"].to_numpy()[crispr]).mean()
+    table = screen.perturbations.set_index("perturbation")
+    active = table.loc[means.index, "active"].to_numpy(bool)
+    group = table.loc[means.index, "pathway"].to_numpy()[active]
+    M = means.to_numpy()[active]
+    M /= np.linalg.norm(M, axis=1, keepdims=True)
+    C = M @ M.T
+    same = (group[:, None] == group[None]) & ~np.eye(len(M), dtype=bool)
+    assert C[same].mean() > C[group[:, None] != group[None]].mean() + 0.2
+    # inactive (olfactory) genes look like negative controls; active genes do not
+    norms = np.linalg.norm(means.to_numpy(), axis=1)
+    assert norms[~active].max() < np.median(norms[active])
+    # compounds resemble their targets' group
+    cpd = t.meta["Metadata_pert_iname"].to_numpy() == "bortezomib"
+    prot = np.isin(t.meta["Metadata_Symbol"].to_numpy(), GENE_GROUPS["PROTEASOME"].genes)
+    ribo = np.isin(t.meta["Metadata_Symbol"].to_numpy(), GENE_GROUPS["CYTOSOLIC_RIBOSOME"].genes)
+    v, a, b = Z[cpd].mean(0), Z[prot].mean(0), Z[ribo].mean(0)
+    assert v @ a / np.linalg.norm(a) > v @ b / np.linalg.norm(b)
+
+
+def test_deterministic_by_seed():
+    a, b, c = make_demo_screen(seed=3, n_batches=2, plates_per_batch=2), \
+        make_demo_screen(seed=3, n_batches=2, plates_per_batch=2), make_demo_screen(seed=4, n_batches=2,
+                                                                                    plates_per_batch=2)
+    assert np.array_equal(a.profiles.X, b.profiles.X) and np.array_equal(a.truth.X, b.truth.X)
+    pd.testing.assert_frame_equal(a.profiles.meta, b.profiles.meta)
+    assert not np.allclose(a.profiles.X, c.profiles.X)
+    assert a.profiles.features == c.profiles.features  # the feature set depends on n_features only
+
+
+def test_sizes_and_switches():
+    s = make_demo_screen(seed=1, n_batches=1, plates_per_batch=2, n_features=120, row_effect=0, column_effect=0,
+                         edge_effect=0, batch_effect=0, plate_effect=0)
+    assert s.profiles.n_features == 120 and s.profiles.n_wells == 768
+    # with every technical effect off, measured equals truth
+    np.testing.assert_allclose(s.profiles.X, s.truth.X, rtol=1e-5)
+
+
+def test_gmt_matches_definitions():
+    assert GMT_PATH.read_text(encoding="utf-8") == gmt_text()
+    assert demo_gene_sets() == gene_sets() == read_gmt(GMT_PATH)
+    for line in GMT_PATH.read_text().splitlines():
+        assert line.split("\t")[1].startswith("cpDistiller demo subset")
+    assert sum(len(v) for v in demo_gene_sets().values()) >= 80
+
+
+def test_load_demo_is_cached():
+    assert load_demo() is load_demo()
+    assert demo_profiles() is load_demo().profiles and demo_profiles(truth=True) is load_demo().truth

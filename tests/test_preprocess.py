@@ -1,0 +1,312 @@
+"""Preprocessing: pycytominer agreement on real plates, dropped features/wells with reasons, apply()."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from pycytominer import normalize
+from pycytominer.operations import correlation_threshold as pcm_correlation_threshold
+from pycytominer.operations import frequency_threshold as pcm_frequency_threshold
+from pycytominer.operations import variance_threshold as pcm_variance_threshold
+
+from cpdistiller_core.errors import CpDistillerError, CpDistillerWarning
+from cpdistiller_core.preprocess import (
+    PreprocessConfig,
+    PreprocessReport,
+    clip_outliers,
+    correlation_threshold,
+    frequency_threshold,
+    mad_normalize,
+    mad_normalize_array,
+    preprocess,
+    select_features,
+    variance_threshold,
+    zscore,
+)
+from cpdistiller_core.profiles import Profiles, Roles
+
+ROLES = Roles(plate="Metadata_Plate", well="Metadata_Well", control="Metadata_pert_type",
+              negative_values=("negcon",), perturbation="Metadata_pert_iname")
+
+
+def _toy(n_plates: int = 3, p: int = 12, seed: int = 0) -> Profiles:
+    """Small 96-well plates: 16 negative controls per plate, plate-specific offsets and scales."""
+    rng = np.random.default_rng(seed)
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+    metas, xs = [], []
+    for k in range(n_plates):
+        ctrl = np.array(["trt"] * 96, dtype=object)
+        ctrl[rng.choice(96, 16, replace=False)] = "negcon"
+        metas.append(pd.DataFrame({
+            "Metadata_Plate": f"P{k}", "Metadata_Well": wells, "Metadata_pert_type": ctrl,
+            "Metadata_pert_iname": [f"cpd{i % 20}" for i in range(96)], "Metadata_note": "free text, kept",
+        }))
+        xs.append(rng.normal(10 * k, 1 + k, size=(96, p)) * rng.uniform(1, 5, p))
+    meta = pd.concat(metas, ignore_index=True)
+    return Profiles(meta, np.vstack(xs), [f"Cells_F{i}" for i in range(p)], ROLES)
+
+
+# ----- MAD normalisation -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def varchamp(shared_data):
+    files = sorted((shared_data / "varchamp_b14").glob("*_augmented.csv.gz"))
+    assert len(files) == 4
+    df = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    feats = [c for c in df.columns if c.split("_")[0] in ("Cells", "Nuclei", "Cytoplasm", "Image")
+             and pd.api.types.is_numeric_dtype(df[c])]
+    meta_cols = [c for c in df.columns if c not in set(feats)]
+    roles = Roles(plate="Metadata_Plate", well="Metadata_Well", control="Metadata_node_type",
+                  negative_values=("NC",), perturbation="Metadata_gene_allele")
+    prof = Profiles(df[meta_cols], df[feats].to_numpy(), feats, roles, source="varchamp_b14")
+    return df, feats, meta_cols, prof
+
+
+def _pycytominer_per_plate(df: pd.DataFrame, feats: list[str], meta_cols: list[str]) -> np.ndarray:
+    """pycytominer.normalize per plate. Features go in blocks of 200: the result is the same (the
+    MAD is per feature), and pandas' query on a 4,000-column frame costs ~10 s per call."""
+    out = np.empty((len(df), len(feats)))
+    for _, part in df.groupby("Metadata_Plate", sort=False):
+        rows = part.index.to_numpy()
+        for j in range(0, len(feats), 200):
+            block = feats[j:j + 200]
+            norm = normalize(part[meta_cols + block], features=block, meta_features=meta_cols,
+                             method="mad_robustize", samples="Metadata_node_type == 'NC'")
+            out[rows, j:j + 200] = norm[block].to_numpy()
+    return out
+
+
+def test_mad_normalisation_matches_pycytominer_on_varchamp(varchamp):
+    df, feats, meta_cols, prof = varchamp
+    assert df[feats].isna().to_numpy().any()  # the raw plates hold missing Neighbors values
+    # (a) the float64 arithmetic on the raw CSV values: pycytominer's result to the last few bits
+    ref = _pycytominer_per_plate(df, feats, meta_cols)
+    ours64, zero_mad = mad_normalize_array(df[feats].to_numpy(), df["Metadata_Plate"].to_numpy(),
+                                           (df["Metadata_node_type"] == "NC").to_numpy())
+    np.testing.assert_allclose(ours64, ref, rtol=1e-9, atol=1e-12, equal_nan=True)
+    assert np.array_equal(np.isnan(ours64), np.isnan(ref))
+    assert len(zero_mad) == 4 and any(m.any() for m in zero_mad.values())  # constant image-area features
+    # (b) Profiles hold float32: pycytominer on those same float32 values agrees to float32 rounding
+    # (checked on every feature with missing values and every 4th other feature, to keep the test short)
+    has_nan = df[feats].isna().any().to_numpy()
+    cols = np.flatnonzero(has_nan | (np.arange(len(feats)) % 4 == 0))
+    sub = [feats[i] for i in cols]
+    df32 = pd.concat([df[meta_cols], pd.DataFrame(prof.X[:, cols].astype(np.float64), columns=sub)], axis=1)
+    ref32 = _pycytominer_per_plate(df32, sub, meta_cols)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CpDistillerWarning)  # negative controls everywhere: no warning
+        ours = mad_normalize(prof)
+    assert ours.X.dtype == np.float32
+    np.testing.assert_allclose(ours.X[:, cols], ref32, rtol=1e-6, atol=1e-12, equal_nan=True)
+    assert list(ours.meta.columns) == meta_cols
+
+
+def test_feature_selection_rules_match_pycytominer_on_varchamp(varchamp):
+    df, feats, _, prof = varchamp
+    complete = np.isfinite(prof.X).all(axis=1)
+    raw = prof.X[complete]
+    # variance on raw values, where small-valued features fall under the cut
+    ours = sorted(variance_threshold(raw, feats, min_variance=1e-4))
+    theirs = sorted(pcm_variance_threshold(pd.DataFrame(raw, columns=feats), features=feats, min_variance=1e-4))
+    assert ours == theirs and 0 < len(ours) < len(feats)
+    # frequency on raw values with cuts that split the integer-valued features from the rest
+    ours = sorted(frequency_threshold(raw, feats, freq_cut=0.2, unique_cut=0.5))
+    theirs = sorted(pcm_frequency_threshold(pd.DataFrame(raw, columns=feats), features=feats,
+                                            freq_cut=0.2, unique_cut=0.5))
+    assert ours == theirs and 0 < len(ours) < len(feats)
+    # correlation on normalised values (a fixed subset keeps pycytominer's pair table small)
+    norm = mad_normalize(prof).X[complete]
+    finite_cols = np.isfinite(norm).all(axis=0) & (np.abs(norm) < 1e6).all(axis=0) & (norm.std(axis=0) > 0)
+    cols = np.flatnonzero(finite_cols)[::4]
+    sub, names = norm[:, cols], [feats[i] for i in cols]
+    ours = sorted(correlation_threshold(sub, names, 0.9))
+    theirs = sorted(pcm_correlation_threshold(pd.DataFrame(sub.astype(np.float64), columns=names),
+                                              features=names, threshold=0.9))
+    assert ours == theirs and 0 < len(ours) < len(names)
+
+
+def test_preprocess_varchamp_reports_every_drop(varchamp):
+    _, feats, meta_cols, prof = varchamp
+    with pytest.warns(CpDistillerWarning, match="missing values"):
+        out, rep = preprocess(prof)
+    assert list(out.meta.columns) == meta_cols
+    assert set(rep.kept_features) | {d["feature"] for d in rep.dropped_features} == set(feats)
+    assert not set(rep.kept_features) & {d["feature"] for d in rep.dropped_features}
+    steps = {d["step"] for d in rep.dropped_features}
+    assert {"normalize", "correlation_threshold", "blocklist"} <= steps
+    # the 17 NaNs sit in Neighbors features; wells are dropped only for NaN in a kept feature
+    assert rep.n_wells_out == out.n_wells == prof.n_wells - len(rep.dropped_rows)
+    for r in rep.dropped_rows:
+        assert r["reason"].startswith("missing value") and r["plate"].startswith("2025_01_28")
+        assert np.isnan(prof.subset(features=rep.kept_features).X[r["position"]]).any()
+    assert np.isfinite(out.X).all()
+    np.testing.assert_allclose(out.X.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(out.X.std(axis=0), 1, atol=1e-3)
+
+
+# ----- errors and warnings -----------------------------------------------------------------------------
+def test_plate_without_negative_controls_is_named():
+    prof = _toy()
+    meta = prof.meta.copy()
+    meta.loc[meta["Metadata_Plate"] == "P1", "Metadata_pert_type"] = "trt"
+    bad = prof.replace(meta=meta)
+    with pytest.raises(CpDistillerError, match=r"'P1'.*normalize_samples=\"all\""):
+        preprocess(bad)
+    with pytest.raises(CpDistillerError, match="'P1'"):
+        mad_normalize(bad)
+    with pytest.warns(CpDistillerWarning, match="all wells"):
+        out, rep = preprocess(bad, PreprocessConfig(normalize_samples="all"))
+    assert any("all wells" in w for w in rep.warnings)
+
+
+def test_no_control_role_and_bad_settings_raise():
+    prof = _toy()
+    no_ctrl = prof.replace(roles=Roles(plate="Metadata_Plate", well="Metadata_Well"))
+    with pytest.raises(CpDistillerError, match="negative controls"):
+        preprocess(no_ctrl)
+    with pytest.raises(CpDistillerError, match="unknown feature-selection"):
+        PreprocessConfig(operations=("variance_threshold", "magic"))
+    with pytest.raises(CpDistillerError, match="corr_threshold"):
+        PreprocessConfig(corr_threshold=1.5)
+    with pytest.raises(CpDistillerError, match="cannot evaluate"):
+        mad_normalize(prof, samples="Metadata_nope == 3")
+
+
+def test_query_samples_equal_negcon():
+    prof = _toy()
+    a = mad_normalize(prof).X
+    b = mad_normalize(prof, samples="Metadata_pert_type == 'negcon'").X
+    assert np.array_equal(a, b)
+
+
+# ----- dropped features and wells ----------------------------------------------------------------------
+def _with_problems() -> Profiles:
+    prof = _toy(p=12)
+    X = prof.X.copy()
+    X[:, 0] = np.nan                         # all NaN
+    X[:, 1] = 7.0                            # constant
+    X[::3, 2] = np.nan                       # NaN-heavy (33 %)
+    X[:, 3] = X[:, 4] * 2 + 1e-4 * X[:, 5]   # a near copy of feature 4
+    X[:, 6] = -X[:, 7]                       # anticorrelated: pycytominer keeps both
+    X[5, 8] = np.nan                         # one missing value in a kept feature
+    X[9, 9] = np.inf                         # one infinite value
+    return prof.with_features(X, prof.features)
+
+
+def test_every_dropped_feature_and_well_has_a_reason():
+    prof = _with_problems()
+    with pytest.warns(CpDistillerWarning):
+        out, rep = preprocess(prof, PreprocessConfig(drop_zero_mad=False))
+    reasons = {d["feature"]: (d["step"], d["reason"]) for d in rep.dropped_features}
+    assert reasons["Cells_F0"][0] == "drop_na_columns" and "100.0%" in reasons["Cells_F0"][1]
+    assert reasons["Cells_F1"][0] in ("variance_threshold", "frequency_threshold")
+    assert reasons["Cells_F2"][0] == "drop_na_columns"
+    assert [reasons.get(f, ("",))[0] for f in ("Cells_F3", "Cells_F4")].count("correlation_threshold") == 1
+    assert "Cells_F6" in out.features and "Cells_F7" in out.features
+    assert [r["position"] for r in rep.dropped_rows] == [5, 9]
+    assert rep.dropped_rows[0]["plate"] == "P0" and rep.dropped_rows[0]["well"] == prof.well[5]
+    assert any("infinite" in w for w in rep.warnings)
+    # every metadata column and every other row survives
+    assert list(out.meta.columns) == list(prof.meta.columns)
+    assert list(out.meta.index) == [i for i in prof.meta.index if i not in (5, 9)]
+    table = rep.features_table()
+    assert len(table) == prof.n_features and table["kept"].sum() == out.n_features
+
+
+def test_zero_mad_features_are_dropped_with_the_plate():
+    prof = _toy()
+    X = prof.X.copy()
+    neg = prof.negative_mask & (prof.plate == "P2")
+    X[neg, 3] = 1.5  # constant among P2's controls only
+    out, rep = preprocess(prof.with_features(X, prof.features))
+    (d,) = [d for d in rep.dropped_features if d["feature"] == "Cells_F3"]
+    assert d["step"] == "normalize" and "'P2'" in d["reason"]
+
+
+def test_nan_rows_zero_keeps_wells():
+    prof = _with_problems()
+    with pytest.warns(CpDistillerWarning, match="set to 0"):
+        out, rep = preprocess(prof, PreprocessConfig(nan_rows="zero"))
+    assert out.n_wells == prof.n_wells and rep.dropped_rows == [] and rep.n_imputed_values == 2
+    assert np.isfinite(out.X).all()
+
+
+# ----- steps, report and apply -------------------------------------------------------------------------
+def test_clip_and_zscore():
+    prof = _toy()
+    X = prof.X.copy()
+    X[0, 0] = 1e6
+    clipped = clip_outliers(prof.with_features(X, prof.features), 30.0)
+    assert clipped.X.max() == 30.0 and clipped.X[1:, 0].tolist() == np.clip(X[1:, 0], -30, 30).tolist()
+    z, mean, std = zscore(prof)
+    np.testing.assert_allclose(z.X.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.X.std(axis=0), 1, atol=1e-5)
+    np.testing.assert_allclose(mean, prof.X.astype(np.float64).mean(axis=0), rtol=1e-12)
+    again, _, _ = zscore(prof, mean, std)
+    assert np.array_equal(again.X, z.X)
+
+
+def test_report_roundtrip_and_apply(tmp_path):
+    prof = _with_problems()
+    with pytest.warns(CpDistillerWarning):
+        out, rep = preprocess(prof)
+    rep.save(tmp_path / "report.json")
+    loaded = PreprocessReport.load(tmp_path / "report.json")
+    assert loaded.to_dict() == json.loads(rep.to_json())
+    assert loaded.config == rep.config
+    assert len(loaded.zscore_table()) == len(rep.kept_features)
+    assert loaded.dropped_rows_table()["position"].tolist() == [5, 9]
+    # the same data through apply(): identical output
+    with pytest.warns(CpDistillerWarning):
+        again = loaded.apply(prof)
+    assert again.features == out.features and np.array_equal(again.X, out.X)
+    assert list(again.meta.index) == list(out.meta.index)
+    # a new plate: normalised on its own controls, stored z-score parameters
+    new = _toy(n_plates=4, seed=5).subset(rows=np.arange(3 * 96, 4 * 96))
+    applied = loaded.apply(new)
+    assert applied.features == rep.kept_features and applied.n_wells == 96
+    manual = mad_normalize(new.subset(features=rep.kept_features)).X.clip(-30, 30)
+    expected = (manual - np.asarray(rep.zscore_mean, np.float32)) / np.asarray(rep.zscore_std, np.float32)
+    np.testing.assert_allclose(applied.X, expected, rtol=1e-5, atol=1e-5)
+    # missing features are refused by name
+    with pytest.raises(CpDistillerError, match="Cells_F4|Cells_F5"):
+        loaded.apply(new.subset(features=["Cells_F0", "Cells_F1"]))
+
+
+def test_select_features_refuses_missing_values_for_complete_data_operations():
+    prof = _with_problems()
+    with pytest.raises(CpDistillerError, match="complete data"):
+        select_features(prof, ["correlation_threshold"])
+
+
+def test_correlation_and_frequency_rules_match_pycytominer_synthetic():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(500, 30))
+    X = np.hstack([base, base[:, :10] + 0.2 * rng.normal(size=(500, 10)), -base[:, 10:15],
+                   rng.integers(0, 3, size=(500, 5)).astype(float)]).astype(np.float32)
+    names = [f"Cells_X{i}" for i in range(X.shape[1])]
+    df = pd.DataFrame(X.astype(np.float64), columns=names)
+    ours = sorted(correlation_threshold(X, names, 0.9))
+    assert ours == sorted(pcm_correlation_threshold(df, features=names, threshold=0.9))
+    assert len(ours) == 10  # one of each near copy; the anticorrelated copies stay
+    ours = sorted(frequency_threshold(X, names, freq_cut=0.05, unique_cut=0.01))
+    assert ours == sorted(pcm_frequency_threshold(df, features=names, freq_cut=0.05, unique_cut=0.01))
+    assert ours == names[-5:]
+
+
+def test_frequency_rule_matches_pycytominer_on_random_discrete_data():
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        n, p = int(rng.integers(1, 60)), int(rng.integers(1, 20))
+        X = rng.integers(0, int(rng.integers(1, 6)), size=(n, p)).astype(np.float32)
+        if trial % 3 == 0:
+            X[:, : p // 2] = rng.normal(size=(n, p // 2))
+        names = [f"Cells_{i}" for i in range(p)]
+        fc, uc = rng.uniform(0, 1), rng.uniform(0, 1)
+        ours = sorted(frequency_threshold(X, names, fc, uc))
+        theirs = pcm_frequency_threshold(pd.DataFrame(X.astype(np.float64), columns=names), features=names,
+                                         freq_cut=fc, unique_cut=uc)
+        assert ours == sorted(theirs), trial
