@@ -24,6 +24,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -105,6 +106,18 @@ JUMP_POSITIVE_CONTROLS = frozenset({
     "JCP2022_050797", "JCP2022_012818", "JCP2022_085227", "JCP2022_805264", "JCP2022_915132",
 })
 _COLUMN_ROLES = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
+
+
+_NOTES: ContextVar[list[str] | None] = ContextVar("cpdistiller_io_notes", default=None)
+
+
+def _warn(message: str) -> None:
+    """A CpDistillerWarning, or a note collected by the enclosing read_profiles_with_report."""
+    sink = _NOTES.get()
+    if sink is None:
+        warnings.warn(message, CpDistillerWarning, stacklevel=3)
+    else:
+        sink.append(message)
 
 
 # ----- reports ------------------------------------------------------------------------------------
@@ -199,8 +212,8 @@ def read_profiles_with_report(
     else:
         spec = roles
     collected: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CpDistillerWarning)
+    token = _NOTES.set(collected)  # per thread/context: safe under Streamlit's script threads
+    try:
         loaded = [_read_one(item, spec, features, feature_regex, source) for item in items]
         profiles, reasons = loaded[0]
         creport = None
@@ -209,10 +222,8 @@ def read_profiles_with_report(
             if creport.batch_added:
                 reasons = {**reasons, "batch": f"one batch per input file, new column {creport.batch_column!r} "
                                                "(--batch-from-file)"}
-    collected += [str(w.message) for w in caught if issubclass(w.category, CpDistillerWarning)]
-    for w in caught:  # re-emit foreign warnings untouched
-        if not issubclass(w.category, CpDistillerWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    finally:
+        _NOTES.reset(token)
     collected += validate(profiles)
     if emit_warnings:
         for msg in collected:
@@ -381,8 +392,8 @@ def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | 
     raw = _raw_header(handle, name, sep)
     dups = sorted({h for h in raw if raw.count(h) > 1})
     if dups:
-        warnings.warn(f"{name}: duplicated column name(s) {example_values(dups)}; later copies are read as "
-                      f"'<name>.1', '<name>.2'…", CpDistillerWarning, stacklevel=2)
+        _warn(f"{name}: duplicated column name(s) {example_values(dups)}; later copies are read as "
+              f"'<name>.1', '<name>.2'…")
     if stored:
         feats = _stored_features(stored, header, features, feature_regex, name)
     else:
@@ -584,8 +595,7 @@ def _restore_dtypes(meta: pd.DataFrame, dtypes: Mapping[str, str], name: str) ->
             else:
                 meta[c] = s.astype(want)
         except (TypeError, ValueError):
-            warnings.warn(f"{where(name, c)}cannot restore the recorded dtype {want}; kept {s.dtype}.",
-                          CpDistillerWarning, stacklevel=2)
+            _warn(f"{where(name, c)}cannot restore the recorded dtype {want}; kept {s.dtype}.")
     return meta
 
 
@@ -874,8 +884,8 @@ def _match_values(s: pd.Series, given: Sequence[str], column: str, source: str |
         else:
             missing.append(g)
     if missing:
-        warnings.warn(f"{where(source, column)}control value(s) {missing} do not occur; values there include "
-                      f"{example_values(list(present.values()))}.", CpDistillerWarning, stacklevel=3)
+        _warn(f"{where(source, column)}control value(s) {missing} do not occur; values there include "
+              f"{example_values(list(present.values()))}.")
     return list(dict.fromkeys(out + missing))
 
 
@@ -942,10 +952,10 @@ def combine(profiles: Sequence[Profiles], batch_from_file: bool = False,
     )
     if any(dropped.values()):
         parts = [f"{len(d)} from {n}" for n, d in dropped.items() if d]
-        warnings.warn(f"kept the {len(shared)} features shared by all {len(profiles)} inputs; dropped "
-                      + ", ".join(parts) + ".", CpDistillerWarning, stacklevel=2)
+        _warn(f"kept the {len(shared)} features shared by all {len(profiles)} inputs; dropped "
+              + ", ".join(parts) + ".")
     for note in notes:
-        warnings.warn(note, CpDistillerWarning, stacklevel=2)
+        _warn(note)
     short = [Path(n).name for n in names]
     source = " + ".join(short[:2]) + (f" + {len(short) - 2} more files" if len(short) > 2 else "")
     out = Profiles(meta=meta, X=X, features=shared, roles=roles, source=source)
@@ -1017,10 +1027,10 @@ def validate(profiles: Profiles) -> list[str]:
     if all_nan.any():
         out.append(f"{where(src)}{int(all_nan.sum())} feature(s) are all NaN: {example_values(feats[all_nan])}; "
                    "preprocessing drops them.")
-    finite = np.where(np.isfinite(X), X, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        constant = (np.nanmax(finite, axis=0) == np.nanmin(finite, axis=0)) & ~all_nan
+    finite = np.isfinite(X)
+    lo = np.where(finite, X, np.inf).min(axis=0, initial=np.inf)
+    hi = np.where(finite, X, -np.inf).max(axis=0, initial=-np.inf)
+    constant = (lo == hi) & finite.any(axis=0)
     if constant.any():
         out.append(f"{where(src)}{int(constant.sum())} feature(s) are constant: {example_values(feats[constant])}; "
                    "preprocessing drops them.")
@@ -1151,6 +1161,4 @@ def _write_h5ad(profiles: Profiles, tmp: Path, info: dict[str, Any]) -> None:
     var = pd.DataFrame(index=pd.Index(profiles.features))
     adata = anndata.AnnData(X=profiles.X, obs=obs, var=var)
     adata.uns[_STORE_KEY] = json.dumps(info, default=_json_default)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # anndata's string->categorical notices
-        adata.write_h5ad(tmp)
+    adata.write_h5ad(tmp)
