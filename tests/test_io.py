@@ -522,3 +522,23 @@ def test_cmqtl_two_batches_shared_features(shared_data: Path) -> None:
 def test_jump_metadata_is_not_profiles(shared_data: Path) -> None:
     with pytest.raises(CpDistillerError, match="no feature columns"):
         read_profiles(shared_data / "jump_metadata" / "plate.csv.gz")
+
+
+def test_concurrent_loads_keep_their_own_warnings(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = make_frame(plates=("P1",))
+    one.to_csv(tmp_path / "one.csv", index=False)
+    inf = make_frame()
+    inf.loc[0, "Cells_AreaShape_Area"] = np.inf
+    inf.to_csv(tmp_path / "inf.csv", index=False)
+    paths = [tmp_path / "one.csv", tmp_path / "inf.csv"] * 4
+    with ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda p: read_profiles_with_report(p, emit_warnings=False)[1], paths))
+    for path, report in zip(paths, reports):
+        if path.name == "one.csv":
+            assert any("single plate" in w for w in report.warnings)
+            assert not any("infinite" in w for w in report.warnings)
+        else:
+            assert any("infinite" in w for w in report.warnings)
+            assert not any("single plate" in w for w in report.warnings)
