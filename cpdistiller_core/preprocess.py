@@ -494,15 +494,19 @@ class PreprocessReport:
     def apply(self, profiles: Profiles, progress: ProgressCallback | None = None) -> Profiles:
         """The same preprocessing for new plates with the same features: per-plate MAD on their own
         reference wells, the kept features, the same NaN handling, clipping and stored z-score."""
+        return self.apply_with_report(profiles, progress)[0]
+
+    def apply_with_report(self, profiles: Profiles, progress: ProgressCallback | None = None
+                          ) -> tuple[Profiles, PreprocessReport]:
+        """``apply``, also returning the report of this application (wells dropped, warnings)."""
         missing = [f for f in self.kept_features if f not in set(profiles.features)]
         if missing:
             raise CpDistillerError(
                 f"{where(profiles.source or None)}{len(missing)} feature(s) used by this preprocessing are "
                 f"missing: {example_values(missing)}. New data must measure the same features."
             )
-        out, _ = _run(profiles.subset(features=self.kept_features), self.config, progress,
-                      select=False, zscore_params=(self.zscore_mean, self.zscore_std))
-        return out
+        return _run(profiles.subset(features=self.kept_features), self.config, progress,
+                    select=False, zscore_params=(self.zscore_mean, self.zscore_std))
 
 
 def _json_default(obj: Any) -> Any:
