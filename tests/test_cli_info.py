@@ -93,6 +93,13 @@ def test_info_on_a_written_embedding(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "stored with the file" in out
 
 
+def test_info_column_flag_none_unsets_a_role(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(plates_csv(tmp_path)), "--batch-col", "none", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["roles"]["batch"] is None and d["batches"] is None
+    assert d["role_reasons"]["batch"] == "unset by the mapping"
+
+
 def test_info_with_mapping_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     df = pd.DataFrame({"Barcode Name": ["X"] * 4 + ["Y"] * 4, "Pos": ["A1", "A2", "B1", "B2"] * 2,
                        "Drug": ["dmso", "t1", "t2", "t1"] * 2, "Cells_a": np.arange(8.0),

@@ -31,7 +31,9 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, positional: bool = T
         parser.add_argument("inputs", nargs="+", metavar="FILE",
                             help="profile file(s): CSV, CSV.gz, TSV, Parquet or .h5ad; several files "
                                  "are combined on their shared features")
-    g = parser.add_argument_group("input columns (auto-detected from pycytominer/JUMP names when omitted)")
+    g = parser.add_argument_group(
+        "input columns", "auto-detected from pycytominer/JUMP names when omitted; a column flag set to "
+        "'none' unsets that role (e.g. --batch-col none)")
     g.add_argument("--mapping", metavar="FILE",
                    help="YAML/JSON file mapping roles to columns, e.g. 'plate: Plate', 'well: Well', "
                         "'negative_values: [Negative]'; flags below override it")
@@ -64,7 +66,7 @@ def role_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for role, dest in _COLUMN_FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:
-            spec[role] = value
+            spec[role] = None if value.strip().lower() in ("", "none") else value
     for role, dest in (("negative_values", "negative"), ("positive_values", "positive")):
         values = getattr(args, dest, None)
         if values:
