@@ -101,11 +101,13 @@ with st.form("genes_form"):
     by_options = ["(perturbation)"] + meta_cols
     by = c[2].selectbox("Cluster by", by_options, index=0, key="genes_by",
                         help="pool wells by this column (e.g. gene symbol, to pool alleles or guides of one gene)")
-    c = st.columns(4)
+    c = st.columns(5)
     compare = c[0].multiselect("Embeddings", list(spaces), default=list(spaces), key="genes_spaces")
-    metric = c[1].selectbox("Distance", METRICS, index=METRICS.index("cosine"), key="genes_metric")
-    linkage = c[2].selectbox("Linkage", LINKAGES, key="genes_linkage")
-    aggregate = c[3].selectbox("Consensus", ["median", "mean"], key="genes_aggregate")
+    screen_metric = c[1].selectbox("Screen distance", METRICS, index=METRICS.index("euclidean"),
+                                   key="genes_screen_metric", help="distance to the negative-control centroid")
+    metric = c[2].selectbox("Cluster distance", METRICS, index=METRICS.index("cosine"), key="genes_metric")
+    linkage = c[3].selectbox("Linkage", LINKAGES, key="genes_linkage")
+    aggregate = c[4].selectbox("Consensus", ["median", "mean"], key="genes_aggregate")
     c = st.columns(5)
     top_n = c[0].number_input("Top N active", 3, 5000, 200, key="genes_top_n")
     percentile = c[1].number_input("Control percentile", 50.0, 99.9, 95.0, key="genes_pct")
@@ -156,7 +158,7 @@ if go:
                     emb = select_type(emb, type_col, types)
                 bar = st.progress(0.0, text=name)
                 res = gene_clusters(emb, by=None if by == by_options[0] else by, aggregate=aggregate,
-                                    metric=metric, method=linkage, top_n=int(top_n), percentile=float(percentile),
+                                    metric=metric, method=linkage, screen_metric=screen_metric, top_n=int(top_n), percentile=float(percentile),
                                     n_clusters=int(n_clusters), n_permutations=int(n_perm), seed=int(seed),
                                     progress=lambda f, m, bar=bar, name=name: bar.progress(min(f, 1.0), f"{name}: {m}"))
                 out: dict = {"result": res}

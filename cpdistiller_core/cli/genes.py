@@ -48,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--by", metavar="COL", help="cluster consensus profiles of this column's values (e.g. the gene "
                                                "symbol column, pooling alleles/guides); default: perturbation")
     a.add_argument("--aggregate", choices=("median", "mean"), default="median")
-    a.add_argument("--metric", choices=METRICS, default="euclidean")
+    a.add_argument("--metric", choices=METRICS, default="cosine", help="clustering distance (cosine)")
+    a.add_argument("--screen-distance", choices=METRICS, default="euclidean",
+                   help="active-screen distance to the negative-control centroid (euclidean)")
     a.add_argument("--linkage", choices=LINKAGES, default="average")
     a.add_argument("--top-n", type=int, default=200, help="cluster the N most divergent active perturbations (200)")
     a.add_argument("--percentile", type=float, default=95.0, help="control-distance percentile threshold (95)")
@@ -220,7 +222,7 @@ def _genes(args: argparse.Namespace) -> int:
         (folder / "figures").mkdir(parents=True, exist_ok=True)
         with TerminalProgress(f"genes ({name})") as bar:
             res = gene_clusters(emb, by=args.by, aggregate=args.aggregate, metric=args.metric,
-                                method=args.linkage, top_n=args.top_n, percentile=args.percentile,
+                                method=args.linkage, screen_metric=args.screen_distance, top_n=args.top_n, percentile=args.percentile,
                                 n_clusters=None if args.height is not None else args.clusters, height=args.height,
                                 n_permutations=args.permutations, alpha=args.alpha, seed=args.seed, progress=bar)
         _write_table(res.screen.table, folder / "active_screen.csv")
