@@ -562,12 +562,16 @@ def _read_sidecar(path: Path) -> dict | None:
 
 def _infer_metadata_dtypes(meta: pd.DataFrame) -> pd.DataFrame:
     """Text metadata -> numbers only where every value is a number written without leading zeros,
-    so IDs like '0042', wells 'A01' and SMILES stay strings while doses and counts become numeric."""
+    so IDs like '0042', wells 'A01' and SMILES stay strings while doses and counts become numeric;
+    complete True/False columns become booleans."""
     out = {}
     for c in meta.columns:
         s = meta[c]
         vals = s.dropna()
-        if len(vals) and not vals.str.match(r"^\s*[+-]?0\d").any():
+        lowered = set(vals.str.strip().str.lower().unique()) if len(vals) else set()
+        if lowered and lowered <= {"true", "false"} and len(vals) == len(s):
+            s = vals.str.strip().str.lower() == "true"
+        elif len(vals) and not vals.str.match(r"^\s*[+-]?0\d").any():
             num = pd.to_numeric(s, errors="coerce")
             if num.notna().sum() == len(vals):
                 s = num

@@ -131,8 +131,12 @@ def test_free_text_survives_quotes_commas_newlines(tmp_path: Path) -> None:
     df["Metadata_comment"] = 'a "quoted", multi\nline note'
     df.loc[5, "Metadata_comment"] = None
     df["Metadata_NA_gene"] = "NAT1"
+    df["Metadata_is_dmso"] = df["Metadata_broad_sample"] == "DMSO"
+    df["Metadata_code"] = "007"
     df.to_csv(tmp_path / "free.csv.gz", index=False)
     p = read_profiles(tmp_path / "free.csv.gz")
+    assert p.meta["Metadata_is_dmso"].dtype == bool and p.meta["Metadata_is_dmso"].sum() == 8
+    assert (p.meta["Metadata_code"] == "007").all()
     assert p.meta["Metadata_comment"].iloc[0] == 'a "quoted", multi\nline note'
     assert pd.isna(p.meta["Metadata_comment"].iloc[5]) and p.n_wells == 48
     assert (p.meta["Metadata_NA_gene"] == "NAT1").all()
