@@ -23,6 +23,7 @@ import json
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -390,7 +391,7 @@ def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | 
 
     header = [str(c) for c in _read(nrows=0).columns]
     raw = _raw_header(handle, name, sep)
-    dups = sorted({h for h in raw if raw.count(h) > 1})
+    dups = sorted(h for h, n in Counter(raw).items() if n > 1)
     if dups:
         _warn(f"{name}: duplicated column name(s) {example_values(dups)}; later copies are read as "
               f"'<name>.1', '<name>.2'…")
