@@ -150,11 +150,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         card = evaluate(emb, method=method, truth=truth, pairs=_pairs(args, emb), config=cfg, progress=bar)
     print(card.format())
     out = Path(args.out) if args.out else Path(args.embedding).resolve().parent
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "scores.csv", card.scores.to_csv(index=False))
-    atomic_write_text(out / "scores.json", json.dumps(card.to_json_dict(), indent=2, default=str))
-    for name, tab in card.details.get(method, {}).items():
-        atomic_write_text(out / f"{name}.csv", tab.to_csv(index=False))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "scores.csv", card.scores.to_csv(index=False))
+        atomic_write_text(out / "scores.json", json.dumps(card.to_json_dict(), indent=2, default=str))
+        for name, tab in card.details.get(method, {}).items():
+            atomic_write_text(out / f"{name}.csv", tab.to_csv(index=False))
+    except OSError as exc:
+        raise CpDistillerError(f"cannot write the scores to {out} ({exc.strerror or exc}); choose a folder "
+                               "with --out.") from exc
     print(f"wrote {out / 'scores.csv'} and {out / 'scores.json'}", file=sys.stderr)
     return 0
 
@@ -188,7 +192,10 @@ def _benchmark(args: argparse.Namespace) -> int:
         result = run_benchmark(profiles, methods, effects, seed=args.seed, epochs=args.epochs, truth=truth,
                                pairs=_pairs(args, profiles), eval_config=_eval_config(args), progress=bar)
     result.info["data"] = desc
-    paths = write_benchmark(result, args.out, figures=not args.no_figures)
+    try:
+        paths = write_benchmark(result, args.out, figures=not args.no_figures)
+    except OSError as exc:
+        raise CpDistillerError(f"cannot write to {args.out} ({exc.strerror or exc}).") from exc
     summary = result.scorecard.summary() if len(result.scorecard.scores) else pd.DataFrame()
     table = result.table[["status", "runtime_s"]].join(summary)
     print(to_markdown(table))
