@@ -74,7 +74,7 @@ def _csv(df: pd.DataFrame, label: str, name: str, key: str) -> None:
 
 st.title("Gene clusters")
 st.caption("Consensus profile per perturbation → active screen against the negative controls (95th percentile "
-           "of the controls' own distances) → hierarchical clustering of the top-N active ones, each cluster "
+           "of the controls' own distances to their centroid) → hierarchical clustering of the top-N active ones, each cluster "
            "tested against 1,000 random sets of the same size → gene-set enrichment per cluster.")
 try:
     spaces, source = _spaces()
@@ -108,12 +108,15 @@ with st.form("genes_form"):
     metric = c[2].selectbox("Cluster distance", METRICS, index=METRICS.index("cosine"), key="genes_metric")
     linkage = c[3].selectbox("Linkage", LINKAGES, key="genes_linkage")
     aggregate = c[4].selectbox("Consensus", ["median", "mean"], key="genes_aggregate")
-    c = st.columns(5)
+    c = st.columns(6)
     top_n = c[0].number_input("Top N active", 3, 5000, 200, key="genes_top_n")
     percentile = c[1].number_input("Control percentile", 50.0, 99.9, 95.0, key="genes_pct")
-    n_clusters = c[2].number_input("Clusters", 2, 100, 8, key="genes_k")
-    n_perm = c[3].number_input("Permutations", 0, 10000, 1000, step=100, key="genes_perm")
-    seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="genes_seed")
+    null = c[2].selectbox("Control null", ["consensus", "wells"], key="genes_null",
+                          help="consensus: random sets of control wells with the perturbations' replicate "
+                               "count; wells: single control wells (stricter)")
+    n_clusters = c[3].number_input("Clusters", 2, 100, 8, key="genes_k")
+    n_perm = c[4].number_input("Permutations", 0, 10000, 1000, step=100, key="genes_perm")
+    seed = c[5].number_input("Seed", 0, 2**31 - 1, 0, key="genes_seed")
     st.markdown("**Gene sets**")
     sources = ["Demo gene sets", "Enrichr libraries (online, cached)", "Local .gmt files / library folder", "None"]
     gs_source = st.radio("Gene sets", sources, index=0 if is_demo else 1, horizontal=True,
@@ -158,7 +161,8 @@ if go:
                     emb = select_type(emb, type_col, types)
                 bar = st.progress(0.0, text=name)
                 res = gene_clusters(emb, by=None if by == by_options[0] else by, aggregate=aggregate,
-                                    metric=metric, method=linkage, screen_metric=screen_metric, top_n=int(top_n), percentile=float(percentile),
+                                    metric=metric, method=linkage, screen_metric=screen_metric, screen_null=null,
+                                    top_n=int(top_n), percentile=float(percentile),
                                     n_clusters=int(n_clusters), n_permutations=int(n_perm), seed=int(seed),
                                     progress=lambda f, m, bar=bar, name=name: bar.progress(min(f, 1.0), f"{name}: {m}"))
                 out: dict = {"result": res}

@@ -77,7 +77,7 @@ def test_active_screen_threshold_on_constructed_data():
         perts += [name] * 3
     p = make_profiles(np.vstack(X), perts)
     cons = consensus(p)
-    screen = active_screen(p, cons, top_n=2)
+    screen = active_screen(p, cons, top_n=2, null="wells")
     centre = ctrl.mean(axis=0)
     expected = np.percentile(np.linalg.norm(ctrl - centre, axis=1), 95)
     assert screen.threshold == pytest.approx(expected)
@@ -88,6 +88,30 @@ def test_active_screen_threshold_on_constructed_data():
     assert list(screen.selected["perturbation"]) == ["strong", "medium"]  # top-N of the actives
     assert screen.n_active == 3
     assert "DMSO" not in set(screen.table["perturbation"])
+
+
+def test_consensus_null_matches_replicate_averaging():
+    rng = np.random.default_rng(2)
+    d = 5
+    X, perts = [rng.normal(size=(400, d))], ["DMSO"] * 400
+    for i in range(40):  # inactive: wells drawn like the controls
+        X.append(rng.normal(size=(4, d)))
+        perts += [f"inactive{i}"] * 4
+    for i in range(6):  # modest effect: below single-well noise, far above a 4-well consensus's
+        X.append(rng.normal(size=(4, d)) + np.r_[2.6, 0, 0, 0, 0])
+        perts += [f"active{i}"] * 4
+    p = make_profiles(np.vstack(X), perts)
+    cons = consensus(p)
+    by_wells = active_screen(p, cons, null="wells").table.set_index("perturbation")["active"]
+    by_cons = active_screen(p, cons, null="consensus", seed=1)
+    act = by_cons.table.set_index("perturbation")["active"]
+    assert by_cons.threshold < active_screen(p, cons, null="wells").threshold
+    assert act[[f"active{i}" for i in range(6)]].all()
+    assert act[[f"inactive{i}" for i in range(40)]].mean() <= 0.15  # ~5% false positives expected
+    assert by_wells[[f"active{i}" for i in range(6)]].sum() <= 2  # the well-level null misses them
+    assert len(by_cons.control_distances) == 1000
+    with pytest.raises(CpDistillerError):
+        active_screen(p, cons, null="plates")
 
 
 def test_cosine_distance_helpers_agree_with_definition():

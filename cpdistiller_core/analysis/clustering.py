@@ -174,7 +174,7 @@ class GeneClusters:
 
 def gene_clusters(profiles: Profiles, by: str | None = None, aggregate: str = "median",
                   metric: str = "euclidean", method: str = "average", screen_metric: str = "euclidean",
-                  top_n: int | None = 200,
+                  screen_null: str = "consensus", top_n: int | None = 200,
                   percentile: float = 95.0, n_clusters: int | None = 8, height: float | None = None,
                   n_permutations: int = 1000, alpha: float = 0.05, seed: int = 0,
                   progress: ProgressCallback = no_progress) -> GeneClusters:
@@ -183,10 +183,12 @@ def gene_clusters(profiles: Profiles, by: str | None = None, aggregate: str = "m
 
     ``screen_metric`` is the active screen's distance (Euclidean by default: a cosine distance to the
     control centroid is ill-defined when profiles are centred on the controls, as normalised and
-    corrected ones are); ``metric`` is the clustering's."""
+    corrected ones are); ``screen_null`` its control distances (see :mod:`.active`); ``metric`` is the
+    clustering's."""
     progress(0.0, "consensus profiles")
     cons = consensus(profiles, aggregate=aggregate, by=by)
-    screen = active_screen(profiles, cons, metric=screen_metric, percentile=percentile, top_n=top_n)
+    screen = active_screen(profiles, cons, metric=screen_metric, percentile=percentile, top_n=top_n,
+                           null=screen_null, seed=seed)
     sel = screen.selected
     if len(sel) < 3:
         raise CpDistillerError(

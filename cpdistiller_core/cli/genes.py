@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--metric", choices=METRICS, default="cosine", help="clustering distance (cosine)")
     a.add_argument("--screen-distance", choices=METRICS, default="euclidean",
                    help="active-screen distance to the negative-control centroid (euclidean)")
+    a.add_argument("--screen-null", choices=("consensus", "wells"), default="consensus",
+                   help="controls' own distances: consensus profiles of random control sets with the "
+                        "perturbations' replicate count (default), or single control wells")
     a.add_argument("--linkage", choices=LINKAGES, default="average")
     a.add_argument("--top-n", type=int, default=200, help="cluster the N most divergent active perturbations (200)")
     a.add_argument("--percentile", type=float, default=95.0, help="control-distance percentile threshold (95)")
@@ -222,7 +225,8 @@ def _genes(args: argparse.Namespace) -> int:
         (folder / "figures").mkdir(parents=True, exist_ok=True)
         with TerminalProgress(f"genes ({name})") as bar:
             res = gene_clusters(emb, by=args.by, aggregate=args.aggregate, metric=args.metric,
-                                method=args.linkage, screen_metric=args.screen_distance, top_n=args.top_n, percentile=args.percentile,
+                                method=args.linkage, screen_metric=args.screen_distance,
+                                screen_null=args.screen_null, top_n=args.top_n, percentile=args.percentile,
                                 n_clusters=None if args.height is not None else args.clusters, height=args.height,
                                 n_permutations=args.permutations, alpha=args.alpha, seed=args.seed, progress=bar)
         _write_table(res.screen.table, folder / "active_screen.csv")

@@ -27,7 +27,8 @@ def active_screen_figure(screen: ActiveScreen, title: str = "Active-perturbation
     """Distances to the negative-control centroid: controls' own (grey) vs perturbations, threshold line."""
     t = screen.table
     fig = go.Figure()
-    fig.add_trace(go.Histogram(x=screen.control_distances, name=f"negative controls (n={len(screen.control_distances)})",
+    what = "control consensus sets" if screen.null == "consensus" else "negative-control wells"
+    fig.add_trace(go.Histogram(x=screen.control_distances, name=f"{what} (n={len(screen.control_distances)})",
                                marker_color=GREY, opacity=0.75, histnorm="probability density", nbinsx=40))
     for flag, name, colour in ((False, "inactive", "#1f77b4"), (True, "active", "#d62728")):
         part = t[t["active"] == flag]
