@@ -27,23 +27,29 @@ What the paper (Yan et al. 2025) and its reference code do, and what we do
 Cost
 ----
 Every well is searched once in its own level (KNN) and once in each other level (MNN), i.e.
-``sum_e L_e`` searches per well: memory is O(N * k * L) at worst and never N x N; time is
-``sum_e L_e * N`` searches. Each search uses faiss:
+``sum_e L_e`` searches per well; pairs are kept as sorted int64 keys (``i * N + j``) and combined
+with sorted-array merges, so memory is O(N * k * L) and never N x N. Searches use faiss:
 
-* exact: ``faiss.knn`` (blocked BLAS inner products + heap top-k), cost proportional to the
-  level size; best for levels up to a few thousand wells.
-* approx: one faiss HNSW graph per level (M=16), cost ~ log(level size) per search, so total time
-  stays ~linear in N once levels are large (many wells per batch, or rows at >100k wells).
-* auto (default): HNSW for levels larger than ``AUTO_HNSW_MIN_LEVEL`` wells, exact below. With a
-  16x24 layout, row and column levels stay exact up to ~100k wells, where exact is as fast as HNSW
-  on this 2-core CPU (measured: ~12 us/query either way at 5k wells per level, d=50).
+* ``method="exact"``: ``faiss.knn`` (BLAS inner products + heap top-k) per level. Exact, but the
+  pairwise MNN costs ~N^2 comparisons per effect (every well against every other level): measured
+  here 23 s at 20k wells and 92 s at 40k (1,446 features, 50 PCs, batch/row/column, 1 thread).
+* ``method="approx"``: KNN levels larger than ``HNSW_MIN_LEVEL`` wells use one faiss HNSW graph
+  each (M=16, ~log cost per search); MNN is computed exactly *within random blocks* of at most
+  ``MNN_BLOCK`` wells (a seeded random partition of all wells), and the blocks' pairs are pooled. Time and memory are then linear in N. A block pair is a mutual
+  nearest pair among a random 1/B subsample, i.e. MNN at a coarser scale (roughly k * B in the full
+  data); every well still gets partners in every other level. Per-level HNSW for MNN was measured
+  and rejected: with (L-1) searches per well its constant was 2.5x slower than exact at 20k wells
+  (53 s vs 23 s) and still ~N*L*log N.
+* ``method="auto"`` (default): exact up to ``AUTO_EXACT_MAX_WELLS`` (20,000) wells, approx above.
 
 Why faiss (faiss-cpu, pinned in requirements.txt) rather than pynndescent or hnswlib: it has both
-an exact BLAS search and HNSW behind one API, ships wheels, and starts instantly; pynndescent
-(already a dependency via umap) spent 60-90 s in numba compilation per fresh process here before
-its first query, which alone would break the 30 s mining budget at 20k wells; hnswlib has no exact
-search and its 0.8.0 release ships no wheel for our Python. HNSW graphs are built single-threaded
-so that results are reproducible; searches use all OpenMP threads (``OMP_NUM_THREADS``).
+an exact BLAS search and HNSW behind one API and starts instantly; pynndescent (already a
+dependency via umap) spent 60-90 s in numba compilation per fresh process here before its first
+query, which alone would break the 30 s mining budget at 20k wells; hnswlib (the reference's
+choice) has no exact search. HNSW graphs are built single-threaded so that results are
+reproducible. Mining runs faiss and BLAS single-threaded by default (``threads=1``): its searches
+are many and small, and on a shared CPU spinning OpenMP threads made it ~7x slower with 2 threads
+than with 1 (measured here at load 12 on 2 cores).
 
 Triplets (``TripletSampler``) follow the reference's negative-control rule: a non-control anchor's
 positive is drawn from its KNN set with probability ``p_knn`` (0.5) and from its MNN set otherwise
@@ -55,6 +61,7 @@ mini-batch with vectorised numpy; nothing proportional to the number of triplets
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -69,9 +76,11 @@ from .errors import CpDistillerError
 from .progress import ProgressCallback
 
 __all__ = [
-    "AUTO_HNSW_MIN_LEVEL",
+    "AUTO_EXACT_MAX_WELLS",
+    "HNSW_MIN_LEVEL",
     "KIND_KNN",
     "KIND_MNN",
+    "MNN_BLOCK",
     "NeighborGraph",
     "TripletSampler",
     "embed_for_neighbors",
@@ -82,9 +91,11 @@ __all__ = [
 
 KIND_KNN = 1  # bit flags in NeighborGraph.kind
 KIND_MNN = 2
-AUTO_HNSW_MIN_LEVEL = 6000
+AUTO_EXACT_MAX_WELLS = 20_000  # "auto" is exact up to here, approximate above
+HNSW_MIN_LEVEL = 10_000  # approx: KNN levels larger than this are searched with HNSW
+MNN_BLOCK = 10_000  # approx: MNN is exact within random blocks of at most this many wells
 _HNSW_M = 16
-_HNSW_EF_CONSTRUCTION = 64
+_HNSW_EF_CONSTRUCTION = 40
 _HNSW_EF_SEARCH_MIN = 32
 _METHODS = ("auto", "exact", "approx")
 _COMBINES = ("intersection", "union")
@@ -187,12 +198,33 @@ class _LevelIndex:
         return out.astype(np.int64, copy=False)
 
 
-def _use_approx(method: str, level_size: int) -> bool:
-    if method == "approx":
-        return True
-    if method == "exact":
-        return False
-    return level_size > AUTO_HNSW_MIN_LEVEL
+@contextlib.contextmanager
+def _limit_threads(threads: int | None) -> Iterator[None]:
+    """Cap faiss's OpenMP threads and the BLAS threads (PCA) for the duration of mining.
+
+    Mining makes many small searches; on a shared CPU, spinning OpenMP/BLAS threads made mining
+    ~7x slower with 2 threads than with 1 (measured at load 12 on 2 cores), so 1 is the default.
+    """
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(threads)))
+    try:
+        with threadpool_limits(limits=max(1, int(threads))):
+            yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _resolve(method: str, n: int) -> str:
+    """'exact' or 'approx' for ``n`` wells."""
+    _check_method(method)
+    if method == "auto":
+        return "exact" if n <= AUTO_EXACT_MAX_WELLS else "approx"
+    return method
 
 
 def _check_method(method: str) -> None:
@@ -271,12 +303,12 @@ class _Progress:
 
 
 def _build_indexes(Z: np.ndarray, groups: list[np.ndarray], method: str) -> tuple[list[_LevelIndex | None], dict[str, int]]:
-    """One search index per non-empty level, shared by the KNN and MNN searches of an effect."""
+    """One search index per non-empty level: HNSW for large levels under 'approx', exact otherwise."""
     out: list[_LevelIndex | None] = []
     used = {"exact": 0, "approx": 0}
     for members in groups:
         if len(members):
-            approx = _use_approx(method, len(members))
+            approx = method == "approx" and len(members) > HNSW_MIN_LEVEL
             used["approx" if approx else "exact"] += 1
             out.append(_LevelIndex(Z, members, approx))
         else:
@@ -326,8 +358,28 @@ def _mnn_keys(Z: np.ndarray, indexes: list[_LevelIndex | None], k: int,
     return _symmetric(keys, n)
 
 
+def _blocks(n: int, block: int, seed: int) -> list[np.ndarray]:
+    """A seeded random partition of the wells into near-equal blocks of at most ``block`` wells."""
+    if n <= block:
+        return [np.arange(n)]
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.sort(b) for b in np.array_split(perm, -(-n // block))]
+
+
+def _mnn_keys_blocked(Z: np.ndarray, codes: np.ndarray, n_levels: int, k: int, seed: int,
+                      prog: _Progress | None = None) -> tuple[np.ndarray, int]:
+    """Exact pairwise MNN within each random block of at most ``MNN_BLOCK`` wells (union)."""
+    blocks = _blocks(len(Z), MNN_BLOCK, seed)
+    parts = []
+    for blk in blocks:
+        sub_groups = [blk[g] for g in _groups(codes[blk], n_levels)]
+        indexes, _ = _build_indexes(Z, sub_groups, "exact")
+        parts.append(_mnn_keys(Z, indexes, k, prog))
+    return _unique(np.concatenate(parts)), len(blocks)
+
+
 def knn_within(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exact",
-               seed: int = 0) -> sp.csr_matrix:
+               seed: int = 0, threads: int | None = 1) -> sp.csr_matrix:
     """Directed KNN graph on an embedding ``Z`` (unit rows): each well's ``k`` nearest wells
     sharing its level, self excluded. Row ``i`` of the returned CSR lists well ``i``'s neighbours.
 
@@ -336,13 +388,14 @@ def knn_within(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exac
     _check_method(method)
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     codes, n_levels = _codes(levels, len(Z))
-    indexes, _ = _build_indexes(Z, _groups(codes, n_levels), method)
-    keys = _knn_keys(Z, indexes, k)
+    with _limit_threads(threads):
+        indexes, _ = _build_indexes(Z, _groups(codes, n_levels), _resolve(method, len(Z)))
+        keys = _knn_keys(Z, indexes, k)
     return _keys_to_csr(keys, len(Z))
 
 
 def mnn_across(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exact",
-               seed: int = 0) -> sp.csr_matrix:
+               seed: int = 0, threads: int | None = 1) -> sp.csr_matrix:
     """Symmetric MNN graph on an embedding ``Z`` (unit rows): for every pair of levels (A, B),
     wells ``a`` in A and ``b`` in B are paired when each is among the other's ``k`` nearest wells
     in the other's level. Pairs therefore always join different levels.
@@ -350,8 +403,12 @@ def mnn_across(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exac
     _check_method(method)
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     codes, n_levels = _codes(levels, len(Z))
-    indexes, _ = _build_indexes(Z, _groups(codes, n_levels), method)
-    keys = _mnn_keys(Z, indexes, k)
+    with _limit_threads(threads):
+        if _resolve(method, len(Z)) == "approx":
+            keys, _ = _mnn_keys_blocked(Z, codes, n_levels, k, seed)
+        else:
+            indexes, _ = _build_indexes(Z, _groups(codes, n_levels), "exact")
+            keys = _mnn_keys(Z, indexes, k)
     return _keys_to_csr(keys, len(Z))
 
 
@@ -367,12 +424,21 @@ def _fill_empty_anchors(paper: np.ndarray, fallback: np.ndarray, n: int) -> tupl
 
 def mine_neighbors(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int = 10, k_mnn: int = 5,
                    n_pcs: int = 50, combine: str = "intersection", method: str = "auto",
-                   seed: int = 0, progress: ProgressCallback | None = None) -> NeighborGraph:
+                   seed: int = 0, progress: ProgressCallback | None = None,
+                   threads: int | None = 1) -> NeighborGraph:
     """Mine positive pairs: KNN within levels and MNN across levels of each technical effect,
     combined across effects (``"intersection"``, the paper's, with a per-anchor union fallback; or
     ``"union"``). ``labels`` maps effect name -> one label per well; effects with a single level
-    are dropped. See the module docstring for the exact definitions and ``stats`` for what happened.
+    are dropped. ``threads`` caps faiss/BLAS threads while mining (None: leave them as they are).
+    See the module docstring for the exact definitions and ``stats`` for what happened.
     """
+    with _limit_threads(threads):
+        return _mine(X, labels, k_knn=k_knn, k_mnn=k_mnn, n_pcs=n_pcs, combine=combine, method=method,
+                     seed=seed, progress=progress)
+
+
+def _mine(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int, k_mnn: int, n_pcs: int,
+          combine: str, method: str, seed: int, progress: ProgressCallback | None) -> NeighborGraph:
     t_start = time.perf_counter()
     _check_method(method)
     if combine not in _COMBINES:
@@ -406,8 +472,12 @@ def mine_neighbors(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: in
     stats["n_pcs"] = int(Z.shape[1])
     stats["timings_s"]["pca"] = time.perf_counter() - t0
 
-    # work units: one per level (KNN) + one per pair of levels (MNN)
-    total = sum(L + L * (L - 1) // 2 for _, L in effects.values()) or 1
+    resolved = _resolve(method, n)
+    stats["method_used"] = resolved
+    n_blocks = len(_blocks(n, MNN_BLOCK, seed)) if resolved == "approx" else 1
+    stats["mnn_blocks"] = n_blocks
+    # work units: one per level (KNN) + one per pair of levels and block (MNN)
+    total = sum(L + n_blocks * L * (L - 1) // 2 for _, L in effects.values()) or 1
     prog = _Progress(progress, 0.1, 0.95, total, "neighbours: KNN/MNN search")
     knn_sets: list[np.ndarray] = []
     mnn_sets: list[np.ndarray] = []
@@ -415,14 +485,18 @@ def mine_neighbors(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: in
     for name, (codes, n_levels) in effects.items():
         groups = _groups(codes, n_levels)
         t0 = time.perf_counter()
-        indexes, used = _build_indexes(Z, groups, method)
+        indexes, used = _build_indexes(Z, groups, resolved)
         for key in ("exact", "approx"):
             stats["indexes"][key] += used[key]
         t_index = time.perf_counter()
         kkeys = _knn_keys(Z, indexes, k_knn, prog)
         t1 = time.perf_counter()
-        mkeys = _mnn_keys(Z, indexes, k_mnn, prog)
-        del indexes
+        if resolved == "approx":
+            del indexes
+            mkeys, _ = _mnn_keys_blocked(Z, codes, n_levels, k_mnn, seed, prog)
+        else:
+            mkeys = _mnn_keys(Z, indexes, k_mnn, prog)
+            del indexes
         t2 = time.perf_counter()
         t_build += t_index - t0
         t_knn += t1 - t_index
@@ -442,7 +516,7 @@ def mine_neighbors(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: in
         progress(0.95, "neighbours: combining effects")
     fallback = "none"
     if not effects:
-        indexes, used = _build_indexes(Z, [np.arange(n)], method)
+        indexes, used = _build_indexes(Z, [np.arange(n)], resolved)
         kkeys = _knn_keys(Z, indexes, k_knn if k_knn > 0 else k_mnn)
         stats["indexes"]["exact"] += used["exact"]
         stats["indexes"]["approx"] += used["approx"]

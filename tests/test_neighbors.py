@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from cpdistiller_core import neighbors
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.neighbors import (
     KIND_KNN,
@@ -108,7 +110,8 @@ def test_mnn_pairs_always_cross_levels_and_match_the_pairwise_definition():
     assert set(map(tuple, p.tolist())) == expected
 
 
-def test_approx_search_uses_hnsw_and_agrees_with_exact():
+def test_approx_search_uses_hnsw_and_agrees_with_exact(monkeypatch):
+    monkeypatch.setattr(neighbors, "HNSW_MIN_LEVEL", 10)  # HNSW even for these small levels
     X, lab = plates(4, n_features=30)
     Z = embed_for_neighbors(X, n_pcs=10)
     exact = knn_within(Z, lab["col"], 5, method="exact")
@@ -119,6 +122,28 @@ def test_approx_search_uses_hnsw_and_agrees_with_exact():
     assert recall > 0.9
     g = mine_neighbors(X, lab, n_pcs=10, method="approx")
     assert g.stats["indexes"]["approx"] > 0 and g.stats["indexes"]["exact"] == 0
+
+
+def test_blocked_mnn_pairs_cross_levels_and_cover_wells(monkeypatch):
+    monkeypatch.setattr(neighbors, "MNN_BLOCK", 600)  # 1,536 wells -> 3 random blocks
+    X, lab = plates(4, n_features=30)
+    Z = embed_for_neighbors(X, n_pcs=10)
+    levels = lab["col"]
+    exact = mnn_across(Z, levels, 5, method="exact")
+    blocked = mnn_across(Z, levels, 5, method="approx", seed=1)
+    p = pairs(blocked)
+    assert np.all(levels[p[:, 0]] != levels[p[:, 1]])
+    assert (blocked != blocked.T).nnz == 0
+    assert (np.diff(blocked.indptr) > 0).mean() > 0.95  # wells still find partners in their block
+    # blocks pair wells that are mutual neighbours among a subsample: not the exact set, but related
+    assert 0.5 * exact.nnz < blocked.nnz < 3 * exact.nnz
+    assert blocked.multiply(exact).nnz > 0.2 * blocked.nnz
+    again = mnn_across(Z, levels, 5, method="approx", seed=1)
+    other = mnn_across(Z, levels, 5, method="approx", seed=2)
+    assert (again != blocked).nnz == 0 and (other != blocked).nnz > 0
+    g = mine_neighbors(X, lab, n_pcs=10, method="approx")
+    assert g.stats["method_used"] == "approx" and g.stats["mnn_blocks"] == 3
+    assert mine_neighbors(X, lab, n_pcs=10).stats["method_used"] == "exact"  # auto: small -> exact
 
 
 # ----- mining ------------------------------------------------------------------------------------
@@ -232,6 +257,10 @@ def test_mining_is_deterministic_and_reports_progress():
     np.testing.assert_array_equal(a.kind, b.kind)
     fr = [f for f, _ in calls]
     assert fr[0] == 0.0 and fr[-1] == 1.0 and fr == sorted(fr)
+    json.dumps(a.stats)  # goes into report.json as is
+    c = mine_neighbors(X, lab, n_pcs=10, seed=5, method="approx")
+    d = mine_neighbors(X, lab, n_pcs=10, seed=5, method="approx")
+    np.testing.assert_array_equal(c.indices, d.indices)
 
 
 def test_bad_arguments_raise_user_errors():
@@ -254,6 +283,7 @@ def test_mining_memory_is_linear_in_wells():
     row = np.tile(np.repeat(np.arange(16), 24), n_plates)
     labels = {"batch": plate % 2, "half": row // 8}  # two 2-level effects keep the test fast
     k = 10
+    embed_for_neighbors(X[:100], n_pcs=8)  # imports (sklearn) are not mining memory
     tracemalloc.start()
     try:
         g = mine_neighbors(X, labels, k_knn=k, k_mnn=5, n_pcs=8, method="approx")

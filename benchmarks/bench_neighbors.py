@@ -1,0 +1,140 @@
+"""Speed and memory of neighbour mining (``neighbors.mine_neighbors``) at 10k / 20k / 40k / 100k wells.
+
+    python benchmarks/bench_neighbors.py                                  # 10k, 20k, 40k, 100k wells
+    python benchmarks/bench_neighbors.py --wells 20000 --method exact
+    python benchmarks/bench_neighbors.py --threads 1 --json out.json
+
+Data: random low-rank profiles (rank 30 + noise, 1,446 features, the paper's JUMP size) on 16 x 24
+plates in 4 batches, with a smooth row/column gradient and a batch shift added, labelled with
+batch, row and column (the three effects the paper corrects). Mining is done exactly as the
+training does it: PCA (50 PCs) + KNN within / MNN across the levels of each effect, intersection
+across effects with the per-anchor fallback.
+
+Each size runs in a fresh process: its peak RSS (``ru_maxrss``) minus the RSS after the data were
+made is what mining costs on top of holding the profiles; a second fresh process measures the
+peak memory traced by Python (numpy allocations; faiss's C++ index memory is not traced) unless
+``--no-traced``. Figures are printed, nothing is asserted; the last line gives the log-log slope
+of mining time against wells (1 = linear, 2 = quadratic). Timings are only comparable on a quiet
+machine: the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_data(n: int, n_features: int, seed: int = 0):
+    """Low-rank profiles with row/column gradients and batch shifts on 384-well plates."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_plates = -(-n // 384)
+    plate = np.repeat(np.arange(n_plates), 384)[:n]
+    row = np.tile(np.repeat(np.arange(16), 24), n_plates)[:n]
+    col = np.tile(np.tile(np.arange(24), 16), n_plates)[:n]
+    batch = plate % 4
+    rank = 30
+    X = rng.standard_normal((n, rank), dtype=np.float32) @ rng.standard_normal((rank, n_features), dtype=np.float32)
+    X += rng.standard_normal((n, n_features), dtype=np.float32)
+    grad = rng.standard_normal((2, n_features), dtype=np.float32)
+    X += np.outer((row - 7.5) / 8, grad[0]) + np.outer((col - 11.5) / 12, grad[1])
+    X += 0.5 * rng.standard_normal((4, n_features), dtype=np.float32)[batch]
+    return X, {"batch": batch, "row": row, "col": col}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def child(n: int, n_features: int, method: str, n_pcs: int, traced: bool, threads: int) -> dict:
+    """Run in a fresh process: make data, mine, report time and memory."""
+    sys.path.insert(0, str(REPO))
+    import tracemalloc
+
+    from sklearn.decomposition import PCA  # noqa: F401  (import cost is not mining cost)
+
+    from cpdistiller_core.neighbors import mine_neighbors
+
+    X, labels = make_data(n, n_features)
+    rss_data = rss_mb()
+    if traced:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    g = mine_neighbors(X, labels, n_pcs=n_pcs, method=method, threads=threads or None)
+    seconds = time.perf_counter() - t0
+    traced_peak = tracemalloc.get_traced_memory()[1] / 1e6 if traced else None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB -> MB on Linux
+    s = g.stats
+    return {
+        "wells": n, "features": n_features, "method": method, "seconds": seconds, "wells_per_s": n / seconds,
+        "rss_data_mb": rss_data, "peak_rss_mb": peak, "mining_rss_mb": peak - rss_data,
+        "traced_peak_mb": traced_peak, "pairs": s["pairs"], "fallback": s["fallback"],
+        "knn_anchors_paper": s["knn_anchors_paper"], "knn_anchors_fallback": s["knn_anchors_fallback"],
+        "indexes": s["indexes"], "timings_s": {k: round(v, 2) for k, v in s["timings_s"].items()},
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+def run_child(n: int, args: argparse.Namespace, traced: bool) -> dict:
+    env = dict(os.environ)
+    code = (f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import bench_neighbors as b; "
+            f"print(json.dumps(b.child({n}, {args.features}, {args.method!r}, {args.n_pcs}, {traced}, {args.threads})))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{n} wells failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--wells", type=int, nargs="+", default=[10_000, 20_000, 40_000, 100_000])
+    ap.add_argument("--features", type=int, default=1446)
+    ap.add_argument("--n-pcs", type=int, default=50)
+    ap.add_argument("--method", default="auto", choices=["auto", "exact", "approx"])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="faiss/BLAS threads while mining (mine_neighbors' default 1; 0: leave as the environment says)")
+    ap.add_argument("--no-traced", action="store_true", help="skip the tracemalloc run")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = ap.parse_args()
+
+    print(f"neighbour mining, {args.features} features, {args.n_pcs} PCs, method={args.method}, "
+          f"threads={args.threads or 'environment'}, cpus={os.cpu_count()}")
+    hdr = (f"{'wells':>7} {'seconds':>8} {'wells/s':>8} {'peak RSS':>9} {'mining RSS':>10} {'traced':>8} "
+           f"{'pairs':>9} {'pca/index/knn/mnn/combine s':>30} {'load':>5}")
+    print(hdr)
+    rows = []
+    for n in args.wells:
+        r = run_child(n, args, traced=False)
+        if not args.no_traced:
+            r["traced_peak_mb"] = run_child(n, args, traced=True)["traced_peak_mb"]
+        rows.append(r)
+        t = r["timings_s"]
+        split = "/".join(str(t.get(k, "-")) for k in ("pca", "index", "knn", "mnn", "combine"))
+        traced = f"{r['traced_peak_mb']:.0f}MB" if r["traced_peak_mb"] is not None else "-"
+        print(f"{n:>7} {r['seconds']:>8.1f} {r['wells_per_s']:>8.0f} {r['peak_rss_mb']:>7.0f}MB "
+              f"{r['mining_rss_mb']:>8.0f}MB {traced:>8} {r['pairs']:>9} {split:>30} {r['loadavg']:>5.1f}",
+              flush=True)
+    if len(rows) >= 2:
+        import numpy as np
+
+        ns = np.log([r["wells"] for r in rows])
+        ts = np.log([r["seconds"] for r in rows])
+        slope = np.polyfit(ns, ts, 1)[0]
+        print(f"time ~ wells^{slope:.2f} (1 = linear); fallback: {rows[-1]['fallback']}, "
+              f"indexes at {rows[-1]['wells']}: {rows[-1]['indexes']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
