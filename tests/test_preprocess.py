@@ -310,3 +310,14 @@ def test_frequency_rule_matches_pycytominer_on_random_discrete_data():
         theirs = pcm_frequency_threshold(pd.DataFrame(X.astype(np.float64), columns=names), features=names,
                                          freq_cut=fc, unique_cut=uc)
         assert ours == sorted(theirs), trial
+
+
+def test_selection_rules_leave_their_input_untouched():
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(200, 8)).astype(np.float32)
+    for X in (base, base[:, np.ones(8, bool)], np.asfortranarray(base)):  # C, gathered and F layouts
+        before = X.copy()
+        frequency_threshold(X, list("abcdefgh"))
+        variance_threshold(X, list("abcdefgh"))
+        correlation_threshold(X, list("abcdefgh"))
+        assert np.array_equal(X, before)
