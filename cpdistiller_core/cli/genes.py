@@ -132,7 +132,7 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         out["corrected"] = load_run(run_dir).embedding()
         refs = load_references(run_dir)
         if not args.uncorrected:
-            out["uncorrected"] = refs.get("uncorrected") or uncorrected(_run_input(run_dir, run_input),
+            out["uncorrected"] = refs.get("uncorrected") or uncorrected(_run_input(run_dir, run_input, args),
                                                                          seed=args.seed)
         desc = f"run {run_dir.name}"
     else:
@@ -154,19 +154,20 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return out, desc
 
 
-def _run_input(run_dir: Path, run_input):
-    """The run's preprocessed input: the dashboard job's copy, else the file named in config.json."""
+def _run_input(run_dir: Path, run_input, args: argparse.Namespace):
+    """The run's preprocessed input: the dashboard job's copy, else the file(s) named in config.json
+    (read with this command's column options)."""
     try:
         return run_input(run_dir)
     except CpDistillerError:
         pass
-    from ..io import read_profiles
     from ..runs import load_run
 
     src = (load_run(run_dir).config.get("input") or {}).get("source")
-    if not isinstance(src, str) or not Path(src).is_file():
+    files = [src] if isinstance(src, str) else list(src or [])
+    if not files or not all(isinstance(f, str) and Path(f).is_file() for f in files):
         raise CpDistillerError(f"{run_dir}: cannot find the run's input ({src!r}); pass --uncorrected FILE.")
-    raw = read_profiles(src)
+    raw = _read(args, files)
     prep = run_dir / "model" / "preprocess.json"
     if prep.is_file():
         from ..preprocess import PreprocessReport
