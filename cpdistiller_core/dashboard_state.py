@@ -142,13 +142,17 @@ def server_paths(text: str) -> list[Path]:
 
 # ----- loading ------------------------------------------------------------------------------------
 def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *, batch_from_file: bool = False,
-               name: str | None = None, origin: str = "upload", source: str | None = None) -> Dataset:
-    """Read profile files (roles auto-detected, ``roles`` overrides applied) into a Dataset."""
+               name: str | None = None, origin: str = "upload", source: str | None = None,
+               feature_regex: str | None = None) -> Dataset:
+    """Read profile files (roles auto-detected, ``roles`` overrides applied) into a Dataset.
+
+    ``feature_regex`` chooses the feature columns when they are not CellProfiler-named."""
     from .io import read_profiles_with_report
 
     paths = [Path(p) for p in paths]
     profiles, report = read_profiles_with_report(
         [str(p) for p in paths], dict(roles) if roles else None, batch_from_file=batch_from_file,
+        feature_regex=feature_regex or None,
         source=source if len(paths) == 1 else None, emit_warnings=False)
     label = name or (paths[0].name if len(paths) == 1 else f"{len(paths)} files")
     return Dataset(name=label, raw=profiles, origin=origin, files=[str(p) for p in paths],
@@ -157,11 +161,11 @@ def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *,
 
 def load_demo(seed: int = 0) -> Dataset:
     """The built-in simulated screen (known batch, row and column effects)."""
-    from .datasets import make_demo_screen
-
-    demo = make_demo_screen(seed=seed)
-    profiles = demo.profiles
+    from .datasets import load_demo as cached_demo
     from .io import validate
+
+    demo = cached_demo(seed=seed)
+    profiles = demo.profiles
 
     return Dataset(name=f"demo screen (seed {seed})", raw=profiles, origin="demo", files=[],
                    role_reasons={r: "built-in demo" for r in ROLE_FIELDS if getattr(profiles.roles, r)},

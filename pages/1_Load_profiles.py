@@ -35,6 +35,9 @@ st.title("Load profiles")
 st.caption("Well-level CellProfiler profiles: one row per well, metadata columns plus numeric features. "
            "Several files are combined on their shared features.")
 
+regex = st.text_input("Feature columns (regular expression, optional)", key="load_feature_regex",
+                      placeholder="^(Cells|Nuclei|Cytoplasm|Image)_", help="Leave empty to use CellProfiler-named "
+                      "numeric columns (Cells_, Nuclei_, Cytoplasm_, Image_…).")
 tab_upload, tab_path, tab_demo = st.tabs(["Upload", "Server path", "Demo"])
 # The "From JUMP" tab (Cell Painting Gallery) is added here by the JUMP module's own function.
 
@@ -48,7 +51,7 @@ with tab_upload:
         try:
             with st.spinner("Reading…"):
                 saved = ds.save_uploads([(f.name, f.getvalue()) for f in files], st.session_state[ds.SESSION_ID_KEY])
-                _set_dataset(ds.load_files(saved, batch_from_file=per_file, origin="upload",
+                _set_dataset(ds.load_files(saved, batch_from_file=per_file, origin="upload", feature_regex=regex,
                                            source=files[0].name if len(files) == 1 else None))
             st.success(f"Loaded {len(saved)} file(s).")
         except Exception as exc:  # noqa: BLE001 - every failure is shown as a message
@@ -62,7 +65,7 @@ with tab_path:
         try:
             with st.spinner("Reading…"):
                 paths = ds.server_paths(text)
-                _set_dataset(ds.load_files(paths, batch_from_file=per_file_p, origin="path"))
+                _set_dataset(ds.load_files(paths, batch_from_file=per_file_p, origin="path", feature_regex=regex))
             st.success(f"Loaded {len(paths)} file(s).")
         except Exception as exc:  # noqa: BLE001
             _fail(exc)

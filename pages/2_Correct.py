@@ -4,6 +4,7 @@ browse run history, compute reference methods and download the results."""
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -135,17 +136,13 @@ def run_panel(run_dir: Path) -> None:
         st.success(f"Finished in {_fmt_s(elapsed)}. Open the Embedding explorer or Plate maps to look at it.")
         stamp = (run_dir / "embedding.parquet").stat().st_mtime if (run_dir / "embedding.parquet").exists() else 0.0
         c = st.columns(4)
-        for i, fmt in enumerate(("parquet", "csv", "h5ad")):
-            try:
-                c[i].download_button(f"Embedding ({fmt})", _export(str(run_dir), fmt, stamp),
-                                     file_name=f"{run_dir.name}_embedding.{fmt}", key=f"dl_{fmt}_{run_dir.name}")
-            except CpDistillerError as exc:
-                c[i].error(str(exc))
-        try:
-            c[3].download_button("Model (zip)", _model_zip(str(run_dir), stamp), file_name=f"{run_dir.name}_model.zip",
-                                 mime="application/zip", key=f"dl_model_{run_dir.name}")
-        except CpDistillerError as exc:
-            c[3].error(str(exc))
+        for i, fmt in enumerate(("parquet", "csv", "h5ad")):  # files are built when the button is clicked
+            c[i].download_button(f"Embedding ({fmt})", partial(_export, str(run_dir), fmt, stamp),
+                                 file_name=f"{run_dir.name}_embedding.{fmt}", key=f"dl_{fmt}_{run_dir.name}",
+                                 on_click="ignore", icon=":material/download:")
+        c[3].download_button("Model (zip)", partial(_model_zip, str(run_dir), stamp),
+                             file_name=f"{run_dir.name}_model.zip", mime="application/zip",
+                             key=f"dl_model_{run_dir.name}", on_click="ignore", icon=":material/download:")
     seen = st.session_state.setdefault("correct_seen_status", {})
     if seen.get(str(run_dir)) not in (None, state.status) and state.finished:
         seen[str(run_dir)] = state.status

@@ -35,7 +35,7 @@ def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: Plat
     sides = list(grids)
     plates = list(dict.fromkeys(p for side in sides for p in grids[side]))
     fig = make_subplots(rows=len(plates), cols=len(sides), horizontal_spacing=0.1,
-                        vertical_spacing=min(0.08, 0.3 / max(1, len(plates))),
+                        vertical_spacing=min(0.15, 0.35 / max(1, len(plates))),
                         subplot_titles=[f"{side} · {plate}" for plate in plates for side in sides])
     ylabels = [row_letters(r) for r in range(geometry.n_rows)]
     xlabels = [str(c + 1) for c in range(geometry.n_cols)]
@@ -65,7 +65,7 @@ def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: Plat
                                      hovertemplate=f"{plate} %{{y}}%{{x}}<br>{value_label}: %{{text}}<extra>{side}</extra>"),
                           row=r + 1, col=s + 1)
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=8))
-    fig.update_xaxes(tickfont=dict(size=8), side="bottom")
+    fig.update_xaxes(tickfont=dict(size=8), side="bottom", dtick=1 if geometry.n_cols <= 24 else 2)
     fig.update_layout(height=max(320, height_per_plate * len(plates)), margin=dict(l=10, r=40, t=40, b=10),
                       plot_bgcolor="white")
     return fig

@@ -33,7 +33,7 @@ def training_curves(log: pd.DataFrame) -> go.Figure:
     if losses and (log[losses] > 0).all().all():
         fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=2)
-    fig.update_xaxes(title_text="epoch")
+    fig.update_xaxes(title_text="epoch", dtick=1 if len(log) <= 20 else None)
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
                       legend=dict(orientation="h", y=-0.25))
     return fig

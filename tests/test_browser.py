@@ -1,0 +1,140 @@
+"""The real app in a real browser: start `streamlit run app.py` on 127.0.0.1, drive Debian's Chromium with
+Playwright through the demo flow (Home -> Load -> Correct -> Explorer -> Plate maps) and save a screenshot
+of every page under test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    home = tmp_path_factory.mktemp("app_home")
+    port = _free_port()
+    env = dict(os.environ, CPDISTILLER_HOME=str(home / "data"), CPDISTILLER_CACHE=str(home / "cache"),
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    log = open(home / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited: {(home / 'streamlit.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the app did not answer /_stcore/health")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _idle(page, timeout: float = 120_000) -> None:
+    """Wait until Streamlit has finished running the script (no 'Running…' status widget)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=timeout)
+
+
+def _shot(page, name: str) -> Path:
+    """Screenshot the whole page: Streamlit scrolls inside its main block, so grow the viewport to fit it."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.mouse.move(5, 995)  # no tooltip over the content
+    height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                           " return m ? m.scrollHeight : document.body.scrollHeight; }")
+    page.set_viewport_size({"width": 1440, "height": int(min(max(height, 1000) + 40, 7000))})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": 1440, "height": 1000})
+    return path
+
+
+def test_demo_flow_in_chromium(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(app_url, wait_until="networkidle")
+        expect(page.get_by_role("heading", name="cpDistiller")).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Load the built-in demo screen").click()
+        expect(page.get_by_text("demo screen (seed 0)").first).to_be_visible(timeout=90_000)
+        _idle(page)
+        _shot(page, "1_home")
+
+        page.get_by_role("link", name="Load profiles").first.click()
+        expect(page.get_by_text("Quality summary")).to_be_visible(timeout=60_000)
+        _idle(page)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        _shot(page, "2_load_profiles")
+
+        page.get_by_role("link", name="Correct").first.click()
+        expect(page.get_by_role("button", name="Start correction")).to_be_visible(timeout=60_000)
+        epochs = page.get_by_label("Epochs")
+        epochs.fill("3")
+        epochs.press("Tab")
+        page.get_by_role("button", name="Start correction").click()
+        expect(page.get_by_text("Finished in")).to_be_visible(timeout=240_000)
+        _idle(page)
+        _shot(page, "3_correct")
+        assert page.get_by_role("button", name="Embedding (parquet)").is_visible()
+
+        page.get_by_role("link", name="Embedding explorer").first.click()
+        expect(page.get_by_text("Colour by")).to_be_visible(timeout=60_000)
+        _idle(page)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1500)
+        _shot(page, "4_embedding_explorer")
+
+        page.get_by_role("link", name="Plate maps").first.click()
+        expect(page.get_by_text("Variance explained by technical labels")).to_be_visible(timeout=60_000)
+        _idle(page)
+        page.wait_for_timeout(1500)
+        assert page.locator(".js-plotly-plot").count() >= 3
+        _shot(page, "5_plate_maps")
+        assert not page.get_by_text("Traceback").count()
+        browser.close()
+    assert not errors, errors
