@@ -599,6 +599,7 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
             X[over] = np.nan
             cur = cur.with_features(X, cur.features)
             warn(f"{int(over.sum())} normalised value(s) are infinite in float32 and are treated as missing.")
+        del Z, over
 
     # 2. NaN-heavy features, then incomplete wells, then the remaining selection
     progress(0.3, "selecting features")
@@ -638,6 +639,7 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
                 f"{where(src)}preprocessing dropped every feature ({len(dropped_feats)} dropped); "
                 "loosen the configuration (e.g. fewer operations)."
             )
+        del fit
         cur = cur.subset(features=[f for f in cur.features if f in kept])
     cur = _handle_incomplete_rows(cur, config, report, warn)
     report.dropped_features = dropped_feats
@@ -645,15 +647,22 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
 
     # 3. clip and z-score
     progress(0.92, "clipping and scaling")
+    # from here on, work in place on a matrix this function owns (saves two copies of the data)
+    X = cur.X if not np.may_share_memory(cur.X, profiles.X) else cur.X.copy()
     if config.clip is not None:
-        report.n_clipped_values = int((np.abs(cur.X) > config.clip).sum())
-        cur = clip_outliers(cur, config.clip)
+        report.n_clipped_values = int(np.count_nonzero(X > config.clip) + np.count_nonzero(X < -config.clip))
+        np.clip(X, -config.clip, config.clip, out=X)
     if config.zscore:
-        mean, std = (None, None) if zscore_params is None else zscore_params
-        if zscore_params is not None and (mean is None or std is None):
-            raise CpDistillerError("this preprocessing report has no z-score parameters to apply.")
-        cur, m, s = zscore(cur, None if mean is None else np.asarray(mean), None if std is None else np.asarray(std))
-        report.zscore_mean, report.zscore_std = m.tolist(), s.tolist()
+        if zscore_params is None:
+            mean, std = _mean_std(X)
+        else:
+            if zscore_params[0] is None or zscore_params[1] is None:
+                raise CpDistillerError("this preprocessing report has no z-score parameters to apply.")
+            mean, std = np.asarray(zscore_params[0], np.float64), np.asarray(zscore_params[1], np.float64)
+        X -= mean.astype(np.float32)
+        X /= np.where(std > 0, std, 1.0).astype(np.float32)
+        report.zscore_mean, report.zscore_std = mean.tolist(), std.tolist()
+    cur = cur.with_features(X, cur.features)
     report.n_wells_out = cur.n_wells
     report.seconds = time.perf_counter() - t0
     progress(1.0, "preprocessing done")
