@@ -652,6 +652,9 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
     if config.clip is not None:
         report.n_clipped_values = int(np.count_nonzero(X > config.clip) + np.count_nonzero(X < -config.clip))
         np.clip(X, -config.clip, config.clip, out=X)
+        if report.n_clipped_values > 0.01 * X.size:
+            warn(f"clipping to ±{config.clip:g} changed {report.n_clipped_values / X.size:.1%} of all values; "
+                 "are the profiles normalised? (clip=None disables clipping)")
     if config.zscore:
         if zscore_params is None:
             mean, std = _mean_std(X)

@@ -321,3 +321,9 @@ def test_selection_rules_leave_their_input_untouched():
         variance_threshold(X, list("abcdefgh"))
         correlation_threshold(X, list("abcdefgh"))
         assert np.array_equal(X, before)
+
+
+def test_clipping_unnormalised_data_warns():
+    prof = _toy()  # raw values around 0-50 with scales up to 5x
+    with pytest.warns(CpDistillerWarning, match="are the profiles normalised"):
+        preprocess(prof, PreprocessConfig(normalize=None, clip=1.0))
