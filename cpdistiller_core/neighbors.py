@@ -107,6 +107,15 @@ class NeighborGraph:
 
     ``kind`` (optional, one uint8 per entry of ``indices``) says whether a pair came from KNN
     (``KIND_KNN``), MNN (``KIND_MNN``) or both (bitwise or); the sampler uses it to mix the two.
+
+    ``stats`` (JSON-ready) from ``mine_neighbors``: ``n``, ``n_pcs``, ``method``/``method_used``,
+    ``mnn_blocks``, ``effects_used``, ``effects_dropped`` (name -> reason), ``effects`` (per effect:
+    ``levels``, ``knn_pairs`` (directed), ``mnn_pairs`` (unordered), seconds), ``knn_pairs_paper`` /
+    ``mnn_pairs_paper`` (after the intersection; intersection only), ``knn_anchors_paper`` /
+    ``knn_anchors_fallback`` and the same for MNN (anchors served by the paper's rule / by the
+    union fallback), ``fallback`` ("none", "union_per_anchor" or "plain_knn"), ``pairs``,
+    ``anchors_with_positive`` / ``anchors_without_positive``, ``indexes`` (exact / HNSW indexes
+    built) and ``timings_s``.
     """
 
     indptr: np.ndarray
@@ -144,13 +153,13 @@ def embed_for_neighbors(X: np.ndarray, n_pcs: int = 50, seed: int = 0) -> np.nda
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] < 2:
         raise CpDistillerError(f"need a 2-D feature matrix with at least 2 wells, got shape {X.shape}.")
-    if not np.isfinite(X).all():
+    if not all(np.isfinite(X[s:s + 8192]).all() for s in range(0, X.shape[0], 8192)):  # no N x F mask
         raise CpDistillerError("feature matrix contains NaN or infinite values; impute or drop them first.")
     n, f = X.shape
     n_comp = min(int(n_pcs), n - 1, f)
     if n_comp < 1:
         raise CpDistillerError(f"n_pcs must be at least 1, got {n_pcs}.")
-    if n_comp >= min(n, f) or n_comp == f:
+    if n_comp == f:
         Z = X.astype(np.float32) - X.mean(axis=0, dtype=np.float64).astype(np.float32)
     else:
         from sklearn.decomposition import PCA
@@ -190,7 +199,7 @@ class _LevelIndex:
             return np.full((len(queries), max(k_eff, 0)), -1, dtype=np.int64)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.hnsw is not None:
-            self.hnsw.hnsw.efSearch = max(_HNSW_EF_SEARCH_MIN, 2 * k_eff)
+            self.hnsw.hnsw.efSearch = max(_HNSW_EF_SEARCH_MIN, k_eff + 8)
             _, local = self.hnsw.search(queries, k_eff)
         else:
             _, local = faiss.knn(queries, self.base, k_eff, metric=faiss.METRIC_INNER_PRODUCT)
@@ -324,7 +333,7 @@ def _knn_keys(Z: np.ndarray, indexes: list[_LevelIndex | None], k: int,
     for index in indexes:
         if index is not None and len(index.members) >= 2 and k > 0:
             members = index.members
-            found = index.search(Z[members], k + 1)
+            found = index.search(index.base, k + 1)
             src = np.repeat(members, found.shape[1]).reshape(found.shape)
             keep = (found != src) & (found >= 0)
             # keep the k nearest non-self hits per row (self is usually, not always, the first hit)
@@ -345,8 +354,8 @@ def _mnn_keys(Z: np.ndarray, indexes: list[_LevelIndex | None], k: int,
             ia, ib = indexes[a], indexes[b]
             if ia is not None and ib is not None and k > 0:
                 ga, gb = ia.members, ib.members
-                a_to_b = ib.search(Z[ga], k)          # global ids in level b
-                b_to_a = ia.search(Z[gb], k)          # global ids in level a
+                a_to_b = ib.search(ia.base, k)          # global ids in level b
+                b_to_a = ia.search(ib.base, k)          # global ids in level a
                 fwd = _keys(np.repeat(ga, a_to_b.shape[1]), a_to_b.ravel(), n)
                 bwd = _keys(b_to_a.ravel(), np.repeat(gb, b_to_a.shape[1]), n)  # stored as a -> b
                 mutual = np.intersect1d(fwd, bwd, assume_unique=True)
@@ -398,7 +407,9 @@ def mnn_across(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exac
                seed: int = 0, threads: int | None = 1) -> sp.csr_matrix:
     """Symmetric MNN graph on an embedding ``Z`` (unit rows): for every pair of levels (A, B),
     wells ``a`` in A and ``b`` in B are paired when each is among the other's ``k`` nearest wells
-    in the other's level. Pairs therefore always join different levels.
+    in the other's level. Pairs therefore always join different levels. ``method="approx"`` (or
+    "auto" above ``AUTO_EXACT_MAX_WELLS`` wells) does this within seeded random blocks of at most
+    ``MNN_BLOCK`` wells.
     """
     _check_method(method)
     Z = np.ascontiguousarray(Z, dtype=np.float32)
@@ -671,33 +682,46 @@ class TripletSampler:
             pos[rest] = p
 
         neg = np.full(m, -1, dtype=np.int64)
-        pools = [(~is_ctrl, self.controls), (is_ctrl, self.noncontrols)]
-        for sel, pool in pools:
+        anywhere: list[np.ndarray] = []  # anchors without a usable preferred negative
+        for sel, pool in ((~is_ctrl, self.controls), (is_ctrl, self.noncontrols)):
             todo = np.flatnonzero(sel)
             if len(pool) == 0:
+                anywhere.append(todo)
                 continue
-            for _ in range(self._REJECTION_ROUNDS):
-                if len(todo) == 0:
-                    break
-                j = pool[self.rng.integers(0, len(pool), size=len(todo))]
-                ok = ~self._is_positive(a[todo], j)
-                neg[todo[ok]] = j[ok]
-                todo = todo[~ok]
-        for t in np.flatnonzero(neg < 0):  # rare: preferred pool empty or (almost) all positives
-            neg[t] = self._exact_negative(int(a[t]), bool(is_ctrl[t]))
+            todo = self._reject(a, todo, pool, neg)
+            # rare: most of the pool is inside the anchor's positive set; check exactly
+            for t in todo:
+                cand = np.setdiff1d(pool, self._excluded(int(a[t])))
+                if len(cand):
+                    neg[t] = cand[self.rng.integers(0, len(cand))]
+                else:
+                    anywhere.append(np.array([t]))
+        if anywhere:
+            todo = self._reject(a, np.concatenate(anywhere), np.arange(self.graph.n), neg)
+            for t in todo:  # only in tiny data sets: nearly every well is a positive
+                cand = np.setdiff1d(np.arange(self.graph.n), self._excluded(int(a[t])))
+                if len(cand):
+                    neg[t] = cand[self.rng.integers(0, len(cand))]
         keep = neg >= 0
         return a[keep], pos[keep], neg[keep]
 
-    def _exact_negative(self, a: int, is_ctrl: bool) -> int:
+    def _reject(self, a: np.ndarray, todo: np.ndarray, pool: np.ndarray, neg: np.ndarray) -> np.ndarray:
+        """Rejection-sample negatives for ``a[todo]`` from ``pool`` into ``neg``; returns the failures."""
+        for _ in range(self._REJECTION_ROUNDS):
+            if len(todo) == 0:
+                break
+            j = pool[self.rng.integers(0, len(pool), size=len(todo))]
+            ok = ~self._is_positive(a[todo], j)
+            neg[todo[ok]] = j[ok]
+            todo = todo[~ok]
+        return todo
+
+    def _excluded(self, a: int) -> np.ndarray:
+        """The positive set of ``a``: graph partners, itself, and the other controls for a control."""
         excluded = np.append(self.graph.positives(a).astype(np.int64), a)
-        if is_ctrl and self._controls_as_positives:
+        if self.negative_mask[a] and self._controls_as_positives:
             excluded = np.concatenate([excluded, self.controls])
-        preferred = self.noncontrols if is_ctrl else self.controls
-        for pool in (preferred, np.arange(self.graph.n)):
-            cand = np.setdiff1d(pool, excluded)
-            if len(cand):
-                return int(cand[self.rng.integers(0, len(cand))])
-        return -1
+        return excluded
 
     def epoch(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """One pass over the valid anchors in a fresh random order, as triplet mini-batches."""

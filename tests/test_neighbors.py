@@ -273,7 +273,12 @@ def test_bad_arguments_raise_user_errors():
         mine_neighbors(X, {"row": lab["row"][:-1]})
 
 
-def test_mining_memory_is_linear_in_wells():
+def test_mining_memory_is_linear_in_wells(monkeypatch):
+    # a coarse HNSW keeps this test quick; recall does not matter for memory
+    monkeypatch.setattr(neighbors, "_HNSW_M", 8)
+    monkeypatch.setattr(neighbors, "_HNSW_EF_CONSTRUCTION", 16)
+    monkeypatch.setattr(neighbors, "_HNSW_EF_SEARCH_MIN", 8)
+    monkeypatch.setattr(neighbors, "MNN_BLOCK", 5000)
     n_plates = 131  # 50,304 wells
     rng = np.random.default_rng(0)
     n = 384 * n_plates
@@ -282,7 +287,7 @@ def test_mining_memory_is_linear_in_wells():
     plate = np.repeat(np.arange(n_plates), 384)
     row = np.tile(np.repeat(np.arange(16), 24), n_plates)
     labels = {"batch": plate % 2, "half": row // 8}  # two 2-level effects keep the test fast
-    k = 10
+    k = 5
     embed_for_neighbors(X[:100], n_pcs=8)  # imports (sklearn) are not mining memory
     tracemalloc.start()
     try:
@@ -352,6 +357,16 @@ def test_negatives_fall_back_when_all_controls_are_positives():
     # wells 3-5 have no positive and are not controls: dropped
     a, _, _ = TripletSampler(g, negative, seed=0).sample(np.arange(n))
     assert a.tolist() == [0, 1, 2]
+
+
+def test_without_controls_negatives_are_any_non_positive_well(mined):
+    g, _ = mined
+    a, p, n = TripletSampler(g, np.zeros(g.n, dtype=bool), seed=3).sample(np.arange(g.n))
+    assert len(a) == g.n and np.all(n != a)
+    csr = g.to_csr().tolil()
+    assert not any(csr[i, j] for i, j in zip(a, n))
+    assert all(csr[i, j] for i, j in zip(a, p))
+    assert len(np.unique(n)) > g.n // 3  # drawn across the plate, not from a few wells
 
 
 def test_sampler_is_deterministic_by_seed(mined):
