@@ -20,8 +20,8 @@ def _inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="a run directory (corrected embedding; the uncorrected PCA of its input is compared), "
                         "embedding/profile file(s), or 'demo' for the built-in screen")
-    p.add_argument("--uncorrected", metavar="FILE",
-                   help="uncorrected embedding/profiles to compare with (default for a run directory: "
+    p.add_argument("--uncorrected", metavar="FILE", nargs="+",
+                   help="uncorrected embedding/profile file(s) to compare with (default for a run directory: "
                         "PCA-50 of the run's preprocessed input)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder for tables and figures")
     p.add_argument("--type-col", metavar="COL", help="perturbation-type column to filter on (e.g. Metadata_pert_type)")
@@ -129,7 +129,7 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         from ..runs import load_run
 
         run_dir = Path(inputs[0])
-        out["corrected"] = load_run(run_dir).embedding()
+        out["corrected"] = _with_role_flags(load_run(run_dir).embedding(), args)
         refs = load_references(run_dir)
         if not args.uncorrected:
             out["uncorrected"] = refs.get("uncorrected") or uncorrected(_run_input(run_dir, run_input, args),
@@ -143,7 +143,7 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             out["input"] = emb
         desc = ", ".join(inputs)
     if args.uncorrected:
-        out["uncorrected"] = _read(args, [args.uncorrected])
+        out["uncorrected"] = _read(args, list(args.uncorrected))
     if args.type_col or args.type:
         if not (args.type_col and args.type):
             raise CpDistillerError("--type-col and --type go together.")
@@ -152,6 +152,17 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         values = [v.strip() for v in args.type.split(",") if v.strip()]
         out = {k: select_type(v, args.type_col, values) for k, v in out.items()}
     return out, desc
+
+
+def _with_role_flags(profiles, args: argparse.Namespace):
+    """Apply the column flags (--perturbation-col, --negative, …) over a run embedding's stored roles."""
+    from ..profiles import Roles
+    from .common import role_overrides_from_args
+
+    spec = {k: v for k, v in role_overrides_from_args(args).items() if k not in ("features", "feature_regex")}
+    if not spec:
+        return profiles
+    return profiles.replace(roles=Roles.from_dict({**profiles.roles.to_dict(), **spec}))
 
 
 def _run_input(run_dir: Path, run_input, args: argparse.Namespace):
