@@ -21,8 +21,8 @@ def _inputs(p: argparse.ArgumentParser) -> None:
                    help="a run directory (corrected embedding; the uncorrected PCA of its input is compared), "
                         "embedding/profile file(s), or 'demo' for the built-in screen")
     p.add_argument("--uncorrected", metavar="FILE", nargs="+",
-                   help="uncorrected embedding/profile file(s) to compare with (default for a run directory: "
-                        "PCA-50 of the run's preprocessed input)")
+                   help="uncorrected embedding/profile file(s) to compare with; for a run directory: its "
+                        "input file(s), preprocessed as the run was, then PCA-50 (default: found by the run)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder for tables and figures")
     p.add_argument("--type-col", metavar="COL", help="perturbation-type column to filter on (e.g. Metadata_pert_type)")
     p.add_argument("--type", metavar="VALUE[,VALUE]", help="keep these perturbation types (plus negative controls)")
@@ -131,9 +131,10 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         run_dir = Path(inputs[0])
         out["corrected"] = _with_role_flags(load_run(run_dir).embedding(), args)
         refs = load_references(run_dir)
-        if not args.uncorrected:
-            out["uncorrected"] = refs.get("uncorrected") or uncorrected(_run_input(run_dir, run_input, args),
-                                                                         seed=args.seed)
+        if "uncorrected" in refs and not args.uncorrected:
+            out["uncorrected"] = refs["uncorrected"]
+        else:  # PCA-50 of the run's input (or of --uncorrected files) after the run's preprocessing
+            out["uncorrected"] = uncorrected(_run_input(run_dir, run_input, args), seed=args.seed)
         desc = f"run {run_dir.name}"
     else:
         emb = _read(args, inputs)
@@ -142,7 +143,7 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         else:
             out["input"] = emb
         desc = ", ".join(inputs)
-    if args.uncorrected:
+    if args.uncorrected and "uncorrected" not in out:
         out["uncorrected"] = _read(args, list(args.uncorrected))
     if args.type_col or args.type:
         if not (args.type_col and args.type):
@@ -166,18 +167,19 @@ def _with_role_flags(profiles, args: argparse.Namespace):
 
 
 def _run_input(run_dir: Path, run_input, args: argparse.Namespace):
-    """The run's preprocessed input: the dashboard job's copy, else the file(s) named in config.json
-    (read with this command's column options)."""
-    try:
-        return run_input(run_dir)
-    except CpDistillerError:
-        pass
+    """The run's preprocessed input: --uncorrected files, else the dashboard job's copy, else the file(s)
+    named in config.json (read with this command's column options), with the run's preprocessing."""
+    if not args.uncorrected:
+        try:
+            return run_input(run_dir)
+        except CpDistillerError:
+            pass
     from ..runs import load_run
 
     src = (load_run(run_dir).config.get("input") or {}).get("source")
-    files = [src] if isinstance(src, str) else list(src or [])
+    files = list(args.uncorrected or []) or ([src] if isinstance(src, str) else list(src or []))
     if not files or not all(isinstance(f, str) and Path(f).is_file() for f in files):
-        raise CpDistillerError(f"{run_dir}: cannot find the run's input ({src!r}); pass --uncorrected FILE.")
+        raise CpDistillerError(f"{run_dir}: cannot find the run's input ({src!r}); pass --uncorrected FILE...")
     raw = _read(args, files)
     prep = run_dir / "model" / "preprocess.json"
     if prep.is_file():
