@@ -66,8 +66,10 @@ if not sides:
 base = sides["uncorrected"]
 c = st.columns([2, 2, 2])
 kinds = [k for k in KINDS if k != "dimension" or len(sides) > 1]
-kind = c[0].selectbox("Value", kinds, format_func=KINDS.get, key="plates_kind",
-                      index=kinds.index("control_distance") if len(sides) > 1 and base.negative_mask.any() else 0)
+labels = [KINDS[k] for k in kinds]
+picked = c[0].selectbox("Value", labels, key="plates_kind",
+                        index=kinds.index("control_distance") if len(sides) > 1 and base.negative_mask.any() else 0)
+kind = kinds[labels.index(picked)]
 which = None
 if kind == "feature":
     which = c[1].selectbox("Feature", base.features, key="plates_feature")

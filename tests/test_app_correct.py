@@ -1,0 +1,171 @@
+"""Correct, Embedding explorer and Plate maps pages (AppTest) on real short runs through the job runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cpdistiller_core import dashboard_state as ds
+from cpdistiller_core import jobs
+from cpdistiller_core.profiles import Profiles, Roles
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+CORRECT, EXPLORER, PLATES = "pages/2_Correct.py", "pages/3_Embedding_explorer.py", "pages/4_Plate_maps.py"
+START = "FormSubmitter:correct_form-Start correction"
+
+pytestmark = pytest.mark.slow
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def _demo_app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.button(key="home_demo").click().run()
+    assert not at.exception and not _errors(at)
+    return at
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One short demo correction run from the Correct page, plus two reference methods."""
+    at = _demo_app()
+    at.switch_page(CORRECT).run()
+    assert not at.exception
+    assert any("GPU" in x.value or "CPU" in x.value for x in list(at.info) + list(at.success))
+    assert at.number_input(key="correct_epochs").value == 50  # the paper's defaults are offered
+    assert at.number_input(key="correct_batch_size").value == 256
+    at.number_input(key="correct_epochs").set_value(2)
+    at.multiselect(key="correct_effects").set_value(["batch", "row", "column"])
+    at.button(key=START).click().run()
+    assert not at.exception and not _errors(at)
+    run_dir = Path(at.session_state[ds.RUN_KEY])
+    state = jobs.wait(run_dir, timeout=600)
+    assert state.status == jobs.DONE, jobs.read_log(run_dir)
+    at.run()
+    return at, run_dir
+
+
+def test_a_run_goes_through_the_job_runner_and_shows_results(finished):
+    at, run_dir = finished
+    assert not at.exception and not _errors(at)
+    spec = jobs.job_spec(run_dir)
+    assert spec["target"] == ds.CORRECTION_TARGET
+    assert spec["kwargs"]["config"]["epochs"] == 2 and spec["kwargs"]["effects"] == ["batch", "row", "column"]
+    state = jobs.status(run_dir)
+    assert state.pid != __import__("os").getpid()  # trained in another process
+    for name in ("config.json", "progress.json", "train_log.csv", "embedding.parquet", "report.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "model").is_dir()
+    assert len(pd.read_csv(run_dir / "train_log.csv")) == 2
+    assert any("Finished" in s.value for s in at.success)
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Embedding (parquet)", "Embedding (csv)", "Embedding (h5ad)", "Model (zip)"]
+    assert len(at.get("plotly_chart")) >= 1  # loss curves
+    history = at.dataframe[0].value
+    assert run_dir.name in history["run_id"].tolist()
+
+
+def test_reference_methods_are_computed_into_the_run(finished):
+    at, run_dir = finished
+    at.switch_page(CORRECT).run()
+    at.multiselect(key="correct_refs").set_value(["uncorrected", "harmony"])
+    at.button(key="correct_refs_go").click().run()
+    assert not at.exception and not _errors(at)
+    assert sorted(p.name for p in (run_dir / "references").glob("*.parquet")) == ["harmony.parquet",
+                                                                                  "uncorrected.parquet"]
+
+
+def test_explorer_switches_colourings_and_highlights(finished):
+    at, run_dir = finished
+    at.session_state["explorer_method"] = "PCA"
+    at.switch_page(EXPLORER).run()
+    assert not at.exception and not _errors(at)
+    panels = at.multiselect(key="explorer_panels")
+    assert panels.value[:2] == ["uncorrected", "cpDistiller"]
+    for colour in at.selectbox(key="explorer_color").options:
+        at.selectbox(key="explorer_color").set_value(colour).run()
+        assert not at.exception and not _errors(at), colour
+        assert len(at.get("plotly_chart")) == 1
+    pert = sorted(set(at.session_state[ds.DATASET_KEY].raw.perturbation))[3]
+    at.multiselect(key="explorer_highlight").set_value([pert]).run()
+    assert not at.exception and not _errors(at)
+    # PCA coordinates were cached on disk, keyed by content + parameters
+    from cpdistiller_core.reduce import ReduceParams, is_cached
+
+    view = ds.load_run_view(run_dir)
+    assert is_cached(view.corrected.X, ReduceParams(method="pca"))
+    assert not is_cached(view.corrected.X, ReduceParams(method="umap"))
+
+
+def test_plate_maps_render_every_value_kind_and_variance(finished):
+    at, run_dir = finished
+    at.switch_page(PLATES).run()
+    assert not at.exception and not _errors(at)
+    # before vs after by default: a value both sides have
+    assert at.selectbox(key="plates_kind").value == "Distance to the plate's negative-control centroid"
+    for kind in at.selectbox(key="plates_kind").options:
+        at.selectbox(key="plates_kind").set_value(kind).run()
+        assert not at.exception and not _errors(at), kind
+        assert len(at.get("plotly_chart")) == 4, kind  # heatmaps, row profile, column profile, variance
+    at.radio(key="plates_var_wells").set_value("negative").run()
+    assert not at.exception and not _errors(at)
+
+
+def test_cancel_stops_the_process_and_keeps_the_run(tmp_path):
+    at = _demo_app()
+    at.switch_page(CORRECT).run()
+    at.number_input(key="correct_epochs").set_value(2000)
+    at.button(key=START).click().run()
+    run_dir = Path(at.session_state[ds.RUN_KEY])
+    at.run()
+    at.button(key=f"cancel_{run_dir.name}").click().run()
+    assert not at.exception
+    state = jobs.status(run_dir)
+    assert state.status == jobs.CANCELLED
+    assert any("cancelled" in w.value for w in at.warning)
+    assert (run_dir / jobs.JOB_FILE).is_file()  # kept
+
+
+def test_a_failed_run_shows_its_error_and_log():
+    meta = pd.DataFrame({"Metadata_Plate": ["P1"] * 96,
+                         "Metadata_Well": [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]})
+    X = np.ones((96, 4), np.float32)  # constant features: preprocessing can keep none
+    raw = Profiles(meta=meta, X=X, features=["Cells_a", "Cells_b", "Cells_c", "Cells_d"],
+                   roles=Roles(plate="Metadata_Plate", well="Metadata_Well"), source="constant.csv")
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state[ds.DATASET_KEY] = ds.Dataset(name="constant", raw=raw, origin="upload")
+    at.session_state[ds.SESSION_ID_KEY] = "t"
+    at.run()
+    at.switch_page(CORRECT).run()
+    assert at.multiselect(key="correct_effects").options == ["row", "column"]  # no batch column
+    at.number_input(key="correct_epochs").set_value(2)
+    at.button(key=START).click().run()
+    run_dir = Path(at.session_state[ds.RUN_KEY])
+    state = jobs.wait(run_dir, timeout=300)
+    assert state.status == jobs.FAILED
+    at.run()
+    assert not at.exception
+    shown = _errors(at)
+    assert len(shown) == 1 and shown[0].startswith("The run failed:") and state.error in shown[0]
+    assert any("error" in c.value.lower() for c in at.code)  # the log
+    assert (run_dir / "config.json").is_file() and (run_dir / "report.json").is_file()  # what it wrote is kept
+
+
+def test_batch_correction_without_a_batch_column_is_refused_before_starting():
+    meta = pd.DataFrame({"Metadata_Plate": ["P1"] * 96,
+                         "Metadata_Well": [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]})
+    raw = Profiles(meta=meta, X=np.random.default_rng(0).normal(size=(96, 5)).astype(np.float32),
+                   features=[f"Cells_{i}" for i in range(5)], roles=Roles(plate="Metadata_Plate", well="Metadata_Well"))
+    with pytest.raises(ds.CpDistillerError, match="no batch column"):
+        ds.launch_correction(ds.Dataset(name="x", raw=raw), {"epochs": 1}, ["batch"])
+    with pytest.raises(ds.CpDistillerError, match="at least one"):
+        ds.launch_correction(ds.Dataset(name="x", raw=raw), {"epochs": 1}, [])
+    with pytest.raises(ds.CpDistillerError, match="epochs"):
+        ds.launch_correction(ds.Dataset(name="x", raw=raw), {"epochs": 0}, ["row"])
