@@ -11,10 +11,12 @@ training does it: PCA (50 PCs) + KNN within / MNN across the levels of each effe
 across effects with the per-anchor fallback.
 
 Each size runs in a fresh process: its peak RSS (``ru_maxrss``) minus the RSS after the data were
-made is what mining costs on top of holding the profiles; a second fresh process measures the
+made (in chunks, so that is the profiles plus the interpreter) is what mining costs on top of
+holding the profiles; a second fresh process measures the
 peak memory traced by Python (numpy allocations; faiss's C++ index memory is not traced) unless
 ``--no-traced``. Figures are printed, nothing is asserted; the last line gives the log-log slope
-of mining time against wells (1 = linear, 2 = quadratic). Timings are only comparable on a quiet
+of mining time against wells (1 = linear, 2 = quadratic). The triplet column times one epoch of
+``TripletSampler`` mini-batches of 256 anchors. Timings are only comparable on a quiet
 machine: the load average is printed with them.
 """
 
@@ -33,7 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_data(n: int, n_features: int, seed: int = 0):
-    """Low-rank profiles with row/column gradients and batch shifts on 384-well plates."""
+    """Low-rank profiles with row/column gradients and batch shifts on 384-well plates.
+
+    Filled in chunks, so making the data never holds more than the profiles themselves.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -43,11 +48,16 @@ def make_data(n: int, n_features: int, seed: int = 0):
     col = np.tile(np.tile(np.arange(24), 16), n_plates)[:n]
     batch = plate % 4
     rank = 30
-    X = rng.standard_normal((n, rank), dtype=np.float32) @ rng.standard_normal((rank, n_features), dtype=np.float32)
-    X += rng.standard_normal((n, n_features), dtype=np.float32)
+    V = rng.standard_normal((rank, n_features), dtype=np.float32)
     grad = rng.standard_normal((2, n_features), dtype=np.float32)
-    X += np.outer((row - 7.5) / 8, grad[0]) + np.outer((col - 11.5) / 12, grad[1])
-    X += 0.5 * rng.standard_normal((4, n_features), dtype=np.float32)[batch]
+    shift = 0.5 * rng.standard_normal((4, n_features), dtype=np.float32)
+    X = np.empty((n, n_features), dtype=np.float32)
+    for s in range(0, n, 4096):
+        e = min(n, s + 4096)
+        X[s:e] = rng.standard_normal((e - s, rank), dtype=np.float32) @ V
+        X[s:e] += rng.standard_normal((e - s, n_features), dtype=np.float32)
+        X[s:e] += np.outer((row[s:e] - 7.5) / 8, grad[0]) + np.outer((col[s:e] - 11.5) / 12, grad[1])
+        X[s:e] += shift[batch[s:e]]
     return X, {"batch": batch, "row": row, "col": col}
 
 
@@ -61,9 +71,10 @@ def child(n: int, n_features: int, method: str, n_pcs: int, traced: bool, thread
     sys.path.insert(0, str(REPO))
     import tracemalloc
 
+    import numpy as np
     from sklearn.decomposition import PCA  # noqa: F401  (import cost is not mining cost)
 
-    from cpdistiller_core.neighbors import mine_neighbors
+    from cpdistiller_core.neighbors import TripletSampler, mine_neighbors
 
     X, labels = make_data(n, n_features)
     rss_data = rss_mb()
@@ -74,12 +85,18 @@ def child(n: int, n_features: int, method: str, n_pcs: int, traced: bool, thread
     seconds = time.perf_counter() - t0
     traced_peak = tracemalloc.get_traced_memory()[1] / 1e6 if traced else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB -> MB on Linux
+    # one epoch of triplets in mini-batches of 256, 5% of wells as negative controls
+    negative = np.random.default_rng(1).random(n) < 0.05
+    t1 = time.perf_counter()
+    sampled = sum(len(t[0]) for t in TripletSampler(g, negative).epoch(256))
+    triplets_per_s = sampled / (time.perf_counter() - t1)
     s = g.stats
     return {
         "wells": n, "features": n_features, "method": method, "seconds": seconds, "wells_per_s": n / seconds,
         "rss_data_mb": rss_data, "peak_rss_mb": peak, "mining_rss_mb": peak - rss_data,
-        "traced_peak_mb": traced_peak, "pairs": s["pairs"], "fallback": s["fallback"],
+        "traced_peak_mb": traced_peak, "triplets_per_s": triplets_per_s, "pairs": s["pairs"], "fallback": s["fallback"],
         "knn_anchors_paper": s["knn_anchors_paper"], "knn_anchors_fallback": s["knn_anchors_fallback"],
+        "method_used": s["method_used"], "mnn_blocks": s["mnn_blocks"],
         "indexes": s["indexes"], "timings_s": {k: round(v, 2) for k, v in s["timings_s"].items()},
         "loadavg": os.getloadavg()[0],
     }
@@ -110,7 +127,7 @@ def main() -> None:
     print(f"neighbour mining, {args.features} features, {args.n_pcs} PCs, method={args.method}, "
           f"threads={args.threads or 'environment'}, cpus={os.cpu_count()}")
     hdr = (f"{'wells':>7} {'seconds':>8} {'wells/s':>8} {'peak RSS':>9} {'mining RSS':>10} {'traced':>8} "
-           f"{'pairs':>9} {'pca/index/knn/mnn/combine s':>30} {'load':>5}")
+           f"{'pairs':>9} {'used':>7} {'pca/index/knn/mnn/combine s':>30} {'triplets/s':>10} {'load':>5}")
     print(hdr)
     rows = []
     for n in args.wells:
@@ -122,7 +139,8 @@ def main() -> None:
         split = "/".join(str(t.get(k, "-")) for k in ("pca", "index", "knn", "mnn", "combine"))
         traced = f"{r['traced_peak_mb']:.0f}MB" if r["traced_peak_mb"] is not None else "-"
         print(f"{n:>7} {r['seconds']:>8.1f} {r['wells_per_s']:>8.0f} {r['peak_rss_mb']:>7.0f}MB "
-              f"{r['mining_rss_mb']:>8.0f}MB {traced:>8} {r['pairs']:>9} {split:>30} {r['loadavg']:>5.1f}",
+              f"{r['mining_rss_mb']:>8.0f}MB {traced:>8} {r['pairs']:>9} {r['method_used']:>7} {split:>30} "
+              f"{r['triplets_per_s']:>10.0f} {r['loadavg']:>5.1f}",
               flush=True)
     if len(rows) >= 2:
         import numpy as np

@@ -40,7 +40,8 @@ with sorted-array merges, so memory is O(N * k * L) and never N x N. Searches us
   data); every well still gets partners in every other level. Per-level HNSW for MNN was measured
   and rejected: with (L-1) searches per well its constant was 2.5x slower than exact at 20k wells
   (53 s vs 23 s) and still ~N*L*log N.
-* ``method="auto"`` (default): exact up to ``AUTO_EXACT_MAX_WELLS`` (20,000) wells, approx above.
+* ``method="auto"`` (default): exact up to ``AUTO_EXACT_MAX_WELLS`` (15,000) wells, approx above,
+  so a 20k-well screen is mined in two blocks of 10k.
 
 Why faiss (faiss-cpu, pinned in requirements.txt) rather than pynndescent or hnswlib: it has both
 an exact BLAS search and HNSW behind one API and starts instantly; pynndescent (already a
@@ -91,7 +92,7 @@ __all__ = [
 
 KIND_KNN = 1  # bit flags in NeighborGraph.kind
 KIND_MNN = 2
-AUTO_EXACT_MAX_WELLS = 20_000  # "auto" is exact up to here, approximate above
+AUTO_EXACT_MAX_WELLS = 15_000  # "auto" is exact up to here, approximate above
 HNSW_MIN_LEVEL = 10_000  # approx: KNN levels larger than this are searched with HNSW
 MNN_BLOCK = 10_000  # approx: MNN is exact within random blocks of at most this many wells
 _HNSW_M = 16
