@@ -25,6 +25,7 @@ from cpdistiller_core.extractor.run import (
     SITES_COLUMN,
     WEIGHTS_COLUMN,
     WeightsSpec,
+    align_features,
     extract_plate,
     load_model,
     read_features,
@@ -78,6 +79,19 @@ def test_well_vectors_site_order_metadata_and_stamp(tmp_path: Path) -> None:
     # Reading back gives Profiles with plate/well roles.
     prof = read_features(tmp_path / "out")
     assert prof.n_wells == 3 and prof.n_features == 3 * site_len and "Metadata_Compound" in prof.meta
+    # Aligned to a CellProfiler table in another row order (and well spelling), by plate + well.
+    from cpdistiller_core.profiles import Profiles, Roles
+
+    cp_meta = pd.DataFrame({"Metadata_Plate": ["P1", "P1", "P1"], "Metadata_Well": ["C3", "A1", "B2"]})
+    cp = Profiles(cp_meta, np.zeros((3, 2), np.float32), ["f1", "f2"], Roles(plate="Metadata_Plate",
+                                                                              well="Metadata_Well"))
+    E = align_features(prof, cp)
+    order = [list(prof.well).index(w) for w in ("C03", "A01", "B02")]
+    np.testing.assert_array_equal(E, prof.X[order])
+    with pytest.raises(CpDistillerError, match=r"no image features for 1 of 2 wells.*'P2/A01'"):
+        align_features(prof, Profiles(pd.DataFrame({"Metadata_Plate": ["P1", "P2"], "Metadata_Well": ["A01", "A01"]}),
+                                      np.zeros((2, 1), np.float32), ["f"], Roles(plate="Metadata_Plate",
+                                                                                 well="Metadata_Well")))
 
 
 def test_resume_after_interruption(tmp_path: Path) -> None:

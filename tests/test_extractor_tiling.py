@@ -130,3 +130,6 @@ def test_extractor_site_vector_matches_manual_pipeline() -> None:
     np.testing.assert_allclose(v, manual, rtol=1e-4, atol=1e-4)
     assert v.shape == (site_feature_length(100, 100, s),)
     assert ex.tiles_seen == grid.n_tiles
+    spatial = Extractor(model, FeatureSettings(tile=64, pool=4, view="spatial")).site_features(img)
+    assert spatial.shape == (site_feature_length(100, 100, FeatureSettings(tile=64, pool=4, view="spatial")),)
+    assert site_feature_length(1080, 1080, FeatureSettings(view="spatial")) == 256 * 3 * 3

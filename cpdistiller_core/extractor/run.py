@@ -302,3 +302,24 @@ def read_features(out_dir: str | Path, plates: list[str] | None = None):
     meta = df.drop(columns=feats)
     return Profiles(meta=meta, X=df[feats].to_numpy(np.float32), features=feats,
                     roles=Roles(plate="Metadata_Plate", well="Metadata_Well"), source=str(out_dir))
+
+
+def align_features(features, profiles) -> np.ndarray:
+    """Rows of extracted ``features`` (Profiles) matched to ``profiles`` (Profiles) by plate and well.
+
+    Returns [profiles.n_wells, features.n_features] float32 in ``profiles``' row order, ready to be
+    the joint module's input E. Wells of ``profiles`` without image features raise CpDistillerError.
+    """
+    key = pd.Index([f"{p}\t{w}" for p, w in zip(features.plate, features.well)])
+    if key.has_duplicates:
+        dup = key[key.duplicated()]
+        raise CpDistillerError(f"{features.source}: the same plate/well appears twice in the image features "
+                               f"({example_values([d.replace(chr(9), '/') for d in dup], 3)}).")
+    want = [f"{p}\t{w}" for p, w in zip(profiles.plate, profiles.well)]
+    pos = key.get_indexer(want)
+    if (pos < 0).any():
+        miss = [want[i].replace("\t", "/") for i in np.flatnonzero(pos < 0)]
+        raise CpDistillerError(f"{features.source}: no image features for {len(miss)} of {len(want)} wells of "
+                               f"{profiles.source or 'the profiles'} (e.g. {example_values(miss, 3)}); "
+                               "plate names must match between the two tables.")
+    return features.X[pos]
