@@ -102,3 +102,31 @@ def test_bad_inputs_raise() -> None:
         m.load_pca(np.zeros((3, 10)))
     with pytest.raises(CpDistillerError, match="NaN"):
         compute_pca_init(np.full((4, 90), np.nan), 9, 4)
+
+
+def test_rebuild_from_config_and_state() -> None:
+    E = torch.from_numpy(_features(16, 900))
+    m = JointModule(900, pool=9, out_dim=6, pca_init=compute_pca_init(E.numpy(), 9, 6), attention_channels=4)
+    m2 = JointModule(**m.config())
+    m2.load_state_dict(m.state_dict())
+    z1, l1 = m(E)
+    z2, l2 = m2(E)
+    assert torch.equal(z1, z2) and torch.equal(l1, l2)
+
+
+def test_on_extracted_features(tmp_path) -> None:
+    """The extractor's per-well table feeds the module directly (random-weight features, tiny images)."""
+    from test_extractor_images import make_plate
+
+    from cpdistiller_core.extractor.features import FeatureSettings
+    from cpdistiller_core.extractor.images import read_load_data
+    from cpdistiller_core.extractor.run import WeightsSpec, extract_plate, read_features
+
+    torch.set_num_threads(1)
+    csv = make_plate(tmp_path, "P1", ["A01", "A02", "A03", "A04"], sites=2, size=64, illum=False)
+    extract_plate(read_load_data(csv), tmp_path / "out", WeightsSpec(random=True),
+                  FeatureSettings(tile=64, pool=4), device="cpu", workers=1)
+    prof = read_features(tmp_path / "out")
+    m = JointModule(prof.n_features, out_dim=3, pca_init=compute_pca_init(prof.X, 9, 3))
+    z, loss = m(torch.from_numpy(prof.X))
+    assert z.shape == (4, 3) and loss.shape == (4,) and torch.isfinite(z).all()

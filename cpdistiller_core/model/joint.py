@@ -132,6 +132,11 @@ class JointModule(nn.Module):
         if pca_init is not None:
             self.load_pca(pca_init)
 
+    def config(self) -> dict[str, int]:
+        """Constructor arguments, to rebuild the module before ``load_state_dict`` (with pca_init=None)."""
+        return {"n_features": self.n_features, "pool": self.pool, "out_dim": self.out_dim,
+                "attention_channels": self.attention_channels}
+
     @torch.no_grad()
     def load_pca(self, pca_init: np.ndarray) -> None:
         """Set the PCA layer from ``compute_pca_init``'s [out_dim + 1, n_pooled] array."""
