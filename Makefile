@@ -30,7 +30,7 @@ install: $(VENV)/.runtime
 dev: $(VENV)/.dev
 
 demo: $(VENV)/.runtime
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false -- --demo
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
