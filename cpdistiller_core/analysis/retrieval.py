@@ -159,6 +159,8 @@ def evaluate_retrieval(embeddings: dict[str, Profiles], gene_col: str | None, ta
             except (MetricUnavailable, CpDistillerError) as exc:
                 add(task, "fraction_retrieved", np.nan, 0, str(exc))
 
+    progress(1.0, "retrieval done")
+
     def cat(parts: list[pd.DataFrame]) -> pd.DataFrame:
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
