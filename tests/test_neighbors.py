@@ -65,6 +65,19 @@ def test_embedding_has_unit_rows_and_is_deterministic():
     np.testing.assert_allclose(full @ full[:5].T, Xc @ Xc[:5].T, atol=1e-4)
 
 
+def test_streamed_pca_matches_sklearn(monkeypatch):
+    from sklearn.decomposition import PCA
+
+    X, _ = plates(2, n_features=60, rank=12)
+    ref = PCA(n_components=12, svd_solver="full").fit_transform(X)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    Z = embed_for_neighbors(X, n_pcs=12)
+    np.testing.assert_allclose(Z @ Z[:50].T, ref @ ref[:50].T, atol=2e-3)  # signs do not matter
+    monkeypatch.setattr(neighbors, "_COV_PCA_MAX_FEATURES", 10)  # wide data: randomized PCA
+    R = embed_for_neighbors(X, n_pcs=12)
+    np.testing.assert_allclose(R @ R[:50].T, ref @ ref[:50].T, atol=2e-2)
+
+
 def test_embedding_rejects_nan():
     X, _ = plates(1)
     X[3, 2] = np.nan
