@@ -57,7 +57,8 @@ def _guess(columns: list[str], words: tuple[str, ...]) -> int:
 
 def _download_figure(fig, name: str, key: str) -> None:
     c = st.columns(3)
-    c[0].download_button("HTML", gp.figure_bytes(fig, "html"), f"{name}.html", "text/html", key=f"{key}_html")
+    c[0].download_button("HTML", lambda: gp.figure_bytes(fig, "html"), f"{name}.html", "text/html",
+                         key=f"{key}_html", on_click="ignore")  # built on click: several MB each
     for i, fmt in ((1, "png"), (2, "svg")):
         if c[i].button(f"Prepare {fmt.upper()}", key=f"{key}_{fmt}_prep"):
             try:
