@@ -187,6 +187,7 @@ if not rows:
     st.caption("No runs yet.")
 else:
     table = pd.DataFrame(rows)
+    table["error"] = table["error"].fillna("")
     table["started"] = pd.to_datetime(table["created"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
     show = [c for c in ("run_id", "status", "started", "meta.dataset", "meta.effects", "meta.epochs", "error")
             if c in table]

@@ -64,7 +64,7 @@ if not sides:
     st.stop()
 
 base = sides["uncorrected"]
-c = st.columns([2, 2, 2])
+c = st.columns([3, 2, 3])
 kinds = [k for k in KINDS if k != "dimension" or len(sides) > 1]
 labels = [KINDS[k] for k in kinds]
 picked = c[0].selectbox("Value", labels, key="plates_kind",

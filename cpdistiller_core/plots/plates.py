@@ -34,11 +34,12 @@ def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: Plat
     """
     sides = list(grids)
     plates = list(dict.fromkeys(p for side in sides for p in grids[side]))
-    fig = make_subplots(rows=len(plates), cols=len(sides), horizontal_spacing=0.1,
+    fig = make_subplots(rows=len(plates), cols=len(sides), horizontal_spacing=0.03 if standardise else 0.14,
                         vertical_spacing=min(0.15, 0.35 / max(1, len(plates))),
                         subplot_titles=[f"{side} · {plate}" for plate in plates for side in sides])
     ylabels = [row_letters(r) for r in range(geometry.n_rows)]
     xlabels = [str(c + 1) for c in range(geometry.n_cols)]
+    bar_len = min(1.0, 0.9 / max(1, len(plates)) * 2)
     for s, side in enumerate(sides):
         stack = np.stack([grids[side][p] for p in plates if p in grids[side]])
         if standardise:
@@ -49,13 +50,15 @@ def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: Plat
             lo, hi = (float(np.nanpercentile(stack, 2)), float(np.nanpercentile(stack, 98))) \
                 if np.isfinite(stack).any() else (0.0, 1.0)
             per = dict(grids[side])
-        axis = "coloraxis" if s == 0 else f"coloraxis{s + 1}"
-        x_bar = (s + 1) / len(sides) - 0.04 if len(sides) > 1 else 1.02
-        fig.update_layout({axis: dict(colorscale="RdBu_r" if standardise else "Viridis", cmin=lo, cmax=hi,
-                                      colorbar=dict(title=dict(text=f"{side}<br>{'z' if standardise else value_label}",
-                                                               side="top"),
-                                                    x=x_bar, len=min(1.0, 0.9 / max(1, len(plates)) * 2),
-                                                    y=1.0, yanchor="top", thickness=10))})
+        # standardised sides share one diverging scale (one colour bar); otherwise one bar right of each side
+        axis = "coloraxis" if s == 0 or standardise else f"coloraxis{s + 1}"
+        if s == 0 or not standardise:
+            right = fig.get_subplot(1, len(sides) if standardise else s + 1).xaxis.domain[1]
+            title = "z (per side)" if standardise else f"{side}<br>{value_label}"
+            fig.update_layout({axis: dict(colorscale="RdBu_r" if standardise else "Viridis", cmin=lo, cmax=hi,
+                                          colorbar=dict(title=dict(text=title, side="top"), x=right + 0.008,
+                                                        xanchor="left", len=bar_len, y=1.0, yanchor="top",
+                                                        thickness=10))})
         for r, plate in enumerate(plates):
             if plate not in per:
                 continue
