@@ -110,6 +110,10 @@ _COLUMN_ROLES = ("plate", "well", "row", "column", "batch", "perturbation", "con
 
 
 _NOTES: ContextVar[list[str] | None] = ContextVar("cpdistiller_io_notes", default=None)
+# Precision of the feature matrix for the read in progress (set by read_profiles_with_report).
+# float64 matters for raw CellProfiler values whose spread is below float32 resolution (e.g. Costes
+# correlations near 1.0): MAD normalisation of float32 copies can then differ by many MAD units.
+_DTYPE: ContextVar[type] = ContextVar("cpdistiller_io_dtype", default=np.float32)
 
 
 def _warn(message: str) -> None:
@@ -171,17 +175,19 @@ def read_profiles(
     feature_regex: str | None = None,
     batch_from_file: bool = False,
     source: str | None = None,
+    dtype: type = np.float32,
 ) -> Profiles:
     """Read one or several profile files into one Profiles (several files: shared features only).
 
     ``roles``: None (auto-detect), a Roles (used as is), a dict of partial overrides merged over the
     detected roles (``{"plate": "Plate", "negative_values": ["DMSO"]}``; a value None unsets a
     role), or the path of a YAML/JSON mapping file holding such a dict. ``source`` names a single
-    input in messages (e.g. an uploaded file's original name). Warnings from :func:`validate` are
-    emitted as CpDistillerWarning.
+    input in messages (e.g. an uploaded file's original name). ``dtype``: float32 (default) or
+    float64 for raw CellProfiler values that will be MAD-normalised (full precision; 2x memory).
+    Warnings from :func:`validate` are emitted as CpDistillerWarning.
     """
     return read_profiles_with_report(paths, roles, features=features, feature_regex=feature_regex,
-                                     batch_from_file=batch_from_file, source=source)[0]
+                                     batch_from_file=batch_from_file, source=source, dtype=dtype)[0]
 
 
 def read_profiles_with_report(
@@ -192,6 +198,7 @@ def read_profiles_with_report(
     feature_regex: str | None = None,
     batch_from_file: bool = False,
     source: str | None = None,
+    dtype: type = np.float32,
     emit_warnings: bool = True,
 ) -> tuple[Profiles, LoadReport]:
     """Like :func:`read_profiles`, also returning a :class:`LoadReport` (role reasons, combine report,
@@ -212,8 +219,11 @@ def read_profiles_with_report(
         spec = dict(roles)
     else:
         spec = roles
+    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise CpDistillerError(f"feature dtype must be float32 or float64, not {dtype!r}.")
     collected: list[str] = []
     token = _NOTES.set(collected)  # per thread/context: safe under Streamlit's script threads
+    dtoken = _DTYPE.set(np.dtype(dtype).type)
     try:
         loaded = [_read_one(item, spec, features, feature_regex, source) for item in items]
         profiles, reasons = loaded[0]
@@ -225,6 +235,7 @@ def read_profiles_with_report(
                                                "(--batch-from-file)"}
     finally:
         _NOTES.reset(token)
+        _DTYPE.reset(dtoken)
     collected += validate(profiles)
     if emit_warnings:
         for msg in collected:
@@ -368,7 +379,7 @@ def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Se
         prof: Profiles = Embedding(**kw, method=stored.get("method", "uncorrected"),
                                    provenance=dict(stored.get("provenance") or {}))
     else:
-        prof = Profiles(**kw)
+        prof = Profiles(**kw, full_precision=_DTYPE.get() is np.float64)
     check_duplicates(prof)
     return prof, reasons
 
@@ -409,7 +420,7 @@ def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | 
         # with messages naming the column, the values and the rows.
         dtypes: dict[str, Any] = {c: str for c in meta_cols}
         try:
-            df = _read(dtype={**dtypes, **{c: "float32" for c in feats}})
+            df = _read(dtype={**dtypes, **{c: np.dtype(_DTYPE.get()).name for c in feats}})
         except ValueError:
             df = _read(dtype={**dtypes, **{c: object for c in feats}})
         meta = df[meta_cols]
@@ -458,7 +469,7 @@ def _read_delimited_arrow(handle: Any, name: str, sep: str, header: list[str], m
         source: Any = pa.input_stream(handle, compression="gzip" if name.lower().endswith(".gz") else None)
     else:
         source = str(handle)  # compression inferred from the extension
-    types = {**{c: pa.string() for c in meta_cols}, **{c: pa.float32() for c in feats}}
+    types = {**{c: pa.string() for c in meta_cols}, **{c: pa.from_numpy_dtype(_DTYPE.get()) for c in feats}}
     try:
         table = pcsv.read_csv(
             source, read_options=pcsv.ReadOptions(use_threads=False),
@@ -469,7 +480,7 @@ def _read_delimited_arrow(handle: Any, name: str, sep: str, header: list[str], m
         return None
     if table.column_names != header:
         return None
-    X = np.empty((table.num_rows, len(feats)), dtype=np.float32)
+    X = np.empty((table.num_rows, len(feats)), dtype=_DTYPE.get())
     for j, f in enumerate(feats):
         X[:, j] = table.column(f).to_numpy()
     meta = table.select(meta_cols).to_pandas()
@@ -537,7 +548,7 @@ def _read_h5ad(handle: Any, name: str, features: Sequence[str] | None,
     else:
         feats = feature_columns(var_names, features, feature_regex, name)
     pos = {v: i for i, v in enumerate(var_names)}
-    X = np.ascontiguousarray(X[:, [pos[f] for f in feats]], dtype=np.float32)
+    X = np.ascontiguousarray(X[:, [pos[f] for f in feats]], dtype=_DTYPE.get())
     return meta, X, feats, stored
 
 
@@ -605,9 +616,10 @@ def _restore_dtypes(meta: pd.DataFrame, dtypes: Mapping[str, str], name: str) ->
 
 
 def _feature_matrix(df: pd.DataFrame, feats: Sequence[str], source: str) -> np.ndarray:
-    """Feature columns -> float32 matrix; text in a feature column is an error naming column and rows."""
+    """Feature columns -> float matrix (float32 unless a float64 read); text in a feature column is an
+    error naming column and rows."""
     bad: list[str] = []
-    X = np.empty((len(df), len(feats)), dtype=np.float32)
+    X = np.empty((len(df), len(feats)), dtype=_DTYPE.get())
     for j, f in enumerate(feats):
         s = df[f]
         if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
@@ -620,7 +632,7 @@ def _feature_matrix(df: pd.DataFrame, feats: Sequence[str], source: str) -> np.n
                            f"({example_rows(rows, 3)})")
                 continue
             s = num
-        X[:, j] = s.to_numpy(dtype=np.float32, na_value=np.nan)
+        X[:, j] = s.to_numpy(dtype=X.dtype, na_value=np.nan)
     if bad:
         more = f" (+{len(bad) - 3} more columns)" if len(bad) > 3 else ""
         raise CpDistillerError(
@@ -932,7 +944,7 @@ def combine(profiles: Sequence[Profiles], batch_from_file: bool = False,
     roles = _merge_roles(profiles, names, notes)
     meta = pd.concat([p.meta for p in profiles], ignore_index=True, sort=False)
     n_total = sum(p.n_wells for p in profiles)
-    X = np.empty((n_total, len(shared)), dtype=np.float32)
+    X = np.empty((n_total, len(shared)), dtype=np.result_type(*[p.X.dtype for p in profiles]))
     start = 0
     for p in profiles:
         pos = {f: i for i, f in enumerate(p.features)}
@@ -963,7 +975,8 @@ def combine(profiles: Sequence[Profiles], batch_from_file: bool = False,
         _warn(note)
     short = [Path(n).name for n in names]
     source = " + ".join(short[:2]) + (f" + {len(short) - 2} more files" if len(short) > 2 else "")
-    out = Profiles(meta=meta, X=X, features=shared, roles=roles, source=source)
+    out = Profiles(meta=meta, X=X, features=shared, roles=roles, source=source,
+                   full_precision=X.dtype == np.float64)
     check_duplicates(out, np.repeat(np.array(names, dtype=object), [p.n_wells for p in profiles]))
     return out, report
 

@@ -600,6 +600,8 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
             cur = cur.with_features(X, cur.features)
             warn(f"{int(over.sum())} normalised value(s) are infinite in float32 and are treated as missing.")
         del Z, over
+    if cur.X.dtype != np.float32:  # full-precision input without normalisation: store like every output
+        cur = cur.with_features(cur.X.astype(np.float32), cur.features)
 
     # 2. NaN-heavy features, then incomplete wells, then the remaining selection
     progress(0.3, "selecting features")

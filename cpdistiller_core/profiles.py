@@ -81,6 +81,9 @@ class Profiles:
     features: list[str]
     roles: Roles
     source: str = ""
+    # X is stored as float32 unless full_precision is set and X is float64: raw CellProfiler values
+    # whose spread is below float32 resolution keep it until normalised (see io.read_profiles).
+    full_precision: bool = False
     # Derived at construction (not arguments):
     plate: np.ndarray = field(init=False, repr=False)
     row: np.ndarray = field(init=False, repr=False)
@@ -91,7 +94,9 @@ class Profiles:
 
     def __post_init__(self) -> None:
         meta, roles, src = self.meta, self.roles, self.source or None
-        X = np.ascontiguousarray(self.X, dtype=np.float32)
+        X = np.asarray(self.X)
+        keep64 = self.full_precision and X.dtype == np.float64
+        X = np.ascontiguousarray(X, dtype=np.float64 if keep64 else np.float32)
         object.__setattr__(self, "X", X)
         object.__setattr__(self, "features", list(self.features))
         if X.ndim != 2 or X.shape[0] != len(meta) or X.shape[1] != len(self.features):
@@ -193,7 +198,10 @@ class Profiles:
         return type(self)(**kw)
 
     def with_features(self, X: np.ndarray, features: Sequence[str]) -> Profiles:
-        return self.replace(X=X, features=list(features))
+        """New features; full precision survives only while the new matrix is float64 too."""
+        X = np.asarray(X)
+        return self.replace(X=X, features=list(features),
+                            full_precision=self.full_precision and X.dtype == np.float64)
 
     def subset(self, rows: np.ndarray | Sequence[int] | None = None,
                features: Sequence[str] | None = None) -> Profiles:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import numpy as np
+
 from ..errors import CpDistillerError
 from ..io import LoadReport, read_mapping, read_profiles_with_report
 from ..profiles import Profiles
@@ -76,8 +78,11 @@ def role_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
-def load_from_args(args: argparse.Namespace, *, emit_warnings: bool = True) -> tuple[Profiles, LoadReport]:
-    """Read ``args.inputs`` with the mapping options; also returns the load report (role reasons...)."""
+def load_from_args(args: argparse.Namespace, *, emit_warnings: bool = True,
+                   dtype: type = np.float32) -> tuple[Profiles, LoadReport]:
+    """Read ``args.inputs`` with the mapping options; also returns the load report (role reasons...).
+
+    ``dtype=np.float64`` keeps raw CellProfiler values at full precision for normalisation."""
     inputs = getattr(args, "inputs", None)
     if not inputs:
         raise CpDistillerError("no input files given.")
@@ -87,9 +92,9 @@ def load_from_args(args: argparse.Namespace, *, emit_warnings: bool = True) -> t
     spec.pop("feature_regex", None)
     return read_profiles_with_report(list(inputs), spec or None, features=features, feature_regex=regex,
                                      batch_from_file=bool(getattr(args, "batch_from_file", False)),
-                                     emit_warnings=emit_warnings)
+                                     emit_warnings=emit_warnings, dtype=dtype)
 
 
-def profiles_from_args(args: argparse.Namespace) -> Profiles:
+def profiles_from_args(args: argparse.Namespace, dtype: type = np.float32) -> Profiles:
     """Read the profiles named by :func:`add_input_arguments` options (warnings go to stderr)."""
-    return load_from_args(args)[0]
+    return load_from_args(args, dtype=dtype)[0]

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import CpDistillerError
 from ..paths import atomic_write_bytes
 
@@ -151,7 +153,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
     out_path = Path(args.output)
     if any(Path(i).resolve() == out_path.resolve() for i in args.inputs):
         raise CpDistillerError(f"{out_path}: the output would overwrite an input file; choose another name.")
-    profiles = profiles_from_args(args)
+    profiles = profiles_from_args(args, dtype=np.float64)  # raw values at full precision until normalised
     with TerminalProgress("preprocess", disable=True if args.quiet else None) as bar:
         if args.apply:
             out, report = PreprocessReport.load(args.apply).apply_with_report(profiles, progress=bar)

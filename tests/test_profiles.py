@@ -1,0 +1,89 @@
+"""The core Profiles object: well parsing, plate geometry, control status, precision, subsetting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cpdistiller_core import CpDistillerError, Embedding, Profiles, Roles
+from cpdistiller_core.layout import infer_geometry, parse_wells, row_letters
+
+
+def _profiles(wells, ctl=None, X=None, **kw) -> Profiles:
+    meta = pd.DataFrame({"P": ["p1"] * len(wells), "W": wells, "ctl": ctl or ["x"] * len(wells)})
+    X = np.arange(len(wells) * 2, dtype=np.float64).reshape(-1, 2) if X is None else X
+    roles = Roles(plate="P", well="W", control="ctl", negative_values=("DMSO",), positive_values=("pos",))
+    return Profiles(meta, X, ["Cells_a", "Nuclei_b"], roles, source="t.csv", **kw)
+
+
+@pytest.mark.parametrize("name, row, col", [("A01", 0, 0), ("A1", 0, 0), ("a01", 0, 0), ("P24", 15, 23),
+                                            ("r03c04", 2, 3), ("R16C24", 15, 23), ("AF48", 31, 47)])
+def test_well_formats(name, row, col):
+    r, c = parse_wells(pd.Series([name]))
+    assert (r[0], c[0]) == (row, col)
+
+
+def test_unparseable_wells_name_file_column_and_rows():
+    with pytest.raises(CpDistillerError, match=r"t\.csv, column 'W'.*'\?\?'.*row 1"):
+        _profiles(["A01", "??", "B02"])
+
+
+def test_geometry_is_inferred_and_checked():
+    assert infer_geometry(np.array([7]), np.array([11])).n_wells == 96
+    assert infer_geometry(np.array([14]), np.array([22])).n_wells == 384
+    assert infer_geometry(np.array([31]), np.array([47])).n_wells == 1536
+    with pytest.raises(CpDistillerError, match="outside a 96-well plate"):
+        infer_geometry(np.array([9]), np.array([0]), declared=96)
+    assert row_letters(26) == "AA" and row_letters(31) == "AF"
+
+
+def test_standard_wells_and_control_status():
+    p = _profiles(["a1", "B02", "r03c04"], ctl=["DMSO", "pos", "cpd"])
+    assert list(p.well) == ["A01", "B02", "C04"]
+    assert list(p.control) == ["negative", "positive", "treatment"]
+    assert p.negative_mask.tolist() == [True, False, False]
+    assert p.labels("row").tolist() == [0, 1, 2] and p.labels("col").tolist() == [0, 1, 3]
+
+
+def test_float32_by_default_float64_only_on_request():
+    assert _profiles(["A01", "A02"]).X.dtype == np.float32  # pandas' float64 is not kept by accident
+    full = _profiles(["A01", "A02"], full_precision=True)
+    assert full.X.dtype == np.float64
+    assert full.with_features(full.X * 2, full.features).X.dtype == np.float64
+    normalised = full.with_features(full.X.astype(np.float32), full.features)
+    assert normalised.X.dtype == np.float32 and not normalised.full_precision
+    # once float32, a later float64 matrix is stored as float32 again
+    assert normalised.with_features(full.X, full.features).X.dtype == np.float32
+
+
+def test_subset_keeps_metadata_and_order():
+    p = _profiles(["A01", "A02", "A03"], ctl=["DMSO", "x", "DMSO"])
+    sub = p.subset(rows=p.negative_mask, features=["Nuclei_b"])
+    assert list(sub.meta.columns) == ["P", "W", "ctl"] and list(sub.well) == ["A01", "A03"]
+    np.testing.assert_array_equal(sub.X[:, 0], p.X[p.negative_mask, 1])
+    with pytest.raises(CpDistillerError, match="unknown feature"):
+        p.subset(features=["Cells_zzz"])
+
+
+def test_shape_mismatch_and_missing_role_column():
+    with pytest.raises(CpDistillerError, match="does not match"):
+        _profiles(["A01", "A02"], X=np.zeros((3, 2)))
+    meta = pd.DataFrame({"P": ["p"], "W": ["A01"]})
+    with pytest.raises(CpDistillerError, match="not found in the metadata"):
+        Profiles(meta, np.zeros((1, 1)), ["Cells_a"], Roles(plate="P", well="W", batch="Metadata_Batch"))
+    with pytest.raises(CpDistillerError, match="no batch column"):
+        _profiles(["A01"]).labels("batch")
+
+
+def test_roles_from_dict_rejects_unknown_roles():
+    assert Roles.from_dict({"plate": "P", "negative_values": "DMSO"}).negative_values == ("DMSO",)
+    with pytest.raises(CpDistillerError, match="unknown role"):
+        Roles.from_dict({"plate": "P", "platee": "x"})
+
+
+def test_embedding_wraps_profiles():
+    p = _profiles(["A01", "A02"])
+    emb = Embedding.from_profiles(p, np.ones((2, 3)), method="cpDistiller")
+    assert emb.features == ["cpd_0", "cpd_1", "cpd_2"] and emb.method == "cpDistiller"
+    assert emb.meta is p.meta and list(emb.well) == ["A01", "A02"]
