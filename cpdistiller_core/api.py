@@ -259,10 +259,12 @@ class CpDistiller:
                                method=cfg.neighbor_method, seed=cfg.seed,
                                progress=lambda f, m: progress(0.05 * f, m))
         self.neighbor_stats = dict(getattr(graph, "stats", {}) or {})
-        n_anchor = int(graph.has_positive().sum())
-        self.neighbor_stats.setdefault("anchors_with_positive", n_anchor)
-        sampler = TripletSampler(graph, profiles.negative_mask, seed=cfg.seed) if n_anchor else None
-        if sampler is None:
+        self.neighbor_stats.setdefault("anchors_with_positive", int(graph.has_positive().sum()))
+        sampler = TripletSampler(graph, profiles.negative_mask, seed=cfg.seed)
+        n_anchor = len(sampler.anchors()) if hasattr(sampler, "anchors") else int(graph.has_positive().sum())
+        self.neighbor_stats["triplet_anchors"] = n_anchor
+        if not n_anchor:
+            sampler = None
             warnings.warn("no well has a positive neighbour: training without the contrastive term.",
                           CpDistillerWarning, stacklevel=2)
         self.timings["neighbors_s"] = time.perf_counter() - t0
