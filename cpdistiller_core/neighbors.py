@@ -99,7 +99,7 @@ _HNSW_M = 16
 _HNSW_EF_CONSTRUCTION = 40
 _HNSW_EF_SEARCH_MIN = 32
 _METHODS = ("auto", "exact", "approx")
-_CHUNK = 8192  # rows per chunk when streaming over the profiles
+_CHUNK = 4096  # rows per chunk when streaming over the profiles
 _COV_PCA_MAX_FEATURES = 2048  # covariance (F x F) PCA up to here, randomized PCA above
 _COMBINES = ("intersection", "union")
 
@@ -180,7 +180,7 @@ def embed_for_neighbors(X: np.ndarray, n_pcs: int = 50, seed: int = 0) -> np.nda
         else:
             cov = np.zeros((f, f))
             for s in range(0, n, _CHUNK):
-                B = X[s:s + _CHUNK].astype(np.float32) - mean
+                B = np.asarray(X[s:s + _CHUNK], dtype=np.float32) - mean
                 cov += B.T @ B
             _, vecs = np.linalg.eigh(cov)
             V = np.ascontiguousarray(vecs[:, ::-1][:, :n_comp])
@@ -188,7 +188,7 @@ def embed_for_neighbors(X: np.ndarray, n_pcs: int = 50, seed: int = 0) -> np.nda
             V = V.astype(np.float32)
         Z = np.empty((n, n_comp), dtype=np.float32)
         for s in range(0, n, _CHUNK):
-            B = X[s:s + _CHUNK].astype(np.float32) - mean
+            B = np.asarray(X[s:s + _CHUNK], dtype=np.float32) - mean
             Z[s:s + _CHUNK] = B if V is None else B @ V
     norms = np.linalg.norm(Z, axis=1, keepdims=True)
     np.divide(Z, norms, out=Z, where=norms > 0)
