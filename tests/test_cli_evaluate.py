@@ -121,3 +121,17 @@ def test_benchmark_on_real_data(shared_data, tmp_path):
     assert (table["status"] == "ok").all()
     assert np.isnan(table.loc["uncorrected", "asw[plate]"])  # a single plate: missing, not 0 or 1
     assert table["activity_map"].notna().all()
+
+
+def test_benchmark_runs_cpdistiller_through_the_engine(files, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench_cpd"
+    rc = main(["benchmark", str(files["csv"]), "--methods", "cpDistiller,uncorrected", "--epochs", "1",
+               "--out", str(out), "--null-size", "200", "--no-normalize", "--no-figures", "--correct", "row,column"])
+    assert rc == 0
+    table = pd.read_csv(out / "comparison.csv", index_col=0)
+    assert list(table.index) == ["cpDistiller", "uncorrected"]
+    assert table.loc["cpDistiller", "status"] == "ok", table.loc["cpDistiller", "status"]
+    assert table.loc["cpDistiller", "runtime_s"] > 0 and table.loc["cpDistiller", "overall"] > 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert "cpDistiller" in set(scores["method"])
