@@ -73,7 +73,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     if out.exists():
         shutil.rmtree(out)
     cmd = ["benchmark", *paths, "--methods", args.methods, "--out", str(out), "--seed", str(args.seed),
-           "--null-size", str(args.null_size), *extra]
+           "--null-size", str(args.null_size), "--treatment-technical", *extra]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     print(f"\n### {name}: cpdistiller {' '.join(cmd)}", flush=True)
@@ -129,7 +129,9 @@ def summary_markdown(runs: list[dict], args: argparse.Namespace, date: str | Non
              "Read with these caveats:", "",
              "- Technical metrics are computed among the negative controls. `sphering` and `negcon_linear` are "
              "*fitted* on those same wells, so their technical scores are optimistic (in-sample); "
-             "cpDistiller, Harmony and ComBat do not see the control labels.",
+             "cpDistiller, Harmony and ComBat do not see the control labels. The `*_trt` columns score the "
+             "same effects within perturbations (treatment wells, perturbation means removed), which no "
+             "method is fitted on; they are shown but not part of the aggregates.",
              "- Public profiles normalised per plate against their controls have controls centred per plate: "
              "plate/batch metrics are near 1 before any correction (cell_injury, lincs_a549).",
              "- `well_position` on data whose plates share one layout (varchamp_b14, cmqtl_crispri) subtracts "
@@ -139,7 +141,8 @@ def summary_markdown(runs: list[dict], args: argparse.Namespace, date: str | Non
              "give noisy metrics; differences of a few hundredths are not meaningful.",
              "- Run times are wall-clock on 2 shared CPU cores with other jobs running (load ~8-12).", ""]
     key = ["status", "runtime_s", "technical", "biological", "overall", "activity_map", "activity_fraction",
-           "consistency_map", "variance[row]", "variance[column]", "leakage[row]", "leakage[column]"]
+           "consistency_map", "variance[row]", "variance[column]", "leakage[row]", "leakage[column]",
+           "variance_trt[row]", "variance_trt[column]", "leakage_trt[row]", "leakage_trt[column]"]
     for r in runs:
         lines += [f"## {r['name']}", "", r["desc"], ""]
         if r["table"] is None:

@@ -42,6 +42,8 @@ from .progress import ProgressCallback, no_progress
 log = logging.getLogger("cpdistiller")
 
 TECHNICAL, BIOLOGICAL, AGGREGATE = "technical", "biological", "aggregate"
+# Optional technical metrics computed within perturbations (treatment wells), shown but not aggregated:
+TECHNICAL_TREATMENTS = "technical_treatments"
 EFFECTS = ("batch", "plate", "row", "column")
 TECHNICAL_WEIGHT, BIOLOGICAL_WEIGHT = 0.4, 0.6
 SCORE_COLUMNS = ["method", "metric", "effect", "category", "value", "n", "note"]
@@ -152,39 +154,71 @@ def asw_effect(emb: Profiles, effect: str, *, groups: str = "negative", max_well
     return float(np.mean(per_group)), used
 
 
-def variance_explained_score(emb: Profiles, effect: str) -> tuple[float, int]:
-    """1 − adjusted R² of the embedding (negative controls) explained by the one-hot effect label.
+def _technical_wells(emb: Profiles, effect: str, groups: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Wells, labels, coordinates and number of groups for a technical metric.
 
-    R² is pooled over embedding dimensions (sklearn ``r2_score(multioutput='variance_weighted')`` of
-    a one-hot linear model); the adjustment is 1 − (1 − R²)(n − 1)/(n − k). Negative adjusted R²
-    (less than chance) is clipped to 0, so the score is clipped to 1. Returns (score, wells).
+    groups="negative": the negative controls, coordinates as they are. groups="perturbation": the
+    treatment wells of perturbations with 2+ wells, coordinates centred per perturbation (the
+    perturbation means removed, so only within-perturbation variation can carry the effect)."""
+    labels_all = effect_labels(emb, effect)
+    if groups == "negative":
+        pos = np.flatnonzero(_negative_controls(emb))
+        return pos, labels_all[pos], emb.X[pos].astype(np.float64), 1
+    if groups != "perturbation":
+        raise CpDistillerError(f"unknown grouping {groups!r}; use 'negative' or 'perturbation'.")
+    pert = emb.perturbation.astype(str)
+    pos = np.flatnonzero(~emb.negative_mask)
+    pos = pos[_drop_rare(pert[pos], 2)]
+    if len(pos) == 0:
+        raise MetricUnavailable("no perturbation has two or more treatment wells.")
+    Y = pd.DataFrame(emb.X[pos].astype(np.float64))
+    Y = (Y - Y.groupby(pert[pos]).transform("mean")).to_numpy()
+    return pos, labels_all[pos], Y, len(np.unique(pert[pos]))
+
+
+def variance_explained_score(emb: Profiles, effect: str, *, groups: str = "negative") -> tuple[float, int]:
+    """1 − adjusted R² of the embedding explained by the one-hot effect label.
+
+    groups="negative": among the negative controls; R² pooled over embedding dimensions (sklearn
+    ``r2_score(multioutput='variance_weighted')`` of a one-hot linear model), adjusted as
+    1 − (1 − R²)(n − 1)/(n − k). groups="perturbation": among treatment wells, the partial R² of the
+    effect after perturbation fixed effects (both centred per perturbation, Frisch–Waugh), adjusted
+    with n − P − k + 1 residual degrees of freedom. Negative adjusted R² is clipped to 0.
+    Returns (score, wells).
     """
     from sklearn.linear_model import LinearRegression
     from sklearn.metrics import r2_score
     from sklearn.preprocessing import OneHotEncoder
 
     _check_finite(emb)
-    neg = _negative_controls(emb)
-    labels = effect_labels(emb, effect)[neg]
-    Y = emb.X[neg].astype(np.float64)
+    pos, labels, Y, n_groups = _technical_wells(emb, effect, groups)
+    where = "negative controls" if groups == "negative" else "replicated treatment wells"
     n, k = len(labels), len(np.unique(labels))
     if k < 2:
-        raise MetricUnavailable(f"negative controls span a single {effect} ({labels[0]!r}).")
-    if n - k < 2:
-        raise MetricUnavailable(f"too few negative controls ({n}) for {k} {effect} levels.")
+        raise MetricUnavailable(f"{where} span a single {effect} ({labels[0]!r}).")
+    dof = n - n_groups - (k - 1)
+    if dof < 2:
+        raise MetricUnavailable(f"too few {where} ({n}) for {k} {effect} levels.")
     design = OneHotEncoder(drop="first", sparse_output=False).fit_transform(labels.reshape(-1, 1))
-    pred = LinearRegression().fit(design, Y).predict(design)
+    if groups == "perturbation":
+        pert = emb.perturbation.astype(str)[pos]
+        D = pd.DataFrame(design)
+        design = (D - D.groupby(pert).transform("mean")).to_numpy()
+        pred = LinearRegression(fit_intercept=False).fit(design, Y).predict(design)
+    else:
+        pred = LinearRegression().fit(design, Y).predict(design)
     r2 = r2_score(Y, pred, multioutput="variance_weighted")
-    adj = 1.0 - (1.0 - r2) * (n - 1) / (n - k)
+    adj = 1.0 - (1.0 - r2) * (n - n_groups) / dof
     return float(1.0 - min(1.0, max(0.0, adj))), n
 
 
 def classifier_leakage(emb: Profiles, effect: str, *, n_splits: int = 5, seed: int = 0,
-                       max_wells: int = 5000) -> tuple[float, int]:
+                       max_wells: int = 5000, groups: str = "negative") -> tuple[float, int]:
     """1 − chance-corrected balanced accuracy of a cross-validated classifier predicting the label.
 
-    Logistic regression on standardised embedding coordinates of the negative controls, stratified
-    k-fold predictions (labels with fewer wells than folds are dropped); sklearn
+    Logistic regression on standardised embedding coordinates of the negative controls (groups=
+    "perturbation": of replicated treatment wells, centred per perturbation), stratified k-fold
+    predictions (labels with fewer than 2 wells are dropped); sklearn
     ``balanced_accuracy_score(adjusted=True)`` is 0 at chance and 1 when perfect; below-chance
     values are clipped to 0. Returns (score, wells).
     """
@@ -195,24 +229,22 @@ def classifier_leakage(emb: Profiles, effect: str, *, n_splits: int = 5, seed: i
     from sklearn.preprocessing import StandardScaler
 
     _check_finite(emb)
-    neg = np.flatnonzero(_negative_controls(emb))
-    labels = effect_labels(emb, effect)[neg]
-    folds = n_splits
+    pos, labels, Y, _ = _technical_wells(emb, effect, groups)
     keep = _drop_rare(labels, 2)
-    neg, labels = neg[keep], labels[keep]
+    Y, labels = Y[keep], labels[keep]
     if len(np.unique(labels)) < 2:
-        raise MetricUnavailable(f"negative controls span fewer than two {effect} levels with 2+ wells.")
-    folds = int(min(n_splits, pd.Series(labels).value_counts().min()))
+        raise MetricUnavailable(f"fewer than two {effect} levels with 2+ wells among the evaluated wells.")
     rng = np.random.default_rng(seed)
     sub = _subsample_stratified(labels, max_wells, rng)
-    neg, labels = neg[sub], labels[sub]
+    Y, labels = Y[sub], labels[sub]
+    folds = int(min(n_splits, pd.Series(labels).value_counts().min()))
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pred = cross_val_predict(clf, emb.X[neg].astype(np.float64), labels, cv=cv)
+        pred = cross_val_predict(clf, Y, labels, cv=cv)
         bacc = balanced_accuracy_score(labels, pred, adjusted=True)
-    return float(1.0 - min(1.0, max(0.0, bacc))), len(neg)
+    return float(1.0 - min(1.0, max(0.0, bacc))), len(labels)
 
 
 def knn_graph(X: np.ndarray, k: int = 15) -> sp.csr_matrix:
@@ -600,6 +632,7 @@ class EvaluationConfig:
     threshold: float = 0.05
     replicates_in_different_wells: bool = True
     asw_per_perturbation: bool = False
+    treatment_technical: bool = False  # also asw/variance/leakage within perturbations (not aggregated)
     leiden_resolutions: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)
     seed: int = 0
 
@@ -760,6 +793,13 @@ def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None
         tick(f"variance {eff}")
         record("leakage", eff, TECHNICAL, lambda eff=eff: classifier_leakage(emb, eff, seed=cfg.seed))
         tick(f"leakage {eff}")
+        if cfg.treatment_technical:
+            record("asw_trt", eff, TECHNICAL_TREATMENTS,
+                   lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed), "within perturbations"))
+            record("variance_trt", eff, TECHNICAL_TREATMENTS,
+                   lambda eff=eff: (*variance_explained_score(emb, eff, groups="perturbation"), "within perturbations"))
+            record("leakage_trt", eff, TECHNICAL_TREATMENTS,
+                   lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, groups="perturbation"), "within perturbations"))
     record("graph_connectivity", "perturbation", TECHNICAL,
            lambda: (*graph_connectivity(emb, k=cfg.k), "labels with 2+ wells"))
     tick("graph connectivity")

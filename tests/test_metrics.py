@@ -277,3 +277,24 @@ def test_scorecard_tables_and_aggregates(screen):
     assert "activity" in card.details["raw"]
     text = card.format()
     assert "== raw" in text and "== noise" in text and "missing" not in text.split("== noise")[0]
+
+
+def test_technical_metrics_within_perturbations():
+    p = make_screen(n_plates=4, n_perts=10, seed=11)
+    rng = np.random.default_rng(0)
+    codes = pd.factorize(p.perturbation)[0]
+    # perturbation identity plus the row: within perturbations only the row varies
+    copy = emb_of(p, np.hstack([np.eye(codes.max() + 1)[codes] * 5, np.eye(8)[p.row]])
+                  + rng.normal(size=(p.n_wells, codes.max() + 9)) * 0.01)
+    assert M.variance_explained_score(copy, "row", groups="perturbation")[0] < 0.01
+    assert M.classifier_leakage(copy, "row", groups="perturbation")[0] < 0.05
+    # perturbation identity plus noise: no row left once perturbation means are removed
+    clean = emb_of(p, np.hstack([np.eye(codes.max() + 1)[codes] * 5, rng.normal(size=(p.n_wells, 8))]))
+    n_trt = int((~p.negative_mask).sum())
+    score, n = M.variance_explained_score(clean, "row", groups="perturbation")
+    assert score > 0.9 and n == n_trt
+    assert M.classifier_leakage(clean, "row", groups="perturbation")[0] > 0.6
+    card = M.evaluate(copy, config=M.EvaluationConfig(effects=("row",), null_size=NULL, treatment_technical=True))
+    s = card.scores.set_index(["metric", "effect"])
+    assert s.loc[("variance_trt", "row"), "category"] == M.TECHNICAL_TREATMENTS
+    assert s.loc[("technical", ""), "n"] == 4  # asw, variance, leakage [row] + graph connectivity only

@@ -31,6 +31,9 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--same-well-replicates", action="store_true",
                    help="phenotypic activity: allow replicate positives in the same well position "
                         "(default: different wells only)")
+    g.add_argument("--treatment-technical", action="store_true",
+                   help="also score technical effects within perturbations (treatment wells; asw_trt, "
+                        "variance_trt, leakage_trt), a view not fitted on the controls; not aggregated")
     g.add_argument("--null-size", type=int, default=10000, help="copairs null size for mAP p-values (default 10000)")
     g.add_argument("--seed", type=int, default=0)
 
@@ -89,7 +92,8 @@ def _eval_config(args: argparse.Namespace):
     if args.null_size < 100:
         raise CpDistillerError("--null-size must be at least 100.")
     return EvaluationConfig(effects=effects, null_size=args.null_size, seed=args.seed,
-                            replicates_in_different_wells=not args.same_well_replicates)
+                            replicates_in_different_wells=not args.same_well_replicates,
+                            treatment_technical=args.treatment_technical)
 
 
 def _pairs(args: argparse.Namespace, profiles) -> dict[str, pd.DataFrame]:

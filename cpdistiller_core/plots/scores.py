@@ -11,9 +11,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..metrics import AGGREGATE, BIOLOGICAL, TECHNICAL, Scorecard
+from ..metrics import AGGREGATE, BIOLOGICAL, TECHNICAL, TECHNICAL_TREATMENTS, Scorecard
 
-_CATEGORY_ORDER = (AGGREGATE, TECHNICAL, BIOLOGICAL)
+_CATEGORY_ORDER = (AGGREGATE, TECHNICAL, BIOLOGICAL, TECHNICAL_TREATMENTS)
 
 
 def _label(metric: str, effect: str | None) -> str:
