@@ -53,12 +53,12 @@ def home() -> None:
         if dataset is None:
             st.info("No dataset loaded yet.")
         else:
-            s = dataset.current.summary()
+            cur = dataset.current
             st.markdown(f"**{dataset.name}**")
             a, b, c = st.columns(3)
-            a.metric("Plates", s["plates"])
-            b.metric("Wells", f"{s['wells']:,}")
-            c.metric("Features", s["features"])
+            a.metric("Plates", len(set(cur.plate)))
+            b.metric("Wells", f"{cur.n_wells:,}")
+            c.metric("Features", cur.n_features)
             if dataset.preprocessed is not None:
                 st.caption(f"Preprocessed: {dataset.raw.n_features} → {dataset.preprocessed.n_features} features.")
         if st.button("Load the built-in demo screen", type="primary", key="home_demo",

@@ -135,11 +135,17 @@ with st.expander("Fix roles and the negative-control definition", expanded=False
 
 # ----- preview and QC ---------------------------------------------------------------------------
 st.markdown("#### Preview")
-preview_cols = roles.columns() + raw.features[:12]
-st.dataframe(raw.to_frame()[preview_cols].head(50), width="stretch", height=240)
+head = raw.meta[roles.columns()].head(50)
+preview = pd.concat([head, pd.DataFrame(raw.X[:50, :12], columns=raw.features[:12], index=head.index)], axis=1)
+st.dataframe(preview, width="stretch", height=240)
+st.caption(f"First 50 of {raw.n_wells:,} wells; role columns and the first 12 of {raw.n_features} features.")
 
 st.markdown("#### Quality summary")
-summary = raw.summary()
+memo = st.session_state.setdefault("load_summary_memo", {})
+if memo.get("profiles") is not raw:  # count NaN/inf over a large matrix once per dataset, not per rerun
+    memo.clear()
+    memo.update(profiles=raw, summary=raw.summary())
+summary = memo["summary"]
 m = st.columns(6)
 m[0].metric("Plates", summary["plates"])
 m[1].metric("Wells", f"{summary['wells']:,}")
