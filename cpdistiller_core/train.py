@@ -180,7 +180,8 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
                     n_triplets += len(anchors)
                 else:
                     anchors = None
-            idx = batch if anchors is None else np.concatenate([batch, pos, neg])
+            detach_pairs = anchors is not None and not config.pair_gradients
+            idx = batch if anchors is None or detach_pairs else np.concatenate([batch, pos, neg])
             idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
             x = data.X.index_select(0, idx_t)
             e = data.E.index_select(0, idx_t) if data.E is not None else None
@@ -189,6 +190,12 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
                 x_in, joint_recon = module.gmvae_input(x, e)
                 enc = module.gmvae.encode(x_in, tau)
                 x_hat = module.gmvae.decode(enc.z[:b])
+            if detach_pairs:
+                pair_t = torch.from_numpy(np.concatenate([pos, neg])).to(device, non_blocking=True)
+                with torch.no_grad(), ctx:
+                    xp, _ = module.gmvae_input(data.X.index_select(0, pair_t),
+                                               None if data.E is None else data.E.index_select(0, pair_t))
+                    z_pairs = module.gmvae.encode(xp, tau).z
             batch_enc = _slice(enc, b)
             # Reconstruct z_e as a fixed target: the joint module learns from its own reconstruction,
             # not by shrinking z_e to make the GMVAE's job easier.
@@ -217,7 +224,7 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
             if anchors is not None:
                 m = len(pos)
                 with ctx:
-                    h = module.head(enc.z)
+                    h = module.head(enc.z if not detach_pairs else torch.cat([enc.z, z_pairs]))
                 tl = triplet_loss(h[torch.from_numpy(anchors).to(device)].float(),
                                   h[b:b + m].float(), h[b + m:].float())
                 loss = loss + w_con * tl

@@ -109,3 +109,12 @@ def test_same_seed_same_embedding_on_cpu():
     np.testing.assert_array_equal(a, b)
     c = CpDistiller(cfg.replace(seed=4)).fit(p, effects="row,column").transform(p).X
     assert not np.array_equal(a, c)
+
+
+def test_detached_pairs_option_trains():
+    p = small_screen(n_plates=2, n_features=16, seed=1)
+    cfg = CpDistillerConfig(epochs=2, batch_size=64, hidden_dim=32, latent_dim=8, device="cpu",
+                            pair_gradients=False)
+    m = CpDistiller(cfg).fit(p, effects="row,column")
+    assert m.history[-1]["triplets"] > 0 and math.isfinite(m.history[-1]["triplet"])
+    assert np.isfinite(m.transform(p).X).all()
