@@ -82,6 +82,15 @@ def _group_colors(groups: Sequence[str], continuous: bool, numeric: np.ndarray |
     return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
 
 
+def _discrete_scale(colors: Sequence[str]) -> list[list]:
+    """A stepwise colorscale: code k (0-based, over cmin=-0.5..cmax=n-0.5) gets colors[k]."""
+    n = len(colors)
+    scale: list[list] = []
+    for k, c in enumerate(colors):
+        scale += [[k / n, c], [(k + 1) / n, c]]
+    return scale
+
+
 def _order_groups(values: np.ndarray, continuous: bool) -> list[str]:
     if continuous:
         return [str(v) for v in sorted(np.unique(values))]
@@ -149,13 +158,15 @@ def embedding_figure(panels: Mapping[str, np.ndarray], profiles: Profiles, color
                     customdata=custom[m], hovertemplate=hover,
                     marker=dict(size=point_size, color="#c8c8c8" if dim else colors[g], opacity=0.35 if dim else 0.8)),
                     row=row, col=col)
-        else:  # too many groups for a legend: one trace, colours cycled by group
-            codes = pd.Categorical(svalues[base], categories=groups).codes
+        else:  # too many groups for a legend: one trace, palette cycled by group (numeric codes: fast)
+            codes = pd.Categorical(svalues[base], categories=groups).codes % len(PALETTE)
             fig.add_trace(go.Scattergl(
                 x=xy[base, 0], y=xy[base, 1], mode="markers", name=color_by, showlegend=False,
                 customdata=custom[base], hovertemplate=hover,
                 marker=dict(size=point_size, opacity=0.35 if dim else 0.8,
-                            color="#c8c8c8" if dim else [PALETTE[c % len(PALETTE)] for c in codes])),
+                            color="#c8c8c8" if dim else codes.astype(np.int16),
+                            colorscale=None if dim else _discrete_scale(PALETTE), cmin=-0.5,
+                            cmax=len(PALETTE) - 0.5, showscale=False)),
                 row=row, col=col)
         if highlight:
             for i, h in enumerate(highlight):
