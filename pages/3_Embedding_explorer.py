@@ -58,7 +58,10 @@ if base is None:
     st.stop()
 
 c = st.columns([1, 1, 2, 1])
-method = c[0].radio("Projection", ["UMAP", "PCA"], horizontal=True, key="explorer_method")
+method = c[0].radio("Projection", ["PCA", "UMAP"], horizontal=True, key="explorer_method",
+                    help="UMAP (umap-learn; n_neighbors 15, min_dist 0.1, random_state 9000) is computed once per "
+                         "embedding and cached on disk. The first UMAP in a fresh server also compiles umap-learn, "
+                         "which takes a minute or two on a small CPU.")
 colorings = available_colorings(base)
 color_by = c[1].selectbox("Colour by", colorings, index=0, key="explorer_color")
 names = list(spaces)
