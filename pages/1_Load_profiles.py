@@ -122,7 +122,7 @@ with st.expander("Fix roles and the negative-control definition", expanded=False
                        key="load_plate_format")
     if st.button("Apply roles", key="load_apply_roles"):
         overrides = {r: (None if v == NONE else v) for r, v in choice.items()}
-        if overrides["well"] and not ({"row", "column"} - {r for r, v in overrides.items() if v}):
+        if overrides["well"]:
             overrides["row"] = overrides["column"] = None  # a well column wins over separate row/column
         overrides["negative_values"] = list(neg)
         overrides["positive_values"] = list(pos)

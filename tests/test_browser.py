@@ -128,6 +128,12 @@ def test_demo_flow_in_chromium(app_url):
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
         page.wait_for_timeout(1500)
         _shot(page, "4_embedding_explorer")
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Colour by").locator("input").click()
+        page.get_by_role("option", name="column", exact=True).click()
+        _idle(page)
+        expect(page.locator(".js-plotly-plot .colorbar").first).to_be_visible(timeout=60_000)  # continuous scale
+        page.wait_for_timeout(1000)
+        _shot(page, "4b_embedding_explorer_by_column")
 
         page.get_by_role("link", name="Plate maps").first.click()
         expect(page.get_by_text("Variance explained by technical labels")).to_be_visible(timeout=60_000)
