@@ -50,7 +50,8 @@ with tab_upload:
     if st.button("Read uploaded files", type="primary", disabled=not files, key="load_read_upload"):
         try:
             with st.spinner("Reading…"):
-                saved = ds.save_uploads([(f.name, f.getvalue()) for f in files], st.session_state[ds.SESSION_ID_KEY])
+                session_id = st.session_state.setdefault(ds.SESSION_ID_KEY, ds.new_session_id())
+                saved = ds.save_uploads([(f.name, f.getvalue()) for f in files], session_id)
                 _set_dataset(ds.load_files(saved, batch_from_file=per_file, origin="upload", feature_regex=regex,
                                            source=files[0].name if len(files) == 1 else None))
             st.success(f"Loaded {len(saved)} file(s).")
