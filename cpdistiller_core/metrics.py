@@ -158,8 +158,9 @@ def _technical_wells(emb: Profiles, effect: str, groups: str) -> tuple[np.ndarra
     """Wells, labels, coordinates and number of groups for a technical metric.
 
     groups="negative": the negative controls, coordinates as they are. groups="perturbation": the
-    treatment wells of perturbations with 2+ wells, coordinates centred per perturbation (the
-    perturbation means removed, so only within-perturbation variation can carry the effect)."""
+    treatment wells of perturbations whose wells span 2+ levels of the effect, coordinates centred per
+    perturbation (the perturbation means removed, so only within-perturbation variation can carry
+    the effect)."""
     labels_all = effect_labels(emb, effect)
     if groups == "negative":
         pos = np.flatnonzero(_negative_controls(emb))
@@ -169,8 +170,12 @@ def _technical_wells(emb: Profiles, effect: str, groups: str) -> tuple[np.ndarra
     pert = emb.perturbation.astype(str)
     pos = np.flatnonzero(~emb.negative_mask)
     pos = pos[_drop_rare(pert[pos], 2)]
+    # only perturbations whose wells span 2+ levels of the effect say anything about it
+    levels = pd.Series(labels_all[pos]).groupby(pert[pos]).transform("nunique").to_numpy()
+    pos = pos[levels >= 2]
     if len(pos) == 0:
-        raise MetricUnavailable("no perturbation has two or more treatment wells.")
+        raise MetricUnavailable(f"no perturbation has treatment wells in two or more {effect} levels "
+                                "(e.g. the same layout on every plate).")
     Y = pd.DataFrame(emb.X[pos].astype(np.float64))
     Y = (Y - Y.groupby(pert[pos]).transform("mean")).to_numpy()
     return pos, labels_all[pos], Y, len(np.unique(pert[pos]))

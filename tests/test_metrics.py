@@ -298,3 +298,14 @@ def test_technical_metrics_within_perturbations():
     s = card.scores.set_index(["metric", "effect"])
     assert s.loc[("variance_trt", "row"), "category"] == M.TECHNICAL_TREATMENTS
     assert s.loc[("technical", ""), "n"] == 4  # asw, variance, leakage [row] + graph connectivity only
+
+
+def test_within_perturbation_metrics_missing_when_layout_repeats():
+    p = make_screen(n_plates=2, n_perts=80, seed=12)  # 80 perturbations in 80 wells: one well per plate
+    same = p.meta.groupby("Metadata_pert")["Metadata_Well"].nunique()
+    p = p.subset(np.isin(p.perturbation, same.index[same == 1].tolist() + ["DMSO"]))
+    assert (~p.negative_mask).sum() > 0
+    with pytest.raises(M.MetricUnavailable, match="two or more row levels"):
+        M.variance_explained_score(p, "row", groups="perturbation")
+    with pytest.raises(M.MetricUnavailable):
+        M.classifier_leakage(p, "row", groups="perturbation")
