@@ -283,16 +283,32 @@ def _groups(codes: np.ndarray, n_levels: int) -> list[np.ndarray]:
     return [order[bounds[i]:bounds[i + 1]] for i in range(n_levels)]
 
 
-def _unique(a: np.ndarray) -> np.ndarray:
-    """Sorted unique values; sort-based (numpy 2's hash-based ``np.unique`` is ~10x slower here)."""
-    a = np.sort(a)
+def _unique(a: np.ndarray, owned: bool = False) -> np.ndarray:
+    """Sorted unique values; sort-based (numpy 2's hash-based ``np.unique`` is ~10x slower here).
+
+    ``owned``: ``a`` is a temporary of the caller and may be sorted in place.
+    """
+    if owned:
+        a.sort()
+    else:
+        a = np.sort(a)
     if len(a) < 2:
         return a
     return a[np.concatenate([[True], a[1:] != a[:-1]])]
 
 
+def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection of two sorted unique arrays (binary search; no concatenation or sort)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.empty(0, dtype=np.int64)
+    if len(b) > len(a):
+        a, b = b, a  # look the smaller array up in the larger one
+    pos = np.minimum(np.searchsorted(a, b), len(a) - 1)
+    return b[a[pos] == b]
+
+
 def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return _unique(np.concatenate([a, b]))
+    return _unique(np.concatenate([a, b]), owned=True)
 
 
 def _keys(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
@@ -300,11 +316,13 @@ def _keys(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     ok = (src >= 0) & (dst >= 0) & (src != dst)
-    return _unique(src[ok] * n + dst[ok])
+    return _unique(src[ok] * n + dst[ok], owned=True)
 
 
 def _swap(keys: np.ndarray, n: int) -> np.ndarray:
-    return np.sort((keys % n) * n + keys // n)
+    out = (keys % n) * n + keys // n
+    out.sort()
+    return out
 
 
 def _symmetric(keys: np.ndarray, n: int) -> np.ndarray:
@@ -364,7 +382,7 @@ def _knn_keys(Z: np.ndarray, indexes: list[_LevelIndex | None], k: int,
             parts.append(src[keep] * n + found[keep])
         if prog is not None:
             prog.step()
-    return _unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+    return _unique(np.concatenate(parts), owned=True) if parts else np.empty(0, dtype=np.int64)
 
 
 def _mnn_keys(Z: np.ndarray, indexes: list[_LevelIndex | None], k: int,
@@ -381,12 +399,12 @@ def _mnn_keys(Z: np.ndarray, indexes: list[_LevelIndex | None], k: int,
                 b_to_a = ia.search(ib.base, k)          # global ids in level a
                 fwd = _keys(np.repeat(ga, a_to_b.shape[1]), a_to_b.ravel(), n)
                 bwd = _keys(b_to_a.ravel(), np.repeat(gb, b_to_a.shape[1]), n)  # stored as a -> b
-                mutual = np.intersect1d(fwd, bwd, assume_unique=True)
+                mutual = _intersect(fwd, bwd)
                 if len(mutual):
                     parts.append(mutual)
             if prog is not None:
                 prog.step()
-    keys = _unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+    keys = _unique(np.concatenate(parts), owned=True) if parts else np.empty(0, dtype=np.int64)
     return _symmetric(keys, n)
 
 
@@ -407,7 +425,7 @@ def _mnn_keys_blocked(Z: np.ndarray, codes: np.ndarray, n_levels: int, k: int, s
         sub_groups = [blk[g] for g in _groups(codes[blk], n_levels)]
         indexes, _ = _build_indexes(Z, sub_groups, "exact")
         parts.append(_mnn_keys(Z, indexes, k, prog))
-    return _unique(np.concatenate(parts)), len(blocks)
+    return _unique(np.concatenate(parts), owned=True), len(blocks)
 
 
 def knn_within(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exact",
@@ -447,12 +465,16 @@ def mnn_across(Z: np.ndarray, levels: np.ndarray, k: int, *, method: str = "exac
 
 
 # ----- mining ------------------------------------------------------------------------------------
-def _fill_empty_anchors(paper: np.ndarray, fallback: np.ndarray, n: int) -> tuple[np.ndarray, int, int]:
-    """Paper keys, plus fallback rows for anchors that have none; returns keys, #paper, #fallback."""
+def _fill_empty_anchors(paper: np.ndarray, per_effect: list[np.ndarray],
+                        n: int) -> tuple[np.ndarray, int, int]:
+    """Paper keys, plus, for anchors that have none, their rows of the union over effects.
+
+    Returns the keys, the number of anchors served by the paper rule and by the fallback.
+    """
     has = np.zeros(n, dtype=bool)
     has[paper // n] = True
-    extra = fallback[~has[fallback // n]]
-    extra_anchors = int(len(_unique(extra // n))) if len(extra) else 0
+    extra = _union_all([keys[~has[keys // n]] for keys in per_effect])
+    extra_anchors = int(len(_unique(extra // n, owned=True))) if len(extra) else 0
     return _union(paper, extra), int(has.sum()), extra_anchors
 
 
@@ -560,22 +582,24 @@ def _mine(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int, k_mnn:
         stats.update(knn_anchors_paper=0, knn_anchors_fallback=_n_anchors(knn, n),
                      mnn_anchors_paper=0, mnn_anchors_fallback=0)
     else:
-        union_knn = _union_all(knn_sets)
-        union_mnn = _union_all(mnn_sets)
         if combine == "union":
-            knn, mnn = _symmetric(union_knn, n), union_mnn
+            knn = _symmetric(_union_all(knn_sets), n)
+            mnn = _union_all(mnn_sets)
             stats.update(knn_anchors_paper=_n_anchors(knn, n), knn_anchors_fallback=0,
                          mnn_anchors_paper=_n_anchors(mnn, n), mnn_anchors_fallback=0)
         else:
             paper_knn = _symmetric(_intersect_all(knn_sets), n)
             paper_mnn = _intersect_all(mnn_sets)
-            knn, a_knn, f_knn = _fill_empty_anchors(paper_knn, union_knn, n)
-            mnn, a_mnn, f_mnn = _fill_empty_anchors(paper_mnn, union_mnn, n)
-            stats.update(knn_pairs_paper=int(len(paper_knn)), mnn_pairs_paper=int(len(paper_mnn) // 2),
-                         knn_anchors_paper=a_knn, knn_anchors_fallback=f_knn,
+            stats.update(knn_pairs_paper=int(len(paper_knn)), mnn_pairs_paper=int(len(paper_mnn) // 2))
+            knn, a_knn, f_knn = _fill_empty_anchors(paper_knn, knn_sets, n)
+            del paper_knn
+            mnn, a_mnn, f_mnn = _fill_empty_anchors(paper_mnn, mnn_sets, n)
+            del paper_mnn
+            stats.update(knn_anchors_paper=a_knn, knn_anchors_fallback=f_knn,
                          mnn_anchors_paper=a_mnn, mnn_anchors_fallback=f_mnn)
             if f_knn or f_mnn:
                 fallback = "union_per_anchor"
+        del knn_sets, mnn_sets, kkeys, mkeys
     stats["fallback"] = fallback
     graph = _build_graph(knn, mnn, n, stats)
     stats["timings_s"]["combine"] = time.perf_counter() - t0
@@ -589,28 +613,29 @@ def _mine(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int, k_mnn:
 
 
 def _union_all(sets: list[np.ndarray]) -> np.ndarray:
-    return _unique(np.concatenate(sets)) if sets else np.empty(0, dtype=np.int64)
+    return _unique(np.concatenate(sets), owned=True) if sets else np.empty(0, dtype=np.int64)
 
 
 def _intersect_all(sets: list[np.ndarray]) -> np.ndarray:
     out = sets[0]
     for s in sets[1:]:
-        out = np.intersect1d(out, s, assume_unique=True)
+        out = _intersect(out, s)
     return out
 
 
 def _n_anchors(keys: np.ndarray, n: int) -> int:
-    return int(len(_unique(keys // n)))
+    return int(len(_unique(keys // n, owned=True)))
 
 
 def _build_graph(knn: np.ndarray, mnn: np.ndarray, n: int, stats: dict[str, Any]) -> NeighborGraph:
-    keys = np.concatenate([knn, mnn])
-    flags = np.concatenate([np.full(len(knn), KIND_KNN, np.uint8), np.full(len(mnn), KIND_MNN, np.uint8)])
-    order = np.argsort(keys, kind="stable")
-    keys, flags = keys[order], flags[order]
+    # the kind flag rides in the two low bits of the key, so one in-place sort merges both sets
+    tagged = np.concatenate([knn * 4 + KIND_KNN, mnn * 4 + KIND_MNN])
+    tagged.sort()
+    keys = tagged >> 2
+    flags = (tagged & 3).astype(np.uint8)
+    del tagged
     if len(keys):
-        first = np.concatenate([[True], keys[1:] != keys[:-1]])
-        starts = np.flatnonzero(first)
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
         flags = np.bitwise_or.reduceat(flags, starts).astype(np.uint8)
         keys = keys[starts]
     rows = keys // n
