@@ -65,13 +65,15 @@ def app_url(tmp_path_factory):
         log.close()
 
 
+RUNNING = ('[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"], '
+           '[data-testid="stSpinner"]')
+
+
 def _idle(page, timeout: float = 120_000) -> None:
-    """Wait until Streamlit has finished running the script (no 'Running…' status widget)."""
+    """Wait until Streamlit has finished running the script (no running icon, no spinner)."""
+    page.wait_for_timeout(500)
+    page.wait_for_function(f"() => !document.querySelector('{RUNNING}')", timeout=timeout)
     page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout)
 
 
 def _shot(page, name: str) -> Path:
