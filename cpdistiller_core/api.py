@@ -47,11 +47,18 @@ class InputTransform:
 
     @classmethod
     def fit(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
-            source: str | None = None) -> InputTransform:
+            source: str | None = None, min_controls: int = 10) -> InputTransform:
         d = X.shape[1]
         center = np.zeros(d, dtype=np.float32)
         whiten = None
         Y = X
+        if sphering == "auto":
+            n_neg = 0 if negative is None else int(negative.sum())
+            sphering = "negcon" if n_neg >= min_controls else "none"
+            if sphering == "none":
+                warnings.warn(f"{where(source)}only {n_neg} negative-control wells: the model input is not "
+                              "sphered (sphering 'auto' needs at least "
+                              f"{min_controls}).", CpDistillerWarning, stacklevel=3)
         if sphering == "negcon":
             n_neg = 0 if negative is None else int(negative.sum())
             if n_neg < 2:
@@ -226,7 +233,7 @@ class CpDistiller:
             self.features = list(profiles.features)
             neg = profiles.negative_mask
             self.input_transform = InputTransform.fit(profiles.X, neg, cfg.sphering,
-                                                      cfg.sphering_regularization, src)
+                                                      cfg.sphering_regularization, src, cfg.sphering_min_controls)
         X = self.input_transform.apply(profiles.subset(features=self.features).X
                                        if base is not None else profiles.X)
         self.effects = effects
@@ -286,6 +293,7 @@ class CpDistiller:
         self.timings["fit_s"] = time.perf_counter() - t_start
         self.train_info = {"steps": result.steps, "device": result.device, "amp_dtype": result.amp_dtype,
                            "n_wells": profiles.n_wells, "n_features": len(self.features),
+                           "sphered": self.input_transform.whiten is not None,
                            "warm_start": None if warm_start is None else str(warm_start)}
         return self
 

@@ -19,7 +19,7 @@ from .errors import CpDistillerError
 EFFECTS = ("batch", "row", "column")
 _EFFECT_ALIASES = {"batch": "batch", "row": "row", "column": "column", "col": "column"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SPHERING = ("none", "negcon")
+SPHERING = ("none", "negcon", "auto")
 
 
 @dataclass
@@ -61,7 +61,10 @@ class CpDistillerConfig:
     ema_decay: float | None = None   # None: 1 - 5 / epochs, updated once per epoch as in the reference
     min_steps: int = 0               # lengthen epochs' worth of steps for tiny screens (0: the paper's epochs)
     # --- input handling inside the model ---
-    sphering: str = "none"           # "negcon": ZCA whitening fitted on negative-control wells
+    # "negcon": ZCA whitening fitted on negative-control wells; "auto": negcon when the profiles have
+    # at least ``sphering_min_controls`` negative controls, else none (with a warning).
+    sphering: str = "none"
+    sphering_min_controls: int = 10
     sphering_regularization: float = 0.1
     # --- runtime ---
     seed: int = 0

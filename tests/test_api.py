@@ -155,3 +155,12 @@ def test_image_features_join_on_plate_and_well(screen):
         m.transform(screen)
     with pytest.raises(CpDistillerError, match="no image features for"):
         CpDistiller(TINY).fit(screen, effects="row", extractor=img.subset(rows=np.arange(10)))
+
+
+def test_auto_sphering_uses_controls_when_there_are_enough(screen):
+    m = CpDistiller(TINY.replace(sphering="auto", epochs=1)).fit(screen, effects="row,column")
+    assert m.train_info["sphered"] and m.input_transform.whiten is not None
+    no_controls = small_screen(n_plates=2, n_features=20, with_controls=False)
+    with pytest.warns(CpDistillerWarning, match="not sphered"):
+        m2 = CpDistiller(TINY.replace(sphering="auto", epochs=1)).fit(no_controls, effects="row,column")
+    assert not m2.train_info["sphered"]
