@@ -34,7 +34,18 @@ def _demo_app() -> AppTest:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """One short demo correction run from the Correct page, plus two reference methods."""
+    """One short demo correction run from the Correct page.
+
+    Module-scoped fixtures are set up before conftest's autouse one, so point the app and cache
+    directories at the same temporary folders here (never the user's real ones)."""
+    base = tmp_path_factory.getbasetemp()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPDISTILLER_CACHE", str(base / "cache"))
+        mp.setenv("CPDISTILLER_HOME", str(base / "home"))
+        yield _short_run()
+
+
+def _short_run() -> tuple[AppTest, Path]:
     at = _demo_app()
     at.switch_page(CORRECT).run()
     assert not at.exception
@@ -49,6 +60,7 @@ def finished(tmp_path_factory):
     state = jobs.wait(run_dir, timeout=600)
     assert state.status == jobs.DONE, jobs.read_log(run_dir)
     at.run()
+    assert str(run_dir).startswith(str(Path(__import__("os").environ["CPDISTILLER_HOME"])))
     return at, run_dir
 
 
