@@ -81,9 +81,15 @@ class InputTransform:
         std[~(std > 1e-8)] = 1.0
         return cls(center, whiten, mean, std)
 
-    def apply(self, X: np.ndarray) -> np.ndarray:
-        Y = _chunked_affine(X, self.center, self.whiten) if self.whiten is not None else X
-        return ((Y - self.mean) / self.std).astype(np.float32, copy=False)
+    def apply(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """Transformed copy of X (float32), computed in row chunks to bound temporary memory."""
+        out = np.empty(X.shape, dtype=np.float32)
+        for s in range(0, X.shape[0], chunk):
+            blk = X[s:s + chunk]
+            if self.whiten is not None:
+                blk = (blk - self.center) @ self.whiten
+            out[s:s + chunk] = (blk - self.mean) / self.std
+        return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
