@@ -132,3 +132,14 @@ def test_plate_figures_have_one_panel_per_plate_and_side():
     prof = platemap.position_profile(p, p.X[:, 0], "column")
     fig = plate_plots.position_profile_figure({"uncorrected": prof}, "column")
     assert list(fig.data[1].x[:2]) == ["1", "2"]
+
+
+def test_standardised_heatmaps_colour_by_z_but_hover_the_value():
+    p = _screen(1)
+    grid = platemap.plate_grid(p, p.X[:, 0] * 100 + 50, "P0")
+    fig = plate_plots.plate_heatmaps({"a": {"P0": grid}, "b": {"P0": grid * 2}}, p.geometry, "f0", standardise=True)
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert {t.coloraxis for t in heat} == {"coloraxis"}  # one shared diverging scale
+    z = np.asarray(heat[0].z, dtype=float)
+    assert abs(np.nanmedian(z)) < 1e-6 and np.nanmax(np.abs(z)) < 50
+    assert heat[0].text[0][0] == f"{grid[0, 0]:.3g}" and heat[1].text[0][0] == f"{2 * grid[0, 0]:.3g}"

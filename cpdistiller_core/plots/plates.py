@@ -63,9 +63,12 @@ def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: Plat
             if plate not in per:
                 continue
             z = per[plate]
-            text = np.vectorize(lambda v: "" if not np.isfinite(v) else f"{v:.3g}")(z)
+            raw = np.asarray(grids[side][plate], dtype=float)  # hover shows the value itself, colour may be z
+            text = np.vectorize(lambda v: "" if not np.isfinite(v) else f"{v:.3g}")(raw)
+            zhover = "<br>z %{z:.2f}" if standardise else ""
             fig.add_trace(go.Heatmap(z=z, x=xlabels, y=ylabels, coloraxis=axis, text=text, xgap=1, ygap=1,
-                                     hovertemplate=f"{plate} %{{y}}%{{x}}<br>{value_label}: %{{text}}<extra>{side}</extra>"),
+                                     hovertemplate=f"{plate} %{{y}}%{{x}}<br>{value_label}: %{{text}}{zhover}"
+                                                   f"<extra>{side}</extra>"),
                           row=r + 1, col=s + 1)
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=8))
     fig.update_xaxes(tickfont=dict(size=8), side="bottom", dtick=1 if geometry.n_cols <= 24 else 2)
