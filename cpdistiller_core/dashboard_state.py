@@ -25,6 +25,7 @@ from . import jobs
 from .errors import CpDistillerError
 from .paths import app_data_dir, atomic_write_bytes
 from .profiles import Embedding, Profiles
+from .progress import ProgressCallback, no_progress
 
 DATASET_KEY = "cpd_dataset"
 RUN_KEY = "cpd_run_dir"
@@ -33,6 +34,7 @@ SESSION_ID_KEY = "cpd_session_id"
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".parquet", ".pq", ".h5ad")
 MAX_UPLOAD_MB = 1024  # keep in sync with server.maxUploadSize in .streamlit/config.toml
 CORRECTION_TARGET = "cpdistiller_core.runs:run_correction"
+REFERENCE_TARGET = "cpdistiller_core.dashboard_state:compute_references"
 INPUT_OBJECT = "input_profiles"
 REFERENCES_DIR = "references"
 ROLE_FIELDS = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
@@ -284,6 +286,39 @@ def compute_reference(run_dir: Path, method: str, effects: Sequence[str] | None 
     usable = [e for e in effects if not (e == "batch" and profiles.batch is None)]
     emb = run_baseline(method, profiles, usable or ("row", "column"), seed=seed)
     return write_profiles(emb, run_dir / REFERENCES_DIR / f"{sanitize_filename(method)}.parquet")
+
+
+def compute_references(run: str, methods: Sequence[str], seed: int = 0,
+                       progress: ProgressCallback = no_progress) -> list[str]:
+    """Compute several reference methods for a run (a background job); returns the methods written.
+
+    Every method is tried; those that fail are named together in one error after the others are saved.
+    """
+    written, failed = [], []
+    for i, method in enumerate(methods):
+        progress(i / max(1, len(methods)), f"{method}…")
+        try:
+            compute_reference(Path(run), method, seed=seed)
+            written.append(method)
+        except CpDistillerError as exc:
+            failed.append(f"{method}: {exc}")
+    progress(1.0, "done")
+    if failed:
+        raise CpDistillerError("; ".join(failed) + (f" (computed: {', '.join(written)})" if written else ""))
+    return written
+
+
+def launch_references(run_dir: Path, methods: Sequence[str], root: Path | None = None) -> Path:
+    """Start ``compute_references`` for a finished run in a separate process; returns the job directory."""
+    from .baselines import BASELINES
+
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown or not methods:
+        raise CpDistillerError(f"choose reference methods among {', '.join(BASELINES)} (got {list(methods)}).")
+    run_dir = Path(run_dir)
+    return jobs.submit(REFERENCE_TARGET, jobs.new_run_dir(root, prefix="ref"),
+                       kwargs={"run": str(run_dir), "methods": list(methods)},
+                       meta={"run": run_dir.name, "methods": ",".join(methods)})
 
 
 def export_embedding(emb: Profiles, fmt: str, tmp_dir: Path) -> bytes:

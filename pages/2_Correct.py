@@ -170,16 +170,30 @@ else:
         c1, c2 = st.columns([3, 1])
         chosen = c1.multiselect("Methods", [m for m in BASELINES if m not in have],
                                 default=[m for m in ("uncorrected", "harmony") if m not in have][:2], key="correct_refs")
-        if c2.button("Compute", disabled=not chosen, key="correct_refs_go"):
-            with st.status("Computing reference methods…", expanded=True) as status:
-                for m in chosen:
-                    try:
-                        st.write(f"{m}…")
-                        ds.compute_reference(current, m)
-                    except CpDistillerError as exc:
-                        st.error(f"{m}: {exc}")
-                status.update(label="Reference methods done", state="complete")
-            st.rerun()
+        jobs_by_run = st.session_state.setdefault("correct_ref_jobs", {})
+        ref_job = jobs_by_run.get(str(current))
+        busy = ref_job is not None and not jobs.status(Path(ref_job)).finished
+        if c2.button("Compute", disabled=not chosen or busy, key="correct_refs_go"):
+            try:
+                jobs_by_run[str(current)] = str(ds.launch_references(current, chosen))
+                st.rerun()
+            except CpDistillerError as exc:
+                st.error(str(exc))
+
+        def ref_panel(job_dir: Path) -> None:
+            state = jobs.status(job_dir)
+            if not state.finished:
+                st.progress(state.fraction, text=f"Reference methods: {state.message} (elapsed {_fmt_s(state.elapsed)})")
+            elif state.status == jobs.FAILED:
+                st.error(f"Reference methods: {state.error}")
+            seen = st.session_state.setdefault("correct_ref_seen", {})
+            if seen.get(str(job_dir)) not in (None, state.status) and state.finished:
+                seen[str(job_dir)] = state.status
+                st.rerun()  # list the new references
+            seen[str(job_dir)] = state.status
+
+        if ref_job:
+            st.fragment(run_every=POLL_SECONDS if busy else None)(ref_panel)(Path(ref_job))
 
 st.subheader("Run history")
 rows = [r for r in jobs.list_runs() if r["target"] == ds.CORRECTION_TARGET]

@@ -90,6 +90,14 @@ def test_reference_methods_are_computed_into_the_run(finished):
     at.multiselect(key="correct_refs").set_value(["uncorrected", "harmony"])
     at.button(key="correct_refs_go").click().run()
     assert not at.exception and not _errors(at)
+    job = Path(at.session_state["correct_ref_jobs"][str(run_dir)])
+    assert job != run_dir and jobs.job_spec(job)["target"] == ds.REFERENCE_TARGET
+    state = jobs.wait(job, timeout=600)
+    assert state.status == jobs.DONE, jobs.read_log(job)
+    assert state.extra["result"] == ["uncorrected", "harmony"]
+    at.run()
+    assert not at.exception and not _errors(at)
+    assert "Available: harmony, uncorrected." in " ".join(c.value for c in at.caption)
     assert sorted(p.name for p in (run_dir / "references").glob("*.parquet")) == ["harmony.parquet",
                                                                                   "uncorrected.parquet"]
 
@@ -205,3 +213,13 @@ def test_downloads_round_trip_the_embedding_and_zip_the_model(finished, tmp_path
     names = zipfile.ZipFile(io.BytesIO(ds.zip_directory(run_dir / "model"))).namelist()
     assert names and all(n.startswith("model/") for n in names)
     assert {Path(n).name for n in names} >= {p.name for p in (run_dir / "model").iterdir() if p.is_file()}
+
+
+def test_reference_jobs_report_failed_methods_and_keep_the_others(finished):
+    _, run_dir = finished
+    with pytest.raises(ds.CpDistillerError, match="launch|choose reference methods"):
+        ds.launch_references(run_dir, ["no_such_method"])
+    with pytest.raises(ds.CpDistillerError) as info:
+        ds.compute_references(str(run_dir), ["sphering", "no_such_method"])
+    assert "no_such_method" in str(info.value) and "computed: sphering" in str(info.value)
+    assert (run_dir / "references" / "sphering.parquet").is_file()
