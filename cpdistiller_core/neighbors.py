@@ -32,14 +32,16 @@ with sorted-array merges, so memory is O(N * k * L) and never N x N. Searches us
 
 * ``method="exact"``: ``faiss.knn`` (BLAS inner products + heap top-k) per level. Exact, but the
   pairwise MNN costs ~N^2 comparisons per effect (every well against every other level): measured
-  here 23 s at 20k wells and 92 s at 40k (1,446 features, 50 PCs, batch/row/column, 1 thread).
+  23 s at 20k wells and 92 s at 40k (1,446 features, 50 PCs, batch/row/column, 1 thread, this
+  2-core machine at load ~12).
 * ``method="approx"``: KNN levels larger than ``HNSW_MIN_LEVEL`` wells use one faiss HNSW graph
-  each (M=16, ~log cost per search); MNN is computed exactly *within random blocks* of at most
-  ``MNN_BLOCK`` wells (a seeded random partition of all wells), and the blocks' pairs are pooled. Time and memory are then linear in N. A block pair is a mutual
-  nearest pair among a random 1/B subsample, i.e. MNN at a coarser scale (roughly k * B in the full
-  data); every well still gets partners in every other level. Per-level HNSW for MNN was measured
-  and rejected: with (L-1) searches per well its constant was 2.5x slower than exact at 20k wells
-  (53 s vs 23 s) and still ~N*L*log N.
+  each (M=16), smaller ones stay exact, so a KNN search never costs more than ~10k comparisons;
+  MNN is computed exactly *within random blocks* of at most ``MNN_BLOCK`` wells (a seeded random
+  partition of all wells) and the blocks' pairs are pooled. Time and memory are then linear in N.
+  A block pair is a mutual nearest pair within a random 1/B subsample, i.e. MNN at a coarser
+  scale; wells still get partners in the other levels. Per-level HNSW for the MNN searches was
+  measured and rejected: with L-1 searches per well it was slower than exact (53 s vs 23 s at
+  20k wells, 140 s vs 92 s at 40k).
 * ``method="auto"`` (default): exact up to ``AUTO_EXACT_MAX_WELLS`` (15,000) wells, approx above,
   so a 20k-well screen is mined in two blocks of 10k.
 
@@ -352,7 +354,8 @@ class _Progress:
             self.cb(frac, self.msg)
 
 
-def _build_indexes(Z: np.ndarray, groups: list[np.ndarray], method: str) -> tuple[list[_LevelIndex | None], dict[str, int]]:
+def _build_indexes(Z: np.ndarray, groups: list[np.ndarray],
+                   method: str) -> tuple[list[_LevelIndex | None], dict[str, int]]:
     """One search index per non-empty level: HNSW for large levels under 'approx', exact otherwise."""
     out: list[_LevelIndex | None] = []
     used = {"exact": 0, "approx": 0}
