@@ -123,6 +123,9 @@ def test_demo_flow_in_chromium(app_url):
         _idle(page)
         _shot(page, "3_correct")
         assert page.get_by_role("button", name="Embedding (parquet)").is_visible()
+        page.get_by_role("button", name="Compute").click()  # reference methods (uncorrected PCA, Harmony)
+        expect(page.get_by_text("Available: harmony, uncorrected.")).to_be_visible(timeout=120_000)
+        _idle(page)
 
         page.get_by_role("link", name="Embedding explorer").first.click()
         expect(page.get_by_text("Colour by")).to_be_visible(timeout=60_000)
