@@ -167,7 +167,7 @@ else:
         have = sorted(p.stem for p in (current / ds.REFERENCES_DIR).glob("*.parquet"))
         st.caption("Computed on the same preprocessed input, for side-by-side comparison in the explorer. "
                    + (f"Available: {', '.join(have)}." if have else "None computed yet."))
-        c1, c2 = st.columns([3, 1])
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
         chosen = c1.multiselect("Methods", [m for m in BASELINES if m not in have],
                                 default=[m for m in ("uncorrected", "harmony") if m not in have][:2], key="correct_refs")
         jobs_by_run = st.session_state.setdefault("correct_ref_jobs", {})
