@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from . import jobs
 from .errors import CpDistillerError
 from .paths import app_data_dir, atomic_write_bytes
@@ -155,10 +158,39 @@ def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *,
     profiles, report = read_profiles_with_report(
         [str(p) for p in paths], dict(roles) if roles else None, batch_from_file=batch_from_file,
         feature_regex=feature_regex or None,
-        source=source if len(paths) == 1 else None, emit_warnings=False)
+        source=source if len(paths) == 1 else None, emit_warnings=False,
+        dtype=np.float64)  # raw values keep full precision until the Load page normalises them
     label = name or (paths[0].name if len(paths) == 1 else f"{len(paths)} files")
     return Dataset(name=label, raw=profiles, origin=origin, files=[str(p) for p in paths],
                    role_reasons=dict(report.role_reasons), warnings=list(report.warnings))
+
+
+def jump_client(metadata_dir: str | None = None) -> Any:
+    """The Cell Painting Gallery client with the app's cache (network only when something is missing)."""
+    from .jump import JumpClient
+
+    folder = Path(metadata_dir).expanduser() if metadata_dir else None
+    if folder is not None and not folder.is_dir():
+        raise CpDistillerError(f"{metadata_dir}: no such folder for JUMP metadata tables.")
+    return JumpClient(metadata_dir=folder)
+
+
+def load_jump(client: Any, plates: pd.DataFrame, progress: Any = None) -> Dataset:
+    """Fetch (or reuse cached) JUMP plates chosen from ``client.list_plates()`` rows into a Dataset."""
+    from .io import validate
+    from .jump import ROLES
+
+    if plates.empty:
+        raise CpDistillerError("choose at least one JUMP plate.")
+    plan = client.plan(plates)
+    kw = {"progress": progress} if progress else {}
+    client.download_plates(plan, **kw)
+    profiles = client.join(plan.plates)
+    names = list(plates["Metadata_Plate"])
+    label = f"JUMP {plates['Metadata_Source'].iloc[0]}: " + (", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
+    reasons = {r: "JUMP metadata tables (cpg0016)" for r in ROLE_FIELDS if getattr(ROLES, r)}
+    return Dataset(name=label, raw=profiles, origin="jump", files=[str(p) for p in plan.plates["path"]],
+                   role_reasons=reasons, warnings=validate(profiles))
 
 
 def load_demo(seed: int = 0) -> Dataset:

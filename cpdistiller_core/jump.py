@@ -208,14 +208,12 @@ class JumpClient:
                 f"under {self.gallery_url}/cpg0016-jump/; drop them with --skip-missing."
             )
         total = max(plan.bytes_to_download, 1)
-        done = 0
+        done = [0]
         lock = threading.Lock()
 
         def on_bytes(n: int) -> None:
-            nonlocal done
             with lock:
-                done += n
-                progress(min(done / total, 1.0), f"{_human(done)} of {_human(total)}")
+                done[0] += n
 
         todo = plan.plates[~plan.plates["cached"]]
         with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
@@ -223,6 +221,10 @@ class JumpClient:
                                    expected=row.remote if isinstance(row.remote, RemoteFile) else None,
                                    on_bytes=on_bytes)
                        for row in todo.itertuples()]
+            pending = set(futures)
+            while pending:  # progress is reported from the calling thread (UI toolkits need that)
+                _, pending = concurrent.futures.wait(pending, timeout=0.25)
+                progress(min(done[0] / total, 1.0), f"{_human(done[0])} of {_human(total)}")
             for fut in futures:
                 fut.result()
         progress(1.0, "downloaded")

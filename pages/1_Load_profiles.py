@@ -38,8 +38,7 @@ st.caption("Well-level CellProfiler profiles: one row per well, metadata columns
 regex = st.text_input("Feature columns (regular expression, optional)", key="load_feature_regex",
                       placeholder="^(Cells|Nuclei|Cytoplasm|Image)_", help="Leave empty to use CellProfiler-named "
                       "numeric columns (Cells_, Nuclei_, Cytoplasm_, Image_…).")
-tab_upload, tab_path, tab_demo = st.tabs(["Upload", "Server path", "Demo"])
-# The "From JUMP" tab (Cell Painting Gallery) is added here by the JUMP module's own function.
+tab_upload, tab_path, tab_jump, tab_demo = st.tabs(["Upload", "Server path", "From JUMP", "Demo"])
 
 with tab_upload:
     st.markdown(f"CSV, CSV.gz, TSV, Parquet or h5ad; several files at once; **up to {ds.MAX_UPLOAD_MB} MB per file**.")
@@ -70,6 +69,50 @@ with tab_path:
             st.success(f"Loaded {len(paths)} file(s).")
         except Exception as exc:  # noqa: BLE001
             _fail(exc)
+
+with tab_jump:
+    st.markdown("Well-level CellProfiler profiles of **JUMP** (cpg0016) from the public Cell Painting Gallery, "
+                "joined with the consortium's plate, well, gene and control tables. Downloads are cached; "
+                "cached plates load without network.")
+    meta_dir = st.text_input("Local folder with JUMP metadata tables (optional)", key="jump_metadata_dir",
+                             help="plate.csv.gz, well.csv.gz, orf.csv.gz, crispr.csv.gz, compound.csv.gz, "
+                                  "perturbation_control.csv from github.com/jump-cellpainting/datasets; tables "
+                                  "missing there are downloaded and cached.")
+    if st.button("List JUMP plates", key="jump_list"):
+        try:
+            with st.spinner("Reading JUMP's plate table…"):
+                st.session_state["jump_table"] = ds.jump_client(meta_dir or None).list_plates()
+        except Exception as exc:  # noqa: BLE001 - offline or bad folder: a message, not a traceback
+            _fail(exc)
+    table = st.session_state.get("jump_table")
+    if table is not None:
+        client = ds.jump_client(meta_dir or None)
+        c1, c2, c3 = st.columns(3)
+        sources = sorted(table["Metadata_Source"].unique(), key=lambda s: (len(s), s))
+        source = c1.selectbox("Source", sources, key="jump_source",
+                              index=sources.index("source_4") if "source_4" in sources else 0)
+        in_source = table[table["Metadata_Source"] == source]
+        ptype = c2.selectbox("Plate type", sorted(in_source["Metadata_PlateType"].unique()), key="jump_type")
+        of_type = in_source[in_source["Metadata_PlateType"] == ptype]
+        batches = c3.multiselect("Batches", sorted(of_type["Metadata_Batch"].unique()), key="jump_batches")
+        candidates = of_type[of_type["Metadata_Batch"].isin(batches)] if batches else of_type
+        chosen = st.multiselect(f"Plates ({len(candidates)} available)", list(candidates["Metadata_Plate"]),
+                                key="jump_plates", max_selections=50)
+        selection = candidates[candidates["Metadata_Plate"].isin(chosen)].reset_index(drop=True)
+        b1, b2 = st.columns(2)
+        if b1.button("Estimate download", disabled=not chosen, key="jump_plan"):
+            try:
+                st.info(client.plan(selection).describe())
+            except Exception as exc:  # noqa: BLE001
+                _fail(exc)
+        if b2.button("Fetch and load", type="primary", disabled=not chosen, key="jump_fetch"):
+            bar = st.progress(0.0, text="Checking the cache…")
+            try:
+                _set_dataset(ds.load_jump(client, selection,
+                                          progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)))
+                st.success(f"Loaded {len(selection)} JUMP plate(s).")
+            except Exception as exc:  # noqa: BLE001
+                _fail(exc)
 
 with tab_demo:
     st.markdown("A simulated 384-well screen with known batch, row and column effects and known biology.")

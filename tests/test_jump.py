@@ -14,11 +14,14 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
+from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.jump import PROFILE_KEY, JumpClient
 from cpdistiller_core.net import OfflineError
@@ -254,3 +257,44 @@ def test_real_metadata_tables_join(gallery, tmp_path, shared_data):
     assert (trt["Metadata_Symbol"] == trt["Metadata_JCP2022"].map(expected)).all()
     assert profiles.negative_mask.sum() == 2  # LacZ is an ORF negative control in perturbation_control.csv
     assert set(profiles.batch) == set(orf_plates["Metadata_Batch"])
+
+
+# ----- the "From JUMP" tab of the Load page ---------------------------------------------------------
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def _load_page(monkeypatch, base: str) -> AppTest:
+    monkeypatch.setenv("CPDISTILLER_GALLERY_URL", base)
+    monkeypatch.setenv("CPDISTILLER_JUMP_METADATA_URL", f"{base}/metadata")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/1_Load_profiles.py").run()
+    assert not at.exception
+    return at
+
+
+def test_load_page_fetches_jump_plates(gallery, monkeypatch):
+    _, base = gallery
+    at = _load_page(monkeypatch, base)
+    at.button(key="jump_list").click().run()
+    assert at.selectbox(key="jump_source").value == SOURCE
+    assert at.selectbox(key="jump_type").value == "ORF"
+    at.multiselect(key="jump_plates").set_value(PLATES).run()
+    at.button(key="jump_fetch").click().run()
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+    dataset = at.session_state[ds.DATASET_KEY]
+    assert dataset.origin == "jump" and dataset.raw.n_wells == 48
+    assert set(dataset.raw.plate) == set(PLATES) and dataset.raw.roles.annotation == "Metadata_Symbol"
+
+
+def test_load_page_jump_offline_is_a_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("CPDISTILLER_CACHE", str(tmp_path))  # nothing cached from other tests
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    at = _load_page(monkeypatch, f"http://127.0.0.1:{port}")
+    at.button(key="jump_list").click().run()
+    assert not at.exception
+    assert any("are you offline" in e.value for e in at.error), [e.value for e in at.error]
