@@ -59,13 +59,15 @@ class CpDistillerConfig:
     lr_discriminator: float = 3e-3
     weight_decay: float = 0.01       # torch's AdamW default, as in the reference
     ema_decay: float | None = None   # None: 1 - 5 / epochs, updated once per epoch as in the reference
-    min_steps: int = 0               # lengthen epochs' worth of steps for tiny screens (0: the paper's epochs)
-    # --- input handling inside the model ---
+    # At least this many optimiser steps in total: small screens (a few hundred wells = 2 steps per
+    # epoch) get longer epochs by reusing wells. Ours, not the paper's (0 = the paper's epochs); see docs/model.md.
+    min_steps: int = 1000
+    # --- input handling inside the model (ours, not the paper's; benchmark in benchmarks/README.md) ---
     # "negcon": ZCA whitening fitted on negative-control wells; "auto": negcon when the profiles have
     # at least ``sphering_min_controls`` negative controls, else none (with a warning).
-    sphering: str = "none"
+    sphering: str = "auto"
     sphering_min_controls: int = 10
-    sphering_regularization: float = 0.1
+    sphering_regularization: float = 1e-3  # ridge, relative to the mean eigenvalue of the control covariance
     # --- runtime ---
     seed: int = 0
     device: str = "auto"             # auto: CUDA > MPS > CPU

@@ -16,7 +16,7 @@ from cpdistiller_core.errors import CpDistillerError, CpDistillerWarning
 from cpdistiller_core.profiles import Embedding, Profiles
 
 TINY = CpDistillerConfig(epochs=2, batch_size=64, hidden_dim=32, latent_dim=8, n_components=4,
-                         discriminator_hidden=16, device="cpu")
+                         discriminator_hidden=16, device="cpu", min_steps=0)
 
 
 @pytest.fixture(scope="module")

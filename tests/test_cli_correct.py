@@ -29,7 +29,7 @@ def screen_csv(tmp_path_factory):
 def test_cli_writes_a_complete_run_dir(screen_csv, tmp_path, capsys):
     path, p = screen_csv
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"hidden_dim": 32, "latent_dim": 50}))
+    cfg.write_text(json.dumps({"hidden_dim": 32, "latent_dim": 50, "min_steps": 0}))
     out = tmp_path / "run"
     rc = main(["correct", str(path), "--effects", "batch,row,col", "--out", str(out), "--config", str(cfg),
                "--negative", "DMSO", "--control-col", "Metadata_pert", "--no-preprocess", *FAST])
@@ -62,7 +62,7 @@ def test_cli_writes_a_complete_run_dir(screen_csv, tmp_path, capsys):
 
 def test_run_with_preprocessing_stores_its_parameters(screen_csv, tmp_path):
     _, p = screen_csv
-    out = run_correction(p, tmp_path / "run", {"epochs": 1, "batch_size": 64, "hidden_dim": 16, "device": "cpu"},
+    out = run_correction(p, tmp_path / "run", {"epochs": 1, "batch_size": 64, "hidden_dim": 16, "device": "cpu", "min_steps": 0},
                          "row,column")
     run = load_run(out)
     assert run.status == "finished"
@@ -75,7 +75,7 @@ def test_failed_run_records_its_error(screen_csv, tmp_path, capsys):
     _, p = screen_csv
     one_plate = p.subset(rows=p.plate == "P0")
     with pytest.raises(CpDistillerError):
-        run_correction(one_plate, tmp_path / "bad", {"epochs": 1, "device": "cpu"}, "batch", preprocess=False)
+        run_correction(one_plate, tmp_path / "bad", {"epochs": 1, "device": "cpu", "min_steps": 0}, "batch", preprocess=False)
     run = load_run(tmp_path / "bad")
     assert run.status == "failed" and "nothing to correct" in run.error
     assert run.progress["status"] == "failed" and "nothing to correct" in run.progress["error"]
@@ -97,6 +97,6 @@ def test_load_run_rejects_other_directories(tmp_path):
 
 def test_run_dir_model_is_a_cpdistiller(screen_csv, tmp_path):
     _, p = screen_csv
-    out = run_correction(p, tmp_path / "r", {"epochs": 1, "batch_size": 64, "hidden_dim": 16, "device": "cpu"},
+    out = run_correction(p, tmp_path / "r", {"epochs": 1, "batch_size": 64, "hidden_dim": 16, "device": "cpu", "min_steps": 0},
                          ("row", "column"), preprocess=False)
     assert isinstance(load_run(out).model(), CpDistiller)

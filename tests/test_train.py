@@ -49,7 +49,7 @@ def test_temperature_schedule():
 
 def test_batches_cover_every_well_once_per_epoch():
     rng = np.random.default_rng(0)
-    cfg = CpDistillerConfig(batch_size=64)
+    cfg = CpDistillerConfig(batch_size=64, min_steps=0)
     spe = steps_per_epoch(1000, cfg)
     batches = _batches(1000, spe, 64, rng)
     assert len(batches) == 16
@@ -86,7 +86,7 @@ def test_training_reduces_row_and_column_discriminability():
     p = small_screen(n_plates=4, position_strength=2.0, seed=0)
     X = (p.X - p.X.mean(0)) / p.X.std(0)
     uncorrected = PCA(10, random_state=0).fit_transform(X)
-    model = CpDistiller(CpDistillerConfig(epochs=40, batch_size=32, device="cpu", seed=0))
+    model = CpDistiller(CpDistillerConfig(epochs=40, batch_size=32, device="cpu", seed=0, min_steps=0))
     model.fit(p, effects="row,column")
     Z = PCA(10, random_state=0).fit_transform(model.transform(p).X)
     for labels in (p.row, p.col):
@@ -103,7 +103,8 @@ def test_training_reduces_row_and_column_discriminability():
 
 def test_same_seed_same_embedding_on_cpu():
     p = small_screen(n_plates=2, n_features=16, seed=1)
-    cfg = CpDistillerConfig(epochs=2, batch_size=64, hidden_dim=32, latent_dim=8, device="cpu", seed=3)
+    cfg = CpDistillerConfig(epochs=2, batch_size=64, hidden_dim=32, latent_dim=8, device="cpu", seed=3,
+                            min_steps=0)
     a = CpDistiller(cfg).fit(p, effects="row,column").transform(p).X
     b = CpDistiller(cfg).fit(p, effects="row,column").transform(p).X
     np.testing.assert_array_equal(a, b)
@@ -114,7 +115,7 @@ def test_same_seed_same_embedding_on_cpu():
 def test_detached_pairs_option_trains():
     p = small_screen(n_plates=2, n_features=16, seed=1)
     cfg = CpDistillerConfig(epochs=2, batch_size=64, hidden_dim=32, latent_dim=8, device="cpu",
-                            pair_gradients=False)
+                            pair_gradients=False, min_steps=0)
     m = CpDistiller(cfg).fit(p, effects="row,column")
     assert m.history[-1]["triplets"] > 0 and math.isfinite(m.history[-1]["triplet"])
     assert np.isfinite(m.transform(p).X).all()

@@ -23,10 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="JSON/YAML file of CpDistillerConfig settings")
     p.add_argument("--epochs", type=int, help="training epochs (default 50)")
     p.add_argument("--batch-size", type=int, help="mini-batch size (default 256)")
+    p.add_argument("--min-steps", type=int,
+                   help="at least this many training steps in total (default 1000; 0 = the paper's epochs only)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="device (default auto: CUDA > MPS > CPU)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--sphering", choices=("none", "negcon"),
-                   help="whiten the model input on negative controls first (default none)")
+    p.add_argument("--sphering", choices=("auto", "none", "negcon"),
+                   help="whiten the model input on negative controls first (default auto: when there are "
+                        ">= 10 negative controls)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--no-preprocess", action="store_true",
                    help="the files are already normalised and feature-selected: skip preprocessing")
@@ -37,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> CpDistillerConfig:
     cfg = CpDistillerConfig.from_file(args.config) if args.config else CpDistillerConfig()
-    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("min_steps", args.min_steps),
                                  ("device", args.device), ("seed", args.seed), ("sphering", args.sphering))
                if v is not None}
     if args.no_amp:
