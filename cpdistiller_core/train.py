@@ -146,7 +146,7 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
     groups = [{"params": rep_params, "lr": config.lr}]
     if dis_params:
         groups.append({"params": dis_params, "lr": config.lr_discriminator})
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _adamw(groups, config, device)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     amp_dtype, use_scaler = amp_settings(device, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -266,6 +266,15 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
     result.seconds = time.perf_counter() - t0
     result.steps = step
     return result
+
+
+def _adamw(groups: list[dict[str, Any]], config: CpDistillerConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where this torch build has it for the device (the per-parameter
+    loop costs ~20 % of a CPU step at 1,446 features), else the multi-tensor one. Same update rule."""
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 def _slice(enc: Any, b: int) -> Any:
