@@ -15,6 +15,12 @@ GENES_PAGE = "pages/5_Gene_clusters.py"
 RETRIEVAL_PAGE = "pages/6_Retrieval.py"
 
 
+@pytest.fixture(autouse=True)
+def _own_app_home(tmp_path, monkeypatch):
+    """An empty app folder per test: runs written by other test modules must not show up here."""
+    monkeypatch.setenv("CPDISTILLER_HOME", str(tmp_path / "home"))
+
+
 @pytest.fixture(scope="module")
 def demo_dataset() -> ds.Dataset:
     from cpdistiller_core.preprocess import PreprocessConfig
