@@ -13,6 +13,7 @@ separate process; reference methods are written next to it in ``RUN_DIR/referenc
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import uuid
@@ -304,6 +305,38 @@ def load_references(run_dir: Path) -> dict[str, Embedding]:
             emb = Embedding(meta=emb.meta, X=emb.X, features=emb.features, roles=emb.roles, method=path.stem)
         out[path.stem] = emb
     return out
+
+
+def run_stamp(run_dir: Path) -> tuple:
+    """Names and modification times of a run's embeddings: changes when a reference is added."""
+    run_dir = Path(run_dir)
+    files = [run_dir / "embedding.parquet", *sorted((run_dir / REFERENCES_DIR).glob("*.parquet"))]
+    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
+
+
+@functools.lru_cache(maxsize=4)
+def _run_view(run_dir: str, stamp: tuple) -> RunView:
+    return load_run_view(Path(run_dir))
+
+
+def cached_run_view(run_dir: Path | str) -> RunView:
+    """:func:`load_run_view`, read again only when the run's embeddings change (a few kept in memory)."""
+    return _run_view(str(run_dir), run_stamp(Path(run_dir)))
+
+
+def finished_runs() -> list[dict[str, Any]]:
+    """Correction runs that completed, newest first (as listed by the job runner)."""
+    return [r for r in jobs.list_runs() if r["target"] == CORRECTION_TARGET and r["status"] == jobs.DONE]
+
+
+def run_spaces(run_dir: Path | str, references: bool = True) -> dict[str, Profiles]:
+    """A run's embeddings by name: cpDistiller, uncorrected (PCA-50) and, optionally, reference methods."""
+    view = cached_run_view(run_dir)
+    spaces: dict[str, Profiles] = {"cpDistiller": view.corrected,
+                                   "uncorrected": view.references.get("uncorrected", view.uncorrected)}
+    if references:
+        spaces.update({m: e for m, e in view.references.items() if m != "uncorrected"})
+    return spaces
 
 
 def compute_reference(run_dir: Path, method: str, effects: Sequence[str] | None = None, seed: int = 0) -> Path:

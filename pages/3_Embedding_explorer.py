@@ -15,16 +15,6 @@ from cpdistiller_core.plots.embedding import available_colorings, embedding_figu
 from cpdistiller_core.reduce import UMAP_DEFAULTS, ReduceParams, cache_key, is_cached, reduce
 
 
-def _stamp(run_dir: Path) -> tuple:
-    files = [run_dir / "embedding.parquet", *sorted((run_dir / ds.REFERENCES_DIR).glob("*.parquet"))]
-    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
-
-
-@st.cache_resource(show_spinner="Reading the run…", max_entries=4)
-def _view(run_dir: str, stamp: tuple) -> ds.RunView:
-    return ds.load_run_view(Path(run_dir))
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def _coords(key: str, _X: np.ndarray, params: ReduceParams) -> np.ndarray:
     """2-D coordinates; ``key`` (content hash + parameters) is the cache key, the disk cache backs it."""
@@ -39,7 +29,7 @@ spaces: dict[str, object] = {}
 base = None
 try:
     if run_dir and jobs.status(Path(run_dir)).status == jobs.DONE:
-        view = _view(run_dir, _stamp(Path(run_dir)))
+        view = ds.cached_run_view(run_dir)
         base = view.uncorrected
         spaces = {"uncorrected": view.uncorrected, "cpDistiller": view.corrected}
         spaces.update({m: e for m, e in view.references.items() if m != "uncorrected" and e.n_wells == base.n_wells})

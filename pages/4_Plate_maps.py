@@ -20,16 +20,6 @@ KINDS = {"feature": "A feature (uncorrected)", "dimension": "An embedding dimens
          "metadata": "Cell count / a numeric metadata column"}
 
 
-def _stamp(run_dir: Path) -> tuple:
-    files = [run_dir / "embedding.parquet", *sorted((run_dir / ds.REFERENCES_DIR).glob("*.parquet"))]
-    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
-
-
-@st.cache_resource(show_spinner="Reading the run…", max_entries=4)
-def _view(run_dir: str, stamp: tuple) -> ds.RunView:
-    return ds.load_run_view(Path(run_dir))
-
-
 @st.cache_data(show_spinner="Computing variance explained…", max_entries=16)
 def _variance(token: str, _sides: dict, wells: str, n_pcs: int) -> pd.DataFrame:
     return platemap.variance_table(_sides, n_pcs=n_pcs, wells=wells)
@@ -47,10 +37,10 @@ sides: dict = {}
 token = ""
 try:
     if run_dir and jobs.status(Path(run_dir)).status == jobs.DONE:
-        view = _view(run_dir, _stamp(Path(run_dir)))
+        view = ds.cached_run_view(run_dir)
         sides = {"uncorrected": view.uncorrected, "cpDistiller": view.corrected}
         sides.update({m: e for m, e in view.references.items() if m != "uncorrected"})
-        token = f"{run_dir}:{_stamp(Path(run_dir))}"
+        token = f"{run_dir}:{ds.run_stamp(Path(run_dir))}"
         st.caption(f"Run **{Path(run_dir).name}**")
     elif dataset is not None:
         sides = {"uncorrected": dataset.current}

@@ -9,7 +9,6 @@ import pandas as pd
 import streamlit as st
 
 from cpdistiller_core import dashboard_state as ds
-from cpdistiller_core import jobs
 from cpdistiller_core.analysis import archs4, enrichment
 from cpdistiller_core.analysis.clustering import LINKAGES, METRICS, gene_clusters
 from cpdistiller_core.analysis.consensus import select_type
@@ -20,20 +19,10 @@ from cpdistiller_core.plots import genes as gp
 STATE = "genes_results"
 
 
-def _stamp(run_dir: Path) -> tuple:
-    files = [run_dir / "embedding.parquet", *sorted((run_dir / ds.REFERENCES_DIR).glob("*.parquet"))]
-    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
-
-
-@st.cache_resource(show_spinner="Reading the run…", max_entries=4)
-def _view(run_dir: str, stamp: tuple) -> ds.RunView:
-    return ds.load_run_view(Path(run_dir))
-
-
 def _spaces() -> tuple[dict, str]:
     """Embeddings to analyse ({'cpDistiller': …, 'uncorrected': …}) for the chosen source."""
     dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
-    runs = [r for r in jobs.list_runs() if r["target"] == ds.CORRECTION_TARGET and r["status"] == jobs.DONE]
+    runs = ds.finished_runs()
     options = [r["run_dir"] for r in runs] + (["dataset"] if dataset is not None else [])
     if not options:
         return {}, ""
@@ -43,9 +32,7 @@ def _spaces() -> tuple[dict, str]:
                         format_func=label.get, key="genes_source")
     if pick == "dataset":
         return {"uncorrected": dataset.current}, dataset.name
-    view = _view(pick, _stamp(Path(pick)))
-    unc = view.references.get("uncorrected", view.uncorrected)
-    return {"cpDistiller": view.corrected, "uncorrected": unc}, f"run {Path(pick).name}"
+    return ds.run_spaces(pick, references=False), f"run {Path(pick).name}"
 
 
 def _guess(columns: list[str], words: tuple[str, ...]) -> int:

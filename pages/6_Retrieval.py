@@ -9,7 +9,6 @@ import pandas as pd
 import streamlit as st
 
 from cpdistiller_core import dashboard_state as ds
-from cpdistiller_core import jobs
 from cpdistiller_core.analysis import retrieval
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.metrics import SCORE_COLUMNS, EvaluationConfig, Scorecard, evaluate
@@ -21,20 +20,10 @@ STATE = "retrieval_results"
 CARD = "retrieval_scorecard"
 
 
-def _stamp(run_dir: Path) -> tuple:
-    files = [run_dir / "embedding.parquet", *sorted((run_dir / ds.REFERENCES_DIR).glob("*.parquet"))]
-    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
-
-
-@st.cache_resource(show_spinner="Reading the run…", max_entries=4)
-def _view(run_dir: str, stamp: tuple) -> ds.RunView:
-    return ds.load_run_view(Path(run_dir))
-
-
 def _spaces() -> tuple[dict, str, Path | None]:
     """Embeddings to compare ({'cpDistiller': …, 'uncorrected': …, references…}), a label, the run dir."""
     dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
-    runs = [r for r in jobs.list_runs() if r["target"] == ds.CORRECTION_TARGET and r["status"] == jobs.DONE]
+    runs = ds.finished_runs()
     options = [r["run_dir"] for r in runs] + (["dataset"] if dataset is not None else [])
     if not options:
         return {}, "", None
@@ -44,10 +33,7 @@ def _spaces() -> tuple[dict, str, Path | None]:
                         format_func=label.get, key="retrieval_source")
     if pick == "dataset":
         return {"uncorrected": dataset.current}, dataset.name, None
-    view = _view(pick, _stamp(Path(pick)))
-    spaces = {"cpDistiller": view.corrected, "uncorrected": view.references.get("uncorrected", view.uncorrected)}
-    spaces.update({m: e for m, e in view.references.items() if m != "uncorrected"})
-    return spaces, f"run {Path(pick).name}", Path(pick)
+    return ds.run_spaces(pick), f"run {Path(pick).name}", Path(pick)
 
 
 def _guess(columns: list[str], words: tuple[str, ...]) -> int:
