@@ -59,7 +59,7 @@ def make_profiles(n_wells: int, n_features: int, seed: int = 0):
     return p.with_features(X.astype(np.float32), names)
 
 
-def run_one(path: str, epochs: int, effects: str, device: str, seed: int) -> dict:
+def run_one(path: str, epochs: int, effects: str, device: str, seed: int, overrides: dict | None = None) -> dict:
     """In the child process: read, fit, report timings and peak RSS."""
     import torch
 
@@ -70,7 +70,7 @@ def run_one(path: str, epochs: int, effects: str, device: str, seed: int) -> dic
     t0 = time.perf_counter()
     p = read_profiles(path)
     read_s = time.perf_counter() - t0
-    model = CpDistiller(CpDistillerConfig(epochs=epochs, device=device, seed=seed))
+    model = CpDistiller(CpDistillerConfig(epochs=epochs, device=device, seed=seed, **(overrides or {})))
     model.fit(p, effects=effects)
     t1 = time.perf_counter()
     model.transform(p)
@@ -105,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--effects", default="batch,row,column")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="config override, e.g. --set pair_gradients=false --set min_steps=0 (repeatable)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.child:
-        print(json.dumps(run_one(args.child, args.epochs, args.effects, args.device, args.seed)))
+        print(json.dumps(run_one(args.child, args.epochs, args.effects, args.device, args.seed, overrides)))
         return 0
 
     import torch
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from cpdistiller_core.io import write_profiles
 
     print(f"cpDistiller correction benchmark: {args.features} features, {args.epochs} epochs, effects "
-          f"{args.effects}; {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{args.effects}, overrides {overrides or 'none'}; {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             write_profiles(make_profiles(n, args.features, args.seed), path)
             load_before = load_average()
             out = subprocess.run([sys.executable, __file__, "--child", str(path), "--epochs", str(args.epochs),
-                                  "--effects", args.effects, "--device", args.device, "--seed", str(args.seed)],
+                                  "--effects", args.effects, "--device", args.device, "--seed", str(args.seed),
+                                  *[a for item in args.set for a in ("--set", item)]],
                                  capture_output=True, text=True)
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
