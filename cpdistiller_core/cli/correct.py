@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 from ..config import CpDistillerConfig
 
 
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from .common import profiles_from_args
 
     cfg = config_from_args(args)
-    profiles = profiles_from_args(args)
+    # raw values keep full precision until the run's preprocessing normalises them
+    profiles = profiles_from_args(args, dtype=np.float32 if args.no_preprocess else np.float64)
     with TerminalProgress("correct", disable=True if args.quiet else None) as bar:
         run_dir = run_correction(profiles, args.out, cfg, args.effects, progress=bar,
                                  preprocess=not args.no_preprocess, warm_start=args.warm_start)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import CpDistillerError
@@ -128,12 +129,12 @@ def _pairs(args: argparse.Namespace, profiles) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _read(args: argparse.Namespace, inputs: list[str]):
+def _read(args: argparse.Namespace, inputs: list[str], dtype: type = np.float32):
     from .common import load_from_args
 
     ns = argparse.Namespace(**vars(args))
     ns.inputs = inputs
-    return load_from_args(ns)[0]
+    return load_from_args(ns, dtype=dtype)[0]
 
 
 def _read_truth(args: argparse.Namespace):
@@ -177,7 +178,9 @@ def _load_benchmark_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
         if not args.gene_col and not args.target_col:
             args.gene_col, args.target_col = "Metadata_Symbol", "Metadata_target"
         return screen.profiles, truth, f"demo screen (seed {args.demo_seed})"
-    return _read(args, list(args.inputs)), _read_truth(args), ", ".join(args.inputs)
+    # raw values keep full precision until the benchmark's preprocessing normalises them
+    dtype = np.float32 if args.no_normalize else np.float64
+    return _read(args, list(args.inputs), dtype), _read_truth(args), ", ".join(args.inputs)
 
 
 def _benchmark(args: argparse.Namespace) -> int:
