@@ -24,7 +24,7 @@ from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning, example_values, where
 from .model.discriminators import ordinal_soft_labels, smooth_labels
 from .model.gmvae import CorrectionModule
-from .paths import atomic_write_bytes, atomic_write_text
+from .paths import atomic_write_bytes, atomic_write_text, json_default
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
 from .train import EMA, TrainData, TrainResult, ema_state, seed_everything, select_device, train
@@ -424,7 +424,7 @@ class CpDistiller:
                 "extractor_features": self.extractor_features, "joint": self.joint_settings,
                 "n_input": len(self.features), "neighbors": self.neighbor_stats, "train": self.train_info,
                 "timings": self.timings, **dict(extra or {})}
-        atomic_write_text(directory / MODEL_FILE, json.dumps(meta, indent=1, default=_json_default))
+        atomic_write_text(directory / MODEL_FILE, json.dumps(meta, indent=1, default=json_default))
         return directory
 
     @classmethod
@@ -473,10 +473,3 @@ class CpDistiller:
         self.module.eval().to(self.device)
         return self
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)

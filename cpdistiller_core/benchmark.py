@@ -24,7 +24,7 @@ import pandas as pd
 from . import baselines
 from .errors import CpDistillerError
 from .metrics import EvaluationConfig, Scorecard, evaluate
-from .paths import atomic_write_text
+from .paths import atomic_write_text, json_default
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
 
@@ -180,7 +180,7 @@ def write_benchmark(result: BenchmarkResult, out_dir: str | Path, figures: bool 
     atomic_write_text(paths["scores_csv"], result.scorecard.scores.to_csv(index=False))
     paths["scores_json"] = out / "scores.json"
     payload = {**result.scorecard.to_json_dict(), "status": result.status, "info": result.info}
-    atomic_write_text(paths["scores_json"], json.dumps(payload, indent=2, default=_json_default))
+    atomic_write_text(paths["scores_json"], json.dumps(payload, indent=2, default=json_default))
     for m, tab in result.activity_tables().items():
         p = out / f"activity_{m}.csv"
         atomic_write_text(p, tab.to_csv(index=False))
@@ -199,14 +199,3 @@ def write_benchmark(result: BenchmarkResult, out_dir: str | Path, figures: bool 
                               map_scatter(acts, reference="uncorrected").to_html(include_plotlyjs=True))
     return paths
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return None if np.isnan(obj) else float(obj)
-    if isinstance(obj, (np.ndarray,)):
-        return obj.tolist()
-    if obj is pd.NA:
-        return None
-    return str(obj)

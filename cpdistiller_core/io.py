@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CpDistillerError, CpDistillerWarning, example_rows, example_values, where
+from .paths import json_default
 from .profiles import Embedding, Profiles, Roles
 
 PathLike = str | os.PathLike
@@ -1109,7 +1110,7 @@ def write_profiles(profiles: Profiles, path: PathLike, format: str | None = None
             profiles.to_frame().to_csv(tmp, sep="\t" if fmt == "tsv" else ",", index=False, compression=comp)
             side = path.with_name(path.name + SIDECAR_SUFFIX)
             side_tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-            side_tmp.write_text(json.dumps(info, indent=1, default=_json_default), encoding="utf-8")
+            side_tmp.write_text(json.dumps(info, indent=1, default=json_default), encoding="utf-8")
             os.replace(side_tmp, side)
         else:
             _write_h5ad(profiles, tmp, info)
@@ -1131,20 +1132,9 @@ def _store_info(profiles: Profiles) -> dict[str, Any]:
     }
     if isinstance(profiles, Embedding):
         info["method"] = profiles.method
-        info["provenance"] = json.loads(json.dumps(profiles.provenance, default=_json_default))
+        info["provenance"] = json.loads(json.dumps(profiles.provenance, default=json_default))
     return info
 
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (Path, os.PathLike)):
-        return str(o)
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    return str(o)
 
 
 def _writable_meta(meta: pd.DataFrame) -> pd.DataFrame:
@@ -1167,7 +1157,7 @@ def _write_parquet(profiles: Profiles, tmp: Path, info: dict[str, Any]) -> None:
     feats = pd.DataFrame(profiles.X, columns=profiles.features)
     table = pa.Table.from_pandas(pd.concat([meta, feats], axis=1), preserve_index=False)
     schema_meta = dict(table.schema.metadata or {})
-    schema_meta[_STORE_KEY.encode()] = json.dumps(info, default=_json_default).encode("utf-8")
+    schema_meta[_STORE_KEY.encode()] = json.dumps(info, default=json_default).encode("utf-8")
     pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
 
 
@@ -1178,5 +1168,5 @@ def _write_h5ad(profiles: Profiles, tmp: Path, info: dict[str, Any]) -> None:
     obs.index = pd.Index([str(i) for i in range(len(obs))])
     var = pd.DataFrame(index=pd.Index(profiles.features))
     adata = anndata.AnnData(X=profiles.X, obs=obs, var=var)
-    adata.uns[_STORE_KEY] = json.dumps(info, default=_json_default)
+    adata.uns[_STORE_KEY] = json.dumps(info, default=json_default)
     adata.write_h5ad(tmp)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CpDistillerError, CpDistillerWarning, example_rows, example_values, where
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, json_default
 from .profiles import Profiles
 from .progress import ProgressCallback, no_progress
 
@@ -485,7 +485,7 @@ class PreprocessReport:
         return cls(**{k: v for k, v in kw.items() if k in known})
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, default=_json_default)
+        return json.dumps(self.to_dict(), indent=1, default=json_default)
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessReport:
@@ -519,13 +519,6 @@ class PreprocessReport:
         return _run(profiles.subset(features=self.kept_features), self.config, progress,
                     select=False, zscore_params=(self.zscore_mean, self.zscore_std))
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 # ----- the pipeline ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import LoadReport
+from ..paths import json_default
 from ..profiles import NEGATIVE, POSITIVE, Embedding, Profiles
 from .common import add_input_arguments, load_from_args
 
@@ -65,7 +66,7 @@ def info_dict(profiles: Profiles, report: LoadReport) -> dict[str, Any]:
         "embedding": ({"method": profiles.method, "provenance": profiles.provenance}
                       if isinstance(profiles, Embedding) else None),
     }
-    return json.loads(json.dumps(out, default=_jsonable))
+    return json.loads(json.dumps(out, default=json_default))
 
 
 def plate_table(profiles: Profiles) -> pd.DataFrame:
@@ -152,10 +153,3 @@ def run_info(args: argparse.Namespace) -> int:
         print(format_info(d))
     return 0
 
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
