@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
@@ -59,13 +58,10 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
-def archs4_server():
+def archs4_server(local_http_server):
     FakeArchs4.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeArchs4)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/matrixapi/coltop", FakeArchs4.bodies
-    server.shutdown()
-    server.server_close()
+    _, base = local_http_server(FakeArchs4)
+    return f"{base}/matrixapi/coltop", FakeArchs4.bodies
 
 
 SCREEN = ["PSMA1", "PSMA2", "PSMB1", "PSMB2", "NDUFA1", "NDUFB2", "MYC", "UNKNOWN1"]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -58,14 +57,10 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
-def enrichr_server():
+def enrichr_server(local_http_server):
     FakeEnrichr.requests_seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEnrichr)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/Enrichr", FakeEnrichr.requests_seen
-    server.shutdown()
-    server.server_close()
+    _, base = local_http_server(FakeEnrichr)
+    return f"{base}/Enrichr", FakeEnrichr.requests_seen
 
 
 def closed_port_url() -> str:

@@ -10,10 +10,9 @@ import gzip
 import hashlib
 import io
 import socket
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +97,7 @@ def _gz_csv(df: pd.DataFrame) -> bytes:
 
 
 @pytest.fixture
-def gallery():
+def gallery(local_http_server):
     """A local server holding 2 plates, JUMP-style metadata tables, and a plate table naming a 3rd plate."""
     wells = [f"{r}{c:02d}" for r in "ABCD" for c in range(1, 7)]  # 24 wells per plate
     orf = pd.DataFrame({"Metadata_JCP2022": [f"JCP2022_90{i:04d}" for i in range(20)],
@@ -124,15 +123,10 @@ def gallery():
     }
     for k, plate in enumerate(PLATES):
         files[PROFILE_KEY.format(source=SOURCE, batch=BATCH, plate=plate)] = _plate_parquet(plate, wells, k)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server, base = local_http_server(_Handler)
     server.files, server.corrupt, server.truncate_once = files, {}, set()
     server.requests, server.ranges = Counter(), []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server, base
-    server.shutdown()
-    server.server_close()
+    return server, base
 
 
 def _client(base: str, tmp_path, **kw) -> JumpClient:
