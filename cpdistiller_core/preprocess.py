@@ -233,21 +233,22 @@ def _finite_or_nan(X: np.ndarray) -> np.ndarray:
 
 # ----- feature selection -----------------------------------------------------------------------------
 def correlation_threshold(X: np.ndarray, features: Sequence[str], threshold: float = 0.9,
-                          chunk_rows: int = 8192) -> list[str]:
+                          chunk_rows: int = 4096) -> list[str]:
     """Features to exclude so no kept pair has Pearson correlation above ``threshold``.
 
     pycytominer's ``correlation_threshold`` rule: for every pair with correlation > threshold (signed,
     as in pycytominer), exclude the member with the larger sum of absolute correlations to all
-    features. Vectorised: one feature x feature matrix accumulated over row chunks (float32 products
-    of centred chunks summed in float64), no per-pair Python. X must be free of NaN.
+    features. Vectorised: one feature x feature matrix accumulated over row chunks of centred float64
+    values, no per-pair Python. X must be free of NaN. Float64 products matter: with float32 GEMM the
+    summation order (BLAS thread count) can flip near-tied pairs and so which feature is dropped.
     """
     X = np.asarray(X)
     n, p = X.shape
     if p < 2 or n < 2:
         return []
-    mean = X.mean(axis=0, dtype=np.float64).astype(X.dtype)
+    mean = X.mean(axis=0, dtype=np.float64)
     gram = np.zeros((p, p))
-    buf = np.empty((min(chunk_rows, n), p), dtype=X.dtype)  # reused: no fresh pages per chunk
+    buf = np.empty((min(chunk_rows, n), p), dtype=np.float64)  # reused: no fresh pages per chunk
     for s in range(0, n, chunk_rows):
         C = buf[:min(chunk_rows, n - s)]
         np.subtract(X[s:s + chunk_rows], mean, out=C)
