@@ -307,6 +307,11 @@ def load_references(run_dir: Path) -> dict[str, Embedding]:
     return out
 
 
+def guess_column(columns: Sequence[str], words: Sequence[str]) -> int | None:
+    """Position of the first column whose name contains one of ``words`` (case-insensitive), else None."""
+    return next((i for i, c in enumerate(columns) if any(w in c.lower() for w in words)), None)
+
+
 def run_stamp(run_dir: Path) -> tuple:
     """Names and modification times of a run's embeddings: changes when a reference is added."""
     run_dir = Path(run_dir)

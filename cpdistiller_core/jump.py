@@ -281,10 +281,7 @@ class JumpClient:
         tables = sorted({t for pt in plate_types for t in MODALITY_TABLES.get(pt.upper(), ())})
         annot = []
         for name in tables:
-            try:
-                table = self.metadata(name)
-            except OfflineError:
-                raise
+            table = self.metadata(name)
             cols = [c for c in ("Metadata_JCP2022", "Metadata_Symbol", "Metadata_NCBI_Gene_ID",
                                 "Metadata_InChIKey") if c in table.columns]
             annot.append(table[cols])

@@ -35,13 +35,6 @@ def _spaces() -> tuple[dict, str]:
     return ds.run_spaces(pick, references=False), f"run {Path(pick).name}"
 
 
-def _guess(columns: list[str], words: tuple[str, ...]) -> int:
-    for i, c in enumerate(columns):
-        if any(w in c.lower() for w in words):
-            return i
-    return 0
-
-
 def _download_figure(fig, name: str, key: str) -> None:
     c = st.columns(3)
     c[0].download_button("HTML", lambda: gp.figure_bytes(fig, "html"), f"{name}.html", "text/html",
@@ -82,7 +75,7 @@ is_demo = bool(dataset is not None and dataset.origin == "demo")
 with st.form("genes_form"):
     c = st.columns(3)
     type_col = c[0].selectbox("Perturbation type column", ["(all perturbations)"] + few,
-                              index=1 + _guess(few, ("modality", "pert_type", "type")) if few else 0, key="genes_type_col")
+                              index=1 + (ds.guess_column(few, ("modality", "pert_type", "type")) or 0) if few else 0, key="genes_type_col")
     values = sorted(base.meta[type_col].dropna().astype(str).unique()) if type_col in meta_cols else []
     default_types = [v for v in values if v.lower() in ("crispr", "orf", "gene", "trt")][:1] or values[:1]
     types = c[1].multiselect("Types", values, default=default_types, key="genes_types")

@@ -36,11 +36,10 @@ def _spaces() -> tuple[dict, str, Path | None]:
     return ds.run_spaces(pick), f"run {Path(pick).name}", Path(pick)
 
 
-def _guess(columns: list[str], words: tuple[str, ...]) -> int:
-    for i, c in enumerate(columns):
-        if any(w in c.lower() for w in words):
-            return i + 1
-    return 0
+def _none_or_column(columns: list[str], words: tuple[str, ...]) -> int:
+    """Select-box index: the guessed column (options start with "(none)"), else "(none)"."""
+    i = ds.guess_column(columns, words)
+    return 0 if i is None else i + 1
 
 
 st.title("Retrieval")
@@ -58,9 +57,9 @@ cols = list(base.meta.columns)
 none = "(none)"
 c = st.columns(3)
 gene_col = c[0].selectbox("Gene column (ORF / guide / allele → gene)", [none] + cols,
-                          index=_guess(cols, ("symbol", "gene")), key="retrieval_gene_col")
+                          index=_none_or_column(cols, ("symbol", "gene")), key="retrieval_gene_col")
 target_col = c[1].selectbox("Compound target column (gene symbols, '|'-separated)", [none] + cols,
-                            index=_guess(cols, ("target",)), key="retrieval_target_col")
+                            index=_none_or_column(cols, ("target",)), key="retrieval_target_col")
 sep = c[2].text_input("Separator", "|", key="retrieval_sep")
 gene_col = None if gene_col == none else gene_col
 target_col = None if target_col == none else target_col
