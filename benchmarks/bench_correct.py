@@ -83,7 +83,7 @@ def run_one(path: str, epochs: int, effects: str, device: str, seed: int, overri
         "neighbors_s": round(tm["neighbors_s"], 2), "train_s": round(tm["train_s"], 2),
         "fit_s": round(tm["fit_s"], 2), "transform_s": round(transform_s, 2),
         "mining_wells_per_s": round(n / tm["neighbors_s"]), "training_wells_per_s": round(n * epochs / tm["train_s"]),
-        "steps": model.train_info["steps"],
+        "steps": model.train_info["steps"], "autocast": model.train_info.get("amp_dtype") or "float32",
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "anchors_with_positive": model.neighbor_stats.get("anchors_with_positive"),
         "final_acc": {k: round(v, 3) for k, v in model.history[-1].items() if k.startswith("acc_")},
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             row["load_before"], row["load_after"] = load_before, load_average()
             rows.append(row)
             print(f"{row['wells']:>7} wells: mining {row['neighbors_s']:7.1f} s ({row['mining_wells_per_s']:>7} wells/s) | "
-                  f"training {row['train_s']:7.1f} s ({row['training_wells_per_s']:>6} wells/s, {row['steps']} steps) | "
+                  f"training {row['train_s']:7.1f} s ({row['training_wells_per_s']:>6} wells/s, {row['steps']} steps, "
+                  f"{row['autocast']}) | "
                   f"fit total {row['fit_s']:7.1f} s | transform {row['transform_s']:.1f} s | "
                   f"peak RSS {row['peak_rss_mb']} MB | load {row['load_before']} -> {row['load_after']}",
                   flush=True)

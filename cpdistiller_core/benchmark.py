@@ -125,9 +125,11 @@ def run_benchmark(profiles: Profiles, methods: str | Sequence[str] = "all",
         sub(0.0, f"running {name}")
         try:
             if name == CPDISTILLER:
-                emb = run_cpdistiller(profiles, effects, seed=seed, epochs=epochs,
-                                      progress=lambda f, m: sub(0.6 * f, f"{CPDISTILLER}: {m}"),
-                                      **(cpdistiller_config or {}))
+                settings = dict(cpdistiller_config or {})
+                file_epochs = settings.pop("epochs", None)  # the epochs argument wins over the settings
+                emb = run_cpdistiller(profiles, effects, seed=seed,
+                                      epochs=epochs if epochs is not None else file_epochs,
+                                      progress=lambda f, m: sub(0.6 * f, f"{CPDISTILLER}: {m}"), **settings)
             else:
                 emb = baselines.run_baseline(name, profiles, effects, seed=seed)
         except (ImportError, NotImplementedError) as exc:

@@ -47,13 +47,29 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    cpu = torch.cpu
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
 def amp_settings(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use GradScaler): bf16 on CUDA GPUs that have it, else fp16 + scaler."""
-    if not enabled or device.type != "cuda":
+    """(autocast dtype or None, use GradScaler).
+
+    CUDA: bf16 where the GPU has it, else fp16 with a GradScaler. CPU: bf16 autocast only where the
+    CPU has native bf16 units (matmuls ~4x faster on AVX512-BF16; emulated bf16 would be slower).
+    Losses, variances and the optimiser state stay float32 either way.
+    """
+    if not enabled:
         return None, False
-    if torch.cuda.is_bf16_supported():
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False
+        return torch.float16, True
+    if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16, False
-    return torch.float16, True
+    return None, False
 
 
 def seed_everything(seed: int) -> None:

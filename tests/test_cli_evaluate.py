@@ -135,3 +135,22 @@ def test_benchmark_runs_cpdistiller_through_the_engine(files, tmp_path):
     assert table.loc["cpDistiller", "runtime_s"] > 0 and table.loc["cpDistiller", "overall"] > 0
     scores = pd.read_csv(out / "scores.csv")
     assert "cpDistiller" in set(scores["method"])
+
+
+def test_benchmark_config_file_sets_cpdistiller(files, tmp_path, capsys):
+    pytest.importorskip("torch")
+    cfg = tmp_path / "settings.json"
+    cfg.write_text(json.dumps({"latent_dim": 4, "min_steps": 20, "epochs": 1}))
+    out = tmp_path / "bench_cfg"
+    rc = main(["benchmark", str(files["csv"]), "--methods", "cpDistiller", "--config", str(cfg), "--out", str(out),
+               "--null-size", "200", "--no-normalize", "--no-figures", "--correct", "row,column"])
+    assert rc == 0
+    info = json.loads((out / "scores.json").read_text())["info"]
+    assert info["cpdistiller_config"] == {"latent_dim": 4, "min_steps": 20, "epochs": 1}
+
+    cfg.write_text(json.dumps({"latent_dims": 4}))
+    assert main(["benchmark", str(files["csv"]), "--methods", "cpDistiller", "--config", str(cfg),
+                 "--out", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "latent_dims" in err
+    assert not (tmp_path / "bad").exists()

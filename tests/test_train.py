@@ -34,8 +34,18 @@ def test_device_selection_and_amp():
         assert auto.type in ("mps", "cpu")
         with pytest.raises(CpDistillerError, match="cuda"):
             select_device("cuda")
-    assert amp_settings(torch.device("cpu"), True) == (None, False)
     assert amp_settings(torch.device("cuda"), False) == (None, False)
+    assert amp_settings(torch.device("cpu"), False) == (None, False)
+
+
+def test_cpu_autocast_only_with_native_bf16(monkeypatch):
+    import cpdistiller_core.train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_has_bf16", lambda: True)
+    assert amp_settings(torch.device("cpu"), True) == (torch.bfloat16, False)
+    monkeypatch.setattr(train_mod, "cpu_has_bf16", lambda: False)
+    assert amp_settings(torch.device("cpu"), True) == (None, False)
+    assert amp_settings(torch.device("mps"), True) == (None, False)
 
 
 def test_temperature_schedule():

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sphering", choices=("auto", "none", "negcon"),
                    help="whiten the model input on negative controls first (default auto: when there are "
                         ">= 10 negative controls)")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16)")
     p.add_argument("--no-preprocess", action="store_true",
                    help="the files are already normalised and feature-selected: skip preprocessing")
     p.add_argument("--warm-start", metavar="MODEL_DIR", help="fine-tune a saved model (RUN_DIR/model)")

@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "well_position, negcon_linear (default all)")
     bm.add_argument("--out", metavar="DIR", required=True, help="output folder")
     bm.add_argument("--epochs", type=int, help="cpDistiller training epochs (default: the config's)")
+    bm.add_argument("--config", metavar="FILE",
+                    help="JSON/YAML file of cpDistiller settings (CpDistillerConfig fields), e.g. to compare "
+                         "settings; --epochs (if given) and --seed override the file")
     bm.add_argument("--correct", default="batch,row,column",
                     help="effects the methods correct, in order (default batch,row,column)")
     bm.add_argument("--no-preprocess", action="store_true",
@@ -183,11 +186,23 @@ def _load_benchmark_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return _read(args, list(args.inputs), dtype), _read_truth(args), ", ".join(args.inputs)
 
 
+def _config_overrides(path: str | None) -> dict[str, Any]:
+    """The settings a --config file changes (validated now, before any data is read)."""
+    if not path:
+        return {}
+    from ..config import CpDistillerConfig
+
+    full = CpDistillerConfig.from_file(path).to_dict()
+    default = CpDistillerConfig().to_dict()
+    return {k: v for k, v in full.items() if v != default[k] and k != "seed"}
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     from ..benchmark import parse_methods, run_benchmark, to_markdown, write_benchmark
 
     methods = parse_methods(args.methods)
     effects = _split(args.correct) or ()
+    overrides = _config_overrides(args.config)
     profiles, truth, desc = _load_benchmark_data(args)
     if not args.no_preprocess:
         from ..preprocess import PreprocessConfig, preprocess
@@ -197,8 +212,10 @@ def _benchmark(args: argparse.Namespace) -> int:
             profiles, report = preprocess(profiles, cfg, progress=bar)
     with TerminalProgress("benchmark") as bar:
         result = run_benchmark(profiles, methods, effects, seed=args.seed, epochs=args.epochs, truth=truth,
-                               pairs=_pairs(args, profiles), eval_config=_eval_config(args), progress=bar)
+                               pairs=_pairs(args, profiles), eval_config=_eval_config(args),
+                               cpdistiller_config=overrides, progress=bar)
     result.info["data"] = desc
+    result.info["cpdistiller_config"] = overrides
     try:
         paths = write_benchmark(result, args.out, figures=not args.no_figures)
     except OSError as exc:

@@ -83,7 +83,7 @@ class GMVAE(nn.Module):
         """Per-well (reconstruction, KL_z, KL_y), each [B], computed in float32."""
         x, x_hat = x.float(), x_hat.float()
         recon = (x_hat - x).pow(2).sum(dim=1)
-        p_mu, p_var = self.prior(enc.y)
+        p_mu, p_var = self.prior(enc.y.float())
         mu, var, p_mu, p_var = enc.mu.float(), enc.var.float(), p_mu.float(), p_var.float()
         # Closed-form KL between diagonal Gaussians (lower variance than the one-sample estimate).
         kl_z = 0.5 * (torch.log(p_var) - torch.log(var) + (var + (mu - p_mu).pow(2)) / p_var - 1.0).sum(dim=1)
