@@ -53,6 +53,8 @@ def run(name: str, methods: str, seed: int, settings: dict, args: argparse.Names
     out.mkdir(parents=True)
     cmd = ["benchmark", *paths, "--methods", methods, "--out", str(out), "--seed", str(seed),
            "--null-size", str(args.null_size), "--no-figures", *extra]
+    if args.treatment_technical:
+        cmd.append("--treatment-technical")
     if settings:
         (out / "settings.json").write_text(json.dumps(settings))
         cmd += ["--config", str(out / "settings.json")]
@@ -61,7 +63,8 @@ def run(name: str, methods: str, seed: int, settings: dict, args: argparse.Names
     if rc != 0 or not (out / "comparison.csv").exists():
         raise SystemExit(f"{name} ({tag}, seed {seed}) failed with exit code {rc}")
     table = pd.read_csv(out / "comparison.csv", index_col=0)
-    rows = table.loc[:, [c for c in SCORES + ["runtime_s"] if c in table.columns]].reset_index()
+    trt = [c for c in table.columns if "_trt[" in c and c.split("[")[1] in ("row]", "column]", "batch]")]
+    rows = table.loc[:, [c for c in SCORES + ["runtime_s"] if c in table.columns] + trt].reset_index()
     rows.insert(0, "dataset", name)
     rows.insert(1, "variant", tag)
     rows.insert(2, "seed", seed)
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/cpdistiller_seed_study"))
     ap.add_argument("--null-size", type=int, default=10000)
     ap.add_argument("--out", type=Path, default=RESULTS / "seeds.csv")
+    ap.add_argument("--treatment-technical", action="store_true",
+                    help="also score the effects within perturbations (*_trt columns, kept in the CSV)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [parse_variant(v) for v in (args.variant or ["default"])]

@@ -165,6 +165,35 @@ def align_extractor(profiles: Profiles, extractor: Profiles) -> np.ndarray:
     return extractor.X[first[pos]]
 
 
+def resolve_adversary_wells(profiles: Profiles, effects: Sequence[str], config: CpDistillerConfig) -> str:
+    """The wells the discriminators learn from, "all" or "negcon", with ``config.adversary_wells`` resolved.
+
+    "auto" chooses "negcon" when there are at least ``sphering_min_controls`` negative controls
+    spread over 2+ levels of every corrected effect, else "all" (with a warning saying why).
+    """
+    neg = profiles.negative_mask
+    n_neg = int(neg.sum())
+    src = profiles.source or None
+    spread = {e: len(set(profiles.labels(e)[neg].tolist())) for e in effects}
+    thin = [f"{e} ({k} level{'s' if k != 1 else ''})" for e, k in spread.items() if k < 2]
+    if config.adversary_wells == "negcon":
+        if n_neg < 2 or thin:
+            raise CpDistillerError(
+                f"{where(src)}adversary_wells 'negcon' needs negative-control wells at 2+ levels of each effect "
+                f"(found {n_neg} controls; too few levels: {', '.join(thin) or 'none'}): set the 'control' role "
+                "and its negative values, or use adversary_wells 'all'.")
+        return "negcon"
+    if config.adversary_wells == "auto":
+        if n_neg >= config.sphering_min_controls and not thin:
+            return "negcon"
+        why = f"only {n_neg} negative controls" if n_neg < config.sphering_min_controls else \
+            f"negative controls cover too few levels of {', '.join(thin)}"
+        warnings.warn(f"{where(src)}{why}: the discriminators learn from all wells (adversary_wells 'all'), "
+                      "which also removes biology where the layout ties perturbations to positions.",
+                      CpDistillerWarning, stacklevel=3)
+    return "all"
+
+
 def package_versions() -> dict[str, str]:
     import numpy
     import pandas
@@ -196,6 +225,7 @@ class CpDistiller:
         self.joint_settings: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.neighbor_stats: dict[str, Any] = {}
+        self.adversary_wells: str | None = None
         self.timings: dict[str, float] = {}
         self.train_info: dict[str, Any] = {}
         self.device = select_device(self.config.device)
@@ -282,6 +312,9 @@ class CpDistiller:
                           CpDistillerWarning, stacklevel=2)
         self.timings["neighbors_s"] = time.perf_counter() - t0
 
+        self.adversary_wells = resolve_adversary_wells(profiles, effects, cfg)
+        adversary_weight = profiles.negative_mask.astype(np.float32) if self.adversary_wells == "negcon" else None
+
         dev = self.device
         data = TrainData(
             X=torch.from_numpy(X).to(dev),
@@ -289,6 +322,7 @@ class CpDistiller:
             soft_targets={e: soft[e].to(dev) for e in effects},
             E=None if E is None else torch.from_numpy(E).to(dev),
             triplets=sampler,
+            adversary_weight=None if adversary_weight is None else torch.from_numpy(adversary_weight).to(dev),
         )
         result: TrainResult = train(self.module, data, cfg, dev,
                                     progress=lambda f, m: progress(0.05 + 0.95 * f, m),
@@ -300,6 +334,7 @@ class CpDistiller:
         self.train_info = {"steps": result.steps, "device": result.device, "amp_dtype": result.amp_dtype,
                            "n_wells": profiles.n_wells, "n_features": len(self.features),
                            "sphered": self.input_transform.whiten is not None,
+                           "adversary_wells": self.adversary_wells,
                            "warm_start": None if warm_start is None else str(warm_start)}
         return self
 

@@ -20,6 +20,7 @@ EFFECTS = ("batch", "row", "column")
 _EFFECT_ALIASES = {"batch": "batch", "row": "row", "column": "column", "col": "column"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPHERING = ("none", "negcon", "auto")
+ADVERSARY_WELLS = ("all", "negcon", "auto")
 
 
 @dataclass
@@ -52,6 +53,11 @@ class CpDistillerConfig:
     w_elbo: float = 1.0
     w_dis_per_feature: float = 1.0 / 35.0
     w_con_per_feature: float = 1.0 / 35.0
+    # Wells the discriminators learn from (ours, not the paper's; docs/model.md). "all": every well, as in
+    # the paper; where the layout ties perturbations to positions this also removes biology. "negcon":
+    # negative controls only (position and batch information is removed where it is purely technical).
+    # "auto": negcon when there are >= sphering_min_controls controls at 2+ levels of every effect, else all.
+    adversary_wells: str = "auto"
     # --- optimisation (AdamW, cosine schedule over the epochs) ---
     epochs: int = 50
     batch_size: int = 256
@@ -108,6 +114,7 @@ class CpDistillerConfig:
             (self.ema_decay is None or 0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
             (self.min_steps >= 0, "min_steps must be >= 0"),
             (self.sphering in SPHERING, f"sphering must be one of {SPHERING}"),
+            (self.adversary_wells in ADVERSARY_WELLS, f"adversary_wells must be one of {ADVERSARY_WELLS}"),
             (self.sphering_regularization >= 0, "sphering_regularization must be >= 0"),
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.neighbor_combine in ("intersection", "union"), "neighbor_combine must be intersection or union"),

@@ -123,3 +123,23 @@ def check_in_geometry(
 def well_names(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """0-based rows/cols -> standard zero-padded names ('A01')."""
     return np.array([f"{row_letters(int(r))}{int(c) + 1:02d}" for r, c in zip(rows, cols)], dtype=object)
+
+
+def position_confounding(perturbation: np.ndarray, level: np.ndarray, include: np.ndarray | None = None) -> float:
+    """Share of replicated wells whose perturbation sits at a single level of a position effect.
+
+    For each perturbation with 2+ wells (among ``include``, e.g. the non-control wells), its wells
+    are *confounded* when they all share one ``level`` (one row, or one column). The result is the
+    fraction of those wells that are confounded: ~1 when every plate uses the same map (position
+    predicts the perturbation, so removing position information removes biology too), ~0 with
+    shuffled layouts. NaN when no perturbation has replicates.
+    """
+    frame = pd.DataFrame({"p": np.asarray(perturbation, dtype=object), "l": np.asarray(level, dtype=object)})
+    if include is not None:
+        frame = frame[np.asarray(include, dtype=bool)]
+    groups = frame.groupby("p", sort=False)["l"]
+    size, distinct = groups.size(), groups.nunique(dropna=False)
+    replicated = size >= 2
+    if not replicated.any():
+        return float("nan")
+    return float(size[replicated & (distinct == 1)].sum() / size[replicated].sum())

@@ -112,6 +112,7 @@ class TrainData:
     soft_targets: Mapping[str, Tensor]  # effect -> [levels, levels] target table
     E: Tensor | None = None            # [n, f] image features for the joint module
     triplets: TripletSource | None = None
+    adversary_weight: Tensor | None = None  # [n] float 0/1: wells the discriminators learn from (None: all)
 
     @property
     def n(self) -> int:
@@ -182,6 +183,7 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
         module.gmvae.temperature.fill_(tau)
         sums: dict[str, Tensor] = {}
         correct = {e: torch.zeros((), device=device) for e in effects}
+        n_adv = torch.zeros((), device=device)
         n_seen, n_triplets = 0, 0
         lam = 0.0
         for batch in _batches(n, spe, config.batch_size, rng):
@@ -230,11 +232,19 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
                     z_rev = grad_reverse(batch_enc.z, lam)
                     logits = {ef: module.discriminators[ef](z_rev) for ef in effects}
                 dis = torch.zeros((), device=device)
+                w = None if data.adversary_weight is None else data.adversary_weight.index_select(0, idx_t[:b])
                 for ef in effects:
                     target_ef = data.labels[ef].index_select(0, idx_t[:b])
-                    dis = dis + soft_label_cross_entropy(logits[ef], target_ef, data.soft_targets[ef],
-                                                         config.soft_label_eps)
-                    correct[ef] += (logits[ef].detach().argmax(dim=1) == target_ef).sum()
+                    per_well = soft_label_cross_entropy(logits[ef], target_ef, data.soft_targets[ef],
+                                                        config.soft_label_eps, reduction="none")
+                    hit = (logits[ef].detach().argmax(dim=1) == target_ef).float()
+                    if w is None:
+                        dis = dis + per_well.mean()
+                        correct[ef] += hit.sum()
+                    else:
+                        dis = dis + (per_well * w).sum() / w.sum().clamp_min(1.0)
+                        correct[ef] += (hit * w).sum()
+                n_adv += b if w is None else w.sum()
                 loss = loss + w_dis * dis
                 terms["discriminator"] = dis.detach()
             if anchors is not None:
@@ -262,8 +272,9 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
         record.update({k: float(v) for k, v in zip(sums, stacked)})
         if "triplet" in record and n_triplets:
             record["triplet"] = record["triplet"] * n_seen / n_triplets
-        for ef in effects:
-            record[f"acc_{ef}"] = float(correct[ef].item()) / max(n_seen, 1)
+        n_adv_epoch = float(n_adv.item())
+        for ef in effects:  # accuracy over the wells the discriminators learn from
+            record[f"acc_{ef}"] = float(correct[ef].item()) / max(n_adv_epoch, 1.0)
         record.update({"lambda": lam, "temperature": tau, "lr": scheduler.get_last_lr()[0],
                        "triplets": n_triplets, "seconds": time.perf_counter() - t_epoch})
         if not all(math.isfinite(v) for k, v in record.items() if isinstance(v, float)):

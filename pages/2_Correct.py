@@ -79,12 +79,24 @@ else:
             margin = c[2].number_input("Triplet margin", 0.0, 1000.0, float(defaults.triplet_margin), key="correct_margin")
             k_knn = c[3].number_input("KNN (within)", 1, 200, defaults.k_knn, key="correct_knn")
             k_mnn = c[4].number_input("MNN (across)", 1, 200, defaults.k_mnn, key="correct_mnn")
+        with st.expander("Our defaults that depart from the paper (docs/model.md)"):
+            c = st.columns(3)
+            sphering = c[0].selectbox("Sphere input on negative controls", ["auto", "negcon", "none"],
+                                      key="correct_sphering", help="none = the paper")
+            adversary = c[1].selectbox("Discriminators learn from", ["auto", "negcon", "all"],
+                                       key="correct_adversary",
+                                       help="negcon: negative controls only; all = the paper (also removes "
+                                            "biology where the layout ties perturbations to positions)")
+            min_steps = c[2].number_input("Minimum training steps", 0, 1_000_000, defaults.min_steps,
+                                          key="correct_min_steps", help="0 = the paper's epochs only")
         launch = st.form_submit_button("Start correction", type="primary")
     if launch:
         config = defaults.to_dict() | {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
                                        "latent_dim": int(latent), "seed": int(seed), "device": device,
                                        "hidden_dim": int(hidden), "n_components": int(k),
-                                       "triplet_margin": float(margin), "k_knn": int(k_knn), "k_mnn": int(k_mnn)}
+                                       "triplet_margin": float(margin), "k_knn": int(k_knn), "k_mnn": int(k_mnn),
+                                       "sphering": sphering, "adversary_wells": adversary,
+                                       "min_steps": int(min_steps)}
         try:
             run_dir = ds.launch_correction(dataset, config, effects)
             st.session_state[ds.RUN_KEY] = str(run_dir)

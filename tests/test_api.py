@@ -164,3 +164,18 @@ def test_auto_sphering_uses_controls_when_there_are_enough(screen):
     with pytest.warns(CpDistillerWarning, match="not sphered"):
         m2 = CpDistiller(TINY.replace(sphering="auto", epochs=1)).fit(no_controls, effects="row,column")
     assert not m2.train_info["sphered"]
+
+
+def test_auto_adversary_wells_uses_controls_when_they_span_the_effects(screen):
+    m = CpDistiller(TINY.replace(epochs=1)).fit(screen, effects="row,column")
+    assert m.adversary_wells == "negcon" and m.train_info["adversary_wells"] == "negcon"
+    # Controls confined to one column cannot teach a column adversary: all wells, with a warning.
+    one_col = screen.subset(rows=np.flatnonzero(~screen.negative_mask | (screen.col == screen.col[
+        screen.negative_mask][0])))
+    with pytest.warns(CpDistillerWarning, match="cover too few levels of column"):
+        m2 = CpDistiller(TINY.replace(epochs=1, sphering_min_controls=2)).fit(one_col, effects="row,column")
+    assert m2.adversary_wells == "all"
+    with pytest.raises(CpDistillerError, match="column \\(1 level\\)"):
+        CpDistiller(TINY.replace(epochs=1, adversary_wells="negcon")).fit(one_col, effects="row,column")
+    paper = CpDistiller(TINY.replace(epochs=1, adversary_wells="all")).fit(screen, effects="row,column")
+    assert paper.adversary_wells == "all"

@@ -32,7 +32,8 @@ def test_cli_writes_a_complete_run_dir(screen_csv, tmp_path, capsys):
     cfg.write_text(json.dumps({"hidden_dim": 32, "latent_dim": 50, "min_steps": 0}))
     out = tmp_path / "run"
     rc = main(["correct", str(path), "--effects", "batch,row,col", "--out", str(out), "--config", str(cfg),
-               "--negative", "DMSO", "--control-col", "Metadata_pert", "--no-preprocess", *FAST])
+               "--negative", "DMSO", "--control-col", "Metadata_pert", "--no-preprocess",
+               "--adversary-wells", "all", *FAST])
     assert rc == 0, capsys.readouterr().err
     for name in ("config.json", "report.json", "progress.json", "train_log.csv", "embedding.parquet",
                  "model/weights.pt", "model/model.json"):
@@ -42,6 +43,7 @@ def test_cli_writes_a_complete_run_dir(screen_csv, tmp_path, capsys):
     assert run.progress["status"] == "finished" and run.progress["fraction"] == 1.0
     assert run.config["effects"] == ["batch", "row", "column"] and run.config["config"]["hidden_dim"] == 32
     assert run.config["config"]["epochs"] == 2  # the flag overrides the file
+    assert run.config["config"]["adversary_wells"] == "all"
     assert len(run.train_log) == 2
     assert {"epoch", "loss", "elbo", "discriminator", "triplet", "lambda", "acc_batch", "acc_row",
             "acc_column"} <= set(run.train_log.columns)

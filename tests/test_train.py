@@ -129,3 +129,46 @@ def test_detached_pairs_option_trains():
     m = CpDistiller(cfg).fit(p, effects="row,column")
     assert m.history[-1]["triplets"] > 0 and math.isfinite(m.history[-1]["triplet"])
     assert np.isfinite(m.transform(p).X).all()
+
+
+def _train_masked(labels: np.ndarray, weight: np.ndarray | None) -> dict[str, torch.Tensor]:
+    from cpdistiller_core.model.discriminators import ordinal_soft_labels
+    from cpdistiller_core.model.gmvae import CorrectionModule
+    from cpdistiller_core.train import TrainData, train
+
+    cfg = CpDistillerConfig(epochs=3, batch_size=32, hidden_dim=16, latent_dim=4, device="cpu", seed=0,
+                            min_steps=0, amp=False)
+    torch.manual_seed(0)
+    module = CorrectionModule(6, {"row": 4}, 16, 4, 3, 8)
+    X = torch.from_numpy(np.random.default_rng(0).normal(size=(96, 6)).astype(np.float32))
+    data = TrainData(X=X, labels={"row": torch.from_numpy(labels)},
+                     soft_targets={"row": torch.tensor(ordinal_soft_labels(4), dtype=torch.float32)},
+                     adversary_weight=None if weight is None else torch.from_numpy(weight))
+    result = train(module, data, cfg, torch.device("cpu"))
+    assert all(0.0 <= h["acc_row"] <= 1.0 for h in result.history)
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_adversary_weight_restricts_the_discriminators_to_the_weighted_wells():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 96)
+    control = np.zeros(96, dtype=np.float32)
+    control[::4] = 1.0
+    relabelled = labels.copy()
+    relabelled[control == 0] = rng.integers(0, 4, int((control == 0).sum()))
+    base = _train_masked(labels, control)
+    # Labels of unweighted wells do not matter; labels of weighted wells do, and so does the mask.
+    same = _train_masked(relabelled, control)
+    assert all(torch.equal(base[k], same[k]) for k in base)
+    moved = labels.copy()
+    moved[control == 1] = (moved[control == 1] + 1) % 4
+    assert any(not torch.equal(base[k], v) for k, v in _train_masked(moved, control).items())
+    assert any(not torch.equal(base[k], v) for k, v in _train_masked(labels, None).items())
+
+
+def test_adversary_wells_negcon_needs_controls():
+    p = small_screen(n_plates=2, n_features=16, seed=1, with_controls=False)
+    cfg = CpDistillerConfig(epochs=1, batch_size=64, hidden_dim=32, latent_dim=8, device="cpu",
+                            adversary_wells="negcon", sphering="none", min_steps=0)
+    with pytest.raises(CpDistillerError, match=r"adversary_wells .negcon. needs negative-control wells at 2\+ levels"):
+        CpDistiller(cfg).fit(p, effects="row,column")

@@ -32,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sphering", choices=("auto", "none", "negcon"),
                    help="whiten the model input on negative controls first (default auto: when there are "
                         ">= 10 negative controls)")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16)")
+    p.add_argument("--adversary-wells", choices=("auto", "all", "negcon"),
+                   help="wells the batch/row/column discriminators learn from (default auto: the negative "
+                        "controls when there are >= 10 at 2+ levels of every effect; all = the paper)")
+    p.add_argument("--no-amp", action="store_true",
+                   help="no mixed precision (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16)")
     p.add_argument("--no-preprocess", action="store_true",
                    help="the files are already normalised and feature-selected: skip preprocessing")
     p.add_argument("--warm-start", metavar="MODEL_DIR", help="fine-tune a saved model (RUN_DIR/model)")
@@ -43,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> CpDistillerConfig:
     cfg = CpDistillerConfig.from_file(args.config) if args.config else CpDistillerConfig()
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("min_steps", args.min_steps),
-                                 ("device", args.device), ("seed", args.seed), ("sphering", args.sphering))
+                                 ("device", args.device), ("seed", args.seed), ("sphering", args.sphering),
+                                 ("adversary_wells", args.adversary_wells))
                if v is not None}
     if args.no_amp:
         changes["amp"] = False
