@@ -194,6 +194,18 @@ def resolve_adversary_wells(profiles: Profiles, effects: Sequence[str], config: 
     return "all"
 
 
+def _confounding(profiles: Profiles, effects: Sequence[str]) -> dict[str, float | None]:
+    """Per position effect, the share of replicated treated wells whose perturbation keeps one level."""
+    from .layout import position_confounding
+
+    out: dict[str, float | None] = {}
+    for e in effects:
+        if e in ("row", "column"):
+            v = position_confounding(profiles.perturbation, profiles.labels(e), ~profiles.negative_mask)
+            out[e] = None if np.isnan(v) else round(v, 3)
+    return out
+
+
 def package_versions() -> dict[str, str]:
     import numpy
     import pandas
@@ -335,6 +347,7 @@ class CpDistiller:
                            "n_wells": profiles.n_wells, "n_features": len(self.features),
                            "sphered": self.input_transform.whiten is not None,
                            "adversary_wells": self.adversary_wells,
+                           "position_confounding": _confounding(profiles, effects),
                            "warm_start": None if warm_start is None else str(warm_start)}
         return self
 
@@ -485,6 +498,7 @@ class CpDistiller:
         self.joint_settings = meta.get("joint")
         self.neighbor_stats = meta.get("neighbors", {})
         self.train_info = meta.get("train", {})
+        self.adversary_wells = self.train_info.get("adversary_wells")
         self.timings = meta.get("timings", {})
         try:
             state = torch.load(w_path, map_location="cpu", weights_only=True)

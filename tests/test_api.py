@@ -169,6 +169,9 @@ def test_auto_sphering_uses_controls_when_there_are_enough(screen):
 def test_auto_adversary_wells_uses_controls_when_they_span_the_effects(screen):
     m = CpDistiller(TINY.replace(epochs=1)).fit(screen, effects="row,column")
     assert m.adversary_wells == "negcon" and m.train_info["adversary_wells"] == "negcon"
+    # small_screen shuffles every plate's layout: position does not predict the perturbation.
+    assert set(m.train_info["position_confounding"]) == {"row", "column"}
+    assert m.train_info["position_confounding"]["row"] < 0.5
     # Controls confined to one column cannot teach a column adversary: all wells, with a warning.
     one_col = screen.subset(rows=np.flatnonzero(~screen.negative_mask | (screen.col == screen.col[
         screen.negative_mask][0])))

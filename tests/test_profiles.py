@@ -87,3 +87,23 @@ def test_embedding_wraps_profiles():
     emb = Embedding.from_profiles(p, np.ones((2, 3)), method="cpDistiller")
     assert emb.features == ["cpd_0", "cpd_1", "cpd_2"] and emb.method == "cpDistiller"
     assert emb.meta is p.meta and list(emb.well) == ["A01", "A02"]
+
+
+def test_position_confounding_separates_fixed_from_shuffled_layouts():
+    from cpdistiller_core.layout import position_confounding
+
+    perts = np.array([f"c{i}" for i in range(8)] * 3, dtype=object)  # 8 compounds on 3 plates
+    fixed_rows = np.tile(np.arange(8), 3)                            # same map on every plate
+    shuffled = np.concatenate([np.random.default_rng(s).permutation(8) for s in range(3)])
+    assert position_confounding(perts, fixed_rows) == 1.0
+    assert position_confounding(perts, shuffled) < 0.5
+    # Half the compounds keep their row: half the replicated wells are confounded.
+    half = shuffled.copy()
+    keep = np.isin(perts, [f"c{i}" for i in range(4)])
+    half[keep] = fixed_rows[keep]
+    moved = ~keep & (np.array([len(set(shuffled[perts == p])) for p in perts]) == 1)
+    assert position_confounding(perts, half) == pytest.approx((keep.sum() + moved.sum()) / len(perts))
+    # Excluded wells (controls) and unreplicated perturbations do not count.
+    include = perts != "c0"
+    assert position_confounding(perts, fixed_rows, include) == 1.0
+    assert np.isnan(position_confounding(np.array(["a", "b"], dtype=object), np.array([0, 1])))
