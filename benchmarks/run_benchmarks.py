@@ -128,8 +128,9 @@ def summary_markdown(runs: list[dict], args: argparse.Namespace, date: str | Non
              "how each was run: `<dataset>_run.json`.", "",
              "Read with these caveats:", "",
              "- Technical metrics are computed among the negative controls. `sphering` and `negcon_linear` are "
-             "*fitted* on those same wells, so their technical scores are optimistic (in-sample); "
-             "cpDistiller, Harmony and ComBat do not see the control labels. The `*_trt` columns score the "
+             "*fitted* on those same wells, and cpDistiller (defaults) spheres its input on them and trains "
+             "its discriminators on them, so their technical scores are partly in-sample; Harmony and ComBat "
+             "do not see the control labels. The `*_trt` columns score the "
              "same effects within perturbations (treatment wells, perturbation means removed), which no "
              "method is fitted on; they are shown but not part of the aggregates.",
              "- Public profiles normalised per plate against their controls have controls centred per plate: "
@@ -139,7 +140,7 @@ def summary_markdown(runs: list[dict], args: argparse.Namespace, date: str | Non
              "verdict on position correction.",
              "- Small sets (lincs_a549: 24 controls on one plate; cmqtl_crispri: 5 sister pairs, 10 samples) "
              "give noisy metrics; differences of a few hundredths are not meaningful.",
-             "- Run times are wall-clock on 2 shared CPU cores with other jobs running (load ~8-12).", ""]
+             "- Run times are wall-clock on the 2-core CPU (cpDistiller trains under bf16 autocast there).", ""]
     key = ["status", "runtime_s", "technical", "biological", "overall", "activity_map", "activity_fraction",
            "consistency_map", "variance[row]", "variance[column]", "leakage[row]", "leakage[column]",
            "variance_trt[row]", "variance_trt[column]", "leakage_trt[row]", "leakage_trt[column]"]
