@@ -428,4 +428,7 @@ def cuda_available() -> tuple[bool, str]:
             return True, torch.cuda.get_device_name(0)
     except Exception as exc:  # a broken CUDA install is reported, not fatal
         return False, f"CUDA check failed: {exc}"
-    return False, "no CUDA GPU visible to torch; training runs on the CPU"
+    from .train import cpu_has_bf16
+
+    precision = "bf16 autocast: this CPU has native bf16" if cpu_has_bf16() else "float32"
+    return False, f"no CUDA GPU visible to torch; training runs on the CPU ({precision})"
