@@ -265,6 +265,7 @@ class CpDistiller:
         if profiles.n_wells < 2:
             raise CpDistillerError(f"{where(src)}need at least 2 wells to train, got {profiles.n_wells}.")
         effects = self._usable_effects(profiles, parse_effects(effects))
+        self.adversary_wells = resolve_adversary_wells(profiles, effects, cfg)  # fail before any work
         seed_everything(cfg.seed)  # before any module is built: same seed, same initial weights
         base = CpDistiller.load(warm_start, device=cfg.device) if warm_start is not None else None
         if base is not None:
@@ -324,9 +325,6 @@ class CpDistiller:
                           CpDistillerWarning, stacklevel=2)
         self.timings["neighbors_s"] = time.perf_counter() - t0
 
-        self.adversary_wells = resolve_adversary_wells(profiles, effects, cfg)
-        adversary_weight = profiles.negative_mask.astype(np.float32) if self.adversary_wells == "negcon" else None
-
         dev = self.device
         data = TrainData(
             X=torch.from_numpy(X).to(dev),
@@ -334,7 +332,8 @@ class CpDistiller:
             soft_targets={e: soft[e].to(dev) for e in effects},
             E=None if E is None else torch.from_numpy(E).to(dev),
             triplets=sampler,
-            adversary_weight=None if adversary_weight is None else torch.from_numpy(adversary_weight).to(dev),
+            adversary_weight=(torch.from_numpy(profiles.negative_mask.astype(np.float32)).to(dev)
+                              if self.adversary_wells == "negcon" else None),
         )
         result: TrainResult = train(self.module, data, cfg, dev,
                                     progress=lambda f, m: progress(0.05 + 0.95 * f, m),
