@@ -138,6 +138,10 @@ class CpDistillerConfig:
             return cls(**dict(d))
         except TypeError as exc:
             raise CpDistillerError(f"{source + ': ' if source else ''}bad settings: {exc}.") from None
+        except CpDistillerError as exc:
+            if source:
+                raise CpDistillerError(f"{source}: {exc}") from None
+            raise
 
     @classmethod
     def from_file(cls, path: str | Path) -> CpDistillerConfig:
