@@ -57,6 +57,8 @@ _FORMAT_SUFFIXES = {
 }
 SIDECAR_SUFFIX = ".cpdistiller.json"
 _STORE_KEY = "cpdistiller"
+# h5ad: roles and feature list live in uns[H5AD_STORE_KEY]; uns["cpdistiller"] is the run summary.
+H5AD_STORE_KEY = "cpdistiller_io"
 _STORE_VERSION = 1
 
 # Known column names per role, in priority order; matching is case-insensitive, exact case preferred.
@@ -299,7 +301,7 @@ def is_cellprofiler_feature(name: str) -> bool:
 
 
 def _as_list(paths: InputLike | Sequence[InputLike]) -> list[InputLike]:
-    if isinstance(paths, (str, os.PathLike)) or hasattr(paths, "read"):
+    if _in_memory_kind(paths) or isinstance(paths, (str, os.PathLike)) or hasattr(paths, "read"):
         return [paths]  # type: ignore[list-item]
     return list(paths)  # type: ignore[arg-type]
 
@@ -307,6 +309,8 @@ def _as_list(paths: InputLike | Sequence[InputLike]) -> list[InputLike]:
 def _display_name(item: InputLike, source: str | None = None) -> str:
     if source:
         return source
+    if _in_memory_kind(item):
+        return _in_memory_kind(item)
     if isinstance(item, (str, os.PathLike)):
         return str(item)
     return str(getattr(item, "name", "<uploaded file>"))
@@ -336,6 +340,34 @@ def _sniff_format(item: InputLike) -> str | None:
 def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Sequence[str] | None,
               feature_regex: str | None, source: str | None) -> tuple[Profiles, dict[str, str]]:
     name = _display_name(item, source)
+    if _in_memory_kind(item):  # a pandas DataFrame or an AnnData: same checks and roles as a file
+        parts = _in_memory_parts(item, name, features, feature_regex)
+    else:
+        parts = _read_file(item, name, features, feature_regex)
+    meta, X, feats, stored = parts
+    if len(meta) == 0:
+        raise CpDistillerError(f"{name}: no data rows.")
+    if not feats:
+        raise CpDistillerError(
+            f"{name}: no feature columns found (expected numeric CellProfiler columns starting with "
+            f"{', '.join(FEATURE_PREFIXES[:4])}…); pass --features-regex to choose them."
+        )
+    stored_roles = Roles.from_dict(stored["roles"]) if stored and stored.get("roles") else None
+    roles, reasons = resolve_roles(meta, spec, source=name, stored=stored_roles)
+    if stored_roles is not None:
+        reasons = {**{r: "stored with the file" for r in _COLUMN_ROLES if getattr(roles, r)}, **reasons}
+    kw: dict[str, Any] = dict(meta=meta, X=X, features=feats, roles=roles, source=name)
+    if stored and stored.get("kind") == "embedding":
+        prof: Profiles = Embedding(**kw, method=stored.get("method", "uncorrected"),
+                                   provenance=dict(stored.get("provenance") or {}))
+    else:
+        prof = Profiles(**kw, full_precision=_DTYPE.get() is np.float64)
+    check_duplicates(prof)
+    return prof, reasons
+
+
+def _read_file(item: InputLike, name: str, features: Sequence[str] | None, feature_regex: str | None
+               ) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
     if isinstance(item, (str, os.PathLike)):
         p = Path(item)
         if not p.exists():
@@ -364,25 +396,7 @@ def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Se
         meta, X, feats, stored = _read_parquet(handle, name, features, feature_regex)
     else:
         meta, X, feats, stored = _read_h5ad(handle, name, features, feature_regex)
-    if len(meta) == 0:
-        raise CpDistillerError(f"{name}: no data rows.")
-    if not feats:
-        raise CpDistillerError(
-            f"{name}: no feature columns found (expected numeric CellProfiler columns starting with "
-            f"{', '.join(FEATURE_PREFIXES[:4])}…); pass --features-regex to choose them."
-        )
-    stored_roles = Roles.from_dict(stored["roles"]) if stored and stored.get("roles") else None
-    roles, reasons = resolve_roles(meta, spec, source=name, stored=stored_roles)
-    if stored_roles is not None:
-        reasons = {**{r: "stored with the file" for r in _COLUMN_ROLES if getattr(roles, r)}, **reasons}
-    kw: dict[str, Any] = dict(meta=meta, X=X, features=feats, roles=roles, source=name)
-    if stored and stored.get("kind") == "embedding":
-        prof: Profiles = Embedding(**kw, method=stored.get("method", "uncorrected"),
-                                   provenance=dict(stored.get("provenance") or {}))
-    else:
-        prof = Profiles(**kw, full_precision=_DTYPE.get() is np.float64)
-    check_duplicates(prof)
-    return prof, reasons
+    return meta, X, feats, stored
 
 
 def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | None,
@@ -522,14 +536,22 @@ def _read_parquet(handle: Any, name: str, features: Sequence[str] | None,
 def _read_h5ad(handle: Any, name: str, features: Sequence[str] | None,
                feature_regex: str | None) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
     import anndata
-    import scipy.sparse as sp
 
     try:
         adata = anndata.read_h5ad(handle)
     except Exception as exc:  # h5py/anndata raise OSError, KeyError, ValueError... for bad files
         raise CpDistillerError(f"{name}: cannot read as AnnData .h5ad: {_one_line(exc)}") from None
+    return _anndata_parts(adata, name, features, feature_regex)
+
+
+def _anndata_parts(adata: Any, name: str, features: Sequence[str] | None,
+                   feature_regex: str | None) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
+    """obs -> metadata, X (dense or sparse) -> features; an embedding written by cpDistiller is read
+    from its ``.obsm`` key. Meaningful obs names are kept as an 'obs_names' column."""
+    import scipy.sparse as sp
+
     stored = None
-    raw = adata.uns.get(_STORE_KEY)
+    raw = adata.uns.get(H5AD_STORE_KEY, adata.uns.get(_STORE_KEY))  # the latter: files from 0.1.0
     if isinstance(raw, str):
         stored = json.loads(raw)
     obs = adata.obs
@@ -538,8 +560,13 @@ def _read_h5ad(handle: Any, name: str, features: Sequence[str] | None,
         obs = obs.rename_axis("obs_names").reset_index()  # meaningful obs names are kept as a column
     meta = obs.reset_index(drop=True)
     meta.columns = [str(c) for c in meta.columns]
-    var_names = [str(v) for v in adata.var_names]
-    X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    obsm_key = (stored or {}).get("obsm_key")
+    if obsm_key and obsm_key in adata.obsm:
+        X, var_names = np.asarray(adata.obsm[obsm_key]), list(stored.get("features", []))
+    elif adata.X is None:
+        raise CpDistillerError(f"{name}: the AnnData has no X matrix (features) to read.")
+    else:
+        X, var_names = adata.X, [str(v) for v in adata.var_names]
     if stored and stored.get("metadata_dtypes"):
         meta = _restore_dtypes(meta, stored["metadata_dtypes"], name)
     if stored:
@@ -549,8 +576,39 @@ def _read_h5ad(handle: Any, name: str, features: Sequence[str] | None,
     else:
         feats = feature_columns(var_names, features, feature_regex, name)
     pos = {v: i for i, v in enumerate(var_names)}
-    X = np.ascontiguousarray(X[:, [pos[f] for f in feats]], dtype=_DTYPE.get())
-    return meta, X, feats, stored
+    X = X[:, [pos[f] for f in feats]]
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return meta, np.ascontiguousarray(X, dtype=_DTYPE.get()), feats, stored
+
+
+# ----- in-memory inputs ---------------------------------------------------------------------------------
+def _in_memory_kind(item: Any) -> str | None:
+    """'DataFrame' or 'AnnData' for in-memory inputs (their name in messages), None for files."""
+    if isinstance(item, pd.DataFrame):
+        return "DataFrame"
+    if type(item).__name__ == "AnnData" and hasattr(item, "obsm"):  # no anndata import for file reads
+        return "AnnData"
+    return None
+
+
+def _in_memory_parts(item: Any, name: str, features: Sequence[str] | None,
+                     feature_regex: str | None) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
+    """A DataFrame in pycytominer layout (metadata + CellProfiler feature columns) or an AnnData,
+    split like a file of the same content; the caller's object is never modified."""
+    if _in_memory_kind(item) == "AnnData":
+        return _anndata_parts(item, name, features, feature_regex)
+    df = item
+    if any(n is not None for n in df.index.names):
+        df = df.reset_index()  # a named index is data: keep it as leading column(s)
+    df = df.reset_index(drop=True)
+    df.columns = [str(c) for c in df.columns]
+    dups = sorted(c for c, n in Counter(df.columns).items() if n > 1)
+    if dups:
+        raise CpDistillerError(f"{name}: duplicated column name(s) {example_values(dups)}; rename them first.")
+    feats = feature_columns(df.columns, features, feature_regex, name)
+    fset = set(feats)
+    meta = df[[c for c in df.columns if c not in fset]].copy()
+    return meta, _feature_matrix(df, feats, name), feats, None
 
 
 def _stored_features(stored: Mapping[str, Any], columns: Iterable[str], features: Sequence[str] | None,
@@ -1086,11 +1144,14 @@ def validate(profiles: Profiles) -> list[str]:
 
 
 # ----- writing --------------------------------------------------------------------------------------
-def write_profiles(profiles: Profiles, path: PathLike, format: str | None = None) -> Path:
+def write_profiles(profiles: Profiles, path: PathLike, format: str | None = None, *,
+                   input_profiles: Profiles | None = None) -> Path:
     """Write profiles: Parquet (default), CSV/TSV (+ a ``.cpdistiller.json`` sidecar) or AnnData .h5ad.
 
     Roles, the feature list, metadata dtypes and an Embedding's method/provenance are stored with
     the data so :func:`read_profiles` restores them. Writing is atomic (temp file + rename).
+    An Embedding written as .h5ad keeps the embedding in ``.obsm`` and, when ``input_profiles``
+    (the same wells) are given, their features in X (:meth:`Embedding.to_anndata`).
     """
     path = Path(path)
     fmt = (format or _format_of(path.name) or ("parquet" if not path.suffix else "")).lower()
@@ -1113,7 +1174,7 @@ def write_profiles(profiles: Profiles, path: PathLike, format: str | None = None
             side_tmp.write_text(json.dumps(info, indent=1, default=json_default), encoding="utf-8")
             os.replace(side_tmp, side)
         else:
-            _write_h5ad(profiles, tmp, info)
+            _write_h5ad(profiles, tmp, info, input_profiles)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -1161,12 +1222,12 @@ def _write_parquet(profiles: Profiles, tmp: Path, info: dict[str, Any]) -> None:
     pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
 
 
-def _write_h5ad(profiles: Profiles, tmp: Path, info: dict[str, Any]) -> None:
-    import anndata
-
-    obs = _writable_meta(profiles.meta).reset_index(drop=True)
-    obs.index = pd.Index([str(i) for i in range(len(obs))])
-    var = pd.DataFrame(index=pd.Index(profiles.features))
-    adata = anndata.AnnData(X=profiles.X, obs=obs, var=var)
-    adata.uns[_STORE_KEY] = json.dumps(info, default=json_default)
+def _write_h5ad(profiles: Profiles, tmp: Path, info: dict[str, Any], input_profiles: Profiles | None = None) -> None:
+    """Profiles: X = features. Embedding: the embedding in ``.obsm["X_cpdistiller"]`` (or
+    ``X_<method>``) and X = the input features when ``input_profiles`` are given (see to_anndata)."""
+    if isinstance(profiles, Embedding):
+        adata = profiles.to_anndata(input_profiles)
+    else:
+        adata = profiles.to_anndata()
     adata.write_h5ad(tmp)
+

@@ -9,15 +9,21 @@ arrays, computed once at construction. Operations return new objects.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .errors import CpDistillerError, example_rows, where
 from .layout import PlateGeometry, check_in_geometry, infer_geometry, parse_wells, well_names
+
+if TYPE_CHECKING:
+    import anndata
 
 NEGATIVE, POSITIVE, TREATMENT = "negative", "positive", "treatment"
 CONTROL_STATUSES = (NEGATIVE, POSITIVE, TREATMENT)
@@ -74,7 +80,19 @@ class Roles:
 
 @dataclass(frozen=True, eq=False)
 class Profiles:
-    """Well-level profiles: ``meta`` (every input column), ``X`` (n_wells x n_features float32)."""
+    """Well-level profiles: ``meta`` (every input column), ``X`` (n_wells x n_features float32).
+
+    Build one with :func:`cpdistiller_core.read_profiles` (files), :meth:`from_frame` (a pandas
+    DataFrame in pycytominer layout) or :meth:`from_anndata`; roles are detected the same way for all.
+
+    Examples
+    --------
+    >>> import cpdistiller_core as cpd
+    >>> p = cpd.read_profiles("profiles.csv.gz")                      # doctest: +SKIP
+    >>> p.n_wells, p.n_features, p.roles.plate                        # doctest: +SKIP
+    (1948, 352, 'Plate')
+    >>> adata = p.to_anndata()                                        # doctest: +SKIP
+    """
 
     meta: pd.DataFrame
     X: np.ndarray
@@ -190,6 +208,99 @@ class Profiles:
             return self.col
         raise CpDistillerError(f"unknown technical effect {effect!r}; use batch, plate, row or column.")
 
+    # ----- pandas / AnnData ----------------------------------------------------------------------
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, roles: Roles | Mapping[str, Any] | None = None, *,
+                   features: Sequence[str] | None = None, feature_regex: str | None = None,
+                   source: str | None = None, dtype: type = np.float32) -> Profiles:
+        """Profiles from a DataFrame in pycytominer layout (``Metadata_`` columns + feature columns).
+
+        Features, roles, checks and warnings are exactly those of :func:`~cpdistiller_core.io.read_profiles`
+        on a file with the same columns (a named index becomes leading metadata column(s)).
+
+        Parameters
+        ----------
+        df : pandas.DataFrame
+            One row per well. Never modified.
+        roles : Roles or dict, optional
+            A Roles used as is, or partial overrides of the detected roles, e.g.
+            ``{"plate": "Plate", "negative_values": ["DMSO"]}``.
+        features, feature_regex : optional
+            The feature columns (default: the CellProfiler measurement columns).
+        source : str, optional
+            Name used in messages (default ``"DataFrame"``).
+        dtype : float32 (default) or float64
+            float64 keeps raw CellProfiler values at full precision until they are normalised.
+
+        Returns
+        -------
+        Profiles
+
+        Examples
+        --------
+        >>> import pandas as pd, cpdistiller_core as cpd
+        >>> df = pd.read_csv("profiles.csv.gz")                          # doctest: +SKIP
+        >>> p = cpd.Profiles.from_frame(df, roles={"batch": "Metadata_Batch"})  # doctest: +SKIP
+        """
+        from .io import read_profiles
+
+        if not isinstance(df, pd.DataFrame):
+            raise CpDistillerError(f"from_frame expects a pandas DataFrame, not {type(df).__name__}.")
+        return read_profiles(df, roles, features=features, feature_regex=feature_regex, source=source,
+                             dtype=dtype)
+
+    @classmethod
+    def from_anndata(cls, adata: anndata.AnnData, roles: Roles | Mapping[str, Any] | None = None, *,
+                     features: Sequence[str] | None = None, feature_regex: str | None = None,
+                     source: str | None = None, dtype: type = np.float32) -> Profiles:
+        """Profiles from an AnnData: ``.obs`` is the metadata, ``X`` (dense or sparse) the features.
+
+        Exactly as reading the same object from an ``.h5ad`` file: roles are restored when the AnnData
+        was made by cpDistiller, detected from ``.obs`` otherwise; meaningful ``obs_names`` (also
+        duplicated ones) are kept as an ``obs_names`` metadata column. The AnnData is never modified.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            One observation per well.
+        roles, features, feature_regex, source, dtype
+            As for :meth:`from_frame` (source defaults to ``"AnnData"``).
+
+        Returns
+        -------
+        Profiles
+
+        Examples
+        --------
+        >>> import anndata, cpdistiller_core as cpd
+        >>> adata = anndata.read_h5ad("profiles.h5ad")                   # doctest: +SKIP
+        >>> p = cpd.Profiles.from_anndata(adata, roles={"plate": "Metadata_Plate"})  # doctest: +SKIP
+        """
+        from .io import _in_memory_kind, read_profiles
+
+        if _in_memory_kind(adata) != "AnnData":
+            raise CpDistillerError(f"from_anndata expects an anndata.AnnData, not {type(adata).__name__}.")
+        return read_profiles(adata, roles, features=features, feature_regex=feature_regex, source=source,
+                             dtype=dtype)
+
+    def to_anndata(self) -> anndata.AnnData:
+        """An AnnData: metadata in ``.obs`` (every column, original order), features in ``X``/``var``;
+        roles and the feature list in ``.uns["cpdistiller_io"]`` so that :meth:`from_anndata` and a
+        written ``.h5ad`` restore them.
+
+        Returns
+        -------
+        anndata.AnnData
+            ``obs_names`` are the ``obs_names`` column when there is one, else ``"0"…"n-1"``.
+
+        Examples
+        --------
+        >>> import cpdistiller_core as cpd
+        >>> adata = cpd.read_profiles("profiles.csv.gz").to_anndata()    # doctest: +SKIP
+        >>> adata.write_h5ad("profiles.h5ad")                             # doctest: +SKIP
+        """
+        return _to_anndata(self, self.X.copy(), self.features, {})
+
     # ----- new objects ---------------------------------------------------------------------------
     def replace(self, **changes: Any) -> Profiles:
         """A copy with some fields replaced (meta, X, features, roles, source)."""
@@ -248,10 +359,56 @@ class Profiles:
 
 @dataclass(frozen=True, eq=False)
 class Embedding(Profiles):
-    """A corrected (or reference-method) embedding: Profiles whose features are ``cpd_0…`` or similar."""
+    """A corrected (or reference-method) embedding: Profiles whose features are ``cpd_0…`` or similar.
+
+    Examples
+    --------
+    >>> import cpdistiller_core as cpd
+    >>> pp, report = cpd.preprocess(cpd.read_profiles("profiles.csv.gz"))      # doctest: +SKIP
+    >>> emb = cpd.CpDistiller(epochs=50).fit_transform(pp, effects="row,column")  # doctest: +SKIP
+    >>> emb.to_anndata(pp).obsm["X_cpdistiller"].shape                         # doctest: +SKIP
+    (1948, 50)
+    """
 
     method: str = "uncorrected"
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def obsm_key(self) -> str:
+        """The AnnData ``.obsm`` key of this embedding: ``X_cpdistiller`` for cpDistiller, ``X_<method>``."""
+        return "X_" + (re.sub(r"\W+", "_", self.method.lower()).strip("_") or "embedding")
+
+    def to_anndata(self, profiles: Profiles | None = None, key: str | None = None) -> anndata.AnnData:
+        """An AnnData with the embedding in ``.obsm[key]`` and the metadata in ``.obs``.
+
+        Parameters
+        ----------
+        profiles : Profiles, optional
+            The profiles the embedding was computed from (same wells, same order), whose features
+            become ``X``/``var``. Without them ``X`` has no columns.
+        key : str, optional
+            The ``.obsm`` key (default :meth:`obsm_key`, ``"X_cpdistiller"``).
+
+        Returns
+        -------
+        anndata.AnnData
+
+        Examples
+        --------
+        >>> adata = emb.to_anndata(preprocessed)                  # doctest: +SKIP
+        >>> adata.obsm["X_cpdistiller"].shape                     # doctest: +SKIP
+        (1948, 50)
+        """
+        key = key or self.obsm_key()
+        extra: dict[str, Any] = {"obsm_key": key}
+        if profiles is None:
+            X, names = np.zeros((self.n_wells, 0), dtype=np.float32), []
+        else:
+            _check_same_wells(self, profiles)
+            X, names = profiles.X.copy(), list(profiles.features)
+            extra["input_features"] = names
+        adata = _to_anndata(self, X, names, extra)
+        adata.obsm[key] = self.X.copy()
+        return adata
 
     @classmethod
     def from_profiles(cls, profiles: Profiles, Z: np.ndarray, method: str, prefix: str = "cpd_",
@@ -287,3 +444,32 @@ def _parse_row_col(meta: pd.DataFrame, row_col: str, col_col: str, src: str | No
             f"{where(src, col_col)}cannot parse column numbers ({example_rows(meta.index[bad])}); expected 1-based numbers."
         )
     return rows, cols_num.astype(int).to_numpy() - 1
+
+
+def _to_anndata(p: Profiles, X: np.ndarray, var_names: Sequence[str], extra: Mapping[str, Any]) -> anndata.AnnData:
+    import anndata
+
+    from .io import H5AD_STORE_KEY, _store_info, _writable_meta
+    from .paths import json_default
+
+    obs = _writable_meta(p.meta).reset_index(drop=True)
+    if "obs_names" in obs.columns:
+        obs.index = pd.Index(obs["obs_names"].astype(str).to_numpy(), name=None)
+    else:
+        obs.index = pd.Index([str(i) for i in range(len(obs))])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*names are not unique", category=UserWarning)
+        adata = anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index([str(v) for v in var_names])))
+    adata.uns[H5AD_STORE_KEY] = json.dumps({**_store_info(p), **extra}, default=json_default)
+    return adata
+
+
+def _check_same_wells(emb: Profiles, profiles: Profiles) -> None:
+    same = profiles.n_wells == emb.n_wells and bool(
+        np.array_equal(profiles.plate, emb.plate) and np.array_equal(profiles.well, emb.well))
+    if not same:
+        raise CpDistillerError(
+            f"the profiles ({profiles.n_wells} wells) are not the wells of the embedding ({emb.n_wells} wells, "
+            "same plates and wells in the same order): pass the preprocessed profiles the embedding was "
+            "computed from."
+        )
