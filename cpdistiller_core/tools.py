@@ -437,12 +437,11 @@ def _embedding_of(data: Any, key: str, roles: Any, features: Sequence[str] | Non
     from .io import read_profiles
 
     if isinstance(data, Profiles):
-        emb = data
-        finite = np.isfinite(emb.X).all(axis=1)
-        sub = emb if finite.all() else emb.subset(rows=finite)
-        return sub if isinstance(sub, Embedding) else Embedding(
-            meta=sub.meta, X=sub.X, features=sub.features, roles=sub.roles, source=sub.source,
-            method=method or "embedding")
+        finite = np.isfinite(data.X).all(axis=1)
+        sub = data if finite.all() else data.subset(rows=finite)
+        name = method or getattr(data, "method", None) or "embedding"
+        return Embedding(meta=sub.meta, X=sub.X, features=sub.features, roles=sub.roles, source=sub.source,
+                         method=name, provenance=dict(getattr(data, "provenance", {})))
     kind = _kind(data)
     if kind == "AnnData":
         if key not in data.obsm:

@@ -3,6 +3,8 @@ from_anndata / to_anndata, Embedding.to_anndata and the .h5ad layout (embedding 
 
 from __future__ import annotations
 
+import functools
+import re
 import warnings
 from pathlib import Path
 
@@ -274,3 +276,49 @@ def test_done_when_on_cell_injury(shared_data: Path) -> None:
     assert out.shape == (1948, df.shape[1] - len(features) + 51)
     assert out.filter(regex=r"^cpd_\d+$").shape == (1948, 50)
     pd.testing.assert_frame_equal(out[["Plate", "Well", "Compound Name"]], df[["Plate", "Well", "Compound Name"]])
+
+
+# ----- the README's Python example and the docs/api.md walkthrough run as written -------------------------
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+@pytest.fixture
+def docs_screen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`profiles.csv.gz` (a small simulated screen) in the working directory; training shortened to one
+    epoch (the only change to the documented code: cpd.correct / cpd.CpDistiller get epochs=1, min_steps=0)."""
+    from cpdistiller_core.api import CpDistiller
+
+    monkeypatch.chdir(tmp_path)
+    screen_frame().to_csv("profiles.csv.gz", index=False)
+    monkeypatch.setattr(cpd, "correct", functools.partial(cpd.correct, epochs=1, min_steps=0, device="cpu"))
+    monkeypatch.setattr(cpd, "CpDistiller", functools.partial(CpDistiller, epochs=1, min_steps=0, device="cpu"))
+    return tmp_path
+
+
+def test_readme_python_example_runs(docs_screen: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    blocks = _python_blocks(section)
+    assert len(blocks) == 2 and "cpd.correct(adata" in blocks[0]
+    ns: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for block in blocks:
+            exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - the project's own README
+    assert ns["adata"].obsm["X_cpdistiller"].shape == (288, 50)
+    assert ns["out"].filter(regex=r"^cpd_\d+$").shape == (288, 50)
+
+
+@pytest.mark.slow
+def test_api_walkthrough_runs(docs_screen: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
+    ns: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for block in _python_blocks(doc):
+            exec(compile(block, "docs/api.md", "exec"), ns)  # noqa: S102 - the project's own docs
+    assert ns["new_adata"].obsm["X_cpdistiller"].shape == (288, 50)
+    assert list(ns["both"].summary().index) == ["uncorrected", "cpDistiller"]
+    assert (docs_screen / "screen_model" / "preprocess.json").is_file()
+    assert len(ns["fig"].data) > 0
