@@ -13,11 +13,26 @@ class CpDistillerError(Exception):
     The message is written to be shown as is: the CLI prints it on one line and exits 1,
     the dashboard shows it with ``st.error``. It names the file, the column and a few
     offending rows where those exist.
+
+    Examples
+    --------
+    >>> import cpdistiller_core as cpd
+    >>> try:
+    ...     cpd.read_profiles("missing.csv")
+    ... except cpd.CpDistillerError as exc:
+    ...     print(exc)
+    missing.csv: file not found.
     """
 
 
 class CpDistillerWarning(UserWarning):
-    """Data can still be used, but something was dropped, replaced or assumed."""
+    """Data can still be used, but something was dropped, replaced or assumed.
+
+    Examples
+    --------
+    >>> import warnings, cpdistiller_core as cpd
+    >>> warnings.simplefilter("error", cpd.CpDistillerWarning)   # doctest: +SKIP
+    """
 
 
 def example_rows(index: Iterable, limit: int = 5) -> str:

@@ -180,14 +180,40 @@ def read_profiles(
     source: str | None = None,
     dtype: type = np.float32,
 ) -> Profiles:
-    """Read one or several profile files into one Profiles (several files: shared features only).
+    """Read one or several profile files (or in-memory tables) into one Profiles.
 
-    ``roles``: None (auto-detect), a Roles (used as is), a dict of partial overrides merged over the
-    detected roles (``{"plate": "Plate", "negative_values": ["DMSO"]}``; a value None unsets a
-    role), or the path of a YAML/JSON mapping file holding such a dict. ``source`` names a single
-    input in messages (e.g. an uploaded file's original name). ``dtype``: float32 (default) or
-    float64 for raw CellProfiler values that will be MAD-normalised (full precision; 2x memory).
-    Warnings from :func:`validate` are emitted as CpDistillerWarning.
+    Parameters
+    ----------
+    paths : path, file object, pandas.DataFrame, anndata.AnnData, or a list of them
+        CSV/CSV.gz/TSV, Parquet or ``.h5ad`` files; a DataFrame in pycytominer layout or an AnnData
+        is read exactly like a file with the same content (same role detection, reasons, errors and
+        warnings). Several inputs are stacked on their shared features.
+    roles : Roles, dict, path or None
+        None (auto-detect), a Roles (used as is), a dict of partial overrides merged over the
+        detected roles (``{"plate": "Plate", "negative_values": ["DMSO"]}``; a value None unsets a
+        role), or the path of a YAML/JSON mapping file holding such a dict.
+    features, feature_regex : optional
+        The feature columns (default: CellProfiler measurement names; all of X for an AnnData).
+    batch_from_file : bool
+        With several files, one batch per file (a new batch column) when there is no batch column.
+    source : str, optional
+        Names a single input in messages (e.g. an uploaded file's original name).
+    dtype : float32 (default) or float64
+        float64 for raw CellProfiler values that will be MAD-normalised (full precision; 2x memory).
+
+    Returns
+    -------
+    Profiles
+        An Embedding when the file was written from one. Warnings from :func:`validate` are emitted
+        as CpDistillerWarning.
+
+    Examples
+    --------
+    >>> import cpdistiller_core as cpd
+    >>> p = cpd.read_profiles("profiles.csv.gz")                                 # doctest: +SKIP
+    >>> p = cpd.read_profiles(["b1.parquet", "b2.parquet"], batch_from_file=True)  # doctest: +SKIP
+    >>> p = cpd.read_profiles("screen.csv", roles={"control": "Control Type",
+    ...                                             "negative_values": ["Negative"]})  # doctest: +SKIP
     """
     return read_profiles_with_report(paths, roles, features=features, feature_regex=feature_regex,
                                      batch_from_file=batch_from_file, source=source, dtype=dtype)[0]
@@ -1152,6 +1178,12 @@ def write_profiles(profiles: Profiles, path: PathLike, format: str | None = None
     the data so :func:`read_profiles` restores them. Writing is atomic (temp file + rename).
     An Embedding written as .h5ad keeps the embedding in ``.obsm`` and, when ``input_profiles``
     (the same wells) are given, their features in X (:meth:`Embedding.to_anndata`).
+
+    Examples
+    --------
+    >>> import cpdistiller_core as cpd
+    >>> cpd.write_profiles(profiles, "clean.parquet")                               # doctest: +SKIP
+    >>> cpd.write_profiles(embedding, "embedding.h5ad", input_profiles=clean)      # doctest: +SKIP
     """
     path = Path(path)
     fmt = (format or _format_of(path.name) or ("parquet" if not path.suffix else "")).lower()

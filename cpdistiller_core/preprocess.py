@@ -53,6 +53,12 @@ _NAN_ROW_POLICIES = ("drop", "zero")
 class PreprocessConfig:
     """Preprocessing settings; the defaults are the paper's (pycytominer's defaults where it has them).
 
+    Examples
+    --------
+    >>> from cpdistiller_core import PreprocessConfig
+    >>> PreprocessConfig(normalize_samples="all", nan_rows="zero").clip
+    30.0
+
     normalize: ``"mad_robustize"`` (plate-wise robust MAD) or None to skip normalisation.
     normalize_by: the grouping for normalisation, a role (``"plate"``, ``"batch"``) or a metadata column.
     normalize_samples: reference wells: ``"negcon"`` (negative controls), ``"all"`` (every well of the
@@ -428,7 +434,14 @@ def _mean_std(X: np.ndarray, chunk_rows: int = 8192) -> tuple[np.ndarray, np.nda
 @dataclass
 class PreprocessReport:
     """What ``preprocess`` did: kept and dropped features and wells (with reasons), warnings and the
-    fitted z-score parameters; JSON-serialisable, and ``apply`` repeats it on new plates."""
+    fitted z-score parameters; JSON-serialisable, and ``apply`` repeats it on new plates.
+
+    Examples
+    --------
+    >>> clean, report = cpd.preprocess(profiles)                   # doctest: +SKIP
+    >>> report.save("preprocess.json")                             # doctest: +SKIP
+    >>> PreprocessReport.load("preprocess.json").apply(new_plates)  # doctest: +SKIP
+    """
 
     config: PreprocessConfig
     input_features: list[str]
@@ -525,8 +538,31 @@ class PreprocessReport:
 # ----- the pipeline ----------------------------------------------------------------------------------
 def preprocess(profiles: Profiles, config: PreprocessConfig | None = None,
                progress: ProgressCallback | None = None) -> tuple[Profiles, PreprocessReport]:
-    """Normalise, select features, handle incomplete wells, clip and z-score; returns the new profiles
-    (every metadata column kept; dropped wells removed) and the report."""
+    """Normalise, select features, handle incomplete wells, clip and z-score.
+
+    Parameters
+    ----------
+    profiles : Profiles
+        Raw or normalised well-level profiles.
+    config : PreprocessConfig, optional
+        The settings (default: the paper's).
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    (Profiles, PreprocessReport)
+        The new profiles (every metadata column kept; dropped wells removed) and the report of what
+        was dropped and why; ``report.apply(new_profiles)`` repeats it on new plates.
+
+    Examples
+    --------
+    >>> import cpdistiller_core as cpd
+    >>> clean, report = cpd.preprocess(cpd.read_profiles("raw.parquet"))          # doctest: +SKIP
+    >>> report.summary()["wells_dropped"]                                           # doctest: +SKIP
+    0
+    >>> new_clean = report.apply(cpd.read_profiles("new_plates.parquet"))         # doctest: +SKIP
+    """
     return _run(profiles, config or PreprocessConfig(), progress, select=True, zscore_params=None)
 
 

@@ -36,6 +36,12 @@ class Roles:
     Either ``well`` (one column like 'A01' or 'r01c01') or both ``row`` and ``column`` must be set.
     Control status comes from the ``control`` column: values in ``negative_values`` are negative
     controls, values in ``positive_values`` positive controls, anything else a treatment.
+
+    Examples
+    --------
+    >>> from cpdistiller_core import Roles
+    >>> Roles(plate="Plate", well="Well", control="Control Type", negative_values=("Negative",)).columns()
+    ['Plate', 'Well', 'Control Type']
     """
 
     plate: str
