@@ -342,3 +342,25 @@ def test_top_level_api_has_numpydoc_examples() -> None:
             result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(test, out=lambda s: None)
             assert result.failed == 0, f"doctest of {name} failed"
     assert "Examples" in cpd.CpDistiller.__doc__ or ">>>" in cpd.CpDistiller.__doc__
+
+
+def test_cli_format_h5ad_writes_the_anndata_layout(frame, tmp_path: Path, capsys) -> None:
+    from cpdistiller_core.cli import main
+
+    frame.to_csv(tmp_path / "s.csv", index=False)
+    run = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["correct", str(tmp_path / "s.csv"), "--effects", "row,column", "--out", str(run), "--format",
+                   "h5ad", "--epochs", "1", "--min-steps", "0", "--device", "cpu", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    ad = anndata.read_h5ad(run / "embedding.h5ad")
+    emb = cpd.read_profiles(run / "embedding.parquet")
+    np.testing.assert_array_equal(ad.obsm["X_cpdistiller"], emb.X)
+    clean, _ = quiet(cpd.preprocess, quiet(cpd.read_profiles, tmp_path / "s.csv", dtype=np.float64))
+    assert list(ad.var_names) == clean.features  # the model's input: the preprocessed features
+    np.testing.assert_allclose(np.asarray(ad.X), clean.X, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(ad.X), frame[clean.features].to_numpy(), atol=1e-2)  # not the raw ones
+    assert list(ad.obs.columns) == [c for c in frame.columns if not c.startswith("Cells_")]
+    back = cpd.read_profiles(run / "embedding.h5ad")
+    assert isinstance(back, Embedding) and back.roles == emb.roles

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-preprocess", action="store_true",
                    help="the files are already normalised and feature-selected: skip preprocessing")
     p.add_argument("--warm-start", metavar="MODEL_DIR", help="fine-tune a saved model (RUN_DIR/model)")
+    p.add_argument("--format", choices=("parquet", "h5ad"), default="parquet",
+                   help="h5ad: also write RUN_DIR/embedding.h5ad (AnnData: metadata in .obs, the preprocessed "
+                        "features in X, the embedding in .obsm['X_cpdistiller']); embedding.parquet is always written")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -67,9 +70,30 @@ def run(args: argparse.Namespace) -> int:
         run_dir = run_correction(profiles, args.out, cfg, args.effects, progress=bar,
                                  preprocess=not args.no_preprocess, warm_start=args.warm_start)
     r = load_run(run_dir)
+    if args.format == "h5ad":
+        print(f"wrote {_write_h5ad(r, profiles, preprocessed=not args.no_preprocess)}", file=sys.stderr)
     last = r.report.get("final_epoch") or {}
     acc = ", ".join(f"{k[4:]} {v:.2f}" for k, v in last.items() if k.startswith("acc_"))
     print(f"wrote {run_dir}: {r.report['output']['wells']} wells x {r.report['output']['dimensions']} dimensions "
           f"in {r.report['timings']['total_s']:.0f} s on {r.report['device']}"
           + (f" (final discriminator accuracy: {acc})" if acc else ""), file=sys.stderr)
     return 0
+
+
+def _write_h5ad(run, profiles, preprocessed: bool):
+    """RUN_DIR/embedding.h5ad with the model's input features in X: the input profiles with the run's
+    stored preprocessing applied again (same wells, same values as in training)."""
+    import warnings
+
+    from ..io import write_profiles
+    from ..preprocess import PreprocessReport
+    from ..runs import MODEL_DIR, PREPROCESS_FILE
+
+    emb = run.embedding()
+    inputs = profiles
+    prep = run.path / MODEL_DIR / PREPROCESS_FILE
+    if preprocessed and prep.is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # shown once already by the run itself
+            inputs = PreprocessReport.load(prep).apply(profiles)
+    return write_profiles(emb, run.path / "embedding.h5ad", input_profiles=inputs)
