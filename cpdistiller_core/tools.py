@@ -42,6 +42,7 @@ class _Result:
     used: np.ndarray
     names: list[str]
     info: dict[str, Any]
+    input_features: list[str]  # the feature columns read from the input
 
 
 # ----- correct -------------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def correct(data: anndata.AnnData | pd.DataFrame, effects: str | Sequence[str] =
         data.obs[USED_COLUMN] = res.used
         data.uns[UNS_KEY] = _uns_safe(res.info)
         return data
-    return _frame_result(data, res, features)
+    return _frame_result(data, res)
 
 
 def _kind(data: Any) -> str:
@@ -176,7 +177,7 @@ def _run(data: Any, effects: str | Sequence[str], roles: Any, strict: bool, mode
             "model": "applied a fitted model" if applied else "fitted here", "train": fitted.train_info, "versions": package_versions()}
     if summary:
         info["summary"] = did_it_help(pp, emb, seed=fitted.config.seed)
-    return _Result(Z, used, list(emb.features), info)
+    return _Result(Z, used, list(emb.features), info, list(profiles.features))
 
 
 def _config(config: dict[str, Any]) -> Any:
@@ -286,10 +287,8 @@ def _save(model: CpDistiller, prep: PreprocessReport | None, directory: Path) ->
         prep.save(directory / PREPROCESS_FILE)
 
 
-def _frame_result(df: pd.DataFrame, res: _Result, features: Sequence[str] | None) -> pd.DataFrame:
-    from .io import feature_columns
-
-    fset = set(feature_columns([str(c) for c in df.columns], features)) if features is None else set(features)
+def _frame_result(df: pd.DataFrame, res: _Result) -> pd.DataFrame:
+    fset = set(res.input_features)
     new = set(res.names) | {FRAME_USED_COLUMN}
     meta = df.loc[:, [c for c in df.columns if str(c) not in fset and str(c) not in new]]
     emb = pd.DataFrame(res.Z, index=df.index, columns=res.names)

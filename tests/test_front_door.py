@@ -220,6 +220,14 @@ def test_correct_dataframe_keeps_metadata_index_and_order(frame) -> None:
     assert out.attrs["cpdistiller"]["effects"] == ["row", "column"]
 
 
+def test_correct_frame_with_non_cellprofiler_feature_names(frame) -> None:
+    df = frame.rename(columns=lambda c: c.replace("Cells_", "emb_"))
+    with pytest.raises(CpDistillerError, match="DataFrame: no feature columns found"):
+        cpd.correct(df, **FAST)
+    out = quiet(cpd.correct, df, feature_regex="^emb_", **FAST)
+    assert not out.filter(like="emb_").shape[1] and out.filter(like="cpd_").shape[1] == 50
+
+
 def test_fitted_model_applies_to_new_plates(tmp_path: Path) -> None:
     train, new = screen_frame(n_plates=3, seed=0), screen_frame(n_plates=2, seed=1)
     model = cpd.CpDistiller(epochs=1, min_steps=0, device="cpu")
