@@ -145,17 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         sim = json.loads(args.sim) if name.startswith("sim") else None
         profiles, truth, pairs, eval_cfg = load(name, args, sim)
         reference = baselines.uncorrected(profiles)
-        jobs = [("uncorrected", 0, lambda s: reference), ("sphering", 0, lambda s: baselines.sphering(profiles))]
-        jobs += [(f"cpDistiller[{v}]", s, (lambda v: lambda s: run_cpdistiller(
-            profiles, ("batch", "row", "column"), seed=s, epochs=args.epochs, **VARIANTS[v]))(v))
-            for v in variants for s in seeds]
-        for method, seed, fn in jobs:
+        jobs = [("uncorrected", 0, None), ("sphering", 0, None)]
+        jobs += [(f"cpDistiller[{v}]", s, VARIANTS[v]) for v in variants for s in seeds]
+        for method, seed, overrides in jobs:
             if (name, method, seed) in have:
                 continue
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                emb = fn(seed)
+                if overrides is not None:
+                    emb = run_cpdistiller(profiles, ("batch", "row", "column"), seed=seed, epochs=args.epochs,
+                                          **overrides)
+                else:
+                    emb = reference if method == "uncorrected" else baselines.sphering(profiles)
                 row = {"data": name, "method": method, "seed": seed, **score(emb, reference, truth, pairs, eval_cfg)}
             row["seconds"] = round(time.perf_counter() - t0, 1)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
