@@ -37,11 +37,51 @@ ORDERED_EFFECTS = ("row", "column")
 
 # ----- the model's own input transform -------------------------------------------------------------
 @dataclass
+class ZCAWhitening:
+    """ZCA whitening kept in the span of the negative controls, O(features x controls) memory.
+
+    With covariance eigenpairs (lambda_i, v_i) of the controls and ridge r, ZCA is
+    W = V diag(1/sqrt(lambda + r)) V^T + (I - V V^T) / sqrt(r): directions outside the controls'
+    span have eigenvalue 0 and get 1/sqrt(r). Stored as ``basis`` V (d x k), ``scale`` 1/sqrt(lambda + r)
+    and ``null_scale`` 1/sqrt(r); never as a d x d matrix (18,604 features would need 2.8 GB).
+    """
+
+    basis: np.ndarray
+    scale: np.ndarray
+    null_scale: float
+
+    @classmethod
+    def fit(cls, centred: np.ndarray, regularization: float) -> ZCAWhitening:
+        """From centred control profiles (n x d, float64): thin SVD when n <= d, else eigh of the covariance."""
+        n, d = centred.shape
+        if n <= d:
+            _, s, vt = np.linalg.svd(centred, full_matrices=False)
+            evals, basis = s**2 / max(n - 1, 1), vt.T
+        else:
+            evals, basis = np.linalg.eigh(centred.T @ centred / (n - 1))
+        evals = np.clip(evals, 0.0, None)
+        # Relative ridge: with fewer controls than features most eigenvalues are 0.
+        ridge = regularization * max(float(evals.sum()) / d, 1e-12)
+        return cls(basis.astype(np.float32), (1.0 / np.sqrt(evals + ridge)).astype(np.float32),
+                   float(1.0 / np.sqrt(ridge)))
+
+    @classmethod
+    def from_matrix(cls, W: np.ndarray) -> ZCAWhitening:
+        """From a full symmetric whitening matrix (models saved before the span representation)."""
+        scale, basis = np.linalg.eigh(W.astype(np.float64))
+        return cls(basis.astype(np.float32), scale.astype(np.float32), 0.0)
+
+    def apply(self, Y: np.ndarray) -> np.ndarray:
+        """Whitened copy of centred rows ``Y``."""
+        return (Y @ self.basis) * (self.scale - self.null_scale) @ self.basis.T + self.null_scale * Y
+
+
+@dataclass
 class InputTransform:
-    """x -> ((x - center) @ W - mean) / std, with W the negative-control ZCA matrix or the identity."""
+    """x -> (whiten(x - center) - mean) / std, whiten = negative-control ZCA or the identity."""
 
     center: np.ndarray
-    whiten: np.ndarray | None
+    whitening: ZCAWhitening | None
     mean: np.ndarray
     std: np.ndarray
 
@@ -50,7 +90,7 @@ class InputTransform:
             source: str | None = None, min_controls: int = 10) -> InputTransform:
         d = X.shape[1]
         center = np.zeros(d, dtype=np.float32)
-        whiten = None
+        whitening = None
         Y = X
         if sphering == "auto":
             n_neg = 0 if negative is None else int(negative.sum())
@@ -68,52 +108,59 @@ class InputTransform:
                 )
             Xn = X[negative].astype(np.float64)
             center = Xn.mean(axis=0)
-            cov = np.cov(Xn - center, rowvar=False).reshape(d, d)
-            evals, evecs = np.linalg.eigh(cov)
-            evals = np.clip(evals, 0.0, None)
-            # Relative ridge: with fewer controls than features most eigenvalues are 0.
-            ridge = regularization * max(float(evals.mean()), 1e-12)
-            whiten = ((evecs / np.sqrt(evals + ridge)) @ evecs.T).astype(np.float32)
+            whitening = ZCAWhitening.fit(Xn - center, regularization)
             center = center.astype(np.float32)
-            Y = _chunked_affine(X, center, whiten)
+            Y = _chunked_affine(X, center, whitening)
         mean = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
         std = Y.std(axis=0, dtype=np.float64).astype(np.float32)
         std[~(std > 1e-8)] = 1.0
-        return cls(center, whiten, mean, std)
+        return cls(center, whitening, mean, std)
 
     def apply(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
         """Transformed copy of X (float32), computed in row chunks to bound temporary memory."""
         out = np.empty(X.shape, dtype=np.float32)
         for s in range(0, X.shape[0], chunk):
             blk = X[s:s + chunk]
-            if self.whiten is not None:
-                blk = (blk - self.center) @ self.whiten
+            if self.whitening is not None:
+                blk = self.whitening.apply(blk - self.center)
             out[s:s + chunk] = (blk - self.mean) / self.std
         return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
-               (("center", self.center), ("mean", self.mean), ("std", self.std))}
-        if self.whiten is not None:
-            out["whiten"] = torch.from_numpy(self.whiten)
-        return out
+        arrays = [("center", self.center), ("mean", self.mean), ("std", self.std)]
+        if self.whitening is not None:
+            w = self.whitening
+            arrays += [("whiten_basis", w.basis), ("whiten_scale", w.scale),
+                       ("whiten_null", np.array([w.null_scale], dtype=np.float32))]
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays}
 
     @classmethod
     def from_tensors(cls, t: Mapping[str, torch.Tensor]) -> InputTransform:
-        w = t.get("whiten")
-        return cls(t["center"].numpy(), None if w is None else w.numpy(), t["mean"].numpy(), t["std"].numpy())
+        whitening = None
+        if "whiten_basis" in t:
+            whitening = ZCAWhitening(t["whiten_basis"].numpy(), t["whiten_scale"].numpy(),
+                                     float(t["whiten_null"].numpy()[0]))
+        elif "whiten" in t:
+            whitening = ZCAWhitening.from_matrix(t["whiten"].numpy())
+        return cls(t["center"].numpy(), whitening, t["mean"].numpy(), t["std"].numpy())
 
 
-def _chunked_affine(X: np.ndarray, center: np.ndarray, W: np.ndarray | None, chunk: int = 8192) -> np.ndarray:
-    """(X - center) @ W in row chunks, so temporary memory does not grow with the number of wells."""
+def _chunked_affine(X: np.ndarray, center: np.ndarray, whitening: ZCAWhitening | None,
+                    chunk: int = 8192) -> np.ndarray:
+    """whiten(X - center) in row chunks, so temporary memory does not grow with the number of wells."""
     out = np.empty(X.shape, dtype=np.float32)
     for s in range(0, X.shape[0], chunk):
         blk = X[s:s + chunk] - center
-        out[s:s + chunk] = blk @ W if W is not None else blk
+        out[s:s + chunk] = whitening.apply(blk) if whitening is not None else blk
     return out
 
 
 # ----- helpers -------------------------------------------------------------------------------------
+def _zscored(X: np.ndarray) -> np.ndarray:
+    """Per-feature z-scored float32 copy (the unsphered space for neighbour mining)."""
+    return InputTransform.fit(X, None, "none", 0.0).apply(X)
+
+
 def _level_codes(values: np.ndarray, effect: str) -> tuple[np.ndarray, list[Any]]:
     """Codes 0..L-1; row/column levels sorted by plate position so code distance is positional order."""
     if effect in ORDERED_EFFECTS:
@@ -310,13 +357,18 @@ class CpDistiller:
         # Neighbours for the contrastive term (sparse; mined on the model's input space).
         t0 = time.perf_counter()
         progress(0.0, "mining neighbours")
-        graph = mine_neighbors(X, {e: profiles.labels(e) for e in effects}, k_knn=cfg.k_knn,
+        X_mine = X if cfg.neighbor_space == "input" else _zscored(profiles.subset(features=self.features).X)
+        graph = mine_neighbors(X_mine, {e: profiles.labels(e) for e in effects}, k_knn=cfg.k_knn,
                                k_mnn=cfg.k_mnn, n_pcs=cfg.neighbor_pcs, combine=cfg.neighbor_combine,
                                method=cfg.neighbor_method, seed=cfg.seed,
                                progress=lambda f, m: progress(0.05 * f, m))
         self.neighbor_stats = dict(getattr(graph, "stats", {}) or {})
         self.neighbor_stats.setdefault("anchors_with_positive", int(graph.has_positive().sum()))
-        sampler = TripletSampler(graph, profiles.negative_mask, seed=cfg.seed)
+        del X_mine
+        # "neutral": no well is treated as a control, so no control is pulled onto the others.
+        triplet_controls = profiles.negative_mask if cfg.triplet_controls == "paper" else \
+            np.zeros(profiles.n_wells, dtype=bool)
+        sampler = TripletSampler(graph, triplet_controls, seed=cfg.seed)
         n_anchor = len(sampler.anchors()) if hasattr(sampler, "anchors") else int(graph.has_positive().sum())
         self.neighbor_stats["triplet_anchors"] = n_anchor
         if not n_anchor:
@@ -344,7 +396,7 @@ class CpDistiller:
         self.timings["fit_s"] = time.perf_counter() - t_start
         self.train_info = {"steps": result.steps, "device": result.device, "amp_dtype": result.amp_dtype,
                            "n_wells": profiles.n_wells, "n_features": len(self.features),
-                           "sphered": self.input_transform.whiten is not None,
+                           "sphered": self.input_transform.whitening is not None,
                            "adversary_wells": self.adversary_wells,
                            "position_confounding": _confounding(profiles, effects),
                            "warm_start": None if warm_start is None else str(warm_start)}
@@ -516,7 +568,7 @@ class CpDistiller:
         except (RuntimeError, KeyError) as exc:
             raise CpDistillerError(f"{w_path}: weights do not match {meta_path} ({exc}).") from None
         self.input_transform = InputTransform.from_tensors(state["input_transform"])
-        if self.input_transform.mean.shape[0] != len(self.features) and self.input_transform.whiten is None:
+        if self.input_transform.mean.shape[0] != len(self.features):
             raise CpDistillerError(f"{w_path}: input transform does not match the feature list.")
         self.module.eval().to(self.device)
         return self

@@ -21,6 +21,8 @@ _EFFECT_ALIASES = {"batch": "batch", "row": "row", "column": "column", "col": "c
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPHERING = ("none", "negcon", "auto")
 ADVERSARY_WELLS = ("all", "negcon", "auto")
+TRIPLET_CONTROLS = ("paper", "neutral")
+NEIGHBOR_SPACES = ("input", "unsphered")
 
 
 @dataclass
@@ -46,6 +48,14 @@ class CpDistillerConfig:
     k_mnn: int = 5                   # MNN across levels of an effect
     neighbor_pcs: int = 50
     neighbor_combine: str = "intersection"
+    # Space the KNN/MNN pairs are mined in: "input" = the model input (sphered when sphering is on);
+    # "unsphered" = the per-feature z-scored profiles before any sphering.
+    neighbor_space: str = "input"
+    # How negative controls enter the triplets. "paper" (reference code): a control's positive is any
+    # other control and a treated well's negative is a control, which pulls every control to one point
+    # and pushes all treatments away from it. "neutral": controls are wells like any other (positives
+    # from the mined neighbours, negatives drawn at random outside the anchor's positive set).
+    triplet_controls: str = "paper"
     # Gradients through the positive/negative wells of a triplet too (paper). False: they are encoded
     # without gradient (targets), ~40% less compute per step; every well is still an anchor each epoch.
     pair_gradients: bool = True
@@ -118,6 +128,8 @@ class CpDistillerConfig:
             (self.sphering_regularization >= 0, "sphering_regularization must be >= 0"),
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.neighbor_combine in ("intersection", "union"), "neighbor_combine must be intersection or union"),
+            (self.neighbor_space in NEIGHBOR_SPACES, f"neighbor_space must be one of {NEIGHBOR_SPACES}"),
+            (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]
         bad = [msg for ok, msg in checks if not ok]

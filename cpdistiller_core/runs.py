@@ -31,7 +31,7 @@ import pandas as pd
 
 from .api import CpDistiller, package_versions
 from .config import CpDistillerConfig, parse_effects
-from .errors import CpDistillerError
+from .errors import CpDistillerError, CpDistillerWarning
 from .paths import atomic_write_text
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
@@ -39,6 +39,7 @@ from .progress import ProgressCallback, no_progress
 CONFIG_FILE, PROGRESS_FILE, REPORT_FILE = "config.json", "progress.json", "report.json"
 TRAIN_LOG_FILE, EMBEDDING_FILE, MODEL_DIR = "train_log.csv", "embedding.parquet", "model"
 PREPROCESS_FILE = "preprocess.json"
+VERDICT_FILE = "verdict.json"
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
 
 
@@ -186,6 +187,7 @@ def run_correction(input_profiles: Profiles | str | Path | Sequence[str | Path],
 
             write_profiles(emb, run_dir / EMBEDDING_FILE)
             report["timings"]["transform_write_s"] = round(time.perf_counter() - t, 3)
+            report["verdict"] = _write_verdict(run_dir, emb, profiles, writer)
         report.update(status=FINISHED, effects=list(model.effects), device=str(model.device),
                       train=model.train_info, neighbors=model.neighbor_stats,
                       final_epoch=model.history[-1] if model.history else None,
@@ -207,6 +209,18 @@ def run_correction(input_profiles: Profiles | str | Path | Sequence[str | Path],
         atomic_write_text(run_dir / REPORT_FILE, _dump(report))
         writer.write(force=True)
     return run_dir
+
+
+def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _RunWriter) -> dict[str, Any]:
+    """Score "did it help?" (``verdict.did_it_help``), save it and warn about every check that is not good."""
+    from .verdict import did_it_help
+
+    writer.stage("did it help? comparing with the uncorrected profiles", 0.98)
+    verdict = did_it_help(emb, profiles)
+    atomic_write_text(run_dir / VERDICT_FILE, verdict.to_json())
+    for check in verdict.problems():
+        warnings.warn(f"did it help? {check.name}: {check.sentence}", CpDistillerWarning, stacklevel=2)
+    return {"status": verdict.status, "problems": [c.name for c in verdict.problems()]}
 
 
 def _describe_input(x: Any) -> Any:
@@ -246,6 +260,13 @@ class Run:
             emb = Embedding(meta=emb.meta, X=emb.X, features=emb.features, roles=emb.roles, source=emb.source,
                             method="cpDistiller", provenance={"run_dir": str(self.path)})
         return emb
+
+    def verdict(self) -> Any:
+        """The run's "did it help?" verdict (``verdict.Verdict``), or None for runs without one."""
+        from .verdict import Verdict
+
+        data = _read_json(self.path / VERDICT_FILE)
+        return Verdict.from_dict(data) if data else None
 
     def model(self, device: str | None = None) -> CpDistiller:
         return CpDistiller.load(self.path / MODEL_DIR, device=device)

@@ -80,17 +80,22 @@ def seed_everything(seed: int) -> None:
 
 # ----- EMA -----------------------------------------------------------------------------------------
 class EMA:
-    """Exponential moving average of the floating-point parameters and buffers of some modules."""
+    """Exponential moving average of the floating-point parameters of some modules.
+
+    Buffers are state, not weights (the Gumbel temperature reached in training): they are copied,
+    so the final model uses the final temperature rather than an average over the schedule.
+    """
 
     def __init__(self, modules: list[nn.Module]) -> None:
         self.modules = modules
         self.shadow = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+        self.averaged = [{k for k, p in m.named_parameters() if p.dtype.is_floating_point} for m in modules]
 
     @torch.no_grad()
     def update(self, decay: float) -> None:
-        for m, shadow in zip(self.modules, self.shadow):
+        for m, shadow, averaged in zip(self.modules, self.shadow, self.averaged):
             for k, v in m.state_dict().items():
-                if v.dtype.is_floating_point:
+                if k in averaged:
                     shadow[k].mul_(decay).add_(v.detach(), alpha=1.0 - decay)
                 else:
                     shadow[k].copy_(v)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from engine_screens import small_screen
 
-from cpdistiller_core.api import MODEL_FILE, WEIGHTS_FILE, CpDistiller, InputTransform
+from cpdistiller_core.api import MODEL_FILE, WEIGHTS_FILE, CpDistiller, InputTransform, ZCAWhitening
 from cpdistiller_core.config import CpDistillerConfig, parse_effects
 from cpdistiller_core.errors import CpDistillerError, CpDistillerWarning
 from cpdistiller_core.profiles import Embedding, Profiles
@@ -128,7 +128,7 @@ def test_bad_inputs_give_clear_errors(screen):
 def test_negcon_sphering_whitens_controls(screen):
     t = InputTransform.fit(screen.X, screen.negative_mask, "negcon", 1e-6)
     neg = t.apply(screen.X[screen.negative_mask])
-    assert t.whiten is not None and t.whiten.shape == (20, 20)
+    assert t.whitening is not None and t.whitening.basis.shape[0] == 20
     # Whitened controls: near-identity covariance up to the final per-feature scaling.
     cov = np.cov(neg * t.std, rowvar=False)
     np.testing.assert_allclose(cov, np.eye(20), atol=0.05)
@@ -161,7 +161,7 @@ def test_image_features_join_on_plate_and_well(screen):
 
 def test_auto_sphering_uses_controls_when_there_are_enough(screen):
     m = CpDistiller(TINY.replace(sphering="auto", epochs=1)).fit(screen, effects="row,column")
-    assert m.train_info["sphered"] and m.input_transform.whiten is not None
+    assert m.train_info["sphered"] and m.input_transform.whitening is not None
     no_controls = small_screen(n_plates=2, n_features=20, with_controls=False)
     with pytest.warns(CpDistillerWarning, match="not sphered"):
         m2 = CpDistiller(TINY.replace(sphering="auto", epochs=1)).fit(no_controls, effects="row,column")
@@ -184,3 +184,27 @@ def test_auto_adversary_wells_uses_controls_when_they_span_the_effects(screen):
         CpDistiller(TINY.replace(epochs=1, adversary_wells="negcon")).fit(one_col, effects="row,column")
     paper = CpDistiller(TINY.replace(epochs=1, adversary_wells="all")).fit(screen, effects="row,column")
     assert paper.adversary_wells == "all"
+
+
+@pytest.mark.parametrize("n_controls", [12, 60])
+def test_span_whitening_equals_full_zca(n_controls):
+    """The span-of-controls ZCA equals the full d x d ZCA (fewer and more controls than features)."""
+    rng = np.random.default_rng(0)
+    d = 30
+    Xn = rng.normal(size=(n_controls, d)) @ rng.normal(size=(d, d))
+    C = Xn - Xn.mean(axis=0)
+    evals, evecs = np.linalg.eigh(np.cov(C, rowvar=False))
+    evals = np.clip(evals, 0.0, None)
+    ridge = 1e-2 * evals.mean()
+    W = (evecs / np.sqrt(evals + ridge)) @ evecs.T
+    Y = rng.normal(size=(7, d))
+    w = ZCAWhitening.fit(C, 1e-2)
+    np.testing.assert_allclose(w.apply(Y), Y @ W, rtol=1e-3, atol=1e-3)
+    assert w.basis.shape == (d, min(n_controls, d))
+    # models saved with the full matrix load into the same transform
+    np.testing.assert_allclose(ZCAWhitening.from_matrix(W).apply(Y), Y @ W, rtol=1e-3, atol=1e-3)
+
+
+def test_ema_keeps_the_final_temperature(screen):
+    m = CpDistiller(TINY.replace(epochs=20, temperature_decay=0.1, temperature_min=0.2)).fit(screen, effects="row")
+    assert float(m.module.gmvae.temperature) == pytest.approx(max(np.exp(-0.1 * 19), 0.2))

@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {run_dir}: {r.report['output']['wells']} wells x {r.report['output']['dimensions']} dimensions "
           f"in {r.report['timings']['total_s']:.0f} s on {r.report['device']}"
           + (f" (final discriminator accuracy: {acc})" if acc else ""), file=sys.stderr)
+    verdict = r.verdict()
+    if verdict is not None:
+        print(verdict.format(), file=sys.stderr)
     return 0
 
 

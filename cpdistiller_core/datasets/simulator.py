@@ -205,25 +205,28 @@ def _library(F: np.ndarray, programs: list[str], rng: np.random.Generator, effec
     return table, np.asarray(effects), np.asarray(counts)
 
 
-def _plate_map(table: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+def _plate_map(table: pd.DataFrame, rng: np.random.Generator, negcon_fraction: float | None = None,
+               layout_index: int = 0) -> np.ndarray:
     """Perturbation index for each of the 384 wells (row-major): negative controls spread over the
     whole plate (one per 4x3 block, edges included) plus any spare wells, positive controls and
-    ``REPLICATES`` wells per treatment at random positions."""
+    ``REPLICATES`` wells per treatment at random positions.
+
+    ``negcon_fraction``: share of the plate given to negative controls (default: whatever the library
+    leaves free, ~10 %). When the treatments then do not all fit, each plate map carries a different
+    slice of the library (``layout_index`` picks it), ``REPLICATES`` wells each; spare wells get
+    extra replicates of that slice."""
     pert_type = table["pert_type"].to_numpy()
     trt = np.flatnonzero(pert_type == "trt")
     pos = np.flatnonzero(pert_type == "poscon")
     neg = np.flatnonzero(pert_type == "negcon")
     n_wells = N_ROWS * N_COLS
+    if negcon_fraction is not None:
+        return _plate_map_fraction(trt, pos, neg, negcon_fraction, layout_index, rng)
     free = n_wells - len(trt) * REPLICATES - POSCON_WELLS
     if free < 32:
         raise CpDistillerError("the demo library does not fit a 384-well plate.")
     out = np.full(n_wells, -1)
-    block_neg = []
-    for br in range(0, N_ROWS, 4):
-        for bc in range(0, N_COLS, 3):
-            r, c = br + rng.integers(4), bc + rng.integers(3)
-            block_neg.append(r * N_COLS + c)
-    block_neg = np.array(block_neg)
+    block_neg = _block_wells(rng)
     rest = np.setdiff1d(np.arange(n_wells), block_neg)
     rng.shuffle(rest)
     extra = rest[: free - len(block_neg)]
@@ -232,6 +235,42 @@ def _plate_map(table: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
     rest = rest[free - len(block_neg):]
     out[rest[:POSCON_WELLS]] = pos[np.arange(POSCON_WELLS) % len(pos)]
     treatments = np.repeat(trt, REPLICATES)
+    rng.shuffle(treatments)
+    out[rest[POSCON_WELLS:]] = treatments
+    return out
+
+
+def _block_wells(rng: np.random.Generator) -> np.ndarray:
+    """One random well in each 4 x 3 block of the plate (32 wells covering it evenly)."""
+    wells = []
+    for br in range(0, N_ROWS, 4):
+        for bc in range(0, N_COLS, 3):
+            wells.append((br + rng.integers(4)) * N_COLS + bc + rng.integers(3))
+    return np.array(wells)
+
+
+def _plate_map_fraction(trt: np.ndarray, pos: np.ndarray, neg: np.ndarray, fraction: float,
+                        layout_index: int, rng: np.random.Generator) -> np.ndarray:
+    """A plate map with ``fraction`` of the wells as negative controls (see ``_plate_map``)."""
+    n_wells = N_ROWS * N_COLS
+    n_neg = int(round(fraction * n_wells))
+    n_trt_wells = n_wells - n_neg - POSCON_WELLS
+    if not 0.01 <= fraction <= 0.8 or n_trt_wells < REPLICATES:
+        raise CpDistillerError(f"negcon_fraction must leave room for treatments (got {fraction}).")
+    block = _block_wells(rng)
+    if n_neg <= len(block):
+        negs = rng.choice(block, n_neg, replace=False)
+    else:
+        others = rng.permutation(np.setdiff1d(np.arange(n_wells), block))
+        negs = np.concatenate([block, others[: n_neg - len(block)]])
+    out = np.full(n_wells, -1)
+    out[negs] = neg[np.arange(n_neg) % len(neg)]
+    rest = rng.permutation(np.flatnonzero(out < 0))
+    out[rest[:POSCON_WELLS]] = pos[np.arange(POSCON_WELLS) % len(pos)]
+    n_fit = min(len(trt), n_trt_wells // REPLICATES)
+    start = (layout_index * n_fit) % len(trt)
+    chosen = trt[(start + np.arange(n_fit)) % len(trt)]
+    treatments = np.resize(np.repeat(chosen, REPLICATES), n_trt_wells)
     rng.shuffle(treatments)
     out[rest[POSCON_WELLS:]] = treatments
     return out
@@ -258,7 +297,8 @@ def _direction(F: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 4, n_features: int = 300,
                      n_layouts: int | None = None, effect_size: float = 3.0, row_effect: float = 0.8,
                      column_effect: float = 0.8, edge_effect: float = 0.8, batch_effect: float = 1.0,
-                     plate_effect: float = 0.35, noise: float = 1.0) -> DemoScreen:
+                     plate_effect: float = 0.35, noise: float = 1.0,
+                     negcon_fraction: float | None = None) -> DemoScreen:
     """Simulate the demo screen (deterministic by ``seed``).
 
     Sizes: ``n_batches`` x ``plates_per_batch`` 384-well plates, ``n_features`` CellProfiler features.
@@ -266,7 +306,9 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     in different batches share a map). Effect arguments scale each component (in noise-SD units; 0
     switches it off): ``effect_size`` the biology, ``row_effect``/``column_effect`` the gradients,
     ``edge_effect`` the outer ring, ``batch_effect`` the batch shift and scale, ``plate_effect`` the
-    plate offsets.
+    plate offsets. ``negcon_fraction`` sets the share of negative-control wells per plate (default
+    ~10 %, what the library leaves free); ``n_layouts=1`` locks every perturbation to one position
+    on every plate.
     """
     if n_batches < 1 or plates_per_batch < 1:
         raise CpDistillerError("the demo screen needs at least one batch and one plate per batch.")
@@ -279,7 +321,7 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     p = len(feats)
     F, programs = _program_loadings(feats, rng)
     table, effects, count_effects = _library(F, programs, rng, effect_size)
-    layouts = [_plate_map(table, rng) for _ in range(n_layouts)]
+    layouts = [_plate_map(table, rng, negcon_fraction, i) for i in range(n_layouts)]
     n_wells = N_ROWS * N_COLS
     well_row = np.repeat(np.arange(N_ROWS), N_COLS)
     well_col = np.tile(np.arange(N_COLS), N_ROWS)
@@ -352,7 +394,7 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     params = {"seed": seed, "n_batches": n_batches, "plates_per_batch": plates_per_batch,
               "n_features": p, "n_layouts": n_layouts, "effect_size": effect_size, "row_effect": row_effect,
               "column_effect": column_effect, "edge_effect": edge_effect, "batch_effect": batch_effect,
-              "plate_effect": plate_effect, "noise": noise}
+              "plate_effect": plate_effect, "noise": noise, "negcon_fraction": negcon_fraction}
     return DemoScreen(profiles=profiles, truth=truth, gene_sets=gene_sets(), perturbations=table,
                       features=feats, params=params)
 

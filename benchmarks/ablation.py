@@ -1,0 +1,171 @@
+"""Where does the biology go? Ablation of cpDistiller's settings against uncorrected and sphering.
+
+    .venv/bin/python benchmarks/ablation.py [--only demo,cell_injury] [--seeds 0,1,2]
+                                            [--variants default,paper,...] [--out benchmarks/results/ablation.csv]
+
+Each data set is loaded and preprocessed once (the same column mappings as ``run_benchmarks.py``),
+then scored for: the uncorrected PCA, negative-control sphering, and cpDistiller with each variant
+(a named set of ``CpDistillerConfig`` overrides, below). Every row is scored on several measures at
+once, never one number: the field-standard scorecard (``metrics.evaluate``: technical / biological /
+overall), neighbour preservation among treatment wells against the uncorrected profiles, control
+collapse, replicate mAP, annotation consistency, and the retrieval measures each data set supports
+(gene–compound and sister fraction retrieved, kNN overlap with the simulator's truth).
+
+Rows are appended to ``--out`` as they finish, so a long run can be read (and resumed) while it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from run_benchmarks import DATASETS  # noqa: E402
+
+from cpdistiller_core import baselines, metrics  # noqa: E402
+from cpdistiller_core.benchmark import run_cpdistiller  # noqa: E402
+from cpdistiller_core.cli import build_parser  # noqa: E402
+from cpdistiller_core.cli.evaluate import _eval_config, _load_benchmark_data, _pairs  # noqa: E402
+from cpdistiller_core.datasets import make_demo_screen  # noqa: E402
+from cpdistiller_core.preprocess import PreprocessConfig, preprocess  # noqa: E402
+
+DATA = Path(os.environ.get("CPDISTILLER_SHARED_DATA", REPO.parent / "shared" / "data"))
+PAPER = {"sphering": "none", "adversary_wells": "all", "min_steps": 0}
+
+# name -> CpDistillerConfig overrides. "default" is whatever config.py says today.
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "paper": PAPER,
+    "paper+neutral": {**PAPER, "triplet_controls": "neutral"},
+    "neutral": {"triplet_controls": "neutral"},
+    "no_triplet": {"w_con_per_feature": 0.0},
+    "triplet/10": {"w_con_per_feature": 1 / 350},
+    "dis/10": {"w_dis_per_feature": 1 / 350},
+    "ridge1": {"sphering_regularization": 1.0},
+    "ridge0.1": {"sphering_regularization": 0.1},
+    "no_sphering": {"sphering": "none"},
+    "unsphered_mining": {"neighbor_space": "unsphered"},
+    "all_wells_adv": {"adversary_wells": "all"},
+    "min_steps0": {"min_steps": 0},
+    "latent16": {"latent_dim": 16},
+    "margin1": {"triplet_margin": 1.0},
+}
+
+
+# The simulator grid: one knob at a time around the demo's settings (10 % controls, 3 batches,
+# position effects x1, random layouts). "locked" puts every perturbation at one position on every plate.
+SIM_GRID: dict[str, dict] = {
+    "sim/base": {},
+    "sim/negcon5": {"negcon_fraction": 0.05},
+    "sim/negcon25": {"negcon_fraction": 0.25},
+    "sim/negcon50": {"negcon_fraction": 0.5},
+    "sim/batches1": {"n_batches": 1, "plates_per_batch": 12},
+    "sim/batches6": {"n_batches": 6, "plates_per_batch": 2},
+    "sim/position0.5": {"row_effect": 0.4, "column_effect": 0.4, "edge_effect": 0.4},
+    "sim/position3": {"row_effect": 2.4, "column_effect": 2.4, "edge_effect": 2.4},
+    "sim/locked": {"n_layouts": 1},
+    "sim/locked_position3": {"n_layouts": 1, "row_effect": 2.4, "column_effect": 2.4, "edge_effect": 2.4},
+}
+
+
+def load(name: str, args: argparse.Namespace, demo: dict | None = None):
+    """(preprocessed profiles, truth or None, pairs dict, eval config) for one data set."""
+    if name.startswith("sim"):
+        screen = make_demo_screen(seed=1, **{**SIM_GRID.get(name, {}), **(demo or {})})
+        profiles, truth = screen.profiles, screen.truth
+        if args.write_truth:
+            from cpdistiller_core.io import write_profiles
+
+            folder = args.write_truth / name.replace("/", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            write_profiles(profiles, folder / "profiles.parquet")
+            write_profiles(truth, folder / "truth.parquet")
+            (folder / "params.json").write_text(json.dumps(screen.params, indent=1))
+        cli = ["benchmark", "demo", "--out", "/tmp/x", "--null-size", str(args.null_size),
+               "--gene-col", "Metadata_Symbol", "--target-col", "Metadata_target"]
+        ns = build_parser().parse_args(cli)
+    else:
+        inputs, extra, _ = DATASETS[name]
+        paths = inputs if inputs == ["demo"] else [str(DATA / p) for p in inputs]
+        ns = build_parser().parse_args(["benchmark", *paths, "--out", "/tmp/x", "--null-size",
+                                        str(args.null_size), *extra])
+        profiles, truth, _ = _load_benchmark_data(ns)
+    cfg = PreprocessConfig(normalize=None) if ns.no_normalize else PreprocessConfig()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profiles, _ = preprocess(profiles, cfg)
+    return profiles, truth, _pairs(ns, profiles), _eval_config(ns)
+
+
+def score(emb, reference, truth, pairs, eval_cfg) -> dict:
+    card = metrics.evaluate(emb, method="m", truth=truth, pairs=pairs, config=eval_cfg)
+    wide = card.wide().iloc[0].to_dict()
+    row = {k: wide.get(k) for k in ("technical", "biological", "overall", "activity_map", "consistency_map",
+                                    "variance[row]", "variance[column]", "variance[batch]")}
+    row.update({k: v for k, v in wide.items() if k.startswith(("fraction_retrieved", "knn_overlap"))})
+    for key, fn in (("neighbor_preservation", lambda: metrics.neighbor_preservation(emb, reference)),
+                    ("control_collapse", lambda: metrics.control_collapse(emb))):
+        try:
+            row[key] = fn()[0]
+        except metrics.MetricUnavailable:
+            row[key] = np.nan
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="demo,cell_injury,cmqtl_crispri,varchamp_b14,lincs_a549",
+                    help="data sets: " + ", ".join([*DATASETS, *SIM_GRID]) + "; 'grid' = every sim/ setting")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--null-size", type=int, default=2000)
+    ap.add_argument("--sim", default="{}", help="JSON of make_demo_screen arguments for data set 'sim'")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablation.csv")
+    ap.add_argument("--write-truth", type=Path, help="folder: each simulator setting writes its profiles, "
+                                                     "truth and parameters there")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame(columns=["data", "method", "seed"])
+    have = set(zip(done["data"], done["method"], done["seed"].astype(int)))
+    names = [n for item in args.only.split(",") for n in (SIM_GRID if item == "grid" else [item])]
+    for name in names:
+        sim = json.loads(args.sim) if name.startswith("sim") else None
+        profiles, truth, pairs, eval_cfg = load(name, args, sim)
+        reference = baselines.uncorrected(profiles)
+        jobs = [("uncorrected", 0, None), ("sphering", 0, None)]
+        jobs += [(f"cpDistiller[{v}]", s, VARIANTS[v]) for v in variants for s in seeds]
+        for method, seed, overrides in jobs:
+            if (name, method, seed) in have:
+                continue
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if overrides is not None:
+                    emb = run_cpdistiller(profiles, ("batch", "row", "column"), seed=seed, epochs=args.epochs,
+                                          **overrides)
+                else:
+                    emb = reference if method == "uncorrected" else baselines.sphering(profiles)
+                row = {"data": name, "method": method, "seed": seed, **score(emb, reference, truth, pairs, eval_cfg)}
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+            out = pd.concat([pd.read_csv(args.out), pd.DataFrame([row])]) if args.out.exists() else pd.DataFrame([row])
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            out.to_csv(args.out, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+""""Did it help?": a corrected embedding against the uncorrected profiles on cheap measures.
+
+Every run writes one (``verdict.json``) and the CLI, the Python API and the dashboard show it. Each
+check compares the embedding with the uncorrected input (PCA-50 of the same preprocessed
+profiles) and gets a status — ``good``, ``warn`` or ``bad`` — and one sentence a biologist can act
+on. The measures are the fast ones of ``metrics`` (copairs with a small null; kNN among treatment
+wells), so a verdict costs seconds, not the full scorecard (``cpdistiller evaluate``).
+
+| check | measure | bad when |
+|---|---|---|
+| replicates | replicate-vs-control mAP (replicates in different wells) | below uncorrected by > 0.10 |
+| relations | annotation consistency mAP (perturbations sharing a gene/MoA) | below uncorrected by > 0.10 |
+| neighbours | kNN overlap of treatment wells with the uncorrected profiles | < 0.10 (near random) |
+| controls | control spread relative to replicate spread (``control_collapse``) | < 0.5 x uncorrected |
+| row / column / batch | 1 - variance explained by the effect among negative controls | (never bad; warn when not improved) |
+
+A ``warn`` threshold sits halfway (0.02 for the mAPs, 0.8 x for controls, 0.25 for neighbours).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .profiles import Embedding, Profiles
+
+STATUSES = ("good", "warn", "bad")
+
+
+@dataclass
+class Check:
+    """One measure, corrected vs uncorrected, with its status and the sentence shown to the user."""
+
+    name: str
+    measure: str
+    corrected: float | None
+    uncorrected: float | None
+    status: str
+    sentence: str
+
+
+@dataclass
+class Verdict:
+    """The checks of one embedding; ``status`` is the worst of them."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        worst = max((STATUSES.index(c.status) for c in self.checks), default=0)
+        return STATUSES[worst]
+
+    def problems(self) -> list[Check]:
+        """Checks that are not good, worst first."""
+        return sorted((c for c in self.checks if c.status != "good"), key=lambda c: -STATUSES.index(c.status))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "checks": [asdict(c) for c in self.checks]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        return cls([Check(**c) for c in d.get("checks", [])])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def format(self) -> str:
+        """Plain-text table for the terminal."""
+        lines = [f"Did it help? {self.status.upper()}",
+                 f"  {'check':<11} {'corrected':>9} {'uncorrected':>11}  status"]
+        for c in self.checks:
+            lines.append(f"  {c.name:<11} {_fmt(c.corrected):>9} {_fmt(c.uncorrected):>11}  {c.status:<5} "
+                         f"{c.sentence}")
+        return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _try(fn: Any) -> float | None:
+    try:
+        value = fn()
+    except metrics.MetricUnavailable:
+        return None
+    value = value[0] if isinstance(value, tuple) else value
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _map_check(name: str, measure: str, corrected: float | None, uncorrected: float | None,
+               what: str) -> Check | None:
+    if corrected is None or uncorrected is None:
+        return None
+    diff = corrected - uncorrected
+    if diff < -0.10:
+        status, sentence = "bad", f"{what} clearly less than before correction: the correction removed biology."
+    elif diff < -0.02:
+        status, sentence = "warn", f"{what} a little less than before correction."
+    else:
+        status, sentence = "good", f"{what} at least as well as before correction."
+    return Check(name, measure, corrected, uncorrected, status, sentence)
+
+
+def _mean_map(fn: Any) -> float | None:
+    return _try(lambda: float(fn()["mean_average_precision"].mean()))
+
+
+def did_it_help(embedding: Embedding, profiles: Profiles, *, uncorrected: Embedding | None = None,
+                null_size: int = 1000, seed: int = 0) -> Verdict:
+    """Compare ``embedding`` with the uncorrected ``profiles`` on the cheap "did it help?" measures.
+
+    Parameters
+    ----------
+    embedding
+        The corrected embedding (wells in the same order as ``profiles``, or matched by plate + well).
+    profiles
+        The preprocessed profiles the embedding was computed from.
+    uncorrected
+        Their uncorrected embedding; default PCA-50 of ``profiles`` (``baselines.uncorrected``).
+    null_size, seed
+        copairs null size and seed for the mAP measures.
+
+    Returns
+    -------
+    Verdict
+        One :class:`Check` per measure the data allow (missing roles skip a check).
+
+    Examples
+    --------
+    >>> from cpdistiller_core.datasets import make_demo_screen
+    >>> from cpdistiller_core import baselines, preprocess
+    >>> profiles, _ = preprocess.preprocess(make_demo_screen().profiles)
+    >>> did_it_help(baselines.sphering(profiles), profiles).status in ("good", "warn", "bad")
+    True
+    """
+    from . import baselines
+
+    ref = uncorrected if uncorrected is not None else baselines.uncorrected(profiles)
+    checks: list[Check | None] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        act = [_mean_map(lambda e=e: metrics.phenotypic_activity(e, null_size=null_size, seed=seed))
+               for e in (embedding, ref)]
+        checks.append(_map_check("replicates", "replicate-vs-control mAP", *act,
+                                 "Replicate wells of a perturbation find each other"))
+        if embedding.roles.annotation:
+            con = [_mean_map(lambda e=e: metrics.phenotypic_consistency(e, null_size=null_size, seed=seed))
+                   for e in (embedding, ref)]
+            checks.append(_map_check("relations", "annotation consistency mAP", *con,
+                                     "Perturbations that share an annotation "
+                                     f"({embedding.roles.annotation}) find each other"))
+        checks.append(_neighbour_check(_try(lambda: metrics.neighbor_preservation(embedding, ref))))
+        checks.append(_collapse_check(_try(lambda: metrics.control_collapse(embedding)),
+                                      _try(lambda: metrics.control_collapse(ref))))
+        for effect in ("row", "column", "batch"):
+            checks.append(_technical_check(effect, embedding, ref))
+    return Verdict([c for c in checks if c is not None])
+
+
+def _neighbour_check(value: float | None) -> Check | None:
+    if value is None:
+        return None
+    if value < 0.10:
+        status, sentence = "bad", ("Treatment wells lost almost all of their nearest neighbours (near a random "
+                                   "embedding): clusters and similarity searches will not match the data.")
+    elif value < 0.25:
+        status, sentence = "warn", ("Most treatment wells changed their nearest neighbours: check that known "
+                                    "similar perturbations still group.")
+    else:
+        status, sentence = "good", "Treatment wells keep much of their neighbourhood structure."
+    return Check("neighbours", "kNN overlap with uncorrected (treatments, k=15)", value, 1.0, status, sentence)
+
+
+def _collapse_check(corrected: float | None, uncorrected: float | None) -> Check | None:
+    if corrected is None or uncorrected is None:
+        return None
+    ratio = corrected / max(uncorrected, 1e-12)
+    if ratio < 0.5:
+        status, sentence = "bad", ("Negative controls collapsed onto each other: every treatment now looks "
+                                   "'active', so replicate mAP overstates what the correction achieved.")
+    elif ratio < 0.8:
+        status, sentence = "warn", "Negative controls are noticeably tighter than before correction."
+    else:
+        status, sentence = "good", "Negative controls keep their natural spread."
+    return Check("controls", "control spread / replicate spread", corrected, uncorrected, status, sentence)
+
+
+def _technical_check(effect: str, embedding: Embedding, ref: Embedding) -> Check | None:
+    values = [_try(lambda e=e: metrics.variance_explained_score(e, effect)) for e in (embedding, ref)]
+    if None in values:
+        return None
+    corrected, uncorrected = values
+    removed = 1.0 - corrected
+    if corrected + 1e-3 >= uncorrected:
+        status = "good"
+        sentence = f"{effect.capitalize()} explains {removed:.0%} of the negative controls' variation " \
+                   f"(before: {1.0 - uncorrected:.0%})."
+    else:
+        status = "warn"
+        sentence = f"{effect.capitalize()} explains more of the controls' variation than before " \
+                   f"({removed:.0%} vs {1.0 - uncorrected:.0%}): the effect was not removed."
+    return Check(effect, f"1 - variance explained by {effect} (controls)", corrected, uncorrected, status,
+                 sentence)

@@ -1,0 +1,60 @@
+"""The "did it help?" verdict: constructed embeddings whose right answer is known."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from engine_screens import small_screen
+
+from cpdistiller_core import baselines
+from cpdistiller_core.profiles import Embedding, Profiles
+from cpdistiller_core.verdict import Verdict, did_it_help
+
+
+@pytest.fixture(scope="module")
+def screen():
+    p = small_screen(n_plates=4, n_features=24, seed=3)
+    meta = p.meta.assign(Metadata_moa=[f"moa{int(s[3:]) % 4}" if s.startswith("cpd") else None
+                                       for s in p.meta["Metadata_pert"]])
+    return Profiles(meta, p.X, p.features, dataclasses.replace(p.roles, annotation="Metadata_moa"), p.source)
+
+
+def _emb(screen, Z, method):
+    return Embedding.from_profiles(screen, Z.astype(np.float32), method=method)
+
+
+def test_uncorrected_against_itself_is_good_and_unchanged(screen):
+    ref = baselines.uncorrected(screen)
+    v = did_it_help(ref, screen, uncorrected=ref, null_size=200)
+    names = {c.name for c in v.checks}
+    assert {"replicates", "relations", "neighbours", "controls", "row", "column", "batch"} <= names
+    for c in v.checks:
+        assert c.status == "good", c
+        if c.name != "neighbours":
+            assert c.corrected == pytest.approx(c.uncorrected)
+    assert v.status == "good"
+
+
+def test_collapsed_controls_are_flagged(screen):
+    ref = baselines.uncorrected(screen)
+    Z = ref.X.copy()
+    neg = screen.negative_mask
+    Z[neg] = Z[neg].mean(axis=0) + 1e-3 * np.random.default_rng(0).normal(size=Z[neg].shape)
+    v = did_it_help(_emb(screen, Z, "collapsed"), screen, uncorrected=ref, null_size=200)
+    checks = {c.name: c for c in v.checks}
+    assert checks["controls"].status == "bad"
+    assert checks["replicates"].corrected > checks["replicates"].uncorrected  # the symptom it explains
+    assert v.status == "bad" and v.problems()[0].status == "bad"
+
+
+def test_random_embedding_loses_neighbours_and_relations(screen):
+    ref = baselines.uncorrected(screen)
+    Z = np.random.default_rng(1).normal(size=ref.X.shape)
+    v = did_it_help(_emb(screen, Z, "random"), screen, uncorrected=ref, null_size=200)
+    checks = {c.name: c for c in v.checks}
+    assert checks["neighbours"].status == "bad"
+    assert checks["replicates"].status == "bad"
+    assert Verdict.from_dict(v.to_dict()).to_dict() == v.to_dict()
+    assert "BAD" in v.format()
