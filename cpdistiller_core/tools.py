@@ -83,7 +83,9 @@ def correct(data: anndata.AnnData | pd.DataFrame, effects: str | Sequence[str] =
     features, feature_regex : optional
         Which columns / variables are features (default: CellProfiler names; all of X for AnnData).
     summary : bool, default True
-        Compute the "did it help?" numbers (replicate mAP etc. against the uncorrected PCA).
+        Compute the "did it help?" verdict (``verdict.did_it_help``: replicate and annotation mAP,
+        neighbour preservation, control collapse, row/column/batch variance, each against the
+        uncorrected PCA-50); every check that is not good is also a warning.
     save_model : path, optional
         Save the fitted model and its preprocessing there (reuse with ``model=path``).
     progress : callable, optional
@@ -96,7 +98,7 @@ def correct(data: anndata.AnnData | pd.DataFrame, effects: str | Sequence[str] =
     -------
     anndata.AnnData or pandas.DataFrame
         AnnData (``data`` itself, or the copy): ``.obsm[key_added]``, ``.obs["cpdistiller_used"]``
-        and ``.uns["cpdistiller"]`` (settings, versions, roles, dropped wells, warnings, summary).
+        and ``.uns["cpdistiller"]`` (settings, versions, roles, dropped wells, warnings, ``did_it_help``).
         DataFrame (new): every metadata column, ``cpd_0…cpd_49`` and ``Metadata_cpdistiller_used``,
         same index as ``data``; the run information in ``.attrs["cpdistiller"]``.
 
@@ -176,7 +178,7 @@ def _run(data: Any, effects: str | Sequence[str], roles: Any, strict: bool, mode
             "config": fitted.config.to_dict(), "preprocess": _prep_info(prep_report, preprocess),
             "model": "applied a fitted model" if applied else "fitted here", "train": fitted.train_info, "versions": package_versions()}
     if summary:
-        info["summary"] = did_it_help(pp, emb, seed=fitted.config.seed)
+        info["did_it_help"] = _did_it_help(pp, emb, seed=fitted.config.seed)
     return _Result(Z, used, list(emb.features), info, list(profiles.features))
 
 
@@ -317,74 +319,15 @@ def _uns_safe(obj: Any) -> Any:
 
 
 # ----- did it help? ---------------------------------------------------------------------------------
-def did_it_help(profiles: Profiles, emb: Embedding, seed: int = 0, null_size: int = 1000) -> dict[str, Any]:
-    """Numbers that say whether the correction helped, each beside the uncorrected PCA-50.
+def _did_it_help(pp: Profiles, emb: Embedding, seed: int) -> dict[str, Any]:
+    """``verdict.did_it_help`` (the runs' verdict.json) as a dict keyed by check; a warning per problem."""
+    from .verdict import did_it_help
 
-    Replicate mAP (copairs phenotypic activity: a perturbation's replicate wells, in different well
-    positions, retrieved against negative controls), the fraction of perturbations retrieved
-    (FDR < 0.05), and where the installed metrics module has them, neighbour preservation and
-    control collapse. A metric that cannot be computed is listed under ``missing`` with the reason.
-
-    Parameters
-    ----------
-    profiles : Profiles
-        The preprocessed profiles the embedding was computed from.
-    emb : Embedding
-        The corrected embedding (same wells).
-    seed, null_size
-        For the mAP null distribution.
-
-    Returns
-    -------
-    dict
-        ``{metric: {"uncorrected": u, "cpdistiller": c, "change": c - u}, "missing": {...}}``.
-
-    Examples
-    --------
-    >>> s = did_it_help(preprocessed, embedding)                  # doctest: +SKIP
-    >>> s["replicate_map"]["change"]                              # doctest: +SKIP
-    0.07
-    """
-    from . import metrics
-    from .baselines import uncorrected
-
-    out: dict[str, Any] = {}
-    missing: dict[str, str] = {}
-    try:
-        ref = uncorrected(profiles, seed=seed)
-    except CpDistillerError as exc:
-        return {"missing": {"uncorrected": str(exc)}}
-    sides = {"uncorrected": ref, "cpdistiller": emb}
-
-    def both(name: str, fn: Any) -> None:
-        vals = {}
-        for side, e in sides.items():
-            try:
-                vals[side] = float(fn(e))
-            except metrics.MetricUnavailable as exc:
-                missing[name] = str(exc)
-                return
-        vals["change"] = vals["cpdistiller"] - vals["uncorrected"]
-        out[name] = vals
-
-    cache: dict[str, pd.DataFrame] = {}
-
-    def activity(e: Embedding) -> pd.DataFrame:
-        if e.method not in cache:
-            cache[e.method] = metrics.phenotypic_activity(e, null_size=null_size, seed=seed)
-        return cache[e.method]
-
-    both("replicate_map", lambda e: activity(e)["mean_average_precision"].mean())
-    both("replicate_fraction_retrieved", lambda e: activity(e)["below_corrected_p"].mean())
-    collapse = getattr(metrics, "control_collapse", None)
-    if collapse is not None:
-        both("control_collapse", lambda e: collapse(e)[0])
-    preservation = getattr(metrics, "neighbor_preservation", None)
-    if preservation is not None:
-        both("neighbor_preservation", lambda e: preservation(e, profiles)[0])
-    if missing:
-        out["missing"] = missing
-    return out
+    verdict = did_it_help(emb, pp, seed=seed)
+    for check in verdict.problems():
+        warnings.warn(f"did it help? {check.name}: {check.sentence}", CpDistillerWarning, stacklevel=4)
+    checks = {c["name"]: {k: v for k, v in c.items() if k != "name"} for c in verdict.to_dict()["checks"]}
+    return {"status": verdict.status, "checks": checks}
 
 
 # ----- evaluate ------------------------------------------------------------------------------------

@@ -169,8 +169,13 @@ def test_correct_anndata_in_place_with_nan_rows_for_dropped_wells(corrected) -> 
     assert info["versions"]["cpdistiller"] == cpd.__version__ and "torch" in info["versions"]
     assert info["config"]["epochs"] == 1
     assert any("dropped 1 well" in w for w in info["warnings"]) and any("dropped 1 well" in w for w in caught)
-    s = info["summary"]["replicate_map"]
-    assert 0 <= s["uncorrected"] <= 1 and s["change"] == pytest.approx(s["cpdistiller"] - s["uncorrected"])
+    verdict = info["did_it_help"]
+    assert verdict["status"] in ("good", "warn", "bad")
+    rep = verdict["checks"]["replicates"]
+    assert 0 <= rep["uncorrected"] <= 1 and 0 <= rep["corrected"] <= 1 and rep["status"] in ("good", "warn", "bad")
+    assert {"neighbours", "controls", "row", "column"} <= set(verdict["checks"])
+    problems = [n for n, c in verdict["checks"].items() if c["status"] != "good"]
+    assert all(any(f"did it help? {n}:" in w for w in caught) for n in problems)
 
 
 def test_corrected_anndata_round_trips_through_h5ad(corrected, tmp_path: Path) -> None:
