@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+__version__ = "0.1.0"  # before the imports: submodules read it
+
 from .config import CpDistillerConfig
 from .errors import CpDistillerError, CpDistillerWarning
 from .io import read_profiles, write_profiles
 from .preprocess import PreprocessConfig, PreprocessReport, preprocess
 from .profiles import CONTROL_STATUSES, NEGATIVE, POSITIVE, TREATMENT, Embedding, Profiles, Roles
 from .tools import correct, evaluate
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CONTROL_STATUSES", "NEGATIVE", "POSITIVE", "TREATMENT",
