@@ -92,7 +92,7 @@ def correct(data: anndata.AnnData | pd.DataFrame, effects: str | Sequence[str] =
         ``progress(fraction, message)`` during training.
     **config
         :class:`~cpdistiller_core.config.CpDistillerConfig` settings, e.g. ``epochs=50``, ``seed=1``,
-        ``device="cpu"``.
+        ``device="cpu"``. Not together with ``model=`` (a model keeps its own settings).
 
     Returns
     -------
@@ -151,6 +151,9 @@ def _run(data: Any, effects: str | Sequence[str], roles: Any, strict: bool, mode
     profiles, load = read_profiles_with_report(
         data, roles, features=features, feature_regex=feature_regex,
         dtype=np.float64 if preprocess else np.float32)  # raw values keep full precision until normalised
+    if model is not None and config:
+        raise CpDistillerError(f"settings {sorted(config)} and model= together: a model keeps its own settings "
+                               "(give them to CpDistiller(...), or leave out model=).")
     fitted, prep = _resolve_model(model, preprocess)
     applied = fitted is not None
     if fitted is None:
@@ -176,7 +179,8 @@ def _run(data: Any, effects: str | Sequence[str], roles: Any, strict: bool, mode
             "n_used": int(used.sum()), "dropped_wells": _dropped_wells(profiles, used, prep_report),
             "roles": profiles.roles.to_dict(), "role_reasons": load.role_reasons,
             "config": fitted.config.to_dict(), "preprocess": _prep_info(prep_report, preprocess),
-            "model": "applied a fitted model" if applied else "fitted here", "train": fitted.train_info, "versions": package_versions()}
+            "model": "applied a fitted model" if applied else "fitted here", "train": fitted.train_info,
+            "versions": package_versions()}
     if summary:
         info["did_it_help"] = _did_it_help(pp, emb, seed=fitted.config.seed)
     return _Result(Z, used, list(emb.features), info, list(profiles.features))

@@ -249,6 +249,8 @@ def test_fitted_model_applies_to_new_plates(tmp_path: Path) -> None:
     kept = model.preprocess_report.kept_features
     with pytest.raises(CpDistillerError, match=f"missing: .*{kept[0]}"):
         quiet(cpd.correct, new.drop(columns=[kept[0]]), model=model, summary=False)
+    with pytest.raises(CpDistillerError, match="a model keeps its own settings"):
+        cpd.correct(new, model=model, epochs=3)
     bare = cpd.CpDistiller.load(tmp_path / "m")  # weights only: no preprocessing known
     with pytest.raises(CpDistillerError, match="carries no preprocessing"):
         quiet(cpd.correct, new, model=bare, summary=False)
@@ -299,13 +301,17 @@ def _python_blocks(text: str) -> list[str]:
 @pytest.fixture
 def docs_screen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`profiles.csv.gz` (a small simulated screen) in the working directory; training shortened to one
-    epoch (the only change to the documented code: cpd.correct / cpd.CpDistiller get epochs=1, min_steps=0)."""
+    epoch (the only change to the documented code: new models get epochs=1, min_steps=0)."""
     from cpdistiller_core.api import CpDistiller
 
     monkeypatch.chdir(tmp_path)
     screen_frame().to_csv("profiles.csv.gz", index=False)
-    monkeypatch.setattr(cpd, "correct", functools.partial(cpd.correct, epochs=1, min_steps=0, device="cpu"))
-    monkeypatch.setattr(cpd, "CpDistiller", functools.partial(CpDistiller, epochs=1, min_steps=0, device="cpu"))
+    from cpdistiller_core import tools
+
+    fast = dict(epochs=1, min_steps=0, device="cpu")
+    new_config = tools._config
+    monkeypatch.setattr(tools, "_config", lambda config: new_config({**fast, **config}))
+    monkeypatch.setattr(cpd, "CpDistiller", functools.partial(CpDistiller, **fast))
     return tmp_path
 
 
