@@ -131,6 +131,9 @@ def test_embedding_h5ad_has_obsm_and_input_features(frame, tmp_path: Path) -> No
     assert back.features == [f"cpd_{i}" for i in range(50)] and back.roles == p.roles
     no_input = anndata.read_h5ad(write_profiles(emb, tmp_path / "bare.h5ad"))
     assert no_input.n_vars == 0 and no_input.obsm["X_cpdistiller"].shape == (p.n_wells, 50)
+    bare = cpd.read_profiles(tmp_path / "bare.h5ad")  # e.g. the dashboard's h5ad download
+    assert isinstance(bare, Embedding) and bare.features == back.features
+    np.testing.assert_array_equal(bare.X, Z)
     with pytest.raises(CpDistillerError, match="not the wells of the embedding"):
         emb.to_anndata(p.subset(rows=np.arange(10)))
 
