@@ -208,3 +208,14 @@ def test_span_whitening_equals_full_zca(n_controls):
 def test_ema_keeps_the_final_temperature(screen):
     m = CpDistiller(TINY.replace(epochs=20, temperature_decay=0.1, temperature_min=0.2)).fit(screen, effects="row")
     assert float(m.module.gmvae.temperature) == pytest.approx(max(np.exp(-0.1 * 19), 0.2))
+
+
+def test_wide_profiles_are_sphered_in_the_controls_span():
+    """20,000 features x 80 wells: the whitening keeps a 20,000 x 20 basis, never a 20,000^2 matrix."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 20_000)).astype(np.float32)
+    neg = np.arange(80) < 20
+    t = InputTransform.fit(X, neg, "negcon", 1e-3)
+    assert t.whitening.basis.shape == (20_000, 20)
+    Y = t.apply(X)
+    assert Y.shape == X.shape and np.isfinite(Y).all()
