@@ -108,6 +108,7 @@ def load(name: str, args: argparse.Namespace, demo: dict | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         profiles, _ = preprocess(profiles, cfg)
+    ns.treatment_technical = True
     return profiles, truth, _pairs(ns, profiles), _eval_config(ns)
 
 
@@ -115,7 +116,9 @@ def score(emb, reference, truth, pairs, eval_cfg) -> dict:
     card = metrics.evaluate(emb, method="m", truth=truth, pairs=pairs, config=eval_cfg)
     wide = card.wide().iloc[0].to_dict()
     row = {k: wide.get(k) for k in ("technical", "biological", "overall", "activity_map", "consistency_map",
-                                    "variance[row]", "variance[column]", "variance[batch]")}
+                                    "variance[row]", "variance[column]", "variance[batch]",
+                                    "variance_trt[row]", "variance_trt[column]", "leakage_trt[row]",
+                                    "leakage_trt[column]")}
     row.update({k: v for k, v in wide.items() if k.startswith(("fraction_retrieved", "knn_overlap"))})
     for key, fn in (("neighbor_preservation", lambda: metrics.neighbor_preservation(emb, reference)),
                     ("control_collapse", lambda: metrics.control_collapse(emb))):
