@@ -350,7 +350,7 @@ class CpDistiller:
             self.extractor_features = list(extractor.features)
         self.module = CorrectionModule(
             X.shape[1], {e: len(self.levels[e]) for e in effects}, cfg.hidden_dim, cfg.latent_dim,
-            cfg.n_components, cfg.discriminator_hidden, joint=joint)
+            cfg.n_components, cfg.discriminator_hidden, joint=joint, decoder_levels=self._decoder_levels())
         if base is not None:
             self._load_warm(base)
 
@@ -416,6 +416,11 @@ class CpDistiller:
             if on_epoch is not None:
                 on_epoch(record, ema)
         return hook
+
+    def _decoder_levels(self) -> dict[str, int]:
+        """Effect -> number of levels for the conditional decoder (empty: the paper's decoder)."""
+        chosen = {"none": (), "batch": ("batch",), "effects": self.effects}[self.config.decoder_covariates]
+        return {e: len(self.levels[e]) for e in chosen if e in self.levels}
 
     def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
         kept = []
@@ -562,7 +567,8 @@ class CpDistiller:
             joint = JointModule(**self.joint_settings)
         self.module = CorrectionModule(
             len(self.features), {e: len(self.levels[e]) for e in self.effects}, cfg.hidden_dim,
-            cfg.latent_dim, cfg.n_components, cfg.discriminator_hidden, joint=joint)
+            cfg.latent_dim, cfg.n_components, cfg.discriminator_hidden, joint=joint,
+            decoder_levels=self._decoder_levels())
         try:
             self.module.load_state_dict(state["module"])
         except (RuntimeError, KeyError) as exc:

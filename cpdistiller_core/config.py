@@ -23,6 +23,7 @@ SPHERING = ("none", "negcon", "auto")
 ADVERSARY_WELLS = ("all", "negcon", "auto")
 TRIPLET_CONTROLS = ("paper", "neutral")
 NEIGHBOR_SPACES = ("input", "unsphered")
+DECODER_COVARIATES = ("none", "batch", "effects")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class CpDistillerConfig:
     temperature_start: float = 1.0
     temperature_decay: float = 0.0125
     temperature_min: float = 0.5
+    # Technical levels the decoder is conditioned on (ours, not the paper's; docs/model.md): "none" (paper),
+    # "batch", or "effects" (every corrected effect). The encoder, and so the embedding, never sees them.
+    decoder_covariates: str = "none"
     # --- adversarial part (gradient reversal; lambda = 2 / (1 + exp(-gamma * p)) - 1) ---
     grl_gamma: float = 10.0
     discriminator_hidden: int = 128
@@ -129,6 +133,8 @@ class CpDistillerConfig:
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.neighbor_combine in ("intersection", "union"), "neighbor_combine must be intersection or union"),
             (self.neighbor_space in NEIGHBOR_SPACES, f"neighbor_space must be one of {NEIGHBOR_SPACES}"),
+            (self.decoder_covariates in DECODER_COVARIATES,
+             f"decoder_covariates must be one of {DECODER_COVARIATES}"),
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]

@@ -212,7 +212,8 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
             with ctx:
                 x_in, joint_recon = module.gmvae_input(x, e)
                 enc = module.gmvae.encode(x_in, tau)
-                x_hat = module.gmvae.decode(enc.z[:b])
+                levels = {ef: data.labels[ef].index_select(0, idx_t[:b]) for ef in module.gmvae.decoder_covariates}
+                x_hat = module.gmvae.decode(enc.z[:b], levels)
             if detach_pairs:
                 pair_t = torch.from_numpy(np.concatenate([pos, neg])).to(device, non_blocking=True)
                 with torch.no_grad(), ctx:

@@ -219,3 +219,16 @@ def test_wide_profiles_are_sphered_in_the_controls_span():
     assert t.whitening.basis.shape == (20_000, 20)
     Y = t.apply(X)
     assert Y.shape == X.shape and np.isfinite(Y).all()
+
+
+def test_conditional_decoder_learns_level_offsets_and_saves(screen, tmp_path):
+    m = CpDistiller(TINY.replace(decoder_covariates="effects", epochs=3)).fit(screen, effects="batch,row")
+    tables = m.module.gmvae.decoder_covariates
+    assert set(tables) == {"batch", "row"}
+    assert tables["row"].weight.shape[0] == len(m.levels["row"])
+    assert tables["row"].weight.abs().sum() > 0  # trained away from their zero start
+    m.save(tmp_path / "m")
+    loaded = CpDistiller.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.transform(screen).X, m.transform(screen).X, rtol=1e-5, atol=1e-5)
+    with pytest.raises(CpDistillerError, match="decoder_covariates"):
+        CpDistillerConfig(decoder_covariates="plate")
