@@ -72,6 +72,10 @@ class CpDistillerConfig:
     # negative controls only (position and batch information is removed where it is purely technical).
     # "auto": negcon when there are >= sphering_min_controls controls at 2+ levels of every effect, else all.
     adversary_wells: str = "auto"
+    # Wells whose reversed gradient reaches the encoder when the discriminators learn from the controls
+    # (ours): "same" (the controls only; the encoder can satisfy it by collapsing the controls) or "all"
+    # (the discriminators, trained on controls only, are frozen and applied to every well).
+    adversary_encoder: str = "same"
     # --- optimisation (AdamW, cosine schedule over the epochs) ---
     epochs: int = 50
     batch_size: int = 256
@@ -133,6 +137,7 @@ class CpDistillerConfig:
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.neighbor_combine in ("intersection", "union"), "neighbor_combine must be intersection or union"),
             (self.neighbor_space in NEIGHBOR_SPACES, f"neighbor_space must be one of {NEIGHBOR_SPACES}"),
+            (self.adversary_encoder in ("same", "all"), "adversary_encoder must be 'same' or 'all'"),
             (self.decoder_covariates in DECODER_COVARIATES,
              f"decoder_covariates must be one of {DECODER_COVARIATES}"),
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),
