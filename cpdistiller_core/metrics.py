@@ -624,6 +624,112 @@ def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15, standardize_trut
     return float(np.mean(overlap)), int(ok.sum())
 
 
+def _well_mask(emb: Profiles, wells: str) -> np.ndarray:
+    if wells == "treatment":
+        return ~emb.negative_mask
+    if wells == "negative":
+        return _negative_controls(emb)
+    if wells == "all":
+        return np.ones(emb.n_wells, bool)
+    raise CpDistillerError(f"unknown well selection {wells!r}; use 'treatment', 'negative' or 'all'.")
+
+
+def _match_rows(emb: Profiles, reference: Profiles) -> np.ndarray:
+    """Position in ``reference`` of each well of ``emb``: by plate + well when that key is unique in
+    both and covers every well of ``emb``, else by row order when the lengths match."""
+    key_e = pd.Index(pd.Series(emb.plate).astype(str) + "|" + pd.Series(emb.well).astype(str))
+    key_r = pd.Index(pd.Series(reference.plate).astype(str) + "|" + pd.Series(reference.well).astype(str))
+    if key_e.is_unique and key_r.is_unique:
+        pos = key_r.get_indexer(key_e)
+        if (pos >= 0).all():
+            return pos
+    if emb.n_wells == reference.n_wells:
+        return np.arange(emb.n_wells)
+    raise MetricUnavailable(
+        f"cannot match wells to the reference: plate + well is not a unique shared key and the row counts "
+        f"differ ({emb.n_wells} vs {reference.n_wells})."
+    )
+
+
+def _knn_indices(X: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` cosine nearest neighbours of each row among the rows (self excluded)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    X = _l2_normalise(X)  # Euclidean on unit vectors ranks like cosine and allows tree/BLAS search
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(X)
+    idx = nn.kneighbors(X, return_distance=False)
+    out = np.empty((len(X), k), dtype=np.int64)
+    for i, row in enumerate(idx):  # drop self (not always first when duplicates tie)
+        row = row[row != i]
+        out[i] = row[:k]
+    return out
+
+
+def neighbor_preservation(emb: Profiles, reference: Profiles, *, k: int = 15,
+                          wells: str = "treatment") -> tuple[float, int]:
+    """Neighbour preservation: mean over wells of |kNN_emb ∩ kNN_ref| / k (cosine).
+
+    ``reference`` is usually the uncorrected profiles. ``wells`` selects the wells scored and among
+    which neighbours are sought: "treatment" (every well that is not a negative control, the
+    default), "negative" or "all"; the selection is taken from ``emb``'s roles. Wells are matched
+    to the reference by plate + well (or by row order when that key is not unique/shared but the
+    row counts match). kNN are exact, computed on L2-normalised rows with sklearn NearestNeighbors
+    (O(N·k) memory, never N×N). 1 = every well keeps its neighbourhood; a random embedding scores
+    about k / N. Returns (score, wells).
+    """
+    _check_finite(emb)
+    mask = _well_mask(emb, wells)
+    pos_ref = _match_rows(emb, reference)[mask]
+    E, R = emb.X[mask], reference.X[pos_ref]
+    if not _finite_rows(R).all():
+        raise MetricUnavailable("the reference has NaN/inf values in the selected wells.")
+    n = len(E)
+    kk = int(min(k, n - 1))
+    if kk < 1 or n < 3:
+        raise MetricUnavailable(f"only {n} {wells} wells; need 3 or more.")
+    ne, nr = _knn_indices(E, kk), _knn_indices(R, kk)
+    # overlap per row: sort both neighbour lists and count shared entries without Python sets
+    both = np.concatenate([ne, nr], axis=1)
+    both.sort(axis=1)
+    shared = (both[:, 1:] == both[:, :-1]).sum(axis=1)
+    return float(shared.mean() / kk), n
+
+
+def control_collapse(emb: Profiles) -> tuple[float, int]:
+    """Control collapse: how tightly the negative controls are packed relative to replicate noise.
+
+    score = min(1, s_neg / s_rep), where
+      * s_neg = median Euclidean distance of negative-control wells to the negative-control centroid,
+      * s_rep = median Euclidean distance of treatment wells of replicated perturbations (2+ wells;
+        positive controls included) to their own perturbation's centroid,
+    each distance multiplied by sqrt(n / (n − 1)) for its group of n wells, so a centroid estimated
+    from few replicates does not make replicates look tighter than controls. Controls that vary as
+    much as treatment replicates do score 1; controls collapsed to a point score 0. Scale-invariant.
+    Returns (score, number of negative controls).
+    """
+    _check_finite(emb)
+    neg = _negative_controls(emb)
+    if neg.sum() < 2:
+        raise MetricUnavailable("fewer than two negative-control wells.")
+    pos = np.flatnonzero(~neg)
+    pert = emb.perturbation[pos].astype(str)
+    pos, pert = pos[_drop_rare(pert, 2)], pert[_drop_rare(pert, 2)]
+    if len(pos) == 0:
+        raise MetricUnavailable("no perturbation has two or more wells to measure replicate spread.")
+    X = emb.X.astype(np.float64)
+    Xn = X[neg]
+    n_neg = len(Xn)
+    d_neg = np.linalg.norm(Xn - Xn.mean(axis=0), axis=1) * math.sqrt(n_neg / (n_neg - 1))
+    T = pd.DataFrame(X[pos])
+    grp = T.groupby(pert)
+    sizes = grp[0].transform("size").to_numpy(np.float64)
+    d_rep = np.linalg.norm((T - grp.transform("mean")).to_numpy(), axis=1) * np.sqrt(sizes / (sizes - 1))
+    s_neg, s_rep = float(np.median(d_neg)), float(np.median(d_rep))
+    if s_rep <= 0:
+        raise MetricUnavailable("treatment replicates are identical (zero spread); the ratio is undefined.")
+    return float(min(1.0, s_neg / s_rep)), int(n_neg)
+
+
 # ================================================================================================
 # Scorecard
 # ================================================================================================
