@@ -299,22 +299,89 @@ def _copairs_cache() -> str:
     return str(cache_dir() / "copairs")
 
 
-def _copairs_map(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
-                 neg_sameby: list[str], neg_diffby: list[str], group_by: list[str], *, null_size: int,
-                 threshold: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """copairs average_precision → mean_average_precision (p-values + BH FDR). Returns (ap, map)."""
-    from copairs.map import average_precision, mean_average_precision
+_CHUNK = "Metadata_chunk_query"
+
+
+def _copairs_ap(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
+                neg_sameby: list[str], neg_diffby: list[str]) -> pd.DataFrame:
+    from copairs.map import average_precision
     from copairs.matching import UnpairedException
 
-    meta = meta.reset_index(drop=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ap = average_precision(meta, X.astype(np.float64), pos_sameby=pos_sameby, pos_diffby=pos_diffby,
-                                   neg_sameby=neg_sameby, neg_diffby=neg_diffby, distance="cosine",
-                                   progress_bar=False)
+            return average_precision(meta.reset_index(drop=True), X.astype(np.float64), pos_sameby=pos_sameby,
+                                     pos_diffby=pos_diffby, neg_sameby=neg_sameby, neg_diffby=neg_diffby,
+                                     distance="cosine", progress_bar=False)
     except UnpairedException as exc:
         raise MetricUnavailable(f"copairs found no pairs: {exc}") from exc
+
+
+def _estimated_pairs(meta: pd.DataFrame, query: np.ndarray, neg_sameby: list[str]) -> int:
+    """Upper bound of the query–candidate pairs: queries × rows sharing their ``neg_sameby`` key."""
+    if not neg_sameby:
+        return int(query.sum()) * len(meta)
+    key = meta[neg_sameby].astype(str).agg("|".join, axis=1)
+    size = key.map(key.value_counts())
+    return int(size[query].sum())
+
+
+def chunked_average_precision(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
+                              neg_sameby: list[str], neg_diffby: list[str], *, query: np.ndarray | None = None,
+                              max_pairs: int = 4_000_000) -> pd.DataFrame:
+    """copairs ``average_precision`` for the ``query`` rows, in chunks of whole positive groups so
+    that no chunk lists more than about ``max_pairs`` pairs (copairs holds every pair in memory).
+
+    Exact, not sampled: a chunk holds the query rows of some ``pos_sameby`` groups (all their
+    positives) plus every row that can be their negative (sharing ``neg_sameby`` with a query); a
+    helper column, unique per query row and shared by the other rows, is added to both diffby lists
+    so copairs forms only pairs that involve a query row. Rows' AP therefore equals the AP of one
+    copairs call on everything. Returns the AP table of the query rows (input order)."""
+    meta = meta.reset_index(drop=True)
+    query = np.ones(len(meta), bool) if query is None else np.asarray(query, bool)
+    if _estimated_pairs(meta, query, neg_sameby) <= max_pairs:
+        ap = _copairs_ap(meta, X, pos_sameby, pos_diffby, neg_sameby, neg_diffby)
+        return ap[query].reset_index(drop=True)
+    group = meta[pos_sameby].astype(str).agg("|".join, axis=1).to_numpy()
+    negkey = (meta[neg_sameby].astype(str).agg("|".join, axis=1).to_numpy() if neg_sameby
+              else np.zeros(len(meta), object))
+    per_query = max(1, _estimated_pairs(meta, query, neg_sameby) // max(1, int(query.sum())))
+    rows_per_chunk = max(1, max_pairs // per_query)
+    q_groups = pd.Series(np.flatnonzero(query)).groupby(group[query])
+    chunks, current, n_current = [], [], 0
+    for _, pos in q_groups:
+        current.append(pos.to_numpy())
+        n_current += len(pos)
+        if n_current >= rows_per_chunk:
+            chunks.append(np.concatenate(current))
+            current, n_current = [], 0
+    if current:
+        chunks.append(np.concatenate(current))
+    out = []
+    for qpos in chunks:
+        partners = np.flatnonzero(np.isin(negkey, np.unique(negkey[qpos])) & ~np.isin(np.arange(len(meta)), qpos))
+        rows = np.concatenate([qpos, partners])
+        sub = meta.iloc[rows].copy()
+        sub[_CHUNK] = np.r_[np.arange(len(qpos)), np.full(len(partners), -1)]
+        try:
+            ap = _copairs_ap(sub, X[rows], pos_sameby, pos_diffby + [_CHUNK], neg_sameby, neg_diffby + [_CHUNK])
+        except MetricUnavailable:
+            continue  # no pairs in this chunk (e.g. groups without different-well replicates)
+        out.append(ap.iloc[: len(qpos)].drop(columns=[_CHUNK]).set_index(qpos))
+    if not out:
+        raise MetricUnavailable("copairs found no pairs in any chunk.")
+    return pd.concat(out).sort_index().reset_index(drop=True)
+
+
+def _copairs_map(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
+                 neg_sameby: list[str], neg_diffby: list[str], group_by: list[str], *, null_size: int,
+                 threshold: float, seed: int, query: np.ndarray | None = None,
+                 max_pairs: int = 4_000_000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chunked copairs average_precision → mean_average_precision (p-values + BH FDR). Returns (ap, map)."""
+    from copairs.map import mean_average_precision
+
+    ap = chunked_average_precision(meta, X, pos_sameby, pos_diffby, neg_sameby, neg_diffby, query=query,
+                                   max_pairs=max_pairs)
     valid = ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)
     if not valid.any():
         raise MetricUnavailable("no profile has both a positive and a negative pair.")
@@ -323,6 +390,12 @@ def _copairs_map(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_d
         mp = mean_average_precision(ap, sameby=group_by, null_size=null_size, threshold=threshold,
                                     seed=seed, progress_bar=False, cache_dir=_copairs_cache())
     return ap, mp.drop(columns=["indices"], errors="ignore")
+
+
+def _no_different_well_replicates(emb: Profiles, mask: np.ndarray) -> bool:
+    pert = emb.perturbation[mask].astype(str)
+    n_pos = pd.Series(emb.well[mask]).groupby(pert).nunique()
+    return bool((n_pos < 2).all())
 
 
 def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = True,
@@ -360,15 +433,71 @@ def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = 
         n_ctrl = int(neg[keep].sum())
         negatives = "all" if (len(meta) - n_ctrl) * n_ctrl <= max_negative_pairs else "same_plate"
     neg_sameby = [_PLATE] if negatives == "same_plate" else []
+    query = ~neg[keep]
+    if replicates_in_different_wells and _no_different_well_replicates(emb, ~neg & keep):
+        raise MetricUnavailable("no perturbation has replicates in two or more well positions (same layout "
+                                "on every plate?); --same-well-replicates scores them, outside the headline.")
     ap, mp = _copairs_map(meta, X, pos_sameby=[_PERT, _REF], pos_diffby=pos_diffby, neg_sameby=neg_sameby,
                           neg_diffby=[_PERT, _REF], group_by=[_PERT], null_size=null_size,
-                          threshold=threshold, seed=seed)
+                          threshold=threshold, seed=seed, query=query)
     n_rep = meta.loc[~neg[keep], _PERT].value_counts()
     mp = mp[mp[_PERT] != "__negative_control__"].rename(columns={_PERT: "perturbation"})
     mp.insert(1, "n_replicates", mp["perturbation"].map(n_rep).astype(int))
     out = mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
     out.attrs["negatives"] = negatives
     return out
+
+
+def phenotypic_distinctness(emb: Profiles, *, null_size: int = 10000, threshold: float = 0.05,
+                            seed: int = 0, include_positive_controls: bool = True) -> pd.DataFrame:
+    """mAP against non-replicates (Arevalo et al. 2024 ``average_precision_nonrep``).
+
+    Queries: wells of replicated perturbations (negative controls excluded). copairs positives: wells
+    of the same perturbation in a different well position (Arevalo et al. allow the same position;
+    we do not, so a shared position effect cannot create the match); negatives: wells of other
+    perturbations on the query's plate. Computed in exact chunks (`chunked_average_precision`).
+    Returns one row per perturbation like `phenotypic_activity`.
+    """
+    _check_finite(emb)
+    keep = ~emb.negative_mask
+    if not include_positive_controls:
+        keep &= emb.control != "positive"
+    if keep.sum() < 3:
+        raise MetricUnavailable("fewer than 3 treatment wells.")
+    if _no_different_well_replicates(emb, keep):
+        raise MetricUnavailable("no perturbation has replicates in two or more well positions.")
+    meta = pd.DataFrame({_PERT: emb.perturbation[keep].astype(str), _WELL: emb.well[keep],
+                         _PLATE: emb.plate[keep].astype(str)})
+    _, mp = _copairs_map(meta, emb.X[keep], pos_sameby=[_PERT], pos_diffby=[_WELL], neg_sameby=[_PLATE],
+                         neg_diffby=[_PERT], group_by=[_PERT], null_size=null_size, threshold=threshold,
+                         seed=seed)
+    n_rep = meta[_PERT].value_counts()
+    mp = mp.rename(columns={_PERT: "perturbation"})
+    mp.insert(1, "n_replicates", mp["perturbation"].map(n_rep).astype(int))
+    return mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
+
+
+def same_position_test(emb: Profiles, *, null_size: int = 10000, threshold: float = 0.05,
+                       seed: int = 0) -> tuple[float, int, str]:
+    """Same-position control test (cf. the CPJUMP1 DMSO position test).
+
+    Queries: negative-control wells. copairs positives: negative controls at the same well position
+    on other plates; negatives: negative controls at other positions on the query's plate. A position
+    "retrieves" its controls when its mAP is significant (BH FDR < ``threshold``). Score = 1 − the
+    fraction of positions that do (1 = no position signature left among controls).
+    Returns (score, positions tested, note with the mean mAP)."""
+    _check_finite(emb)
+    neg = _negative_controls(emb)
+    meta = pd.DataFrame({_WELL: emb.well[neg], _PLATE: emb.plate[neg].astype(str)})
+    plates_per_pos = meta.groupby(_WELL)[_PLATE].nunique()
+    if (plates_per_pos < 2).all():
+        raise MetricUnavailable("no negative-control position is used on two or more plates.")
+    _, mp = _copairs_map(meta, emb.X[neg], pos_sameby=[_WELL], pos_diffby=[_PLATE], neg_sameby=[_PLATE],
+                         neg_diffby=[_WELL], group_by=[_WELL], null_size=null_size, threshold=threshold,
+                         seed=seed)
+    mp = mp.dropna(subset=["mean_average_precision"])
+    frac = float(mp["below_corrected_p"].mean())
+    return 1.0 - frac, len(mp), f"mAP {mp['mean_average_precision'].mean():.3f}; {frac:.0%} of positions retrieved"
 
 
 def consensus_profiles(emb: Profiles, *, exclude_negative: bool = True, how: str = "median",
@@ -622,6 +751,231 @@ def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15, standardize_trut
     nt = NearestNeighbors(n_neighbors=kk + 1, metric="cosine").fit(T).kneighbors(T, return_distance=False)
     overlap = [len(set(a[1:]) & set(b[1:])) / kk for a, b in zip(ne, nt)]
     return float(np.mean(overlap)), int(ok.sum())
+
+
+# ================================================================================================
+# Arevalo et al. 2024 protocol: LISI, kBET, silhouette of batch, mAP against non-replicates
+# ================================================================================================
+def label_wells(emb: Profiles) -> np.ndarray:
+    """Wells scored by the label-based metrics of the field protocol (Arevalo et al. 2024): every well
+    that is not a negative control (positive controls included, as theirs) whose perturbation has 2+
+    wells (a singleton label says nothing about mixing or clustering). Boolean mask."""
+    pos = np.flatnonzero(~emb.negative_mask)
+    pert = emb.perturbation[pos].astype(str)
+    mask = np.zeros(emb.n_wells, bool)
+    mask[pos[_drop_rare(pert, 2)]] = True
+    return mask
+
+
+def batch_effect(emb: Profiles) -> str:
+    """The label the protocol's batch metrics mix over: 'batch' when a batch column has 2+ levels, else
+    'plate' (plates are the batches of a single-batch screen); raises MetricUnavailable otherwise."""
+    for eff in ("batch", "plate"):
+        try:
+            if len(np.unique(effect_labels(emb, eff))) > 1:
+                return eff
+        except MetricUnavailable:
+            continue
+    raise MetricUnavailable("a single plate and no batch column: nothing to mix.")
+
+
+def knn_search(X: np.ndarray, k: int, *, cosine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every row among the rows, self excluded: (distances, indices),
+    each n × k. Cosine geometry via L2-normalised rows (Euclidean distance on the unit sphere, a
+    monotone function of cosine distance). sklearn's chunked search: memory O(n·k)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    Y = _l2_normalise(X) if cosine else np.asarray(X, np.float64)
+    k = int(min(k, len(Y) - 1))
+    if k < 1:
+        raise MetricUnavailable("too few wells for a neighbour search.")
+    dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(Y).kneighbors(Y)
+    # drop self (usually column 0; with exact duplicates it may sit elsewhere)
+    is_self = idx == np.arange(len(Y))[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+    keep = np.ones_like(idx, dtype=bool)
+    keep[np.arange(len(Y)), drop] = False
+    return dist[keep].reshape(len(Y), k), idx[keep].reshape(len(Y), k)
+
+
+def lisi(distances: np.ndarray, indices: np.ndarray, labels: np.ndarray, *, perplexity: float = 30.0,
+         tol: float = 1e-5, n_iter: int = 50) -> np.ndarray:
+    """Local inverse Simpson index per row (Korsunsky et al. 2019), from a kNN result.
+
+    The algorithm of harmonypy's ``compute_lisi`` / the R ``lisi`` package, vectorised over rows: a
+    Gaussian kernel on each row's neighbour distances whose bandwidth is found by bisection so that
+    the kernel's entropy is log(perplexity); LISI = 1 / Σ_c (kernel mass on label c)². ``distances``
+    and ``indices`` are n × k (self excluded; k = 3·perplexity as in harmonypy). Memory O(n·k).
+    """
+    D = np.asarray(distances, np.float64)
+    n = len(D)
+    beta = np.ones(n)
+    lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
+    log_u = math.log(perplexity)
+
+    def entropy(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        P = np.exp(-D * b[:, None])
+        s = P.sum(axis=1)
+        safe = np.where(s > 0, s, 1.0)
+        H = np.where(s > 0, np.log(safe) + b * (D * P).sum(axis=1) / safe, 0.0)
+        return H, P / safe[:, None]
+
+    H, P = entropy(beta)
+    for _ in range(n_iter):
+        diff = H - log_u
+        todo = np.abs(diff) >= tol
+        if not todo.any():
+            break
+        up = todo & (diff > 0)
+        down = todo & (diff <= 0)
+        lo[up] = beta[up]
+        beta[up] = np.where(np.isfinite(hi[up]), (beta[up] + hi[up]) / 2, beta[up] * 2)
+        hi[down] = beta[down]
+        beta[down] = np.where(np.isfinite(lo[down]), (beta[down] + lo[down]) / 2, beta[down] / 2)
+        H, P = entropy(beta)
+    codes = pd.factorize(np.asarray(labels))[0]
+    neigh = codes[np.asarray(indices)]
+    simpson = np.zeros(n)
+    for c in np.unique(neigh):
+        mass = np.where(neigh == c, P, 0.0).sum(axis=1)
+        simpson += mass * mass
+    simpson[H == 0] = -1.0  # no usable neighbours (harmonypy's convention)
+    return 1.0 / simpson
+
+
+def _label_knn(emb: Profiles, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mask = label_wells(emb)
+    if mask.sum() < 3:
+        raise MetricUnavailable("fewer than 3 replicated treatment wells.")
+    d, i = knn_search(emb.X[mask], k)
+    return mask, d, i
+
+
+def ilisi_score(emb: Profiles, effect: str | None = None, *, perplexity: float = 30.0,
+                knn: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[float, int]:
+    """iLISI of a technical label, scaled as scib: (median LISI − 1) / (B − 1), 1 = perfectly mixed.
+
+    Wells: `label_wells` (replicated treatments, as Arevalo et al. score non-DMSO wells); neighbours:
+    the 3·perplexity cosine nearest wells. ``effect`` defaults to `batch_effect`. Returns (score, wells)."""
+    _check_finite(emb)
+    effect = effect or batch_effect(emb)
+    mask, d, i = knn or _label_knn(emb, int(3 * perplexity))
+    labels = effect_labels(emb, effect)[mask]
+    B = len(np.unique(labels))
+    if B < 2:
+        raise MetricUnavailable(f"the scored wells span a single {effect}.")
+    med = float(np.nanmedian(lisi(d, i, labels, perplexity=min(perplexity, d.shape[1] / 3))))
+    return (med - 1.0) / (B - 1.0), int(mask.sum())
+
+
+def clisi_score(emb: Profiles, *, perplexity: float = 30.0,
+                knn: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[float, int]:
+    """cLISI of perturbation labels, scaled as scib: (L − median LISI) / (L − 1), 1 = each well's
+    neighbourhood holds its own perturbation only. Wells as `ilisi_score`. Returns (score, wells)."""
+    _check_finite(emb)
+    mask, d, i = knn or _label_knn(emb, int(3 * perplexity))
+    labels = emb.perturbation[mask].astype(str)
+    L = len(np.unique(labels))
+    if L < 2:
+        raise MetricUnavailable("fewer than two replicated perturbations.")
+    med = float(np.nanmedian(lisi(d, i, labels, perplexity=min(perplexity, d.shape[1] / 3))))
+    return (L - med) / (L - 1.0), int(mask.sum())
+
+
+def kbet_score(emb: Profiles, effect: str | None = None, *, alpha: float = 0.05,
+               min_wells: int = 10) -> tuple[float, int]:
+    """kBET acceptance (Büttner et al. 2019) per perturbation label, scib style: 1 − mean rejection rate.
+
+    For each replicated perturbation with ``min_wells``+ wells in 2+ levels of the effect: k0 =
+    min(70, max(10, ⌊mean wells per level / 4⌋)) (scib's choice), capped at the label's wells; each
+    well's neighbourhood is itself plus its k0 − 1 cosine nearest wells of the same label; a Pearson
+    χ² test (df = levels − 1) compares the neighbourhood's level counts with k0 × the label's level
+    frequencies; the rejection rate is the fraction of wells with p < ``alpha``. Every well is tested
+    (R kBET tests random 10% subsets repeatedly; the expectation is the same). Labels too small or
+    in one level are skipped, as in scib. Returns (score, labels tested).
+    """
+    from scipy.stats import chi2
+
+    _check_finite(emb)
+    effect = effect or batch_effect(emb)
+    mask = label_wells(emb)
+    levels = pd.factorize(effect_labels(emb, effect))[0]
+    pert = emb.perturbation.astype(str)
+    rates = []
+    for lab, pos in pd.Series(np.flatnonzero(mask)).groupby(pert[mask]):
+        pos = pos.to_numpy()
+        lv = levels[pos]
+        counts = np.bincount(lv)
+        present = np.flatnonzero(counts)
+        if len(pos) < min_wells or len(present) < 2:
+            continue
+        k0 = int(min(70, max(10, np.floor(counts[present].mean() / 4)), len(pos)))
+        _, nn = knn_search(emb.X[pos], k0 - 1)
+        hood = np.concatenate([np.arange(len(pos))[:, None], nn], axis=1)
+        obs = np.stack([(lv[hood] == c).sum(axis=1) for c in present], axis=1)
+        exp = k0 * counts[present] / len(pos)
+        stat = ((obs - exp) ** 2 / exp).sum(axis=1)
+        rates.append(float((chi2.sf(stat, len(present) - 1) < alpha).mean()))
+    if not rates:
+        raise MetricUnavailable(f"no perturbation has {min_wells}+ wells in two or more {effect} levels.")
+    return 1.0 - float(np.mean(rates)), len(rates)
+
+
+def silhouette_batch(emb: Profiles, effect: str | None = None, *, max_labels: int = 2000,
+                     seed: int = 0) -> tuple[float, int]:
+    """scib silhouette of batch: per replicated perturbation, mean(1 − |silhouette of the effect|)
+    (cosine) over its wells, then the mean over perturbations (`asw_effect` grouped by perturbation on
+    `label_wells`). At most ``max_labels`` perturbations (a seeded random sample) are scored.
+    Returns (score, wells)."""
+    _check_finite(emb)
+    effect = effect or batch_effect(emb)
+    mask = label_wells(emb)
+    pert = emb.perturbation[mask].astype(str)
+    names = np.unique(pert)
+    if len(names) > max_labels:
+        chosen = np.random.default_rng(seed).choice(names, max_labels, replace=False)
+        mask[np.flatnonzero(mask)[~np.isin(pert, chosen)]] = False
+    sub = emb.subset(mask)
+    return asw_effect(sub, effect, groups="perturbation", min_group_size=2, seed=seed)
+
+
+def _label_leiden(X: np.ndarray, labels: np.ndarray, *, k: int, resolutions: Sequence[float],
+                  seed: int) -> dict[str, Any]:
+    """Best NMI and ARI of Leiden clusters of X against labels over a resolution sweep."""
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    adata = ad.AnnData(X=np.zeros((len(X), 0), np.float32))
+    A = knn_graph(X, k)
+    best = {"nmi": -1.0, "ari": -1.0, "nmi_resolution": None, "ari_resolution": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in resolutions:
+            sc.tl.leiden(adata, resolution=r, key_added="leiden", flavor="igraph", n_iterations=2,
+                         directed=False, random_state=seed, adjacency=A)
+            cl = adata.obs["leiden"].to_numpy()
+            nmi = normalized_mutual_info_score(labels, cl, average_method="arithmetic")
+            ari = max(0.0, adjusted_rand_score(labels, cl))
+            if nmi > best["nmi"]:
+                best.update(nmi=float(nmi), nmi_resolution=r)
+            if ari > best["ari"]:
+                best.update(ari=float(ari), ari_resolution=r)
+    best["n"] = len(X)
+    return best
+
+
+def perturbation_leiden(emb: Profiles, *, k: int = 15,
+                        resolutions: Sequence[float] = (0.25, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0),
+                        seed: int = 0) -> dict[str, Any]:
+    """Leiden NMI / ARI against perturbation labels (Arevalo et al.'s label key) on `label_wells`,
+    best over the resolution sweep (scib's optimal-resolution NMI/ARI)."""
+    _check_finite(emb)
+    mask = label_wells(emb)
+    labels = emb.perturbation[mask].astype(str)
+    if len(np.unique(labels)) < 2 or mask.sum() < 10:
+        raise MetricUnavailable("need 10+ wells of 2+ replicated perturbations.")
+    return _label_leiden(emb.X[mask], labels, k=k, resolutions=resolutions, seed=seed)
 
 
 def _well_mask(emb: Profiles, wells: str) -> np.ndarray:
