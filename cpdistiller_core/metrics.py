@@ -902,7 +902,7 @@ def kbet_score(emb: Profiles, effect: str | None = None, *, alpha: float = 0.05,
     levels = pd.factorize(effect_labels(emb, effect))[0]
     pert = emb.perturbation.astype(str)
     rates = []
-    for lab, pos in pd.Series(np.flatnonzero(mask)).groupby(pert[mask]):
+    for _, pos in pd.Series(np.flatnonzero(mask)).groupby(pert[mask]):
         pos = pos.to_numpy()
         lv = levels[pos]
         counts = np.bincount(lv)
