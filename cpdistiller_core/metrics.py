@@ -42,8 +42,9 @@ from .progress import ProgressCallback, no_progress
 log = logging.getLogger("cpdistiller")
 
 TECHNICAL, BIOLOGICAL, AGGREGATE = "technical", "biological", "aggregate"
-# Optional technical metrics computed within perturbations (treatment wells), shown but not aggregated:
-TECHNICAL_TREATMENTS = "technical_treatments"
+POSITION = "position"  # Cell Painting position score, aggregated on its own beside the protocol
+EXTRA = "extra"  # reported, never aggregated
+TECHNICAL_TREATMENTS = "technical_treatments"  # former category of the within-perturbation view
 EFFECTS = ("batch", "plate", "row", "column")
 TECHNICAL_WEIGHT, BIOLOGICAL_WEIGHT = 0.4, 0.6
 SCORE_COLUMNS = ["method", "metric", "effect", "category", "value", "n", "note"]
@@ -798,6 +799,18 @@ def knn_search(X: np.ndarray, k: int, *, cosine: bool = True) -> tuple[np.ndarra
     return dist[keep].reshape(len(Y), k), idx[keep].reshape(len(Y), k)
 
 
+def _small_knn(X: np.ndarray, k: int, max_rows: int = 3000) -> np.ndarray:
+    """Cosine kNN indices (self excluded) within a small group: one dense similarity block (memory
+    O(rows²), bounded by ``max_rows``; larger groups go through `knn_search`)."""
+    if len(X) > max_rows:
+        return knn_search(X, k)[1]
+    Z = _l2_normalise(X)
+    S = Z @ Z.T
+    np.fill_diagonal(S, -np.inf)
+    idx = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < len(X) - 1 else np.argsort(-S, axis=1)[:, :k]
+    return idx
+
+
 def lisi(distances: np.ndarray, indices: np.ndarray, labels: np.ndarray, *, perplexity: float = 30.0,
          tol: float = 1e-5, n_iter: int = 50) -> np.ndarray:
     """Local inverse Simpson index per row (Korsunsky et al. 2019), from a kNN result.
@@ -910,7 +923,7 @@ def kbet_score(emb: Profiles, effect: str | None = None, *, alpha: float = 0.05,
         if len(pos) < min_wells or len(present) < 2:
             continue
         k0 = int(min(70, max(10, np.floor(counts[present].mean() / 4)), len(pos)))
-        _, nn = knn_search(emb.X[pos], k0 - 1)
+        nn = _small_knn(emb.X[pos], k0 - 1)
         hood = np.concatenate([np.arange(len(pos))[:, None], nn], axis=1)
         obs = np.stack([(lv[hood] == c).sum(axis=1) for c in present], axis=1)
         exp = k0 * counts[present] / len(pos)
@@ -1087,9 +1100,24 @@ def control_collapse(emb: Profiles) -> tuple[float, int]:
 # ================================================================================================
 # Scorecard
 # ================================================================================================
+# Headline columns, in order: aggregates, the protocol's batch (technical) and bio metrics, then the
+# Cell Painting position metrics. Everything else (extras) is in the full tables only.
+HEADLINE_TECHNICAL = ("silhouette_batch", "graph_connectivity", "kbet", "ilisi")
+HEADLINE_BIOLOGICAL = ("clisi", "activity_map", "nonrep_map", "nmi", "ari", "pasw")
+HEADLINE_POSITION = ("same_position", "neighbor_preservation", "control_collapse")
+AGGREGATES = ("technical", "biological", "overall", "position")
+
+
 @dataclass
 class EvaluationConfig:
-    """Settings of `evaluate`. ``effects`` None = every effect the data has (batch, plate, row, column)."""
+    """Settings of `evaluate`.
+
+    ``effects``: position effects for the position score (row, column) and technical effects shown
+    among controls (batch, plate); None = every effect the data have. ``replicates_in_different_wells``
+    False (CLI ``--same-well-replicates``) adds an extra ``activity_map_same_well`` row; the headline
+    mAPs always use different-well replicates. ``treatment_technical`` is kept for compatibility: the
+    within-perturbation view is always part of the position score now.
+    """
 
     effects: tuple[str, ...] | None = None
     k: int = 15
@@ -1097,12 +1125,20 @@ class EvaluationConfig:
     threshold: float = 0.05
     replicates_in_different_wells: bool = True
     asw_per_perturbation: bool = False
-    treatment_technical: bool = False  # also asw/variance/leakage within perturbations (not aggregated)
-    leiden_resolutions: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)
+    treatment_technical: bool = True
+    leiden_resolutions: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0)
+    perplexity: float = 30.0
+    max_pairs: int = 4_000_000
+    max_wells_classifier: int = 2000  # leakage classifiers: stratified subsample (CV cost grows fast)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _column_name(metric: pd.Series, effect: pd.Series) -> pd.Series:
+    eff = effect.fillna("").astype(str)
+    return metric + np.where(eff != "", "[" + eff + "]", "")
 
 
 @dataclass
@@ -1133,24 +1169,51 @@ class Scorecard:
         df = self.scores
         if not include_aggregates:
             df = df[df["category"] != AGGREGATE]
-        name = df["metric"] + np.where(df["effect"].fillna("") != "", "[" + df["effect"].fillna("") + "]", "")
+        name = _column_name(df["metric"], df["effect"])
         wide = df.assign(column=name).pivot_table(index="method", columns="column", values="value",
                                                   aggfunc="first", dropna=False, sort=False)
         order = list(dict.fromkeys(name))
-        aggs = [c for c in ("technical", "biological", "overall") if c in order]
+        aggs = [c for c in AGGREGATES if c in order]
         wide = wide.reindex(index=self.methods, columns=aggs + [c for c in order if c not in aggs])
         if with_runtime and self.runtimes:
             wide["runtime_s"] = [self.runtimes.get(m, np.nan) for m in wide.index]
         wide.columns.name = None
         return wide
 
+    def headline_columns(self) -> list[str]:
+        """The headline columns present: aggregates, every technical and biological (protocol) metric,
+        and the position headline (same-position test, neighbour preservation, control collapse)."""
+        df = self.scores
+        names = _column_name(df["metric"], df["effect"])
+        head = (df["category"].isin([TECHNICAL, BIOLOGICAL]) | df["metric"].isin(HEADLINE_POSITION)).to_numpy()
+        present = set(names)
+        return [a for a in AGGREGATES if a in present] + list(dict.fromkeys(names[head]))
+
+    def comparison(self, reference: str = "uncorrected", columns: Sequence[str] | None = None,
+                   deltas: bool = True) -> pd.DataFrame:
+        """Method × metric with the ``reference`` method first and, for every other method, a
+        ``Δ<metric>`` column = value − reference value ("did it help?"). ``columns`` default to
+        `headline_columns`. Without the reference the Δ columns are left out."""
+        wide = self.wide(with_runtime=False)
+        cols = list(columns) if columns is not None else self.headline_columns()
+        wide = wide.reindex(columns=cols)
+        order = ([reference] if reference in wide.index else []) + [m for m in wide.index if m != reference]
+        wide = wide.reindex(order)
+        if not deltas or reference not in wide.index:
+            return wide
+        delta = wide - wide.loc[reference]
+        out = pd.concat([wide, delta.add_prefix("Δ")], axis=1)
+        inter = [c for col in cols for c in (col, f"Δ{col}")]
+        return out[inter]
+
     def summary(self) -> pd.DataFrame:
-        """Method × (technical, biological, overall, n_technical, n_biological)."""
+        """Method × (technical, biological, overall, position, n_technical, n_biological, n_position)."""
         agg = self.scores[self.scores["category"] == AGGREGATE]
         out = agg.pivot_table(index="method", columns="metric", values="value", aggfunc="first",
                               dropna=False, sort=False)
         n = agg.pivot_table(index="method", columns="metric", values="n", aggfunc="first", dropna=False)
-        for m in ("technical", "biological"):
+        out = out.reindex(columns=[a for a in AGGREGATES if a in out.columns])
+        for m in ("technical", "biological", "position"):
             if m in n.columns:
                 out[f"n_{m}"] = n[m]
         out.columns.name = None
@@ -1161,23 +1224,43 @@ class Scorecard:
         return {"scores": s.to_dict(orient="records"), "runtimes": self.runtimes}
 
     def format(self) -> str:
-        """Plain-text rendering for the terminal."""
+        """Plain-text rendering for the terminal: one block per method, headline categories first."""
         lines = []
+        rank = {AGGREGATE: 0, TECHNICAL: 1, BIOLOGICAL: 2, POSITION: 3}
         for method in self.methods:
             sub = self.scores[self.scores["method"] == method]
+            sub = sub.iloc[np.argsort([rank.get(c, 4) for c in sub["category"]], kind="stable")]
             lines.append(f"== {method}" + (f"  (run time {self.runtimes[method]:.1f} s)" if method in self.runtimes else ""))
             for _, r in sub.iterrows():
                 name = r["metric"] + (f"[{r['effect']}]" if r["effect"] else "")
                 val = "missing" if pd.isna(r["value"]) else f"{r['value']:.3f}"
                 n = "" if pd.isna(r["n"]) else f"n={int(r['n'])}"
-                lines.append(f"  {r['category']:<10} {name:<28} {val:>8}  {n:<8} {r['note'] or ''}".rstrip())
+                lines.append(f"  {r['category']:<10} {name:<32} {val:>8}  {n:<8} {r['note'] or ''}".rstrip())
         return "\n".join(lines)
+
+
+def format_comparison(table: pd.DataFrame, digits: int = 3) -> str:
+    """Markdown of a `Scorecard.comparison` table: each cell 'value (Δ)', missing as '–'."""
+    cols = [c for c in table.columns if not str(c).startswith("Δ")]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "|".join("---" for _ in cols) + "|"]
+    for method, row in table.iterrows():
+        cells = []
+        for c in cols:
+            v, d = row[c], row.get(f"Δ{c}", np.nan)
+            if pd.isna(v):
+                cells.append("–")
+            elif pd.isna(d) or method == table.index[0]:
+                cells.append(f"{v:.{digits}f}")
+            else:
+                cells.append(f"{v:.{digits}f} ({d:+.{digits}f})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _aggregate_rows(method: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     means = {}
-    for cat in (TECHNICAL, BIOLOGICAL):
+    for cat in (TECHNICAL, BIOLOGICAL, POSITION):
         vals = [r["value"] for r in rows if r["category"] == cat]
         avail = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
         means[cat] = float(np.mean(avail)) if avail else math.nan
@@ -1186,11 +1269,11 @@ def _aggregate_rows(method: str, rows: list[dict[str, Any]]) -> list[dict[str, A
                         + ("" if avail else "; none available")))
     t, b = means[TECHNICAL], means[BIOLOGICAL]
     ok = not (math.isnan(t) or math.isnan(b))
-    out.append(dict(method=method, metric="overall", effect="", category=AGGREGATE,
-                    value=TECHNICAL_WEIGHT * t + BIOLOGICAL_WEIGHT * b if ok else math.nan,
-                    n=out[0]["n"] + out[1]["n"],
-                    note="0.4·technical + 0.6·biological" if ok else
-                    "missing: needs both a technical and a biological score"))
+    out.insert(2, dict(method=method, metric="overall", effect="", category=AGGREGATE,
+                       value=TECHNICAL_WEIGHT * t + BIOLOGICAL_WEIGHT * b if ok else math.nan,
+                       n=out[0]["n"] + out[1]["n"],
+                       note="0.4·technical + 0.6·biological (Arevalo et al. 2024)" if ok else
+                       "missing: needs both a technical and a biological score"))
     return out
 
 
@@ -1207,132 +1290,204 @@ def available_effects(emb: Profiles) -> list[str]:
     return out
 
 
-def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None = None,
-             pairs: dict[str, pd.DataFrame] | None = None, config: EvaluationConfig | None = None,
-             progress: ProgressCallback = no_progress) -> Scorecard:
-    """Compute every metric on one embedding and return its Scorecard (with aggregates).
+class _Recorder:
+    """Collects score rows; a MetricUnavailable becomes a missing row with its reason."""
 
-    ``pairs``: named pair tables for `fraction_retrieved` (e.g. {"sister": df, "gene_compound": df});
-    names starting with "sister" use the "union" null (all non-pairs among the named perturbations).
-    ``truth``: clean ground-truth profiles (simulator) for `knn_overlap`.
-    Effects that the data lack (e.g. batch without a batch column, plate with one plate) are
-    reported as missing with the reason.
-    """
-    cfg = config or EvaluationConfig()
-    method = method or getattr(emb, "method", None) or "embedding"
-    rows: list[dict[str, Any]] = []
-    details: dict[str, pd.DataFrame] = {}
-    effects = list(cfg.effects) if cfg.effects else list(EFFECTS)
+    def __init__(self, method: str, progress: ProgressCallback, steps: int) -> None:
+        self.method, self.progress, self.steps, self.done = method, progress, steps, 0
+        self.rows: list[dict[str, Any]] = []
 
-    def record(metric: str, effect: str, category: str, fn: Callable[[], Any]) -> Any:
+    def missing(self, metric: str, effect: str, category: str, reason: str) -> None:
+        self.rows.append(dict(method=self.method, metric=metric, effect=effect, category=category,
+                              value=math.nan, n=None, note=f"missing: {reason}"))
+
+    def __call__(self, metric: str, effect: str, category: str, fn: Callable[[], Any]) -> Any:
         try:
             res = fn()
         except MetricUnavailable as exc:
-            rows.append(dict(method=method, metric=metric, effect=effect, category=category,
-                             value=math.nan, n=None, note=f"missing: {exc}"))
+            self.missing(metric, effect, category, str(exc))
             return None
         value, n, note = res if len(res) == 3 else (*res, "")
         value = float(value)
         if not math.isnan(value):
             value = min(1.0, max(0.0, value))
-        rows.append(dict(method=method, metric=metric, effect=effect, category=category, value=value,
-                         n=n, note=note))
+        self.rows.append(dict(method=self.method, metric=metric, effect=effect, category=category,
+                              value=value, n=n, note=note))
         return res
 
-    steps = len(effects) * 3 + 8
-    done = 0
+    def tick(self, msg: str) -> None:
+        self.done += 1
+        self.progress(min(1.0, self.done / self.steps), f"{self.method}: {msg}")
 
-    def tick(msg: str) -> None:
-        nonlocal done
-        done += 1
-        progress(min(1.0, done / steps), f"{method}: {msg}")
 
-    for eff in effects:
-        def _asw(eff=eff):
-            if cfg.asw_per_perturbation:
-                return (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed), "per perturbation")
-            return (*asw_effect(emb, eff, seed=cfg.seed), "negative controls")
-        record("asw", eff, TECHNICAL, _asw)
-        tick(f"ASW {eff}")
-        record("variance", eff, TECHNICAL, lambda eff=eff: variance_explained_score(emb, eff))
-        tick(f"variance {eff}")
-        record("leakage", eff, TECHNICAL, lambda eff=eff: classifier_leakage(emb, eff, seed=cfg.seed))
-        tick(f"leakage {eff}")
-        if cfg.treatment_technical:
-            record("asw_trt", eff, TECHNICAL_TREATMENTS,
-                   lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed), "within perturbations"))
-            record("variance_trt", eff, TECHNICAL_TREATMENTS,
-                   lambda eff=eff: (*variance_explained_score(emb, eff, groups="perturbation"), "within perturbations"))
-            record("leakage_trt", eff, TECHNICAL_TREATMENTS,
-                   lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, groups="perturbation"), "within perturbations"))
-    record("graph_connectivity", "perturbation", TECHNICAL,
-           lambda: (*graph_connectivity(emb, k=cfg.k), "labels with 2+ wells"))
-    tick("graph connectivity")
+def _technical(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, knn: Any) -> None:
+    try:
+        eff = batch_effect(emb)
+    except MetricUnavailable as exc:
+        for m in ("silhouette_batch", "kbet", "ilisi"):
+            rec.missing(m, "batch", TECHNICAL, str(exc))
+        eff = None
+    if eff:
+        rec("silhouette_batch", eff, TECHNICAL, lambda: silhouette_batch(emb, eff, seed=cfg.seed))
+        rec("kbet", eff, TECHNICAL, lambda: kbet_score(emb, eff))
+        rec("ilisi", eff, TECHNICAL, lambda: ilisi_score(emb, eff, perplexity=cfg.perplexity, knn=knn()))
+    rec.tick("batch mixing")
 
-    def _activity():
-        tab = phenotypic_activity(emb, replicates_in_different_wells=cfg.replicates_in_different_wells,
-                                  null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
-        details["activity"] = tab
+    def _gc():
+        mask = label_wells(emb)
+        if mask.sum() < 3:
+            raise MetricUnavailable("fewer than 3 replicated treatment wells.")
+        return (*graph_connectivity(emb.subset(mask), k=cfg.k), "replicated treatments")
+    rec("graph_connectivity", "perturbation", TECHNICAL, _gc)
+    rec.tick("graph connectivity")
+
+
+def _biological(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, knn: Any,
+                details: dict[str, pd.DataFrame]) -> None:
+    rec("clisi", "", BIOLOGICAL, lambda: (*clisi_score(emb, perplexity=cfg.perplexity, knn=knn()),
+                                         "perturbation labels"))
+    map_kw = dict(null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
+
+    def _act(same_well: bool = False):
+        tab = phenotypic_activity(emb, replicates_in_different_wells=not same_well, negatives="same_plate",
+                                  include_positive_controls=False, **map_kw)
+        details["activity_same_well" if same_well else "activity"] = tab
         return tab
 
-    act = None
+    act = rec("activity_map", "", BIOLOGICAL,
+              lambda: _summary(_act(), "replicates in different wells vs same-plate negative controls"))
+    nonrep = rec("nonrep_map", "", BIOLOGICAL, lambda: _summary(
+        _store(details, "nonrep", phenotypic_distinctness(emb, **map_kw)),
+        "replicates in different wells vs same-plate other perturbations"))
+    rec.tick("mAP")
     try:
-        act = _activity()
-    except MetricUnavailable as exc:
-        for m in ("activity_map", "activity_fraction"):
-            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
-                             n=None, note=f"missing: {exc}"))
-    if act is not None:
-        where = "different wells" if cfg.replicates_in_different_wells else "any well"
-        record("activity_map", "", BIOLOGICAL,
-               lambda: (act["mean_average_precision"].mean(), len(act),
-                        f"replicates in {where} vs negative controls ({act.attrs.get('negatives', 'all')})"))
-        record("activity_fraction", "", BIOLOGICAL,
-               lambda: (act["below_corrected_p"].mean(), len(act), f"FDR < {cfg.threshold}"))
-    tick("phenotypic activity")
-
-    cons = None
-    try:
-        cons = phenotypic_consistency(emb, null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
-        details["consistency"] = cons
-    except MetricUnavailable as exc:
-        for m in ("consistency_map", "consistency_fraction"):
-            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
-                             n=None, note=f"missing: {exc}"))
-    if cons is not None:
-        record("consistency_map", "", BIOLOGICAL,
-               lambda: (cons["mean_average_precision"].mean(), len(cons), f"annotation {emb.roles.annotation}"))
-        record("consistency_fraction", "", BIOLOGICAL,
-               lambda: (cons["below_corrected_p"].mean(), len(cons), f"FDR < {cfg.threshold}"))
-    tick("phenotypic consistency")
-
-    record("pasw", "", BIOLOGICAL, lambda: (*perturbation_asw(emb, seed=cfg.seed), "replicated treatments"))
-    tick("perturbation ASW")
-
-    try:
-        lr = leiden_nmi_ari(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed)
-        record("nmi", "", BIOLOGICAL, lambda: (lr["nmi"], lr["n"], f"Leiden resolution {lr['nmi_resolution']}"))
-        record("ari", "", BIOLOGICAL, lambda: (lr["ari"], lr["n"], f"Leiden resolution {lr['ari_resolution']}"))
+        lr = perturbation_leiden(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed)
+        rec("nmi", "perturbation", BIOLOGICAL, lambda: (lr["nmi"], lr["n"], f"Leiden resolution {lr['nmi_resolution']}"))
+        rec("ari", "perturbation", BIOLOGICAL, lambda: (lr["ari"], lr["n"], f"Leiden resolution {lr['ari_resolution']}"))
     except MetricUnavailable as exc:
         for m in ("nmi", "ari"):
-            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
-                             n=None, note=f"missing: {exc}"))
-    tick("Leiden NMI/ARI")
+            rec.missing(m, "perturbation", BIOLOGICAL, str(exc))
+    rec("pasw", "", BIOLOGICAL, lambda: (*perturbation_asw(emb, seed=cfg.seed), "replicated treatments"))
+    rec.tick("clustering")
+    for name, res in (("activity", act), ("nonrep", nonrep)):
+        if res is None:
+            rec.missing(f"{name}_fraction", "", EXTRA, f"{name}_map is missing")
+            continue
+        tab = details[name]
+        rec(f"{name}_fraction", "", EXTRA, lambda tab=tab: (tab["below_corrected_p"].mean(), len(tab),
+                                                          f"FDR < {cfg.threshold}"))
+    if not cfg.replicates_in_different_wells:
+        rec("activity_map_same_well", "", EXTRA,
+            lambda: _summary(_act(same_well=True), "replicates in any well (not a headline score)"))
 
+
+def _summary(tab: pd.DataFrame, note: str) -> tuple[float, int, str]:
+    return float(tab["mean_average_precision"].mean()), len(tab), note
+
+
+def _store(details: dict[str, pd.DataFrame], name: str, tab: pd.DataFrame) -> pd.DataFrame:
+    details[name] = tab
+    return tab
+
+
+def _position(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, effects: list[str],
+              baseline: Profiles | None) -> None:
+    for eff in effects:
+        cat = POSITION if eff in ("row", "column") else EXTRA
+        if cfg.asw_per_perturbation:
+            rec("asw", eff, cat, lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed),
+                                                  "per perturbation"))
+        else:
+            rec("asw", eff, cat, lambda eff=eff: (*asw_effect(emb, eff, seed=cfg.seed), "negative controls"))
+        rec("variance", eff, cat, lambda eff=eff: (*variance_explained_score(emb, eff), "negative controls"))
+        rec("leakage", eff, cat, lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, max_wells=cfg.max_wells_classifier),
+                                                   "negative controls"))
+        if eff in ("row", "column"):
+            rec("asw_trt", eff, cat, lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed),
+                                                      "within perturbations"))
+            rec("variance_trt", eff, cat, lambda eff=eff: (*variance_explained_score(emb, eff, groups="perturbation"),
+                                                           "within perturbations"))
+            rec("leakage_trt", eff, cat, lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, groups="perturbation",
+                                                                              max_wells=cfg.max_wells_classifier),
+                                                          "within perturbations"))
+        rec.tick(f"position {eff}")
+    rec("same_position", "", POSITION, lambda: same_position_test(emb, null_size=cfg.null_size,
+                                                                  threshold=cfg.threshold, seed=cfg.seed))
+
+    def _np():
+        if baseline is None:
+            raise MetricUnavailable("no uncorrected profiles to compare with (pass a baseline).")
+        return (*neighbor_preservation(emb, baseline, k=cfg.k), f"k={cfg.k}, treatment wells")
+    rec("neighbor_preservation", "", POSITION, _np)
+    rec("control_collapse", "", POSITION, lambda: (*control_collapse(emb), "negative-control vs replicate spread"))
+    rec.tick("position")
+
+
+def _extras(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, details: dict[str, pd.DataFrame],
+            pairs: dict[str, pd.DataFrame] | None, truth: Profiles | None) -> None:
+    map_kw = dict(null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
+    cons = rec("consistency_map", "", EXTRA, lambda: _summary(
+        _store(details, "consistency", phenotypic_consistency(emb, **map_kw)), f"annotation {emb.roles.annotation}"))
+    if cons is not None:
+        tab = details["consistency"]
+        rec("consistency_fraction", "", EXTRA, lambda: (tab["below_corrected_p"].mean(), len(tab),
+                                                        f"FDR < {cfg.threshold}"))
+    else:
+        rec.missing("consistency_fraction", "", EXTRA, "consistency_map is missing")
+    try:
+        lr = leiden_nmi_ari(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed)
+        rec("nmi", "annotation", EXTRA, lambda: (lr["nmi"], lr["n"], f"Leiden resolution {lr['nmi_resolution']}"))
+        rec("ari", "annotation", EXTRA, lambda: (lr["ari"], lr["n"], f"Leiden resolution {lr['ari_resolution']}"))
+    except MetricUnavailable as exc:
+        for m in ("nmi", "ari"):
+            rec.missing(m, "annotation", EXTRA, str(exc))
     for name, tab in (pairs or {}).items():
         def _fr(tab=tab, name=name):
-            frac, per_pair = fraction_retrieved(emb, tab, seed=cfg.seed,
-                                                null="union" if name.startswith("sister") else "cross")
+            frac, per_pair = fraction_retrieved(emb, tab, seed=cfg.seed)
             details[f"retrieval_{name}"] = per_pair
             return frac, int(per_pair["found"].sum()), f"{name} pairs, > 95th percentile of non-pairs"
-        record("fraction_retrieved", name, BIOLOGICAL, _fr)
-    tick("retrieval")
-
+        rec("fraction_retrieved", name, EXTRA, _fr)
     if truth is not None:
-        record("knn_overlap", "truth", BIOLOGICAL, lambda: (*knn_overlap(emb, truth, k=cfg.k), f"k={cfg.k}"))
-    tick("truth")
+        rec("knn_overlap", "truth", EXTRA, lambda: (*knn_overlap(emb, truth, k=cfg.k), f"k={cfg.k}"))
+    rec.tick("extras")
 
-    rows += _aggregate_rows(method, rows)
+
+def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None = None,
+             pairs: dict[str, pd.DataFrame] | None = None, config: EvaluationConfig | None = None,
+             baseline: Profiles | None = None, progress: ProgressCallback = no_progress) -> Scorecard:
+    """Score one embedding with the field protocol plus the Cell Painting position score.
+
+    * technical (Arevalo et al. 2024 "batch correction"): silhouette of batch, graph connectivity,
+      kBET, iLISI — on replicated treatment wells, batch = the batch column, else plates;
+    * biological ("bio metrics"): cLISI, mAP vs negative controls, mAP vs non-replicates, Leiden
+      NMI and ARI against perturbations, perturbation silhouette;
+    * overall = 0.4·technical + 0.6·biological;
+    * position (reported beside it, own aggregate): row/column silhouette, variance explained and
+      leakage among negative controls and within perturbations, the same-position control test,
+      neighbour preservation against ``baseline`` (the uncorrected profiles) and control collapse;
+    * extras (not aggregated): FDR fractions, annotation consistency and NMI/ARI, batch/plate
+      effects among controls, ``pairs`` retrieval, ``truth`` kNN overlap, same-well-replicate mAP.
+
+    Metrics the data cannot support are missing (NaN) with the reason. Definitions: docs/metrics.md.
+    """
+    cfg = config or EvaluationConfig()
+    method = method or getattr(emb, "method", None) or "embedding"
+    _check_finite(emb)
+    effects = [e for e in (cfg.effects or EFFECTS) if e in EFFECTS]
+    rec = _Recorder(method, progress, steps=len(effects) + 8)
+    details: dict[str, pd.DataFrame] = {}
+    cache: dict[str, Any] = {}
+
+    def knn():  # one cosine kNN (3·perplexity) of the replicated treatments for iLISI and cLISI
+        if "knn" not in cache:
+            cache["knn"] = _label_knn(emb, int(3 * cfg.perplexity))
+        return cache["knn"]
+
+    _technical(emb, cfg, rec, knn)
+    _biological(emb, cfg, rec, knn, details)
+    _position(emb, cfg, rec, effects, baseline)
+    _extras(emb, cfg, rec, details, pairs, truth)
+    rows = rec.rows + _aggregate_rows(method, rec.rows)
     scores = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     scores["n"] = scores["n"].astype("Int64")
     scores["note"] = scores["note"].fillna("")
