@@ -24,7 +24,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,20 +127,18 @@ def load(name: str, args: argparse.Namespace, demo: dict | None = None):
     return profiles, truth, _pairs(ns, profiles), _eval_config(ns)
 
 
+SCORED = ("technical", "biological", "overall", "position", "activity_map", "nonrep_map", "consistency_map",
+          "clisi", "nmi[perturbation]", "pasw", "neighbor_preservation", "control_collapse", "variance[row]",
+          "variance[column]", "variance_trt[row]", "variance_trt[column]", "leakage_trt[row]",
+          "leakage_trt[column]")
+
+
 def score(emb, reference, truth, pairs, eval_cfg) -> dict:
-    card = metrics.evaluate(emb, method="m", truth=truth, pairs=pairs, config=eval_cfg)
+    """The field-standard scorecard plus position, retrieval and truth columns (``metrics.evaluate``)."""
+    card = metrics.evaluate(emb, method="m", truth=truth, pairs=pairs, config=eval_cfg, baseline=reference)
     wide = card.wide().iloc[0].to_dict()
-    row = {k: wide.get(k) for k in ("technical", "biological", "overall", "activity_map", "consistency_map",
-                                    "variance[row]", "variance[column]", "variance[batch]",
-                                    "variance_trt[row]", "variance_trt[column]", "leakage_trt[row]",
-                                    "leakage_trt[column]")}
+    row = {k: wide.get(k) for k in SCORED}
     row.update({k: v for k, v in wide.items() if k.startswith(("fraction_retrieved", "knn_overlap"))})
-    for key, fn in (("neighbor_preservation", lambda: metrics.neighbor_preservation(emb, reference)),
-                    ("control_collapse", lambda: metrics.control_collapse(emb))):
-        try:
-            row[key] = fn()[0]
-        except metrics.MetricUnavailable:
-            row[key] = np.nan
     return row
 
 
@@ -166,9 +163,10 @@ def embedding(name: str, method: str, seed: int, overrides: dict | None, profile
     return emb
 
 
-SUMMARY_COLUMNS = ["technical", "biological", "overall", "activity_map", "consistency_map",
-                   "neighbor_preservation", "control_collapse", "variance_trt[row]", "variance_trt[column]",
-                   "fraction_retrieved[gene_compound]", "fraction_retrieved[sister]", "knn_overlap[truth]"]
+SUMMARY_COLUMNS = ["technical", "biological", "overall", "position", "activity_map", "nonrep_map",
+                   "consistency_map", "neighbor_preservation", "control_collapse", "variance_trt[row]",
+                   "variance_trt[column]", "fraction_retrieved[gene_compound]", "fraction_retrieved[sister]",
+                   "knn_overlap[truth]"]
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
