@@ -256,8 +256,8 @@ def correlation_threshold(X: np.ndarray, features: Sequence[str], threshold: flo
     GEMM the summation order (BLAS thread count) can flip near-tied pairs and so which feature is dropped.
 
     When the p x p float64 matrix would exceed ``block_bytes`` (e.g. 20,000 features: 3.2 GB, and
-    several temporaries of that size), it is never held whole: two passes over row blocks of it, the
-    first for the absolute sums, the second for the pairs, each block ``block_bytes`` at most.
+    several temporaries of that size), it is never held whole: row blocks of its lower triangle, each
+    ``block_bytes`` at most, give the absolute sums (rows and mirrored columns) and the pairs.
     """
     X = np.asarray(X)
     n, p = X.shape
@@ -271,20 +271,42 @@ def correlation_threshold(X: np.ndarray, features: Sequence[str], threshold: flo
     for C in _centred_chunks(X, mean, chunk_rows):
         d += np.einsum("ij,ij->j", C, C)
     d = np.sqrt(d)
-    abs_sum = np.empty(p)
+    # One pass over the lower triangle (symmetry: half the products): absolute sums by row and by
+    # column, and the pairs above the threshold (kept unless there are very many: then a 2nd pass).
+    abs_sum = np.zeros(p)
+    pairs: list[tuple[np.ndarray, np.ndarray]] | None = []
+    n_pairs, max_pairs = 0, block_bytes // 8
     for j0, corr in _correlation_blocks(X, mean, d, rows, chunk_rows):
-        abs_sum[j0:j0 + len(corr)] = np.nansum(np.abs(corr), axis=1)
+        if pairs is not None:
+            a, b = _pairs_above(corr, j0, threshold)
+            n_pairs += len(a)
+            pairs = pairs + [(a, b)] if n_pairs <= max_pairs else None
+        _add_abs_sums(abs_sum, corr, j0)  # overwrites the block
     rank = _pycytominer_rank(abs_sum)
+    if pairs is None:
+        pairs = [_pairs_above(corr, j0, threshold) for j0, corr in _correlation_blocks(X, mean, d, rows, chunk_rows)]
     excluded = np.zeros(p, dtype=bool)
-    for j0, corr in _correlation_blocks(X, mean, d, rows, chunk_rows):
-        with np.errstate(invalid="ignore"):
-            hit = corr > threshold
-        r, b = np.nonzero(hit)
-        a = r + j0
-        lower = b < a  # pycytominer's pairs (pair_a, pair_b) with a > b
-        a, b = a[lower], b[lower]
+    for a, b in pairs:
         excluded[np.where(rank[a] > rank[b], a, b)] = True
     return [features[i] for i in np.flatnonzero(excluded)]
+
+
+def _add_abs_sums(abs_sum: np.ndarray, corr: np.ndarray, j0: int) -> None:
+    """Add a lower-triangle block's |correlations| to the sums of its rows and (mirrored) columns
+    (in place: the block is overwritten)."""
+    A = np.abs(corr, out=corr)
+    np.nan_to_num(A, copy=False, nan=0.0)
+    abs_sum[j0:j0 + len(A)] += A.sum(axis=1)
+    abs_sum[:j0] += A[:, :j0].sum(axis=0)  # the block's columns j0.. are its own rows: counted above
+
+
+def _pairs_above(corr: np.ndarray, j0: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """pycytominer's (pair_a, pair_b) with a > b and correlation > threshold, in a lower-triangle block."""
+    with np.errstate(invalid="ignore"):
+        r, b = np.nonzero(corr > threshold)
+    a = (r + j0).astype(np.int32)
+    lower = b < a
+    return a[lower], b[lower].astype(np.int32)
 
 
 def _centred_chunks(X: np.ndarray, mean: np.ndarray, chunk_rows: int):
@@ -297,17 +319,21 @@ def _centred_chunks(X: np.ndarray, mean: np.ndarray, chunk_rows: int):
 
 
 def _correlation_blocks(X: np.ndarray, mean: np.ndarray, d: np.ndarray, rows: int, chunk_rows: int):
-    """(first feature, correlations of features first..first+rows with every feature) blocks."""
+    """(j0, correlations of features j0..j1 with features 0..j1) for row blocks of the lower triangle."""
     p = X.shape[1]
     for j0 in range(0, p, rows):
         j1 = min(p, j0 + rows)
-        gram = np.zeros((j1 - j0, p))
-        for C in _centred_chunks(X, mean, chunk_rows):
-            gram += C[:, j0:j1].T @ C
+        gram = np.empty((j1 - j0, j1))
+        for k, C in enumerate(_centred_chunks(X, mean, chunk_rows)):
+            if k == 0:
+                np.matmul(C[:, j0:j1].T, C[:, :j1], out=gram)  # no block-sized temporary
+            else:
+                gram += C[:, j0:j1].T @ C[:, :j1]
+        dj = d[:j1]
         with np.errstate(divide="ignore", invalid="ignore"):
-            for i in range(0, j1 - j0, 64):  # the full path's formula, without a block-sized temporary
-                gram[i:i + 64] /= np.outer(d[j0 + i:j0 + i + 64], d)
-        gram[:, d == 0] = np.nan
+            for i in range(j0, j1, 64):  # the full path's formula, without a block-sized temporary
+                gram[i - j0:min(j1, i + 64) - j0] /= np.outer(d[i:min(j1, i + 64)], dj)
+        gram[:, dj == 0] = np.nan
         gram[d[j0:j1] == 0, :] = np.nan
         idx = np.arange(j1 - j0)
         gram[idx, idx + j0] = np.where(d[j0:j1] == 0, np.nan, 1.0)
