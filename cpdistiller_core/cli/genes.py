@@ -224,17 +224,30 @@ def _gene_sets(args: argparse.Namespace, demo: bool):
     return resolve_gene_sets(libs, gmts, args.library_dir, args.enrichr_url, args.offline)
 
 
+def _require_archs4(url: str | None) -> None:
+    from ..analysis.archs4 import require_archs4
+    from ..net import OfflineError
+
+    try:
+        require_archs4(url)
+    except OfflineError as exc:
+        raise type(exc)(f"{exc} Genes already in the ARCHS4 cache work with --offline.") from None
+
+
 def _genes(args: argparse.Namespace) -> int:
     from ..analysis.archs4 import archs4_edges, coexpression_by_cluster, gene_groups, read_gene_groups
     from ..analysis.clustering import gene_clusters
     from ..analysis.enrichment import enrich_clusters, top_terms
     from ..plots import genes as gp
 
+    demo = len(args.inputs) == 1 and args.inputs[0].lower() == "demo"
+    # the network first: an unreachable or refusing service fails in seconds, before any computation
+    sets = None if args.no_enrichment else _gene_sets(args, demo)
+    if args.archs4 and not args.gene_groups and not args.offline:
+        _require_archs4(args.archs4_url)
     embs, desc = load_pair(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    demo = len(args.inputs) == 1 and args.inputs[0].lower() == "demo"
-    sets = None if args.no_enrichment else _gene_sets(args, demo)
     for i, (name, emb) in enumerate(embs.items()):
         folder = out if i == 0 else out / name
         (folder / "figures").mkdir(parents=True, exist_ok=True)
