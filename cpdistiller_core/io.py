@@ -1,7 +1,9 @@
 """Reading and writing well-level profiles: formats, role detection and mapping, validation.
 
 ``read_profiles`` reads CSV/TSV (optionally gzipped), Parquet and AnnData ``.h5ad`` files into a
-:class:`~cpdistiller_core.profiles.Profiles`. Features are the numeric CellProfiler measurement
+:class:`~cpdistiller_core.profiles.Profiles`. What a file really holds is sniffed, not taken from its
+name: magic bytes (Parquet, HDF5, gzip; workbooks and saved web pages are named as such), the text
+encoding (UTF-8, else cp1252 / Latin-1), the separator and the decimal mark (:func:`sniff_dialect`). Features are the numeric CellProfiler measurement
 columns (``Cells_``, ``Nuclei_``, ``Cytoplasm_``, ``Image_``… prefixes) unless a list or regex is
 given; every other column is metadata and is kept untouched, in its original order. Roles (plate,
 well, batch, perturbation, control status, annotation) are auto-detected from pycytominer / JUMP
