@@ -273,3 +273,20 @@ def test_a_relabelled_copy_of_the_plate_column_is_not_ambiguous(injury, tmp_path
     df.to_csv(path, index=False)
     prof = read_profiles(path)
     assert prof.roles.plate == "Metadata_Plate" and prof.roles.well == "Metadata_Well"
+
+
+# ----- uploads (the dashboard reads bytes, not paths) -----------------------------------------------------
+def test_uploaded_bytes_are_sniffed_like_files(injury, lincs, tmp_path):
+    import io
+
+    df = injury.head(120).copy()
+    df["Compound Name"] = df["Compound Name"].fillna("") + " (µM, éther)"
+    text = df.to_csv(index=False, sep=";", decimal=",").encode("cp1252")
+    prof, rep = read_profiles_with_report(io.BytesIO(text), source="export.csv", emit_warnings=False)
+    assert prof.n_wells == 120 and prof.features == features_of(injury)
+    assert prof.meta["Compound Name"].tolist() == df["Compound Name"].tolist()
+    assert any("cp1252" in w for w in rep.warnings) and any("semicolons" in w for w in rep.warnings)
+    buf = io.BytesIO()
+    lincs.to_parquet(buf)
+    prof, rep = read_profiles_with_report(io.BytesIO(buf.getvalue()), source="plate.csv", emit_warnings=False)
+    assert prof.n_wells == len(lincs) and any("Parquet data" in w for w in rep.warnings)
