@@ -102,6 +102,11 @@ def check_http(url: str, what: str, *, method: str = "GET", timeout: float = 5.0
         resp = requests.request(method, url, timeout=(min(timeout, DEFAULT_TIMEOUT * 2), timeout), **kwargs)
     except requests.Timeout:
         raise OfflineError(f"no access to {what}: {host} did not answer within {timeout:g} s.") from None
+    except requests.exceptions.ProxyError as exc:  # e.g. an HTTPS tunnel (CONNECT) refused with 403
+        code = re.search(r"Tunnel connection failed: ([45]\d\d)", str(exc))
+        answer = f"answers HTTP {code.group(1)}" if code else "refuses the connection"
+        raise NoAccessError(f"no access to {what}: the proxy {answer} for {host} (a proxy or firewall may be "
+                            "blocking it).") from None
     except requests.RequestException as exc:
         raise OfflineError(f"no access to {what}: the request to {host} failed ({type(exc).__name__}).") from None
     if resp.status_code >= 400:

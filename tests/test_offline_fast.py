@@ -40,7 +40,7 @@ class RefusingProxy(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_HEAD = _refuse  # noqa: N815
+    do_GET = do_POST = do_HEAD = do_CONNECT = _refuse  # noqa: N815
 
     def log_message(self, *args):
         pass
@@ -72,6 +72,15 @@ def test_enrichr_behind_a_refusing_proxy_is_no_access_not_a_wrong_name(refusing_
     assert msg.startswith("no access to Enrichr") and "HTTP 403" in msg and "proxy" in msg
     assert "--gmt" in msg and "check the name" not in msg
     assert len(refusing_proxy) == 2  # the library, one probe: no retries
+
+
+def test_https_through_a_proxy_refusing_the_tunnel_is_no_access(refusing_proxy, monkeypatch):
+    monkeypatch.setenv("https_proxy", os.environ["http_proxy"])
+    t0 = time.monotonic()
+    with pytest.raises(NoAccessError, match="no access to ARCHS4: the proxy answers HTTP 403"):
+        archs4.archs4_edges(["PSMA1"], base_url="https://archs4.example/matrixapi/coltop")
+    assert time.monotonic() - t0 < 5
+    assert refusing_proxy == ["CONNECT archs4.example:443"]
 
 
 def test_archs4_behind_a_refusing_proxy_is_no_access(refusing_proxy):
