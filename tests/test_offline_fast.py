@@ -81,6 +81,8 @@ def test_https_through_a_proxy_refusing_the_tunnel_is_no_access(refusing_proxy, 
         archs4.archs4_edges(["PSMA1"], base_url="https://archs4.example/matrixapi/coltop")
     assert time.monotonic() - t0 < 5
     assert refusing_proxy == ["CONNECT archs4.example:443"]
+    with pytest.raises(NoAccessError, match="no access to Enrichr: the proxy answers HTTP 403.*--gmt"):
+        enrichment.resolve_gene_sets(["ChEA_2022"], base_url="https://enrichr.example/Enrichr")
 
 
 def test_archs4_behind_a_refusing_proxy_is_no_access(refusing_proxy):
