@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning, example_values, where
+from .model.bounds import check_architecture
 from .model.discriminators import ordinal_soft_labels, smooth_labels
 from .model.gmvae import CorrectionModule
 from .paths import atomic_write_bytes, atomic_write_text, json_default
@@ -348,6 +349,7 @@ class CpDistiller:
             E = align_extractor(profiles, extractor).astype(np.float32)
             joint = self._make_joint(E, base)
             self.extractor_features = list(extractor.features)
+        check_architecture(cfg, X.shape[1], {e: len(self.levels[e]) for e in effects})
         self.module = CorrectionModule(
             X.shape[1], {e: len(self.levels[e]) for e in effects}, cfg.hidden_dim, cfg.latent_dim,
             cfg.n_components, cfg.discriminator_hidden, joint=joint, decoder_levels=self._decoder_levels())
@@ -544,6 +546,8 @@ class CpDistiller:
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise CpDistillerError(f"{directory}: saved by a newer cpDistiller ({meta.get('cpdistiller_version')}).")
         cfg = CpDistillerConfig.from_dict(meta["config"], source=str(meta_path))
+        check_architecture(cfg, len(meta["features"]), {e: len(v) for e, v in meta["levels"].items()},
+                           joint=meta.get("joint"), source=str(meta_path))
         if device is not None:
             cfg = cfg.replace(device=device)
         self = cls(cfg)

@@ -99,8 +99,12 @@ def download_library(name: str, out_dir: str | Path | None = None, base_url: str
         resp = requests.get(f"{base}/geneSetLibrary", params={"mode": "text", "libraryName": name},
                             timeout=(3.0, timeout))
     except requests.RequestException as exc:
+        if isinstance(exc, requests.exceptions.ProxyError):
+            netcheck.require(base, "Enrichr", OFFLINE_HINT, probe={"url": f"{base}/datasetStatistics"})
         raise CpDistillerError(f"downloading Enrichr library {name!r} failed: {exc}. {OFFLINE_HINT}") from exc
     sets = _parse_enrichr_text(resp.text) if resp.ok else {}
+    if not sets and resp.status_code >= 400:  # a wrong name, or a proxy refusing every request?
+        netcheck.require(base, "Enrichr", OFFLINE_HINT, probe={"url": f"{base}/datasetStatistics"})
     if not sets:
         raise CpDistillerError(
             f"Enrichr returned no gene sets for library {name!r} (HTTP {resp.status_code}); check the "
