@@ -368,8 +368,10 @@ class CpDistiller:
         self.neighbor_stats.setdefault("anchors_with_positive", int(graph.has_positive().sum()))
         del X_mine
         # "neutral": no well is treated as a control, so no control is pulled onto the others.
-        triplet_controls = profiles.negative_mask if cfg.triplet_controls == "paper" else \
-            np.zeros(profiles.n_wells, dtype=bool)
+        rule = cfg.triplet_controls if cfg.triplet_controls != "auto" else \
+            ("paper" if self.adversary_wells == "all" else "neutral")
+        triplet_controls = profiles.negative_mask if rule == "paper" else np.zeros(profiles.n_wells, dtype=bool)
+        self.neighbor_stats["triplet_controls"] = rule
         sampler = TripletSampler(graph, triplet_controls, seed=cfg.seed)
         n_anchor = len(sampler.anchors()) if hasattr(sampler, "anchors") else int(graph.has_positive().sum())
         self.neighbor_stats["triplet_anchors"] = n_anchor

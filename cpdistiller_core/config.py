@@ -21,7 +21,7 @@ _EFFECT_ALIASES = {"batch": "batch", "row": "row", "column": "column", "col": "c
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPHERING = ("none", "negcon", "auto")
 ADVERSARY_WELLS = ("all", "negcon", "auto")
-TRIPLET_CONTROLS = ("paper", "neutral")
+TRIPLET_CONTROLS = ("auto", "paper", "neutral")
 NEIGHBOR_SPACES = ("input", "unsphered")
 DECODER_COVARIATES = ("none", "batch", "effects")
 
@@ -59,7 +59,9 @@ class CpDistillerConfig:
     # other control and a treated well's negative is a control, which pulls every control to one point
     # and pushes all treatments away from it. "neutral": controls are wells like any other (positives
     # from the mined neighbours, negatives drawn at random outside the anchor's positive set).
-    triplet_controls: str = "paper"
+    # "auto": "paper" with the paper's all-wells adversary, "neutral" when the discriminators learn
+    # from the controls (the two pulls on the controls would add up to a collapse).
+    triplet_controls: str = "auto"
     # Gradients through the positive/negative wells of a triplet too (paper). False: they are encoded
     # without gradient (targets), ~40% less compute per step; every well is still an anchor each epoch.
     pair_gradients: bool = True

@@ -232,3 +232,11 @@ def test_conditional_decoder_learns_level_offsets_and_saves(screen, tmp_path):
     np.testing.assert_allclose(loaded.transform(screen).X, m.transform(screen).X, rtol=1e-5, atol=1e-5)
     with pytest.raises(CpDistillerError, match="decoder_covariates"):
         CpDistillerConfig(decoder_covariates="plate")
+
+
+def test_triplet_controls_auto_follows_the_adversary(screen):
+    paper = CpDistiller(TINY.replace(adversary_wells="all", epochs=1)).fit(screen, effects="row")
+    ours = CpDistiller(TINY.replace(adversary_wells="negcon", sphering_min_controls=5, epochs=1)).fit(
+        screen, effects="row")
+    assert paper.neighbor_stats["triplet_controls"] == "paper"
+    assert ours.neighbor_stats["triplet_controls"] == "neutral"
