@@ -137,7 +137,9 @@ def require_access() -> None:
     if mode == "oidc":
         if not st.user.is_logged_in:
             st.title("cpDistiller")
-            st.button("Log in", on_click=st.login, type="primary", key="auth_login")
+            provider = access.login_provider(secrets)
+            st.button("Log in", on_click=st.login, args=(provider,) if provider else (), type="primary",
+                      key="auth_login")
             st.stop()
         return
     if st.session_state.get(AUTH_KEY):

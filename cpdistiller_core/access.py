@@ -73,6 +73,16 @@ def identity_provider_configured(secrets: Mapping[str, Any] | None) -> bool:
     return any(p.get("client_id") and p.get("server_metadata_url") for p in providers)
 
 
+def login_provider(secrets: Mapping[str, Any] | None) -> str | None:
+    """The provider name to pass to ``st.login``: None for a provider configured directly in ``[auth]``,
+    else the first ``[auth.<name>]`` section that is complete."""
+    auth = (secrets or {}).get("auth") or {}
+    if auth.get("client_id") and auth.get("server_metadata_url"):
+        return None
+    return next((k for k, v in auth.items() if isinstance(v, Mapping) and v.get("client_id")
+                 and v.get("server_metadata_url")), None)
+
+
 def auth_mode(secrets: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> str | None:
     """'oidc' (st.login), 'password', or None when no authentication is configured."""
     if identity_provider_configured(secrets):

@@ -172,12 +172,13 @@ if not current:
 else:
     current = Path(current)
     try:
-        running = not jobs.status(current).finished
+        current_status = jobs.status(current).status
     except CpDistillerError:
-        running = False
+        current_status = jobs.UNREADABLE  # run_panel shows why
+    running = current_status not in (*jobs.TERMINAL, jobs.UNREADABLE)
     st.fragment(run_every=POLL_SECONDS if running else None)(run_panel)(current)
 
-    if not running and jobs.status(current).status == jobs.DONE:
+    if current_status == jobs.DONE:
         st.markdown("##### Reference methods")
         have = sorted(p.stem for p in (current / ds.REFERENCES_DIR).glob("*.parquet"))
         st.caption("Computed on the same preprocessed input, for side-by-side comparison in the explorer. "

@@ -183,3 +183,30 @@ def test_unreadable_state_files_are_listed_not_fatal(tmp_path):
         assert rows[str(d)]["status"] == jobs.UNREADABLE and "unreadable" in rows[str(d)]["error"], d
     with pytest.raises(CpDistillerError, match="unreadable"):
         jobs.status(schemaless)
+
+
+def test_correct_page_lists_unreadable_and_interrupted_runs_without_crashing():
+    from streamlit.testing.v1 import AppTest
+
+    sid = ds.new_session_id()
+    root = ds.session_runs_root(sid)
+    broken, dead = jobs.new_run_dir(root), jobs.new_run_dir(root)
+    for d in (broken, dead):
+        (d / jobs.JOB_FILE).write_text(json.dumps({"target": ds.CORRECTION_TARGET, "meta": {"dataset": "x"},
+                                                   "created": time.time()}))
+    (broken / jobs.STATE_FILE).write_text('{"status": "run')
+    (dead / jobs.STATE_FILE).write_text(json.dumps({"run_dir": str(dead), "status": "running", "started": time.time(),
+                                                    "pid": 2**22 + 4321}))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.session_state[ds.SESSION_ID_KEY] = sid
+    at.session_state[ds.RUN_KEY] = str(broken)
+    at.run()
+    at.switch_page("pages/2_Correct.py").run()
+    assert not at.exception
+    table = at.dataframe[-1].value
+    assert dict(zip(table["run_id"], table["status"])) == {broken.name: "unreadable", dead.name: "interrupted"}
+    assert any("unreadable" in e.value for e in at.error)
+    at.session_state[ds.RUN_KEY] = str(dead)
+    at.run()
+    assert not at.exception and any("interrupted" in w.value for w in at.warning)
+    assert json.loads((dead / jobs.STATE_FILE).read_text())["status"] == "interrupted"  # written back

@@ -330,3 +330,12 @@ def test_the_page_icon_is_served_locally():
     assert 'page_icon=":material' not in text and "PAGE_ICON" in text
     with Image.open(REPO / "assets" / "icon.png") as icon:
         assert icon.size == (64, 64)
+
+
+def test_login_provider_names_the_configured_section():
+    base = {"redirect_uri": "https://x/oauth2callback", "cookie_secret": "s"}
+    idp = {"client_id": "c", "client_secret": "x", "server_metadata_url": "https://id/.well-known/openid-configuration"}
+    assert access.auth_mode({"auth": {**base, **idp}}) == "oidc" and access.login_provider({"auth": {**base, **idp}}) is None
+    named = {"auth": {**base, "microsoft": idp}}
+    assert access.auth_mode(named) == "oidc" and access.login_provider(named) == "microsoft"
+    assert access.auth_mode({"auth": base}, env={}) is None
