@@ -339,3 +339,20 @@ def test_login_provider_names_the_configured_section():
     named = {"auth": {**base, "microsoft": idp}}
     assert access.auth_mode(named) == "oidc" and access.login_provider(named) == "microsoft"
     assert access.auth_mode({"auth": base}, env={}) is None
+
+
+def test_a_dashboard_correction_reads_its_parquet_input_back(tmp_path):
+    from engine_screens import small_screen
+
+    raw = small_screen(n_plates=2, n_features=12, seed=3)
+    sid = ds.new_session_id()
+    run_dir = ds.launch_correction(ds.Dataset(name="small", raw=raw, preprocess_enabled=False),
+                                   {"epochs": 1, "batch_size": 64, "min_steps": 0, "device": "cpu",
+                                    "hidden_dim": 16, "latent_dim": 8}, ["row", "column"], session_id=sid)
+    assert run_dir.parent == ds.session_runs_root(sid)
+    state = jobs.wait(run_dir, timeout=600)
+    assert state.status == jobs.DONE, jobs.read_log(run_dir)
+    assert sorted(p.name for p in (run_dir / jobs.INPUTS_DIR).iterdir()) == [f"{ds.INPUT_OBJECT}.parquet"]
+    view = ds.load_run_view(run_dir)
+    assert view.uncorrected.n_wells == view.corrected.n_wells == raw.n_wells
+    assert [r["run_dir"] for r in ds.finished_runs(sid)] == [str(run_dir)]
