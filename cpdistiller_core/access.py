@@ -196,9 +196,15 @@ class Limits:
 
 # ----- `make serve` -------------------------------------------------------------------------------
 def serve_command(address: str, port: int, app: str = "app.py", extra: Sequence[str] = ()) -> list[str]:
-    """The ``streamlit run`` command line for serving on ``address:port``."""
+    """The ``streamlit run`` command line for serving on ``address:port``.
+
+    ``browser.serverAddress`` names this host: otherwise, on a wildcard address, Streamlit asks an
+    internet service for the machine's external IP at start-up."""
+    import socket
+
     return [sys.executable, "-m", "streamlit", "run", app, "--server.address", address, "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false", *extra]
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--browser.serverAddress", socket.gethostname() if address in ("0.0.0.0", "::", "") else address, *extra]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
