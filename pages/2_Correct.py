@@ -188,7 +188,10 @@ else:
                                 default=[m for m in ("uncorrected", "harmony") if m not in have][:2], key="correct_refs")
         jobs_by_run = st.session_state.setdefault("correct_ref_jobs", {})
         ref_job = jobs_by_run.get(str(current))
-        busy = ref_job is not None and not jobs.status(Path(ref_job)).finished
+        try:
+            busy = ref_job is not None and not jobs.status(Path(ref_job)).finished
+        except CpDistillerError:  # an unreadable reference job: shown by ref_panel, not running
+            busy = False
         if c2.button("Compute", disabled=not chosen or busy, key="correct_refs_go"):
             try:
                 jobs_by_run[str(current)] = str(ds.launch_references(current, chosen, session_id=session_id))
@@ -197,7 +200,11 @@ else:
                 st.error(str(exc))
 
         def ref_panel(job_dir: Path) -> None:
-            state = jobs.status(job_dir)
+            try:
+                state = jobs.status(job_dir)
+            except CpDistillerError as exc:
+                st.error(f"Reference methods: {exc}")
+                return
             if not state.finished:
                 st.progress(state.fraction, text=f"Reference methods: {state.message} (elapsed {_fmt_s(state.elapsed)})")
             elif state.status in (jobs.FAILED, jobs.INTERRUPTED):
