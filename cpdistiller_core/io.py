@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from .errors import CpDistillerError, CpDistillerWarning, example_rows, example_values, where
+from .errors import CpDistillerError, CpDistillerWarning, example_cells, example_rows, example_values, where
 from .paths import json_default
 from .profiles import Embedding, Profiles, Roles
 
@@ -918,7 +918,7 @@ def _feature_matrix(df: pd.DataFrame, feats: Sequence[str], source: str) -> np.n
             offending = num.isna() & s.notna() & (text != "")
             if offending.any():
                 rows = df.index[offending.to_numpy(bool)]
-                bad.append(f"{f!r} holds text {example_values(s[offending.to_numpy(bool)], 3)} "
+                bad.append(f"{f!r} holds text {example_cells(s[offending.to_numpy(bool)], 3)} "
                            f"({example_rows(rows, 3)})")
                 continue
             s = num
@@ -1224,7 +1224,7 @@ def _match_values(s: pd.Series, given: Sequence[str], column: str, source: str |
             missing.append(g)
     if missing:
         _warn(f"{where(source, column)}control value(s) {missing} do not occur; values there include "
-              f"{example_values(list(present.values()))}.")
+              f"{example_cells(list(present.values()))}.")
     return list(dict.fromkeys(out + missing))
 
 

@@ -170,16 +170,19 @@ def _with_role_flags(profiles, args: argparse.Namespace):
 def _run_input(run_dir: Path, run_input, args: argparse.Namespace):
     """The run's preprocessed input: --uncorrected files, else the dashboard job's copy, else the file(s)
     named in config.json (read with this command's column options), with the run's preprocessing."""
+    first: CpDistillerError | None = None
     if not args.uncorrected:
         try:
             return run_input(run_dir)
-        except CpDistillerError:
-            pass
+        except CpDistillerError as exc:
+            first = exc
     from ..runs import load_run
 
     src = (load_run(run_dir).config.get("input") or {}).get("source")
     files = list(args.uncorrected or []) or ([src] if isinstance(src, str) else list(src or []))
     if not files or not all(isinstance(f, str) and Path(f).is_file() for f in files):
+        if first is not None and "old layout" in str(first):
+            raise first
         raise CpDistillerError(f"{run_dir}: cannot find the run's input ({src!r}); pass --uncorrected FILE...")
     raw = _read(args, files)
     prep = run_dir / "model" / "preprocess.json"
