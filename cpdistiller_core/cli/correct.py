@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--adversary-wells", choices=("auto", "all", "negcon"),
                    help="wells the batch/row/column discriminators learn from (default auto: the negative "
                         "controls when there are >= 10 at 2+ levels of every effect; all = the paper)")
+    p.add_argument("--adversary-encoder", choices=("same", "all"),
+                   help="with controls-trained discriminators: hide batch/position from the controls only "
+                        "(same) or from every well through the frozen discriminators (all)")
+    p.add_argument("--triplet-controls", choices=("auto", "paper", "neutral"),
+                   help="how negative controls enter the triplet loss: paper (every control pulled onto the "
+                        "others), neutral (like any well), auto (paper with --adversary-wells all)")
     p.add_argument("--no-amp", action="store_true",
                    help="no mixed precision (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16)")
     p.add_argument("--no-preprocess", action="store_true",
@@ -53,7 +59,9 @@ def config_from_args(args: argparse.Namespace) -> CpDistillerConfig:
     cfg = CpDistillerConfig.from_file(args.config) if args.config else CpDistillerConfig()
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("min_steps", args.min_steps),
                                  ("device", args.device), ("seed", args.seed), ("sphering", args.sphering),
-                                 ("adversary_wells", args.adversary_wells))
+                                 ("adversary_wells", args.adversary_wells),
+                                 ("adversary_encoder", args.adversary_encoder),
+                                 ("triplet_controls", args.triplet_controls))
                if v is not None}
     if args.no_amp:
         changes["amp"] = False
