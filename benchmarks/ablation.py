@@ -128,7 +128,8 @@ def load(name: str, args: argparse.Namespace, demo: dict | None = None):
     return profiles, truth, _pairs(ns, profiles), _eval_config(ns)
 
 
-SCORED = ("technical", "biological", "overall", "position", "activity_map", "nonrep_map", "consistency_map",
+SCORED = ("technical", "biological", "overall", "position", "silhouette_batch[batch]", "kbet[batch]",
+          "ilisi[batch]", "graph_connectivity[perturbation]", "activity_map", "nonrep_map", "consistency_map",
           "clisi", "nmi[perturbation]", "pasw", "neighbor_preservation", "control_collapse", "variance[row]",
           "variance[column]", "variance_trt[row]", "variance_trt[column]", "leakage_trt[row]",
           "leakage_trt[column]")
