@@ -24,7 +24,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +52,29 @@ VARIANTS: dict[str, dict] = {
     "triplet/10": {"w_con_per_feature": 1 / 350},
     "dis/10": {"w_dis_per_feature": 1 / 350},
     "ridge1": {"sphering_regularization": 1.0},
+    "neutral+ridge1": {"triplet_controls": "neutral", "sphering_regularization": 1.0},
+    "neutral+ridge0.1": {"triplet_controls": "neutral", "sphering_regularization": 0.1},
+    "neutral+min_steps0": {"triplet_controls": "neutral", "min_steps": 0},
+    "cond": {"triplet_controls": "neutral", "decoder_covariates": "effects"},
+    "cond+batch": {"triplet_controls": "neutral", "decoder_covariates": "batch"},
+    "paper+cond": {**PAPER, "triplet_controls": "neutral", "decoder_covariates": "effects"},
+    "cond+ridge1": {"triplet_controls": "neutral", "decoder_covariates": "effects",
+                    "sphering_regularization": 1.0},
+    "hide0": {"triplet_controls": "neutral", "adversary_encoder": "all", "min_steps": 0},
+    "hide0+cond": {"triplet_controls": "neutral", "adversary_encoder": "all", "min_steps": 0,
+                   "decoder_covariates": "effects"},
+    "hide0+ridge1": {"triplet_controls": "neutral", "adversary_encoder": "all", "min_steps": 0,
+                     "sphering_regularization": 1.0},
+    "nosph_hide0": {"sphering": "none", "adversary_encoder": "all", "min_steps": 0},
+    "nosph_hide0+paper_triplets": {"sphering": "none", "adversary_encoder": "all", "min_steps": 0,
+                                   "triplet_controls": "paper"},
+    "nosph_neg0": {"sphering": "none", "min_steps": 0},
+    "neutral0": {"triplet_controls": "neutral", "min_steps": 0},
+    "cond0": {"triplet_controls": "neutral", "decoder_covariates": "effects", "min_steps": 0},
+    "cond0+ridge1": {"triplet_controls": "neutral", "decoder_covariates": "effects", "min_steps": 0,
+                     "sphering_regularization": 1.0},
+    "cond0+ridge0.1": {"triplet_controls": "neutral", "decoder_covariates": "effects", "min_steps": 0,
+                       "sphering_regularization": 0.1},
     "ridge0.1": {"sphering_regularization": 0.1},
     "no_sphering": {"sphering": "none"},
     "unsphered_mining": {"neighbor_space": "unsphered"},
@@ -70,19 +92,20 @@ SIM_GRID: dict[str, dict] = {
     "sim/negcon5": {"negcon_fraction": 0.05},
     "sim/negcon25": {"negcon_fraction": 0.25},
     "sim/negcon50": {"negcon_fraction": 0.5},
-    "sim/batches1": {"n_batches": 1, "plates_per_batch": 12},
-    "sim/batches6": {"n_batches": 6, "plates_per_batch": 2},
+    "sim/batches1": {"n_batches": 1, "plates_per_batch": 6},
+    "sim/batches6": {"n_batches": 6, "plates_per_batch": 1},
     "sim/position0.5": {"row_effect": 0.4, "column_effect": 0.4, "edge_effect": 0.4},
     "sim/position3": {"row_effect": 2.4, "column_effect": 2.4, "edge_effect": 2.4},
     "sim/locked": {"n_layouts": 1},
     "sim/locked_position3": {"n_layouts": 1, "row_effect": 2.4, "column_effect": 2.4, "edge_effect": 2.4},
 }
+SIM_BASE = {"seed": 1, "n_batches": 3, "plates_per_batch": 2}  # 2,304 wells: the grid stays affordable on 2 cores
 
 
 def load(name: str, args: argparse.Namespace, demo: dict | None = None):
     """(preprocessed profiles, truth or None, pairs dict, eval config) for one data set."""
     if name.startswith("sim"):
-        screen = make_demo_screen(seed=1, **{**SIM_GRID.get(name, {}), **(demo or {})})
+        screen = make_demo_screen(**{**SIM_BASE, **SIM_GRID.get(name, {}), **(demo or {})})
         profiles, truth = screen.profiles, screen.truth
         if args.write_truth:
             from cpdistiller_core.io import write_profiles
@@ -105,22 +128,72 @@ def load(name: str, args: argparse.Namespace, demo: dict | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         profiles, _ = preprocess(profiles, cfg)
+    ns.treatment_technical = True
     return profiles, truth, _pairs(ns, profiles), _eval_config(ns)
 
 
+SCORED = ("technical", "biological", "overall", "position", "silhouette_batch[batch]", "kbet[batch]",
+          "ilisi[batch]", "graph_connectivity[perturbation]", "activity_map", "nonrep_map", "consistency_map",
+          "clisi", "nmi[perturbation]", "pasw", "neighbor_preservation", "control_collapse", "variance[row]",
+          "variance[column]", "variance_trt[row]", "variance_trt[column]", "leakage_trt[row]",
+          "leakage_trt[column]")
+
+
 def score(emb, reference, truth, pairs, eval_cfg) -> dict:
-    card = metrics.evaluate(emb, method="m", truth=truth, pairs=pairs, config=eval_cfg)
+    """The field-standard scorecard plus position, retrieval and truth columns (``metrics.evaluate``)."""
+    card = metrics.evaluate(emb, method="m", truth=truth, pairs=pairs, config=eval_cfg, baseline=reference)
     wide = card.wide().iloc[0].to_dict()
-    row = {k: wide.get(k) for k in ("technical", "biological", "overall", "activity_map", "consistency_map",
-                                    "variance[row]", "variance[column]", "variance[batch]")}
+    row = {k: wide.get(k) for k in SCORED}
     row.update({k: v for k, v in wide.items() if k.startswith(("fraction_retrieved", "knn_overlap"))})
-    for key, fn in (("neighbor_preservation", lambda: metrics.neighbor_preservation(emb, reference)),
-                    ("control_collapse", lambda: metrics.control_collapse(emb))):
-        try:
-            row[key] = fn()[0]
-        except metrics.MetricUnavailable:
-            row[key] = np.nan
     return row
+
+
+def embedding(name: str, method: str, seed: int, overrides: dict | None, profiles, reference,
+              args: argparse.Namespace):
+    """The embedding of one row: computed, or read back from ``--embeddings`` (so rows can be re-scored)."""
+    from cpdistiller_core.io import read_profiles, write_profiles
+
+    path = args.embeddings / name.replace("/", "_") / f"{method.replace('/', '_')}_seed{seed}.parquet" \
+        if args.embeddings else None
+    if path is not None and path.exists():
+        return read_profiles(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if overrides is not None:
+            emb = run_cpdistiller(profiles, ("batch", "row", "column"), seed=seed, epochs=args.epochs, **overrides)
+        else:
+            emb = reference if method == "uncorrected" else baselines.sphering(profiles)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_profiles(emb, path)
+    return emb
+
+
+SUMMARY_COLUMNS = ["technical", "biological", "overall", "position", "activity_map", "nonrep_map",
+                   "consistency_map", "neighbor_preservation", "control_collapse", "variance_trt[row]",
+                   "variance_trt[column]", "fraction_retrieved[gene_compound]", "fraction_retrieved[sister]",
+                   "knn_overlap[truth]"]
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """Mean over seeds per data set and method, uncorrected and sphering first, n seeds shown."""
+    lines = ["# Ablation: where the biology goes", "",
+             "Mean over seeds (n = seeds). Generated by `benchmarks/ablation.py`; column definitions in "
+             "`docs/metrics.md`. Uncorrected and negative-control sphering first.", ""]
+    for name, part in table.groupby("data", sort=False):
+        cols = [c for c in SUMMARY_COLUMNS if c in part.columns and part[c].notna().any()]
+        agg = part.groupby("method", sort=False)[cols].mean()
+        agg.insert(0, "n", part.groupby("method", sort=False).size())
+        order = [m for m in ("uncorrected", "sphering") if m in agg.index] + \
+            [m for m in agg.index if m not in ("uncorrected", "sphering")]
+        agg = agg.loc[order]
+        lines += [f"## {name}", "", "| method | " + " | ".join(agg.columns) + " |",
+                  "|---|" + "---|" * len(agg.columns)]
+        for method, r in agg.iterrows():
+            cells = [str(int(r["n"]))] + ["–" if pd.isna(v) else f"{v:.3f}" for v in r.iloc[1:]]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,9 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--null-size", type=int, default=2000)
     ap.add_argument("--sim", default="{}", help="JSON of make_demo_screen arguments for data set 'sim'")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablation.csv")
+    ap.add_argument("--embeddings", type=Path, default=Path("/tmp/cpdistiller_ablation"),
+                    help="folder caching every embedding (re-scoring reads them back instead of training)")
     ap.add_argument("--write-truth", type=Path, help="folder: each simulator setting writes its profiles, "
                                                      "truth and parameters there")
+    ap.add_argument("--summary", type=Path, help="only write this markdown summary of --out, then stop")
     args = ap.parse_args(argv)
+    if args.summary:
+        args.summary.write_text(summary_markdown(pd.read_csv(args.out)))
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame(columns=["data", "method", "seed"])
@@ -151,15 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             if (name, method, seed) in have:
                 continue
             t0 = time.perf_counter()
+            emb = embedding(name, method, seed, overrides, profiles, reference, args)
+            t_fit = time.perf_counter() - t0
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if overrides is not None:
-                    emb = run_cpdistiller(profiles, ("batch", "row", "column"), seed=seed, epochs=args.epochs,
-                                          **overrides)
-                else:
-                    emb = reference if method == "uncorrected" else baselines.sphering(profiles)
                 row = {"data": name, "method": method, "seed": seed, **score(emb, reference, truth, pairs, eval_cfg)}
-            row["seconds"] = round(time.perf_counter() - t0, 1)
+            row["fit_s"] = round(t_fit, 1)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
             out = pd.concat([pd.read_csv(args.out), pd.DataFrame([row])]) if args.out.exists() else pd.DataFrame([row])
             args.out.parent.mkdir(parents=True, exist_ok=True)

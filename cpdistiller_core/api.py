@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning, example_values, where
+from .model.bounds import check_architecture
 from .model.discriminators import ordinal_soft_labels, smooth_labels
 from .model.gmvae import CorrectionModule
 from .paths import atomic_write_bytes, atomic_write_text, json_default
@@ -348,9 +349,10 @@ class CpDistiller:
             E = align_extractor(profiles, extractor).astype(np.float32)
             joint = self._make_joint(E, base)
             self.extractor_features = list(extractor.features)
+        check_architecture(cfg, X.shape[1], {e: len(self.levels[e]) for e in effects})
         self.module = CorrectionModule(
             X.shape[1], {e: len(self.levels[e]) for e in effects}, cfg.hidden_dim, cfg.latent_dim,
-            cfg.n_components, cfg.discriminator_hidden, joint=joint)
+            cfg.n_components, cfg.discriminator_hidden, joint=joint, decoder_levels=self._decoder_levels())
         if base is not None:
             self._load_warm(base)
 
@@ -366,8 +368,10 @@ class CpDistiller:
         self.neighbor_stats.setdefault("anchors_with_positive", int(graph.has_positive().sum()))
         del X_mine
         # "neutral": no well is treated as a control, so no control is pulled onto the others.
-        triplet_controls = profiles.negative_mask if cfg.triplet_controls == "paper" else \
-            np.zeros(profiles.n_wells, dtype=bool)
+        rule = cfg.triplet_controls if cfg.triplet_controls != "auto" else \
+            ("paper" if self.adversary_wells == "all" else "neutral")
+        triplet_controls = profiles.negative_mask if rule == "paper" else np.zeros(profiles.n_wells, dtype=bool)
+        self.neighbor_stats["triplet_controls"] = rule
         sampler = TripletSampler(graph, triplet_controls, seed=cfg.seed)
         n_anchor = len(sampler.anchors()) if hasattr(sampler, "anchors") else int(graph.has_positive().sum())
         self.neighbor_stats["triplet_anchors"] = n_anchor
@@ -416,6 +420,11 @@ class CpDistiller:
             if on_epoch is not None:
                 on_epoch(record, ema)
         return hook
+
+    def _decoder_levels(self) -> dict[str, int]:
+        """Effect -> number of levels for the conditional decoder (empty: the paper's decoder)."""
+        chosen = {"none": (), "batch": ("batch",), "effects": self.effects}[self.config.decoder_covariates]
+        return {e: len(self.levels[e]) for e in chosen if e in self.levels}
 
     def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
         kept = []
@@ -539,6 +548,8 @@ class CpDistiller:
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise CpDistillerError(f"{directory}: saved by a newer cpDistiller ({meta.get('cpdistiller_version')}).")
         cfg = CpDistillerConfig.from_dict(meta["config"], source=str(meta_path))
+        check_architecture(cfg, len(meta["features"]), {e: len(v) for e, v in meta["levels"].items()},
+                           joint=meta.get("joint"), source=str(meta_path))
         if device is not None:
             cfg = cfg.replace(device=device)
         self = cls(cfg)
@@ -562,7 +573,8 @@ class CpDistiller:
             joint = JointModule(**self.joint_settings)
         self.module = CorrectionModule(
             len(self.features), {e: len(self.levels[e]) for e in self.effects}, cfg.hidden_dim,
-            cfg.latent_dim, cfg.n_components, cfg.discriminator_hidden, joint=joint)
+            cfg.latent_dim, cfg.n_components, cfg.discriminator_hidden, joint=joint,
+            decoder_levels=self._decoder_levels())
         try:
             self.module.load_state_dict(state["module"])
         except (RuntimeError, KeyError) as exc:

@@ -21,8 +21,9 @@ _EFFECT_ALIASES = {"batch": "batch", "row": "row", "column": "column", "col": "c
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPHERING = ("none", "negcon", "auto")
 ADVERSARY_WELLS = ("all", "negcon", "auto")
-TRIPLET_CONTROLS = ("paper", "neutral")
+TRIPLET_CONTROLS = ("auto", "paper", "neutral")
 NEIGHBOR_SPACES = ("input", "unsphered")
+DECODER_COVARIATES = ("none", "batch", "effects")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class CpDistillerConfig:
     temperature_start: float = 1.0
     temperature_decay: float = 0.0125
     temperature_min: float = 0.5
+    # Technical levels the decoder is conditioned on (ours, not the paper's; docs/model.md): "none" (paper),
+    # "batch", or "effects" (every corrected effect). The encoder, and so the embedding, never sees them.
+    decoder_covariates: str = "none"
     # --- adversarial part (gradient reversal; lambda = 2 / (1 + exp(-gamma * p)) - 1) ---
     grl_gamma: float = 10.0
     discriminator_hidden: int = 128
@@ -55,7 +59,9 @@ class CpDistillerConfig:
     # other control and a treated well's negative is a control, which pulls every control to one point
     # and pushes all treatments away from it. "neutral": controls are wells like any other (positives
     # from the mined neighbours, negatives drawn at random outside the anchor's positive set).
-    triplet_controls: str = "paper"
+    # "auto": "paper" with the paper's all-wells adversary, "neutral" when the discriminators learn
+    # from the controls (the two pulls on the controls would add up to a collapse).
+    triplet_controls: str = "auto"
     # Gradients through the positive/negative wells of a triplet too (paper). False: they are encoded
     # without gradient (targets), ~40% less compute per step; every well is still an anchor each epoch.
     pair_gradients: bool = True
@@ -68,6 +74,10 @@ class CpDistillerConfig:
     # negative controls only (position and batch information is removed where it is purely technical).
     # "auto": negcon when there are >= sphering_min_controls controls at 2+ levels of every effect, else all.
     adversary_wells: str = "auto"
+    # Wells whose reversed gradient reaches the encoder when the discriminators learn from the controls
+    # (ours): "same" (the controls only; the encoder can satisfy it by collapsing the controls) or "all"
+    # (the discriminators, trained on controls only, are frozen and applied to every well).
+    adversary_encoder: str = "same"
     # --- optimisation (AdamW, cosine schedule over the epochs) ---
     epochs: int = 50
     batch_size: int = 256
@@ -129,6 +139,9 @@ class CpDistillerConfig:
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.neighbor_combine in ("intersection", "union"), "neighbor_combine must be intersection or union"),
             (self.neighbor_space in NEIGHBOR_SPACES, f"neighbor_space must be one of {NEIGHBOR_SPACES}"),
+            (self.adversary_encoder in ("same", "all"), "adversary_encoder must be 'same' or 'all'"),
+            (self.decoder_covariates in DECODER_COVARIATES,
+             f"decoder_covariates must be one of {DECODER_COVARIATES}"),
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]

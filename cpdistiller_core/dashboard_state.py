@@ -4,11 +4,16 @@ Session-state keys are named here so every page (including other developers' pag
 
 - ``DATASET_KEY`` -> :class:`Dataset`: the loaded profiles, how they were loaded, their preprocessing.
 - ``RUN_KEY`` -> str: the run directory the Explorer and Plate-map pages show.
-- ``SESSION_ID_KEY`` -> str: a random id naming this session's upload folder.
+- ``SESSION_ID_KEY`` -> str: a random id naming this session's workspace.
 
-Uploads are written under ``<app data dir>/uploads/<session id>/`` with sanitised names that can never
-point outside it. A correction is one job (``jobs.submit``) running ``runs.run_correction`` in a
-separate process; reference methods are written next to it in ``RUN_DIR/references/<method>.parquet``.
+Each session has a workspace ``<app data dir>/sessions/<session id>/`` holding its uploads
+(``uploads/``, sanitised names that can never point outside it) and its runs (``runs/``); a session
+lists only its own runs. The workspace has a size quota, uploads older than a day are deleted, and
+the number of jobs running at once is capped (:class:`cpdistiller_core.access.Limits`). Server paths
+are read only under the data root (:func:`cpdistiller_core.access.under_data_root`), and errors about
+those files never quote their cells. A correction is one job (``jobs.submit``) running
+``runs.run_correction`` in a separate process; reference methods are written next to it in
+``RUN_DIR/references/<method>.parquet``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from . import jobs
-from .errors import CpDistillerError
+from .access import Limits, under_data_root
+from .errors import CpDistillerError, hide_cell_values
 from .paths import app_data_dir, atomic_write_bytes
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
@@ -89,12 +95,107 @@ def has_supported_suffix(name: str) -> bool:
     return any(low.endswith(s) for s in SUPPORTED_SUFFIXES)
 
 
-def session_upload_dir(session_id: str) -> Path:
-    """``<app data dir>/uploads/<session id>`` (the id is sanitised too)."""
+_SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def workspace_dir(session_id: str) -> Path:
+    """``<app data dir>/sessions/<session id>``: this session's uploads and runs (the id is sanitised)."""
     safe = sanitize_filename(session_id, default="session")
-    path = app_data_dir() / "uploads" / safe
+    path = app_data_dir() / "sessions" / safe
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def session_upload_dir(session_id: str) -> Path:
+    """Where the session's uploads go: ``<workspace>/uploads``."""
+    path = workspace_dir(session_id) / "uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def session_runs_root(session_id: str) -> Path:
+    """Where the session's runs go: ``<workspace>/runs`` (other sessions' runs are never listed)."""
+    return jobs.runs_root(workspace_dir(session_id) / "runs")
+
+
+def valid_session_id(text: str | None) -> bool:
+    """Whether ``text`` looks like an id from :func:`new_session_id` (for ids carried in the URL)."""
+    return bool(text) and bool(_SESSION_ID.match(str(text)))
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def workspace_usage_mb(session_id: str) -> float:
+    """Disk space used by the session's uploads and runs, in MB."""
+    return _folder_bytes(workspace_dir(session_id)) / 1e6
+
+
+def check_quota(session_id: str, adding_bytes: int = 0, limits: Limits | None = None) -> None:
+    """Refuse work that would take the session's workspace over its quota."""
+    limits = limits or Limits.from_env()
+    used = workspace_usage_mb(session_id)
+    if used + adding_bytes / 1e6 > limits.workspace_mb:
+        raise CpDistillerError(
+            f"this session's workspace would hold {used + adding_bytes / 1e6:,.0f} MB, over its quota of "
+            f"{limits.workspace_mb:,.0f} MB; delete old runs (Correct page) or ask the administrator to raise "
+            "CPDISTILLER_WORKSPACE_MB.")
+
+
+def cleanup_old_uploads(max_age_h: float | None = None, now: float | None = None) -> int:
+    """Delete uploaded files older than ``max_age_h`` hours in every session; returns how many."""
+    import time
+
+    max_age_h = Limits.from_env().upload_max_age_h if max_age_h is None else max_age_h
+    cutoff = (time.time() if now is None else now) - max_age_h * 3600
+    removed = 0
+    for folder in (app_data_dir() / "sessions").glob("*/uploads"):
+        for f in folder.iterdir():
+            try:
+                if f.is_file() and f.stat().st_mtime < cutoff:
+                    f.unlink()
+                    removed += 1
+            except OSError:  # another session removed it first
+                pass
+    return removed
+
+
+def running_jobs(session_id: str | None = None) -> int:
+    """Jobs not finished, in one session's workspace or (None) in every session."""
+    roots = ([workspace_dir(session_id) / "runs"] if session_id else
+             list((app_data_dir() / "sessions").glob("*/runs")))
+    count = 0
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for run in root.iterdir():
+            try:
+                count += (run / jobs.JOB_FILE).exists() and not jobs.status(run).finished
+            except CpDistillerError:
+                continue
+    return count
+
+
+def check_job_capacity(session_id: str | None, limits: Limits | None = None) -> None:
+    """Refuse a new job when the session or the server already runs as many as allowed."""
+    limits = limits or Limits.from_env()
+    if session_id and running_jobs(session_id) >= limits.max_jobs_per_session:
+        raise CpDistillerError(f"this session already runs {limits.max_jobs_per_session} job(s); wait for it "
+                               "to finish or cancel it.")
+    if running_jobs(None) >= limits.max_jobs:
+        raise CpDistillerError(f"the server already runs {limits.max_jobs} job(s) (its limit); try again when "
+                               "one has finished.")
+
+
+def check_size(profiles: Profiles, limits: Limits | None = None) -> None:
+    """Refuse datasets beyond the server's wells x features limit (CPDISTILLER_MAX_CELLS)."""
+    limits = limits or Limits.from_env()
+    cells = profiles.n_wells * profiles.n_features
+    if cells > limits.max_cells:
+        raise CpDistillerError(f"{profiles.n_wells:,} wells x {profiles.n_features:,} features is over this "
+                               f"server's limit of {limits.max_cells:,.0f} values; use the command line "
+                               "(cpdistiller correct) for larger screens.")
 
 
 def new_session_id() -> str:
@@ -107,6 +208,12 @@ def save_uploads(files: Iterable[tuple[str, bytes]], session_id: str) -> list[Pa
     Names are sanitised and de-duplicated; a name with an unsupported extension is refused with a
     message naming the accepted formats.
     """
+    files = list(files)
+    for name, data in files:
+        if len(data) > MAX_UPLOAD_MB * 1e6:
+            raise CpDistillerError(f"{name!r}: {len(data) / 1e6:,.0f} MB, over the upload limit of {MAX_UPLOAD_MB} MB.")
+    cleanup_old_uploads()
+    check_quota(session_id, sum(len(d) for _, d in files))
     dest = session_upload_dir(session_id).resolve()
     out: list[Path] = []
     used: set[str] = set()
@@ -130,23 +237,41 @@ def save_uploads(files: Iterable[tuple[str, bytes]], session_id: str) -> list[Pa
     return out
 
 
-def server_paths(text: str) -> list[Path]:
-    """Paths typed by the user (one per line or comma-separated) that exist as profile files."""
+def server_paths(text: str, kind: str = "file") -> list[Path]:
+    """Paths typed by the user (one per line or comma-separated), each under the data root
+    (``$CPDISTILLER_DATA_ROOT``; unset: refused); ``kind='file'`` also requires a profile format."""
     items = [s.strip().strip('"').strip("'") for s in re.split(r"[\n,]", text or "") if s.strip()]
     if not items:
         raise CpDistillerError("give at least one file path on the server.")
     paths = []
     for item in items:
-        p = Path(item).expanduser()
-        if not p.is_file():
-            raise CpDistillerError(f"{item}: no such file on the server.")
-        if not has_supported_suffix(p.name):
+        p = under_data_root(item, kind)
+        if kind == "file" and not has_supported_suffix(p.name):
             raise CpDistillerError(f"{item}: unsupported file type; use CSV, CSV.gz, TSV, Parquet or h5ad.")
         paths.append(p)
     return paths
 
 
+def read_server_file(item: str, reader: Any, kind: str = "file") -> Any:
+    """``reader(path)`` on a server path under the data root; its errors never quote cell contents, and
+    an unexpected error is reported by type only (its text could hold what the file holds)."""
+    path = under_data_root(item, kind)
+    try:
+        with hide_cell_values():
+            return reader(path)
+    except CpDistillerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - library errors can echo cell contents
+        raise CpDistillerError(f"{item}: cannot read this file ({type(exc).__name__}).") from None
+
+
 # ----- loading ------------------------------------------------------------------------------------
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *, batch_from_file: bool = False,
                name: str | None = None, origin: str = "upload", source: str | None = None,
                feature_regex: str | None = None) -> Dataset:
@@ -156,11 +281,19 @@ def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *,
     from .io import read_profiles_with_report
 
     paths = [Path(p) for p in paths]
-    profiles, report = read_profiles_with_report(
-        [str(p) for p in paths], dict(roles) if roles else None, batch_from_file=batch_from_file,
-        feature_regex=feature_regex or None,
-        source=source if len(paths) == 1 else None, emit_warnings=False,
-        dtype=np.float64)  # raw values keep full precision until the Load page normalises them
+    try:
+        with hide_cell_values() if origin == "path" else _nothing():
+            profiles, report = read_profiles_with_report(
+                [str(p) for p in paths], dict(roles) if roles else None, batch_from_file=batch_from_file,
+                feature_regex=feature_regex or None,
+                source=source if len(paths) == 1 else None, emit_warnings=False,
+                dtype=np.float64)  # raw values keep full precision until the Load page normalises them
+    except CpDistillerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a library's message may quote the file's cells
+        if origin != "path":
+            raise
+        raise CpDistillerError(f"{', '.join(p.name for p in paths)}: cannot read ({type(exc).__name__}).") from None
     label = name or (paths[0].name if len(paths) == 1 else f"{len(paths)} files")
     return Dataset(name=label, raw=profiles, origin=origin, files=[str(p) for p in paths],
                    role_reasons=dict(report.role_reasons), warnings=list(report.warnings))
@@ -170,9 +303,7 @@ def jump_client(metadata_dir: str | None = None) -> Any:
     """The Cell Painting Gallery client with the app's cache (network only when something is missing)."""
     from .jump import JumpClient
 
-    folder = Path(metadata_dir).expanduser() if metadata_dir else None
-    if folder is not None and not folder.is_dir():
-        raise CpDistillerError(f"{metadata_dir}: no such folder for JUMP metadata tables.")
+    folder = under_data_root(metadata_dir, "dir") if metadata_dir else None
     return JumpClient(metadata_dir=folder)
 
 
@@ -225,6 +356,7 @@ def apply_preprocessing(dataset: Dataset, config: Any) -> Dataset:
     if config is None:
         return Dataset(**{**dataset.__dict__, "preprocess_enabled": False, "preprocess_config": None,
                           "preprocessed": None, "preprocess_report": None})
+    check_size(dataset.raw)
     out, report = preprocess(dataset.raw, config)
     return Dataset(**{**dataset.__dict__, "preprocess_enabled": True, "preprocess_config": config,
                       "preprocessed": out, "preprocess_report": report})
@@ -232,11 +364,12 @@ def apply_preprocessing(dataset: Dataset, config: Any) -> Dataset:
 
 # ----- runs ---------------------------------------------------------------------------------------
 def launch_correction(dataset: Dataset, config: Mapping[str, Any], effects: Sequence[str],
-                      root: Path | None = None) -> Path:
+                      root: Path | None = None, session_id: str | None = None) -> Path:
     """Start ``runs.run_correction`` on the dataset in a separate process; returns the run directory.
 
     The raw profiles and the preprocessing settings go to the run (so the run directory holds the
-    model's preprocessing and can be re-run), not the already-preprocessed copy.
+    model's preprocessing and can be re-run), not the already-preprocessed copy. With ``session_id``
+    the run goes to that session's workspace, within its quota and the server's job limits.
     """
     from .config import CpDistillerConfig, parse_effects
 
@@ -255,6 +388,11 @@ def launch_correction(dataset: Dataset, config: Mapping[str, Any], effects: Sequ
               "preprocess_config": None if pcfg is None else pcfg.to_dict()}
     meta = {"dataset": dataset.name, "effects": ",".join(eff), "epochs": cfg.epochs,
             "wells": dataset.raw.n_wells, "features": dataset.raw.n_features}
+    check_size(dataset.raw)
+    if session_id:
+        check_quota(session_id, dataset.raw.X.nbytes)
+        root = root or session_runs_root(session_id)
+    check_job_capacity(session_id)
     return jobs.submit(CORRECTION_TARGET, jobs.new_run_dir(root), kwargs=kwargs,
                        objects={INPUT_OBJECT: dataset.raw}, meta=meta)
 
@@ -329,9 +467,15 @@ def cached_run_view(run_dir: Path | str) -> RunView:
     return _run_view(str(run_dir), run_stamp(Path(run_dir)))
 
 
-def finished_runs() -> list[dict[str, Any]]:
-    """Correction runs that completed, newest first (as listed by the job runner)."""
-    return [r for r in jobs.list_runs() if r["target"] == CORRECTION_TARGET and r["status"] == jobs.DONE]
+def session_runs(session_id: str | None) -> list[dict[str, Any]]:
+    """The session's correction runs, newest first (no session: the shared runs folder, CLI/tests only)."""
+    root = session_runs_root(session_id) if session_id else None
+    return [r for r in jobs.list_runs(root) if r["target"] == CORRECTION_TARGET]
+
+
+def finished_runs(session_id: str | None = None) -> list[dict[str, Any]]:
+    """The session's correction runs that completed, newest first (as listed by the job runner)."""
+    return [r for r in session_runs(session_id) if r["status"] == jobs.DONE]
 
 
 def run_spaces(run_dir: Path | str, references: bool = True) -> dict[str, Profiles]:
@@ -378,7 +522,8 @@ def compute_references(run: str, methods: Sequence[str], seed: int = 0,
     return written
 
 
-def launch_references(run_dir: Path, methods: Sequence[str], root: Path | None = None) -> Path:
+def launch_references(run_dir: Path, methods: Sequence[str], root: Path | None = None,
+                      session_id: str | None = None) -> Path:
     """Start ``compute_references`` for a finished run in a separate process; returns the job directory."""
     from .baselines import BASELINES
 
@@ -386,6 +531,10 @@ def launch_references(run_dir: Path, methods: Sequence[str], root: Path | None =
     if unknown or not methods:
         raise CpDistillerError(f"choose reference methods among {', '.join(BASELINES)} (got {list(methods)}).")
     run_dir = Path(run_dir)
+    if session_id:
+        check_quota(session_id)
+        root = root or session_runs_root(session_id)
+    check_job_capacity(session_id)
     return jobs.submit(REFERENCE_TARGET, jobs.new_run_dir(root, prefix="ref"),
                        kwargs={"run": str(run_dir), "methods": list(methods)},
                        meta={"run": run_dir.name, "methods": ",".join(methods)})

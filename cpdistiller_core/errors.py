@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import pandas as pd
+
+# Set while reading files the user did not upload (the dashboard's server paths): messages then name
+# the file, the column and the rows, but never quote what the cells hold.
+_HIDE_CELLS: ContextVar[bool] = ContextVar("cpdistiller_hide_cells", default=False)
 
 
 class CpDistillerError(Exception):
@@ -49,6 +55,29 @@ def example_values(values: Sequence | pd.Series, limit: int = 5) -> str:
     shown = ", ".join(repr(v) for v in uniq[:limit])
     more = f" (+{len(uniq) - limit} more)" if len(uniq) > limit else ""
     return shown + more
+
+
+def example_cells(values: Sequence | pd.Series, limit: int = 5) -> str:
+    """Like :func:`example_values`, for cell contents: hidden (only counted) inside :func:`hide_cell_values`."""
+    if _HIDE_CELLS.get():
+        n = len(dict.fromkeys(str(v) for v in values))
+        return f"{n} value{'s' if n != 1 else ''} (not shown for files on the server)"
+    return example_values(values, limit)
+
+
+@contextmanager
+def hide_cell_values() -> Iterator[None]:
+    """Within this block, error messages built with :func:`example_cells` do not quote cell contents."""
+    token = _HIDE_CELLS.set(True)
+    try:
+        yield
+    finally:
+        _HIDE_CELLS.reset(token)
+
+
+def cells_hidden() -> bool:
+    """Whether cell contents must stay out of messages (inside :func:`hide_cell_values`)."""
+    return _HIDE_CELLS.get()
 
 
 def where(source: str | None, column: str | None = None) -> str:

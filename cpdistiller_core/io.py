@@ -1,7 +1,9 @@
 """Reading and writing well-level profiles: formats, role detection and mapping, validation.
 
 ``read_profiles`` reads CSV/TSV (optionally gzipped), Parquet and AnnData ``.h5ad`` files into a
-:class:`~cpdistiller_core.profiles.Profiles`. Features are the numeric CellProfiler measurement
+:class:`~cpdistiller_core.profiles.Profiles`. What a file really holds is sniffed, not taken from its
+name: magic bytes (Parquet, HDF5, gzip; workbooks and saved web pages are named as such), the text
+encoding (UTF-8, else cp1252 / Latin-1), the separator and the decimal mark (:func:`sniff_dialect`). Features are the numeric CellProfiler measurement
 columns (``Cells_``, ``Nuclei_``, ``Cytoplasm_``, ``Image_``… prefixes) unless a list or regex is
 given; every other column is metadata and is kept untouched, in its original order. Roles (plate,
 well, batch, perturbation, control status, annotation) are auto-detected from pycytominer / JUMP
@@ -17,6 +19,7 @@ Row numbers in messages are 0-based data rows (the header is not counted).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io as _io
 import json
@@ -24,7 +27,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from .errors import CpDistillerError, CpDistillerWarning, example_rows, example_values, where
+from .errors import CpDistillerError, CpDistillerWarning, example_cells, example_rows, example_values, where
 from .paths import json_default
 from .profiles import Embedding, Profiles, Roles
 
@@ -117,6 +120,8 @@ _NOTES: ContextVar[list[str] | None] = ContextVar("cpdistiller_io_notes", defaul
 # float64 matters for raw CellProfiler values whose spread is below float32 resolution (e.g. Costes
 # correlations near 1.0): MAD normalisation of float32 copies can then differ by many MAD units.
 _DTYPE: ContextVar[type] = ContextVar("cpdistiller_io_dtype", default=np.float32)
+# Separator / decimal mark given for the read in progress ({} = detect them).
+_TEXT: ContextVar[Mapping[str, str] | None] = ContextVar("cpdistiller_io_text", default=None)
 
 
 def _warn(message: str) -> None:
@@ -179,6 +184,8 @@ def read_profiles(
     batch_from_file: bool = False,
     source: str | None = None,
     dtype: type = np.float32,
+    sep: str | None = None,
+    decimal: str | None = None,
 ) -> Profiles:
     """Read one or several profile files (or in-memory tables) into one Profiles.
 
@@ -200,6 +207,9 @@ def read_profiles(
         Names a single input in messages (e.g. an uploaded file's original name).
     dtype : float32 (default) or float64
         float64 for raw CellProfiler values that will be MAD-normalised (full precision; 2x memory).
+    sep, decimal : str, optional
+        Separator and decimal mark of text files (default: detected; the encoding and the real
+        format behind the extension always are, see :func:`sniff_dialect`).
 
     Returns
     -------
@@ -216,7 +226,8 @@ def read_profiles(
     ...                                             "negative_values": ["Negative"]})  # doctest: +SKIP
     """
     return read_profiles_with_report(paths, roles, features=features, feature_regex=feature_regex,
-                                     batch_from_file=batch_from_file, source=source, dtype=dtype)[0]
+                                     batch_from_file=batch_from_file, source=source, dtype=dtype,
+                                     sep=sep, decimal=decimal)[0]
 
 
 def read_profiles_with_report(
@@ -229,6 +240,8 @@ def read_profiles_with_report(
     source: str | None = None,
     dtype: type = np.float32,
     emit_warnings: bool = True,
+    sep: str | None = None,
+    decimal: str | None = None,
 ) -> tuple[Profiles, LoadReport]:
     """Like :func:`read_profiles`, also returning a :class:`LoadReport` (role reasons, combine report,
     warnings). With ``emit_warnings=False`` the warnings are only collected in the report."""
@@ -250,9 +263,11 @@ def read_profiles_with_report(
         spec = roles
     if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise CpDistillerError(f"feature dtype must be float32 or float64, not {dtype!r}.")
+    text = _text_options(sep, decimal)
     collected: list[str] = []
     token = _NOTES.set(collected)  # per thread/context: safe under Streamlit's script threads
     dtoken = _DTYPE.set(np.dtype(dtype).type)
+    ttoken = _TEXT.set(text)
     try:
         loaded = [_read_one(item, spec, features, feature_regex, source) for item in items]
         profiles, reasons = loaded[0]
@@ -265,12 +280,30 @@ def read_profiles_with_report(
     finally:
         _NOTES.reset(token)
         _DTYPE.reset(dtoken)
+        _TEXT.reset(ttoken)
     collected += validate(profiles)
     if emit_warnings:
         for msg in collected:
             warnings.warn(msg, CpDistillerWarning, stacklevel=3)
     names = [_display_name(i, source) for i in items]
     return profiles, LoadReport(files=names, role_reasons=reasons, combine=creport, warnings=collected)
+
+
+def _text_options(sep: str | None, decimal: str | None) -> dict[str, str]:
+    """Checked --sep / --decimal values ('tab' and '\\t' name the tab)."""
+    out: dict[str, str] = {}
+    if sep is not None:
+        sep = {"tab": "\t", "\\t": "\t", "semicolon": ";", "comma": ",", "pipe": "|"}.get(sep.lower(), sep)
+        if len(sep) != 1 or sep in "\"\r\n" or sep.isalnum() or sep == ".":
+            raise CpDistillerError(f"--sep must be one character such as ',', ';', 'tab' or '|', not {sep!r}.")
+        out["sep"] = sep
+    if decimal is not None:
+        if decimal not in (".", ","):
+            raise CpDistillerError(f"--decimal must be '.' or ',', not {decimal!r}.")
+        out["decimal"] = decimal
+    if out.get("sep") is not None and out.get("sep") == out.get("decimal"):
+        raise CpDistillerError("--sep and --decimal cannot both be ','.")
+    return out
 
 
 def read_mapping(path: PathLike) -> dict[str, Any]:
@@ -350,17 +383,268 @@ def _format_of(name: str) -> str | None:
     return None
 
 
-def _sniff_format(item: InputLike) -> str | None:
-    """Parquet or HDF5 (h5ad) files without a known extension, recognised by their magic bytes."""
-    if not isinstance(item, (str, os.PathLike)) or not Path(item).is_file():
-        return None
-    with open(item, "rb") as fh:
-        head = fh.read(8)
+# ----- what a file really holds: magic bytes, text encoding, separator, decimal mark -----------------
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml", b"<!--")
+_CP1252_UNDEFINED = b"\x81\x8d\x8f\x90\x9d"  # bytes with no cp1252 character: then it is latin-1
+_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+(?:[eE][+-]?\d+)?\s*$")
+_DECIMAL_POINT = re.compile(r"^\s*[+-]?\d*\.\d+(?:[eE][+-]?\d+)?\s*$")
+_SNIFF_CHARS = 4 << 20  # decoded text examined for the separator and the decimal mark
+
+
+@dataclass(frozen=True)
+class TextDialect:
+    """How a delimited text file is written: separator, decimal mark, encoding and compression."""
+
+    sep: str = ","
+    decimal: str = "."
+    encoding: str = "utf-8"
+    compression: str | None = None
+
+
+def sniff_content(head: bytes) -> str | None:
+    """What the first bytes of a file say it is: 'parquet', 'h5ad', 'gzip', 'xlsx', 'xls', 'html',
+    'utf-16', or None (plain text or unknown)."""
     if head[:4] == b"PAR1":
         return "parquet"
-    if head == b"\x89HDF\r\n\x1a\n":
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
         return "h5ad"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:4] == b"PK\x03\x04":
+        return "xlsx"
+    if head[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
+        return "xls"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(_HTML_STARTS):
+        return "html"
     return None
+
+
+def _content_error(name: str, kind: str, ext: str, known_ext: bool) -> CpDistillerError:
+    what = {
+        "xlsx": "an Excel workbook (.xlsx, or another ZIP archive)",
+        "xls": "an old-style Excel workbook (.xls)",
+        "html": "an HTML web page (often an error or login page saved instead of the data)",
+    }[kind]
+    fix = ("open it in the spreadsheet program and save the sheet as CSV (UTF-8)" if kind != "html"
+           else "download the file again and check that it opens as a table")
+    if not known_ext:
+        return CpDistillerError(f"{name}: unknown file format {ext or '(no extension)'!r}: this is {what}; {fix}.")
+    return CpDistillerError(f"{name}: this is {what}, not a {ext} file as its name says; {fix}.")
+
+
+@contextlib.contextmanager
+def _open_binary(handle: Any, compression: str | None) -> Iterator[Any]:
+    """The (decompressed) bytes of a path or of the caller's BytesIO, which is left open and rewound."""
+    import gzip
+
+    if isinstance(handle, _io.BytesIO):
+        handle.seek(0)
+        fh = gzip.GzipFile(fileobj=handle) if compression == "gzip" else handle
+        try:
+            yield fh
+        finally:
+            if fh is not handle:
+                fh.close()  # a GzipFile leaves the BytesIO it reads open
+            handle.seek(0)
+    else:
+        with (gzip.open(handle) if compression == "gzip" else open(handle, "rb")) as fh:
+            yield fh
+
+
+def detect_encoding(handle: Any, compression: str | None = None) -> str:
+    """'utf-8' when the whole (decompressed) file decodes as UTF-8, else 'cp1252' (Windows
+    spreadsheets' Western encoding), or 'latin-1' when it holds bytes cp1252 leaves undefined.
+    Streams the file in 1 MiB chunks."""
+    import codecs
+    import itertools
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    utf8, undefined = True, False
+    try:
+        with _open_binary(handle, compression) as fh:
+            first = fh.read(1 << 20)
+            if first[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                return "utf-16"  # Excel's 'Unicode text'; the BOM gives the byte order
+            for chunk in itertools.chain([first], iter(lambda: fh.read(1 << 20), b"")):
+                if chunk.isascii():
+                    continue
+                if utf8:
+                    try:
+                        decoder.decode(chunk)
+                    except UnicodeDecodeError:
+                        utf8 = False
+                if not utf8 and any(b in chunk for b in _CP1252_UNDEFINED):
+                    undefined = True
+                    break
+            if utf8:
+                decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        utf8 = False
+    except (OSError, EOFError):
+        return "utf-8"  # unreadable: the reader reports it
+    if utf8:
+        return "utf-8"
+    return "latin-1" if undefined else "cp1252"
+
+
+def _text_sample(handle: Any, dialect: TextDialect) -> str:
+    try:
+        with _open_binary(handle, dialect.compression) as fh:
+            text = _io.TextIOWrapper(fh, encoding=dialect.encoding, errors="replace", newline="")
+            try:
+                return text.read(_SNIFF_CHARS)
+            finally:
+                text.detach()
+    except (OSError, EOFError):
+        return ""
+
+
+def _records(sample: str, sep: str, limit: int = 50) -> list[list[str]]:
+    """Up to ``limit`` complete records of the sample (the last, possibly cut, record is dropped)."""
+    import csv
+    import itertools
+
+    cut = sample.rfind("\n")
+    if cut < 0:
+        return []
+    try:
+        return list(itertools.islice(csv.reader(_io.StringIO(sample[:cut + 1]), delimiter=sep), limit))
+    except csv.Error:
+        return []
+
+
+def sniff_dialect(handle: Any, name: str, default_sep: str, *, sep: str | None = None,
+                  decimal: str | None = None, compression: str | None = None,
+                  encoding: str | None = None) -> tuple[TextDialect, list[str]]:
+    """The dialect of a delimited text file and notes saying what was detected.
+
+    The separator is the extension's (',' or tab) unless the first records do not fit it and another
+    (';', tab, ',', '|') gives every record the header's field count; the decimal mark is ',' when
+    ';'/tab-separated numbers are written with decimal commas. Given values are used as they are.
+    """
+    notes: list[str] = []
+    enc = encoding or detect_encoding(handle, compression)
+    if enc != "utf-8":
+        label = {"cp1252": "Windows-1252 (cp1252)", "latin-1": "Latin-1 (ISO-8859-1)"}.get(enc, enc)
+        notes.append(f"{name}: the text is not UTF-8; read it as {label}, the usual encoding of Windows "
+                     "spreadsheet exports (save as 'CSV UTF-8' to avoid this note).")
+    dialect = TextDialect(sep or default_sep, decimal or ".", enc, compression)
+    if sep is not None and decimal is not None:
+        return dialect, notes
+    sample = _text_sample(handle, dialect)
+    if sep is None:
+        chosen = _choose_separator(sample, default_sep)
+        if chosen != default_sep:
+            notes.append(f"{name}: the values are separated by {_SEPARATORS[chosen]}s ({chosen!r}), not "
+                         f"{_SEPARATORS[default_sep]}s; read it so (pass --sep to choose another).")
+        dialect = dataclasses.replace(dialect, sep=chosen)
+    if decimal is None and dialect.sep != "," and _decimal_commas(_records(sample, dialect.sep)):
+        dialect = dataclasses.replace(dialect, decimal=",")
+        notes.append(f"{name}: numbers are written with decimal commas (e.g. 0,25, as European "
+                     "spreadsheets export them); read them so (pass --decimal . to turn this off).")
+    return dialect, notes
+
+
+def _choose_separator(sample: str, default: str) -> str:
+    for cand in dict.fromkeys([default, ";", "\t", ",", "|"]):
+        recs = _records(sample, cand)
+        if len(recs) >= 1 and len(recs[0]) > 1 and all(len(r) == len(recs[0]) for r in recs if r):
+            return cand
+    return default
+
+
+def _decimal_commas(records: list[list[str]]) -> bool:
+    comma = point = 0
+    for rec in records[1:]:
+        for v in rec:
+            if _DECIMAL_COMMA.match(v):
+                comma += 1
+            elif _DECIMAL_POINT.match(v):
+                point += 1
+    return comma > 0 and point == 0
+
+
+def _ragged_row(handle: Any, dialect: TextDialect) -> tuple[int, int, int] | None:
+    """(0-based data row, its field count, the header's) of the first record with more fields than
+    the header, streaming through the file; None when every record fits."""
+    import csv
+
+    try:
+        with _open_binary(handle, dialect.compression) as fh:
+            text = _io.TextIOWrapper(fh, encoding=dialect.encoding, errors="replace", newline="")
+            try:
+                reader = csv.reader(text, delimiter=dialect.sep)
+                header = next(reader, [])
+                for i, rec in enumerate(reader):
+                    if len(rec) > len(header):
+                        return i, len(rec), len(header)
+            finally:
+                text.detach()
+    except (OSError, EOFError, csv.Error):
+        return None
+    return None
+
+
+def _ragged_error(name: str, dialect: TextDialect, found: tuple[int, int, int]) -> CpDistillerError:
+    row, n, n_header = found
+    sep = _SEPARATORS.get(dialect.sep, repr(dialect.sep))
+    return CpDistillerError(
+        f"{name}: row {row} has {n} fields but the header has {n_header}: a value there holds an unquoted "
+        f"{sep} ({dialect.sep!r}) that shifts the columns (text such as compound names, or numbers with "
+        "decimal commas). Put such values in double quotes, or export the file with another separator "
+        "and pass --sep (and --decimal , for decimal commas)."
+    )
+
+
+def _real_format(name: str, head: bytes) -> tuple[str, str | None]:
+    """(format, compression) from the extension checked against the first bytes: a Parquet or h5ad
+    file under another name is read as what it is (with a note); a workbook or a web page saved
+    under a table's name is an error saying so."""
+    by_name = _format_of(name)
+    kind = sniff_content(head)
+    if kind == "gzip":
+        import zlib
+
+        try:
+            inner = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+        except zlib.error:
+            inner = b""
+        if sniff_content(inner) == "html":
+            kind = "html"
+    ext = "".join(Path(name).suffixes[-2:])
+    if kind in ("xlsx", "xls", "html"):
+        raise _content_error(name, kind, ext, by_name is not None)
+    if kind in ("parquet", "h5ad"):
+        if by_name not in (None, kind):
+            _warn(f"{name}: the file holds {'Parquet' if kind == 'parquet' else 'AnnData/HDF5'} data despite "
+                  f"its {ext!r} name; read it as such (rename it to .{kind}).")
+        return kind, None
+    if by_name is None:
+        raise CpDistillerError(
+            f"{name}: unknown file format {ext or '(no extension)'!r}; "
+            "use .csv, .csv.gz, .tsv(.gz), .parquet or .h5ad."
+        )
+    if by_name in ("parquet", "h5ad"):
+        raise CpDistillerError(
+            f"{name}: cannot read as {'Parquet' if by_name == 'parquet' else 'AnnData .h5ad'}: the file does not "
+            f"start with that format's signature{'; it looks like text (a CSV?): rename it' if _looks_text(head) else ''}."
+        )
+    if kind != "gzip" and name.lower().endswith(".gz"):
+        raise CpDistillerError(f"{name}: cannot read as {by_name.upper()}: the file is not gzip-compressed although "
+                               "its name ends in .gz; remove the .gz from its name.")
+    return by_name, "gzip" if kind == "gzip" else None
+
+
+def _looks_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in head
 
 
 def _read_one(item: InputLike, spec: Roles | dict[str, Any] | None, features: Sequence[str] | None,
@@ -402,22 +686,20 @@ def _read_file(item: InputLike, name: str, features: Sequence[str] | None, featu
             raise CpDistillerError(f"{name}: not a file.")
         if p.stat().st_size == 0:
             raise CpDistillerError(f"{name}: file is empty.")
-    fmt = _format_of(name) or _sniff_format(item)
-    if fmt is None:
-        raise CpDistillerError(
-            f"{name}: unknown file format {''.join(Path(name).suffixes) or '(no extension)'!r}; "
-            "use .csv, .csv.gz, .tsv(.gz), .parquet or .h5ad."
-        )
     if isinstance(item, (str, os.PathLike)):
         handle: Any = Path(item)
+        with open(handle, "rb") as fh:
+            head = fh.read(64)
     else:
         data = item.read()
         if not data:
             raise CpDistillerError(f"{name}: file is empty.")
         handle = _io.BytesIO(data)
+        head = data[:64]
+    fmt, compression = _real_format(name, head)
     if fmt in ("csv", "tsv"):
         meta, X, feats, stored = _read_delimited(handle, name, "\t" if fmt == "tsv" else ",",
-                                                 features, feature_regex)
+                                                 features, feature_regex, compression)
     elif fmt == "parquet":
         meta, X, feats, stored = _read_parquet(handle, name, features, feature_regex)
     else:
@@ -426,23 +708,34 @@ def _read_file(item: InputLike, name: str, features: Sequence[str] | None, featu
 
 
 def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | None,
-                    feature_regex: str | None) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
-    compression = "gzip" if name.lower().endswith(".gz") else None
+                    feature_regex: str | None, compression: str | None = None
+                    ) -> tuple[pd.DataFrame, np.ndarray, list[str], dict | None]:
     stored = _read_sidecar(handle) if isinstance(handle, Path) else None
+    given = _TEXT.get() or {}
+    dialect, notes = sniff_dialect(handle, name, sep, sep=given.get("sep"), decimal=given.get("decimal"),
+                                   compression=compression)
+    for note in notes:
+        _warn(note)
+    label = {",": "CSV", "\t": "TSV"}.get(dialect.sep, f"{_SEPARATORS.get(dialect.sep, repr(dialect.sep))}-separated text")
 
     def _read(**kw: Any) -> pd.DataFrame:
         if isinstance(handle, _io.BytesIO):
             handle.seek(0)
         try:
-            return pd.read_csv(handle, sep=sep, compression=compression, low_memory=False, **kw)
+            return pd.read_csv(handle, sep=dialect.sep, decimal=dialect.decimal, encoding=dialect.encoding,
+                               compression=dialect.compression, low_memory=False, **kw)
         except pd.errors.EmptyDataError:
             raise CpDistillerError(f"{name}: file is empty (no header row).") from None
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-            raise CpDistillerError(f"{name}: cannot read as {'TSV' if sep == chr(9) else 'CSV'}: "
-                                   f"{_one_line(exc)}") from None
+        except pd.errors.ParserError as exc:
+            ragged = _ragged_row(handle, dialect)
+            if ragged is not None:
+                raise _ragged_error(name, dialect, ragged) from None
+            raise CpDistillerError(f"{name}: cannot read as {label}: {_one_line(exc)}") from None
+        except (UnicodeDecodeError, OSError, EOFError) as exc:
+            raise CpDistillerError(f"{name}: cannot read as {label}: {_one_line(exc)}") from None
 
     header = [str(c) for c in _read(nrows=0).columns]
-    raw = _raw_header(handle, name, sep)
+    raw = _raw_header(handle, dialect)
     dups = sorted(h for h, n in Counter(raw).items() if n > 1)
     if dups:
         _warn(f"{name}: duplicated column name(s) {example_values(dups)}; later copies are read as "
@@ -453,10 +746,13 @@ def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | 
         feats = feature_columns(header, features, feature_regex, name)
     fset = set(feats)
     meta_cols = [c for c in header if c not in fset]
-    fast = _read_delimited_arrow(handle, name, sep, header, meta_cols, feats)
+    fast = _read_delimited_arrow(handle, dialect, header, meta_cols, feats)
     if fast is not None:
         meta, X = fast
     else:
+        ragged = _ragged_row(handle, dialect)  # pandas would silently make extra fields an index
+        if ragged is not None:
+            raise _ragged_error(name, dialect, ragged)
         # pandas: for what pyarrow rejects (text in a feature column, odd dialects, duplicate names),
         # with messages naming the column, the values and the rows.
         dtypes: dict[str, Any] = {c: str for c in meta_cols}
@@ -469,34 +765,26 @@ def _read_delimited(handle: Any, name: str, sep: str, features: Sequence[str] | 
     if stored and stored.get("metadata_dtypes"):
         meta = _restore_dtypes(meta, stored["metadata_dtypes"], name)
     else:
-        meta = _infer_metadata_dtypes(meta)
+        meta = _infer_metadata_dtypes(meta, dialect.decimal)
     return meta.reset_index(drop=True), X, feats, stored
 
 
-def _raw_header(handle: Any, name: str, sep: str) -> list[str]:
+def _raw_header(handle: Any, dialect: TextDialect) -> list[str]:
     """The header row exactly as written (pandas renames duplicates)."""
     import csv
-    import gzip
 
-    if isinstance(handle, _io.BytesIO):
-        handle.seek(0)
-        binary: Any = gzip.GzipFile(fileobj=handle) if name.lower().endswith(".gz") else handle
-    else:
-        binary = gzip.open(handle) if name.lower().endswith(".gz") else open(handle, "rb")
-    text = _io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
     try:
-        return next(csv.reader(text, delimiter=sep), [])
+        with _open_binary(handle, dialect.compression) as fh:
+            text = _io.TextIOWrapper(fh, encoding=dialect.encoding, errors="replace", newline="")
+            try:
+                return next(csv.reader(text, delimiter=dialect.sep), [])
+            finally:
+                text.detach()
     except (OSError, EOFError, csv.Error):
         return []
-    finally:
-        if isinstance(handle, _io.BytesIO):
-            text.detach()  # leave the caller's buffer open
-            handle.seek(0)
-        else:
-            text.close()
 
 
-def _read_delimited_arrow(handle: Any, name: str, sep: str, header: list[str], meta_cols: list[str],
+def _read_delimited_arrow(handle: Any, dialect: TextDialect, header: list[str], meta_cols: list[str],
                           feats: list[str]) -> tuple[pd.DataFrame, np.ndarray] | None:
     """The fast path: pyarrow's CSV reader (2-3x faster than pandas, features parsed straight to
     float32). None when pyarrow cannot read the file as expected; the pandas path then decides."""
@@ -507,17 +795,18 @@ def _read_delimited_arrow(handle: Any, name: str, sep: str, header: list[str], m
         return None
     if isinstance(handle, _io.BytesIO):
         handle.seek(0)
-        source: Any = pa.input_stream(handle, compression="gzip" if name.lower().endswith(".gz") else None)
+        source: Any = pa.input_stream(handle, compression=dialect.compression)
     else:
-        source = str(handle)  # compression inferred from the extension
+        source = pa.input_stream(str(handle), compression=dialect.compression)
     types = {**{c: pa.string() for c in meta_cols}, **{c: pa.from_numpy_dtype(_DTYPE.get()) for c in feats}}
     try:
         table = pcsv.read_csv(
-            source, read_options=pcsv.ReadOptions(use_threads=False),
-            parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=True),
-            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+            source, read_options=pcsv.ReadOptions(use_threads=False, encoding=dialect.encoding),
+            parse_options=pcsv.ParseOptions(delimiter=dialect.sep, newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                                decimal_point=dialect.decimal),
         )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError, UnicodeDecodeError):
         return None
     if table.column_names != header:
         return None
@@ -657,10 +946,10 @@ def _read_sidecar(path: Path) -> dict | None:
         raise CpDistillerError(f"{side}: cannot parse the cpDistiller sidecar: {_one_line(exc)}") from None
 
 
-def _infer_metadata_dtypes(meta: pd.DataFrame) -> pd.DataFrame:
+def _infer_metadata_dtypes(meta: pd.DataFrame, decimal: str = ".") -> pd.DataFrame:
     """Text metadata -> numbers only where every value is a number written without leading zeros,
     so IDs like '0042', wells 'A01' and SMILES stay strings while doses and counts become numeric;
-    complete True/False columns become booleans."""
+    complete True/False columns become booleans. ``decimal=","``: '0,5' is a number too."""
     out = {}
     for c in meta.columns:
         s = meta[c]
@@ -669,7 +958,8 @@ def _infer_metadata_dtypes(meta: pd.DataFrame) -> pd.DataFrame:
         if lowered and lowered <= {"true", "false"} and len(vals) == len(s):
             s = vals.str.strip().str.lower() == "true"
         elif len(vals) and not vals.str.match(r"^\s*[+-]?0\d").any():
-            num = pd.to_numeric(s, errors="coerce")
+            text = s.str.replace(",", ".", regex=False) if decimal == "," else s
+            num = pd.to_numeric(text, errors="coerce")
             if num.notna().sum() == len(vals):
                 s = num
         out[c] = s
@@ -713,7 +1003,7 @@ def _feature_matrix(df: pd.DataFrame, feats: Sequence[str], source: str) -> np.n
             offending = num.isna() & s.notna() & (text != "")
             if offending.any():
                 rows = df.index[offending.to_numpy(bool)]
-                bad.append(f"{f!r} holds text {example_values(s[offending.to_numpy(bool)], 3)} "
+                bad.append(f"{f!r} holds text {example_cells(s[offending.to_numpy(bool)], 3)} "
                            f"({example_rows(rows, 3)})")
                 continue
             s = num
@@ -750,7 +1040,7 @@ def explain_roles(df: pd.DataFrame, source: str | None = None, *,
     given = given or {}
 
     plate = ((_resolve_column(cols, str(given["plate"]), "plate", source), "set by the mapping")
-             if given.get("plate") else _match(cols, PLATE_NAMES))
+             if given.get("plate") else _unambiguous(df, cols, PLATE_NAMES, "plate", source))
     if plate is None:
         raise CpDistillerError(
             f"{where(source)}no plate column found (looked for {', '.join(PLATE_NAMES[:3])}, 'Plate'…); "
@@ -758,8 +1048,9 @@ def explain_roles(df: pd.DataFrame, source: str | None = None, *,
         )
     found["plate"], reasons["plate"] = plate[0], plate[1]
 
-    well = _match(cols, WELL_NAMES)
-    if given.get("well") or (given.get("row") and given.get("column")):
+    mapped_well = bool(given.get("well") or (given.get("row") and given.get("column")))
+    well = None if mapped_well else _unambiguous(df, cols, WELL_NAMES, "well", source)
+    if mapped_well:
         pass  # set by the mapping
     elif well is not None:
         found["well"], reasons["well"] = well
@@ -816,6 +1107,37 @@ def _match(cols: Sequence[str], candidates: Sequence[str]) -> tuple[str, str] | 
         also = f" (ignored {', '.join(map(repr, others))})" if others else ""
         return col, f"{how} {col!r}{also}"
     return None
+
+
+def _unambiguous(df: pd.DataFrame, cols: Sequence[str], candidates: Sequence[str], role: str,
+                 source: str | None) -> tuple[str, str] | None:
+    """Like :func:`_match`, but two candidate columns that group the wells differently (e.g. 'Plate'
+    and 'Metadata_Plate' with other plates) are an error naming both and the flag that chooses."""
+    first = _match(cols, candidates)
+    if first is None:
+        return None
+    others = [c for c in cols if c != first[0] and _match([c], candidates) is not None]
+    clash = [c for c in others if not _same_grouping(df[first[0]], df[c])]
+    if not clash:
+        return first
+    raise _ambiguous_role(role, first[0], clash, source)
+
+
+def _ambiguous_role(role: str, first: str, clash: Sequence[str], source: str | None) -> CpDistillerError:
+    names = " and ".join(repr(c) for c in [first, *clash])
+    return CpDistillerError(
+        f"{where(source)}{len(clash) + 1} columns look like the {role} column ({names}) and they group the "
+        f"wells differently; choose one with --{role}-col (e.g. --{role}-col {first!r}) or "
+        f"'{role}: <column>' in a --mapping file."
+    )
+
+
+def _same_grouping(a: pd.Series, b: pd.Series) -> bool:
+    """True when the two columns split the rows into the same groups (one is a relabelling of the other)."""
+    codes_a = pd.factorize(a.astype(str), use_na_sentinel=False)[0]
+    codes_b = pd.factorize(b.astype(str), use_na_sentinel=False)[0]
+    pairs = len(set(zip(codes_a.tolist(), codes_b.tolist())))
+    return pairs == codes_a.max(initial=-1) + 1 == codes_b.max(initial=-1) + 1
 
 
 def _fuzzy_batch(df: pd.DataFrame, cols: Sequence[str], exclude: set[str]) -> tuple[str, str] | None:
@@ -987,7 +1309,7 @@ def _match_values(s: pd.Series, given: Sequence[str], column: str, source: str |
             missing.append(g)
     if missing:
         _warn(f"{where(source, column)}control value(s) {missing} do not occur; values there include "
-              f"{example_values(list(present.values()))}.")
+              f"{example_cells(list(present.values()))}.")
     return list(dict.fromkeys(out + missing))
 
 
@@ -1199,8 +1521,9 @@ def write_profiles(profiles: Profiles, path: PathLike, format: str | None = None
             _write_parquet(profiles, tmp, info)
         elif fmt in ("csv", "tsv"):
             comp = "gzip" if path.name.lower().endswith(".gz") else None
-            _writable_meta(profiles.meta)
-            profiles.to_frame().to_csv(tmp, sep="\t" if fmt == "tsv" else ",", index=False, compression=comp)
+            frame = pd.concat([_writable_meta(profiles.meta).reset_index(drop=True),
+                               pd.DataFrame(profiles.X, columns=profiles.features)], axis=1)
+            frame.to_csv(tmp, sep="\t" if fmt == "tsv" else ",", index=False, compression=comp)
             side = path.with_name(path.name + SIDECAR_SUFFIX)
             side_tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
             side_tmp.write_text(json.dumps(info, indent=1, default=json_default), encoding="utf-8")
@@ -1230,23 +1553,43 @@ def _store_info(profiles: Profiles) -> dict[str, Any]:
 
 
 
-def _writable_meta(meta: pd.DataFrame) -> pd.DataFrame:
-    """Object columns mixing types (e.g. int and str plates after combining) become text."""
+def _writable_meta(meta: pd.DataFrame, nested: str = "json") -> pd.DataFrame:
+    """Object columns mixing types (e.g. int and str plates after combining) become text. Columns of
+    lists / dicts (Parquet list or struct columns) stay as they are (``nested="keep"``, Parquet) or
+    become JSON text (``"json"``: CSV, h5ad)."""
     out = meta.copy(deep=False)
     out.columns = [str(c) for c in out.columns]
     for c in out.columns:
-        if out[c].dtype == object:
-            kind = pd.api.types.infer_dtype(out[c], skipna=True)
-            if kind not in ("string", "empty"):
-                out[c] = out[c].map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+        if out[c].dtype != object:
+            continue
+        if _is_nested(out[c]):
+            if nested == "json":
+                out[c] = out[c].map(_nested_text).astype(object)
+            continue
+        kind = pd.api.types.infer_dtype(out[c], skipna=True)
+        if kind not in ("string", "empty"):
+            out[c] = out[c].map(lambda v: v if pd.isna(v) else str(v)).astype(object)
     return out
+
+
+_NESTED_TYPES = (list, tuple, dict, np.ndarray)
+
+
+def _is_nested(s: pd.Series) -> bool:
+    return any(isinstance(v, _NESTED_TYPES) for v in s.to_numpy())
+
+
+def _nested_text(v: Any) -> Any:
+    if isinstance(v, _NESTED_TYPES):
+        return json.dumps(v, default=json_default)
+    return v if v is None or pd.isna(v) else str(v)
 
 
 def _write_parquet(profiles: Profiles, tmp: Path, info: dict[str, Any]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = _writable_meta(profiles.meta).reset_index(drop=True)
+    meta = _writable_meta(profiles.meta, nested="keep").reset_index(drop=True)
     feats = pd.DataFrame(profiles.X, columns=profiles.features)
     table = pa.Table.from_pandas(pd.concat([meta, feats], axis=1), preserve_index=False)
     schema_meta = dict(table.schema.metadata or {})

@@ -1,11 +1,15 @@
 """Background jobs for the dashboard: run a named core function in a separate process with a run dir.
 
 A job is a directory. ``submit`` writes ``job.json`` (the target ``"module:function"``, its keyword
-arguments, and the names of pickled Python objects in ``job_inputs/``), then starts
+arguments, and the data objects it hands over, stored in ``job_inputs/`` as Parquet (profiles, tables)
+or ``.npy`` without pickle (arrays): nothing in a run directory is ever unpickled), then starts
 ``python -m cpdistiller_core.jobs RUN_DIR`` in its own process group. The child imports the target,
 calls it with ``run_dir=`` and ``progress=`` when the function takes them, and records its state in
 ``job_state.json`` (status, fraction, message, elapsed, eta, error) with atomic writes. The child's
 stdout/stderr go to ``job.log``. ``cancel`` terminates the process group and marks the job cancelled.
+A job whose process is gone without having said so (killed, out of memory, machine rebooted) is
+marked ``interrupted`` the first time anyone looks at it; a state file that cannot be read is listed
+as ``unreadable`` rather than hidden or crashing the listing.
 
 Every file a job writes lives in its own run directory, and run ids are unique (timestamp + random),
 so two sessions never write the same file. Nothing here knows about Streamlit.
@@ -17,7 +21,6 @@ import importlib
 import inspect
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -40,7 +43,10 @@ LOG_FILE = "job.log"
 INPUTS_DIR = "job_inputs"
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-TERMINAL = (DONE, FAILED, CANCELLED)
+INTERRUPTED, UNREADABLE = "interrupted", "unreadable"
+TERMINAL = (DONE, FAILED, CANCELLED, INTERRUPTED)
+INTERRUPTED_MESSAGE = ("the job process ended without finishing (killed, out of memory or the machine "
+                       "restarted); see the log.")
 
 # Popen handles of children started by this process, so finished ones are reaped (no zombies).
 _CHILDREN: dict[str, subprocess.Popen] = {}
@@ -61,6 +67,7 @@ class JobState:
     error: str | None = None
     traceback: str | None = None
     pid: int | None = None
+    pid_started: float | None = None       # the process's start time: a reused PID is not mistaken for it
     target: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -102,10 +109,12 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when the file is missing, truncated or not an object."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -125,20 +134,18 @@ def submit(target: str, run_dir: Path | None = None, kwargs: Mapping[str, Any] |
            meta: Mapping[str, Any] | None = None, python: str | None = None) -> Path:
     """Start ``target`` ('module:function') in a separate process; returns the run directory.
 
-    ``kwargs``/``args`` must be JSON-serialisable; ``objects`` (e.g. a Profiles) are pickled into the
-    run directory and passed as keyword arguments. ``meta`` is free-form information kept in
-    ``job.json`` for run listings (dataset name, effects...).
+    ``kwargs``/``args`` must be JSON-serialisable; ``objects`` (Profiles, DataFrames or numeric
+    arrays) are written into the run directory as Parquet / ``.npy`` (never pickled) and passed as
+    keyword arguments. ``meta`` is free-form information kept in ``job.json`` for run listings
+    (dataset name, effects...).
     """
     _resolve(target)  # fail early, in the caller, on a wrong target
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / JOB_FILE).exists():
         raise CpDistillerError(f"{run_dir} already holds a job; use a new run directory.")
-    names = []
-    for name, obj in (objects or {}).items():
-        atomic_write_bytes(run_dir / INPUTS_DIR / f"{name}.pkl", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-        names.append(name)
-    spec = {"target": target, "args": list(args), "kwargs": dict(kwargs or {}), "objects": names,
+    inputs = {name: save_input(run_dir, name, obj) for name, obj in (objects or {}).items()}
+    spec = {"target": target, "args": list(args), "kwargs": dict(kwargs or {}), "inputs": inputs,
             "meta": dict(meta or {}), "created": time.time(), "run_id": run_dir.name}
     try:
         json.dumps(spec)
@@ -162,16 +169,113 @@ def submit(target: str, run_dir: Path | None = None, kwargs: Mapping[str, Any] |
     return run_dir
 
 
-def _pid_alive(pid: int | None) -> bool:
+# ----- job inputs: Parquet / .npy, never pickle ------------------------------------------------------
+def save_input(run_dir: Path, name: str, obj: Any) -> dict[str, Any]:
+    """Write one object handed to a job into ``run_dir/job_inputs/``; returns its job.json entry.
+
+    Profiles (and Embeddings) and DataFrames go to Parquet through ``io.write_profiles`` /
+    pyarrow, numeric arrays to ``.npy`` with ``allow_pickle=False``; anything else is refused.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from .profiles import Profiles
+
+    if not name.isidentifier():
+        raise CpDistillerError(f"job input name {name!r} must be a Python identifier.")
+    folder = Path(run_dir) / INPUTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, Profiles):
+        from .io import write_profiles
+
+        write_profiles(obj, folder / f"{name}.parquet")
+        return {"kind": "profiles", "file": f"{name}.parquet", "source": obj.source,
+                "float64": bool(obj.X.dtype == np.float64)}
+    if isinstance(obj, pd.DataFrame):
+        import io as _io
+
+        buf = _io.BytesIO()
+        obj.to_parquet(buf, index=False)
+        atomic_write_bytes(folder / f"{name}.parquet", buf.getvalue())
+        return {"kind": "table", "file": f"{name}.parquet"}
+    arr = np.asarray(obj) if isinstance(obj, (np.ndarray, list, tuple)) else None
+    if arr is not None and arr.dtype.kind in "biuf":
+        import io as _io
+
+        buf = _io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        atomic_write_bytes(folder / f"{name}.npy", buf.getvalue())
+        return {"kind": "array", "file": f"{name}.npy"}
+    raise CpDistillerError(f"job input {name!r}: a {type(obj).__name__} cannot be handed to a job; "
+                           "pass Profiles, a DataFrame or a numeric array.")
+
+
+def load_input(run_dir: Path, name: str) -> Any:
+    """Read back one of the objects handed to the job (Parquet / .npy; a pickle is never loaded).
+
+    A run directory written by an older version (``job_inputs/<name>.pkl``) is refused with a
+    message saying so: unpickling a file from a directory anyone could have written runs code.
+    """
+    run_dir = Path(run_dir)
+    entry = (job_spec(run_dir).get("inputs") or {}).get(name)
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+        if (run_dir / INPUTS_DIR / f"{name}.pkl").exists():
+            raise CpDistillerError(
+                f"{run_dir}: this run has an old layout (its input is a pickle file, which cpDistiller no "
+                "longer loads because a pickle can run code); re-run the correction with this version.")
+        raise CpDistillerError(f"{run_dir}: no job input named {name!r}.")
+    path = run_dir / INPUTS_DIR / Path(entry["file"]).name  # a name only: never outside job_inputs/
+    if not path.is_file():
+        raise CpDistillerError(f"{path}: job input file missing.")
+    kind = entry.get("kind")
+    if kind == "profiles":
+        import numpy as np
+
+        from .io import read_profiles_with_report
+
+        prof, _ = read_profiles_with_report(str(path), emit_warnings=False,
+                                            dtype=np.float64 if entry.get("float64") else np.float32)
+        return prof.replace(source=str(entry.get("source") or prof.source))
+    if kind == "table":
+        import pandas as pd
+
+        return pd.read_parquet(path)
+    if kind == "array":
+        import numpy as np
+
+        return np.load(path, allow_pickle=False)
+    raise CpDistillerError(f"{run_dir}: job input {name!r} has an unknown kind {kind!r}.")
+
+
+def process_start_time(pid: int | None) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None when there is no such process."""
+    if not pid:
+        return None
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # psutil.NoSuchProcess, AccessDenied...
+        return None
+
+
+def pid_alive(pid: int | None, started: float | None = None) -> bool:
+    """Whether process ``pid`` runs (not a zombie) and, when ``started`` is known, is that same process
+    (a PID reused by a later process does not count)."""
     if not pid:
         return False
     try:
         import psutil
 
         proc = psutil.Process(pid)
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - float(started)) < 1.0
     except Exception:  # psutil.NoSuchProcess, AccessDenied...
         return False
+
+
+_pid_alive = pid_alive  # the name older callers use
 
 
 def _reap(run_dir: Path) -> None:
@@ -187,28 +291,59 @@ def read_pid(run_dir: Path) -> int | None:
         return None
 
 
+def _state_from(data: Mapping[str, Any], run_dir: Path) -> JobState:
+    """A JobState from a state file's dict; raises CpDistillerError when its fields have wrong types."""
+    known = {k: v for k, v in data.items() if k in JobState.__dataclass_fields__}
+    try:
+        state = JobState(**known)
+        state.fraction = float(state.fraction or 0.0)
+        for name in ("started", "ended", "elapsed", "eta", "pid_started"):
+            value = getattr(state, name)
+            setattr(state, name, None if value is None else float(value))
+        state.pid = None if state.pid is None else int(state.pid)
+        if not isinstance(state.status, str) or not isinstance(state.extra, dict):
+            raise TypeError("status must be text and extra an object")
+    except (TypeError, ValueError) as exc:
+        raise CpDistillerError(f"{run_dir / STATE_FILE}: unreadable job state ({exc}).") from None
+    state.run_dir = str(run_dir)
+    return state
+
+
 def status(run_dir: Path) -> JobState:
-    """The job's state. A job whose process died without saying so is reported as failed."""
+    """The job's state. A job whose process died without saying so is marked interrupted (on disk too)."""
     run_dir = Path(run_dir)
     _reap(run_dir)
     data = _read_json(run_dir / STATE_FILE)
     if data is None:
+        if (run_dir / STATE_FILE).exists():
+            raise CpDistillerError(f"{run_dir / STATE_FILE}: unreadable job state (truncated or not JSON).")
         raise CpDistillerError(f"{run_dir} is not a job directory (no {STATE_FILE}).")
-    known = {k: v for k, v in data.items() if k in JobState.__dataclass_fields__}
-    state = JobState(**known)
-    state.run_dir = str(run_dir)
+    state = _state_from(data, run_dir)
     if state.pid is None:
         state.pid = read_pid(run_dir)
     if not state.finished:
         if state.started is not None and state.status == RUNNING:
             state.elapsed = time.time() - state.started
-        if not _pid_alive(state.pid) and (state.status == RUNNING or read_pid(run_dir) is not None):
+        if not pid_alive(state.pid, state.pid_started) and (state.status == RUNNING or read_pid(run_dir) is not None):
             # Give a just-finished child a moment to have written its final state.
             data = _read_json(run_dir / STATE_FILE) or {}
             if data.get("status") in TERMINAL:
                 return status(run_dir)
-            state.status = FAILED
-            state.error = state.error or "the job process exited unexpectedly (killed or out of memory); see the log."
+            return _mark_interrupted(run_dir, data, state)
+    return state
+
+
+def _mark_interrupted(run_dir: Path, data: dict[str, Any], state: JobState) -> JobState:
+    """Record in job_state.json that the job's process is gone, so every reader agrees."""
+    state.status, state.error = INTERRUPTED, state.error or INTERRUPTED_MESSAGE
+    state.message = "interrupted"
+    if state.ended is None:
+        state.ended = time.time()
+    data.update(status=state.status, error=state.error, message=state.message, ended=state.ended)
+    try:
+        _write_json(run_dir / STATE_FILE, data)
+    except OSError:  # a read-only run directory is still reported correctly
+        pass
     return state
 
 
@@ -271,29 +406,30 @@ def job_spec(run_dir: Path) -> dict[str, Any]:
     return _read_json(Path(run_dir) / JOB_FILE) or {}
 
 
-def load_input(run_dir: Path, name: str) -> Any:
-    """Unpickle one of the objects handed to the job (the run's own files only)."""
-    path = Path(run_dir) / INPUTS_DIR / f"{name}.pkl"
-    if not path.exists():
-        raise CpDistillerError(f"{run_dir}: no job input named {name!r}.")
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
-
-
 def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
-    """One row per job directory under ``root`` (newest first): id, status, target, meta, times."""
+    """One row per job directory under ``root`` (newest first): id, status, target, meta, times.
+
+    A directory whose job.json or state file cannot be read is listed with status ``unreadable`` and
+    the reason as its error, instead of disappearing or breaking the listing."""
     rows = []
     for path in sorted(runs_root(root).iterdir(), reverse=True):
-        if not (path / JOB_FILE).exists():
+        if not path.is_dir() or not (path / JOB_FILE).exists():
             continue
         spec = job_spec(path)
-        try:
-            st = status(path)
-        except CpDistillerError:
-            continue
-        rows.append({"run_id": path.name, "run_dir": str(path), "status": st.status, "target": spec.get("target", ""),
-                     "created": spec.get("created"), "elapsed": st.elapsed, "error": st.error,
-                     **{f"meta.{k}": v for k, v in (spec.get("meta") or {}).items()}})
+        meta = spec.get("meta") if isinstance(spec.get("meta"), dict) else {}
+        row = {"run_id": path.name, "run_dir": str(path), "status": UNREADABLE,
+               "target": spec.get("target", "") if isinstance(spec.get("target"), str) else "",
+               "created": spec.get("created"), "elapsed": None, "error": None,
+               **{f"meta.{k}": v for k, v in meta.items()}}
+        if not spec:
+            row["error"] = f"{path / JOB_FILE}: unreadable (truncated or not JSON)."
+        else:
+            try:
+                st = status(path)
+                row.update(status=st.status, elapsed=st.elapsed, error=st.error)
+            except CpDistillerError as exc:
+                row["error"] = str(exc)
+        rows.append(row)
     return rows
 
 
@@ -332,7 +468,8 @@ def run_job(run_dir: Path) -> int:
         return 2
     started = time.time()
     writer = _StateWriter(run_dir, JobState(str(run_dir), RUNNING, message="running", started=started,
-                                             pid=os.getpid(), target=spec["target"]).to_dict())
+                                             pid=os.getpid(), pid_started=process_start_time(os.getpid()),
+                                             target=spec["target"]).to_dict())
     writer.write()
 
     def _on_term(signum: int, frame: Any) -> None:
@@ -342,7 +479,7 @@ def run_job(run_dir: Path) -> int:
     try:
         func = _resolve(spec["target"])
         kwargs = dict(spec.get("kwargs") or {})
-        for name in spec.get("objects") or []:
+        for name in list(spec.get("inputs") or {}) + list(spec.get("objects") or []):
             kwargs[name] = load_input(run_dir, name)
         params = _parameters(func)
         if "run_dir" in params:

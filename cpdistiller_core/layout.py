@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import CpDistillerError, example_rows, example_values, where
+from .errors import CpDistillerError, example_cells, example_rows, where
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def parse_wells(
             return pairs[:, 0], pairs[:, 1]
     idx = wells.index[bad]
     raise CpDistillerError(
-        f"{where(source, column)}cannot parse well names {example_values(wells[bad])} "
+        f"{where(source, column)}cannot parse well names {example_cells(wells[bad])} "
         f"({example_rows(idx)}); expected names like 'A01', 'A1' or 'r01c01'."
     )
 

@@ -42,8 +42,9 @@ from .progress import ProgressCallback, no_progress
 log = logging.getLogger("cpdistiller")
 
 TECHNICAL, BIOLOGICAL, AGGREGATE = "technical", "biological", "aggregate"
-# Optional technical metrics computed within perturbations (treatment wells), shown but not aggregated:
-TECHNICAL_TREATMENTS = "technical_treatments"
+POSITION = "position"  # Cell Painting position score, aggregated on its own beside the protocol
+EXTRA = "extra"  # reported, never aggregated
+TECHNICAL_TREATMENTS = "technical_treatments"  # former category of the within-perturbation view
 EFFECTS = ("batch", "plate", "row", "column")
 TECHNICAL_WEIGHT, BIOLOGICAL_WEIGHT = 0.4, 0.6
 SCORE_COLUMNS = ["method", "metric", "effect", "category", "value", "n", "note"]
@@ -299,22 +300,89 @@ def _copairs_cache() -> str:
     return str(cache_dir() / "copairs")
 
 
-def _copairs_map(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
-                 neg_sameby: list[str], neg_diffby: list[str], group_by: list[str], *, null_size: int,
-                 threshold: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """copairs average_precision → mean_average_precision (p-values + BH FDR). Returns (ap, map)."""
-    from copairs.map import average_precision, mean_average_precision
+_CHUNK = "Metadata_chunk_query"
+
+
+def _copairs_ap(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
+                neg_sameby: list[str], neg_diffby: list[str]) -> pd.DataFrame:
+    from copairs.map import average_precision
     from copairs.matching import UnpairedException
 
-    meta = meta.reset_index(drop=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ap = average_precision(meta, X.astype(np.float64), pos_sameby=pos_sameby, pos_diffby=pos_diffby,
-                                   neg_sameby=neg_sameby, neg_diffby=neg_diffby, distance="cosine",
-                                   progress_bar=False)
+            return average_precision(meta.reset_index(drop=True), X.astype(np.float64), pos_sameby=pos_sameby,
+                                     pos_diffby=pos_diffby, neg_sameby=neg_sameby, neg_diffby=neg_diffby,
+                                     distance="cosine", progress_bar=False)
     except UnpairedException as exc:
         raise MetricUnavailable(f"copairs found no pairs: {exc}") from exc
+
+
+def _estimated_pairs(meta: pd.DataFrame, query: np.ndarray, neg_sameby: list[str]) -> int:
+    """Upper bound of the query–candidate pairs: queries × rows sharing their ``neg_sameby`` key."""
+    if not neg_sameby:
+        return int(query.sum()) * len(meta)
+    key = meta[neg_sameby].astype(str).agg("|".join, axis=1)
+    size = key.map(key.value_counts())
+    return int(size[query].sum())
+
+
+def chunked_average_precision(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
+                              neg_sameby: list[str], neg_diffby: list[str], *, query: np.ndarray | None = None,
+                              max_pairs: int = 4_000_000) -> pd.DataFrame:
+    """copairs ``average_precision`` for the ``query`` rows, in chunks of whole positive groups so
+    that no chunk lists more than about ``max_pairs`` pairs (copairs holds every pair in memory).
+
+    Exact, not sampled: a chunk holds the query rows of some ``pos_sameby`` groups (all their
+    positives) plus every row that can be their negative (sharing ``neg_sameby`` with a query); a
+    helper column, unique per query row and shared by the other rows, is added to both diffby lists
+    so copairs forms only pairs that involve a query row. Rows' AP therefore equals the AP of one
+    copairs call on everything. Returns the AP table of the query rows (input order)."""
+    meta = meta.reset_index(drop=True)
+    query = np.ones(len(meta), bool) if query is None else np.asarray(query, bool)
+    if _estimated_pairs(meta, query, neg_sameby) <= max_pairs:
+        ap = _copairs_ap(meta, X, pos_sameby, pos_diffby, neg_sameby, neg_diffby)
+        return ap[query].reset_index(drop=True)
+    group = meta[pos_sameby].astype(str).agg("|".join, axis=1).to_numpy()
+    negkey = (meta[neg_sameby].astype(str).agg("|".join, axis=1).to_numpy() if neg_sameby
+              else np.zeros(len(meta), object))
+    per_query = max(1, _estimated_pairs(meta, query, neg_sameby) // max(1, int(query.sum())))
+    rows_per_chunk = max(1, max_pairs // per_query)
+    q_groups = pd.Series(np.flatnonzero(query)).groupby(group[query])
+    chunks, current, n_current = [], [], 0
+    for _, pos in q_groups:
+        current.append(pos.to_numpy())
+        n_current += len(pos)
+        if n_current >= rows_per_chunk:
+            chunks.append(np.concatenate(current))
+            current, n_current = [], 0
+    if current:
+        chunks.append(np.concatenate(current))
+    out = []
+    for qpos in chunks:
+        partners = np.flatnonzero(np.isin(negkey, np.unique(negkey[qpos])) & ~np.isin(np.arange(len(meta)), qpos))
+        rows = np.concatenate([qpos, partners])
+        sub = meta.iloc[rows].copy()
+        sub[_CHUNK] = np.r_[np.arange(len(qpos)), np.full(len(partners), -1)]
+        try:
+            ap = _copairs_ap(sub, X[rows], pos_sameby, pos_diffby + [_CHUNK], neg_sameby, neg_diffby + [_CHUNK])
+        except MetricUnavailable:
+            continue  # no pairs in this chunk (e.g. groups without different-well replicates)
+        out.append(ap.iloc[: len(qpos)].drop(columns=[_CHUNK]).set_index(qpos))
+    if not out:
+        raise MetricUnavailable("copairs found no pairs in any chunk.")
+    return pd.concat(out).sort_index().reset_index(drop=True)
+
+
+def _copairs_map(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_diffby: list[str],
+                 neg_sameby: list[str], neg_diffby: list[str], group_by: list[str], *, null_size: int,
+                 threshold: float, seed: int, query: np.ndarray | None = None,
+                 max_pairs: int = 4_000_000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chunked copairs average_precision → mean_average_precision (p-values + BH FDR). Returns (ap, map)."""
+    from copairs.map import mean_average_precision
+
+    ap = chunked_average_precision(meta, X, pos_sameby, pos_diffby, neg_sameby, neg_diffby, query=query,
+                                   max_pairs=max_pairs)
     valid = ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)
     if not valid.any():
         raise MetricUnavailable("no profile has both a positive and a negative pair.")
@@ -323,6 +391,12 @@ def _copairs_map(meta: pd.DataFrame, X: np.ndarray, pos_sameby: list[str], pos_d
         mp = mean_average_precision(ap, sameby=group_by, null_size=null_size, threshold=threshold,
                                     seed=seed, progress_bar=False, cache_dir=_copairs_cache())
     return ap, mp.drop(columns=["indices"], errors="ignore")
+
+
+def _no_different_well_replicates(emb: Profiles, mask: np.ndarray) -> bool:
+    pert = emb.perturbation[mask].astype(str)
+    n_pos = pd.Series(emb.well[mask]).groupby(pert).nunique()
+    return bool((n_pos < 2).all())
 
 
 def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = True,
@@ -360,15 +434,71 @@ def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = 
         n_ctrl = int(neg[keep].sum())
         negatives = "all" if (len(meta) - n_ctrl) * n_ctrl <= max_negative_pairs else "same_plate"
     neg_sameby = [_PLATE] if negatives == "same_plate" else []
+    query = ~neg[keep]
+    if replicates_in_different_wells and _no_different_well_replicates(emb, ~neg & keep):
+        raise MetricUnavailable("no perturbation has replicates in two or more well positions (same layout "
+                                "on every plate?); --same-well-replicates scores them, outside the headline.")
     ap, mp = _copairs_map(meta, X, pos_sameby=[_PERT, _REF], pos_diffby=pos_diffby, neg_sameby=neg_sameby,
                           neg_diffby=[_PERT, _REF], group_by=[_PERT], null_size=null_size,
-                          threshold=threshold, seed=seed)
+                          threshold=threshold, seed=seed, query=query)
     n_rep = meta.loc[~neg[keep], _PERT].value_counts()
     mp = mp[mp[_PERT] != "__negative_control__"].rename(columns={_PERT: "perturbation"})
     mp.insert(1, "n_replicates", mp["perturbation"].map(n_rep).astype(int))
     out = mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
     out.attrs["negatives"] = negatives
     return out
+
+
+def phenotypic_distinctness(emb: Profiles, *, null_size: int = 10000, threshold: float = 0.05,
+                            seed: int = 0, include_positive_controls: bool = True) -> pd.DataFrame:
+    """mAP against non-replicates (Arevalo et al. 2024 ``average_precision_nonrep``).
+
+    Queries: wells of replicated perturbations (negative controls excluded). copairs positives: wells
+    of the same perturbation in a different well position (Arevalo et al. allow the same position;
+    we do not, so a shared position effect cannot create the match); negatives: wells of other
+    perturbations on the query's plate. Computed in exact chunks (`chunked_average_precision`).
+    Returns one row per perturbation like `phenotypic_activity`.
+    """
+    _check_finite(emb)
+    keep = ~emb.negative_mask
+    if not include_positive_controls:
+        keep &= emb.control != "positive"
+    if keep.sum() < 3:
+        raise MetricUnavailable("fewer than 3 treatment wells.")
+    if _no_different_well_replicates(emb, keep):
+        raise MetricUnavailable("no perturbation has replicates in two or more well positions.")
+    meta = pd.DataFrame({_PERT: emb.perturbation[keep].astype(str), _WELL: emb.well[keep],
+                         _PLATE: emb.plate[keep].astype(str)})
+    _, mp = _copairs_map(meta, emb.X[keep], pos_sameby=[_PERT], pos_diffby=[_WELL], neg_sameby=[_PLATE],
+                         neg_diffby=[_PERT], group_by=[_PERT], null_size=null_size, threshold=threshold,
+                         seed=seed)
+    n_rep = meta[_PERT].value_counts()
+    mp = mp.rename(columns={_PERT: "perturbation"})
+    mp.insert(1, "n_replicates", mp["perturbation"].map(n_rep).astype(int))
+    return mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
+
+
+def same_position_test(emb: Profiles, *, null_size: int = 10000, threshold: float = 0.05,
+                       seed: int = 0) -> tuple[float, int, str]:
+    """Same-position control test (cf. the CPJUMP1 DMSO position test).
+
+    Queries: negative-control wells. copairs positives: negative controls at the same well position
+    on other plates; negatives: negative controls at other positions on the query's plate. A position
+    "retrieves" its controls when its mAP is significant (BH FDR < ``threshold``). Score = 1 − the
+    fraction of positions that do (1 = no position signature left among controls).
+    Returns (score, positions tested, note with the mean mAP)."""
+    _check_finite(emb)
+    neg = _negative_controls(emb)
+    meta = pd.DataFrame({_WELL: emb.well[neg], _PLATE: emb.plate[neg].astype(str)})
+    plates_per_pos = meta.groupby(_WELL)[_PLATE].nunique()
+    if (plates_per_pos < 2).all():
+        raise MetricUnavailable("no negative-control position is used on two or more plates.")
+    _, mp = _copairs_map(meta, emb.X[neg], pos_sameby=[_WELL], pos_diffby=[_PLATE], neg_sameby=[_PLATE],
+                         neg_diffby=[_WELL], group_by=[_WELL], null_size=null_size, threshold=threshold,
+                         seed=seed)
+    mp = mp.dropna(subset=["mean_average_precision"])
+    frac = float(mp["below_corrected_p"].mean())
+    return 1.0 - frac, len(mp), f"mAP {mp['mean_average_precision'].mean():.3f}; {frac:.0%} of positions retrieved"
 
 
 def consensus_profiles(emb: Profiles, *, exclude_negative: bool = True, how: str = "median",
@@ -624,6 +754,243 @@ def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15, standardize_trut
     return float(np.mean(overlap)), int(ok.sum())
 
 
+# ================================================================================================
+# Arevalo et al. 2024 protocol: LISI, kBET, silhouette of batch, mAP against non-replicates
+# ================================================================================================
+def label_wells(emb: Profiles) -> np.ndarray:
+    """Wells scored by the label-based metrics of the field protocol (Arevalo et al. 2024): every well
+    that is not a negative control (positive controls included, as theirs) whose perturbation has 2+
+    wells (a singleton label says nothing about mixing or clustering). Boolean mask."""
+    pos = np.flatnonzero(~emb.negative_mask)
+    pert = emb.perturbation[pos].astype(str)
+    mask = np.zeros(emb.n_wells, bool)
+    mask[pos[_drop_rare(pert, 2)]] = True
+    return mask
+
+
+def batch_effect(emb: Profiles) -> str:
+    """The label the protocol's batch metrics mix over: 'batch' when a batch column has 2+ levels, else
+    'plate' (plates are the batches of a single-batch screen); raises MetricUnavailable otherwise."""
+    for eff in ("batch", "plate"):
+        try:
+            if len(np.unique(effect_labels(emb, eff))) > 1:
+                return eff
+        except MetricUnavailable:
+            continue
+    raise MetricUnavailable("a single plate and no batch column: nothing to mix.")
+
+
+def knn_search(X: np.ndarray, k: int, *, cosine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every row among the rows, self excluded: (distances, indices),
+    each n × k. Cosine geometry via L2-normalised rows (Euclidean distance on the unit sphere, a
+    monotone function of cosine distance). sklearn's chunked search: memory O(n·k)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    Y = _l2_normalise(X) if cosine else np.asarray(X, np.float64)
+    k = int(min(k, len(Y) - 1))
+    if k < 1:
+        raise MetricUnavailable("too few wells for a neighbour search.")
+    dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(Y).kneighbors(Y)
+    # drop self (usually column 0; with exact duplicates it may sit elsewhere)
+    is_self = idx == np.arange(len(Y))[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+    keep = np.ones_like(idx, dtype=bool)
+    keep[np.arange(len(Y)), drop] = False
+    return dist[keep].reshape(len(Y), k), idx[keep].reshape(len(Y), k)
+
+
+def _small_knn(X: np.ndarray, k: int, max_rows: int = 3000) -> np.ndarray:
+    """Cosine kNN indices (self excluded) within a small group: one dense similarity block (memory
+    O(rows²), bounded by ``max_rows``; larger groups go through `knn_search`)."""
+    if len(X) > max_rows:
+        return knn_search(X, k)[1]
+    Z = _l2_normalise(X)
+    S = Z @ Z.T
+    np.fill_diagonal(S, -np.inf)
+    idx = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < len(X) - 1 else np.argsort(-S, axis=1)[:, :k]
+    return idx
+
+
+def lisi(distances: np.ndarray, indices: np.ndarray, labels: np.ndarray, *, perplexity: float = 30.0,
+         tol: float = 1e-5, n_iter: int = 50) -> np.ndarray:
+    """Local inverse Simpson index per row (Korsunsky et al. 2019), from a kNN result.
+
+    The algorithm of harmonypy's ``compute_lisi`` / the R ``lisi`` package, vectorised over rows: a
+    Gaussian kernel on each row's neighbour distances whose bandwidth is found by bisection so that
+    the kernel's entropy is log(perplexity); LISI = 1 / Σ_c (kernel mass on label c)². ``distances``
+    and ``indices`` are n × k (self excluded; k = 3·perplexity as in harmonypy). Memory O(n·k).
+    """
+    D = np.asarray(distances, np.float64)
+    n = len(D)
+    beta = np.ones(n)
+    lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
+    log_u = math.log(perplexity)
+
+    def entropy(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        P = np.exp(-D * b[:, None])
+        s = P.sum(axis=1)
+        safe = np.where(s > 0, s, 1.0)
+        H = np.where(s > 0, np.log(safe) + b * (D * P).sum(axis=1) / safe, 0.0)
+        return H, P / safe[:, None]
+
+    H, P = entropy(beta)
+    for _ in range(n_iter):
+        diff = H - log_u
+        todo = np.abs(diff) >= tol
+        if not todo.any():
+            break
+        up = todo & (diff > 0)
+        down = todo & (diff <= 0)
+        lo[up] = beta[up]
+        beta[up] = np.where(np.isfinite(hi[up]), (beta[up] + hi[up]) / 2, beta[up] * 2)
+        hi[down] = beta[down]
+        beta[down] = np.where(np.isfinite(lo[down]), (beta[down] + lo[down]) / 2, beta[down] / 2)
+        H, P = entropy(beta)
+    codes = pd.factorize(np.asarray(labels))[0]
+    neigh = codes[np.asarray(indices)]
+    simpson = np.zeros(n)
+    for c in np.unique(neigh):
+        mass = np.where(neigh == c, P, 0.0).sum(axis=1)
+        simpson += mass * mass
+    simpson[H == 0] = -1.0  # no usable neighbours (harmonypy's convention)
+    return 1.0 / simpson
+
+
+def _label_knn(emb: Profiles, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mask = label_wells(emb)
+    if mask.sum() < 3:
+        raise MetricUnavailable("fewer than 3 replicated treatment wells.")
+    d, i = knn_search(emb.X[mask], k)
+    return mask, d, i
+
+
+def ilisi_score(emb: Profiles, effect: str | None = None, *, perplexity: float = 30.0,
+                knn: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[float, int]:
+    """iLISI of a technical label, scaled as scib: (median LISI − 1) / (B − 1), 1 = perfectly mixed.
+
+    Wells: `label_wells` (replicated treatments, as Arevalo et al. score non-DMSO wells); neighbours:
+    the 3·perplexity cosine nearest wells. ``effect`` defaults to `batch_effect`. Returns (score, wells)."""
+    _check_finite(emb)
+    effect = effect or batch_effect(emb)
+    mask, d, i = knn or _label_knn(emb, int(3 * perplexity))
+    labels = effect_labels(emb, effect)[mask]
+    B = len(np.unique(labels))
+    if B < 2:
+        raise MetricUnavailable(f"the scored wells span a single {effect}.")
+    med = float(np.nanmedian(lisi(d, i, labels, perplexity=min(perplexity, d.shape[1] / 3))))
+    return (med - 1.0) / (B - 1.0), int(mask.sum())
+
+
+def clisi_score(emb: Profiles, *, perplexity: float = 30.0,
+                knn: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[float, int]:
+    """cLISI of perturbation labels, scaled as scib: (L − median LISI) / (L − 1), 1 = each well's
+    neighbourhood holds its own perturbation only. Wells as `ilisi_score`. Returns (score, wells)."""
+    _check_finite(emb)
+    mask, d, i = knn or _label_knn(emb, int(3 * perplexity))
+    labels = emb.perturbation[mask].astype(str)
+    L = len(np.unique(labels))
+    if L < 2:
+        raise MetricUnavailable("fewer than two replicated perturbations.")
+    med = float(np.nanmedian(lisi(d, i, labels, perplexity=min(perplexity, d.shape[1] / 3))))
+    return (L - med) / (L - 1.0), int(mask.sum())
+
+
+def kbet_score(emb: Profiles, effect: str | None = None, *, alpha: float = 0.05,
+               min_wells: int = 10) -> tuple[float, int]:
+    """kBET acceptance (Büttner et al. 2019) per perturbation label, scib style: 1 − mean rejection rate.
+
+    For each replicated perturbation with ``min_wells``+ wells in 2+ levels of the effect: k0 =
+    min(70, max(10, ⌊mean wells per level / 4⌋)) (scib's choice), capped at the label's wells; each
+    well's neighbourhood is itself plus its k0 − 1 cosine nearest wells of the same label; a Pearson
+    χ² test (df = levels − 1) compares the neighbourhood's level counts with k0 × the label's level
+    frequencies; the rejection rate is the fraction of wells with p < ``alpha``. Every well is tested
+    (R kBET tests random 10% subsets repeatedly; the expectation is the same). Labels too small or
+    in one level are skipped, as in scib. Returns (score, labels tested).
+    """
+    from scipy.stats import chi2
+
+    _check_finite(emb)
+    effect = effect or batch_effect(emb)
+    mask = label_wells(emb)
+    levels = pd.factorize(effect_labels(emb, effect))[0]
+    pert = emb.perturbation.astype(str)
+    rates = []
+    for _, pos in pd.Series(np.flatnonzero(mask)).groupby(pert[mask]):
+        pos = pos.to_numpy()
+        lv = levels[pos]
+        counts = np.bincount(lv)
+        present = np.flatnonzero(counts)
+        if len(pos) < min_wells or len(present) < 2:
+            continue
+        k0 = int(min(70, max(10, np.floor(counts[present].mean() / 4)), len(pos)))
+        nn = _small_knn(emb.X[pos], k0 - 1)
+        hood = np.concatenate([np.arange(len(pos))[:, None], nn], axis=1)
+        obs = np.stack([(lv[hood] == c).sum(axis=1) for c in present], axis=1)
+        exp = k0 * counts[present] / len(pos)
+        stat = ((obs - exp) ** 2 / exp).sum(axis=1)
+        rates.append(float((chi2.sf(stat, len(present) - 1) < alpha).mean()))
+    if not rates:
+        raise MetricUnavailable(f"no perturbation has {min_wells}+ wells in two or more {effect} levels.")
+    return 1.0 - float(np.mean(rates)), len(rates)
+
+
+def silhouette_batch(emb: Profiles, effect: str | None = None, *, max_labels: int = 2000,
+                     seed: int = 0) -> tuple[float, int]:
+    """scib silhouette of batch: per replicated perturbation, mean(1 − |silhouette of the effect|)
+    (cosine) over its wells, then the mean over perturbations (`asw_effect` grouped by perturbation on
+    `label_wells`). At most ``max_labels`` perturbations (a seeded random sample) are scored.
+    Returns (score, wells)."""
+    _check_finite(emb)
+    effect = effect or batch_effect(emb)
+    mask = label_wells(emb)
+    pert = emb.perturbation[mask].astype(str)
+    names = np.unique(pert)
+    if len(names) > max_labels:
+        chosen = np.random.default_rng(seed).choice(names, max_labels, replace=False)
+        mask[np.flatnonzero(mask)[~np.isin(pert, chosen)]] = False
+    sub = emb.subset(mask)
+    return asw_effect(sub, effect, groups="perturbation", min_group_size=2, seed=seed)
+
+
+def _label_leiden(X: np.ndarray, labels: np.ndarray, *, k: int, resolutions: Sequence[float],
+                  seed: int) -> dict[str, Any]:
+    """Best NMI and ARI of Leiden clusters of X against labels over a resolution sweep."""
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    adata = ad.AnnData(X=np.zeros((len(X), 0), np.float32))
+    A = knn_graph(X, k)
+    best = {"nmi": -1.0, "ari": -1.0, "nmi_resolution": None, "ari_resolution": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in resolutions:
+            sc.tl.leiden(adata, resolution=r, key_added="leiden", flavor="igraph", n_iterations=2,
+                         directed=False, random_state=seed, adjacency=A)
+            cl = adata.obs["leiden"].to_numpy()
+            nmi = normalized_mutual_info_score(labels, cl, average_method="arithmetic")
+            ari = max(0.0, adjusted_rand_score(labels, cl))
+            if nmi > best["nmi"]:
+                best.update(nmi=float(nmi), nmi_resolution=r)
+            if ari > best["ari"]:
+                best.update(ari=float(ari), ari_resolution=r)
+    best["n"] = len(X)
+    return best
+
+
+def perturbation_leiden(emb: Profiles, *, k: int = 15,
+                        resolutions: Sequence[float] = (0.25, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0),
+                        seed: int = 0) -> dict[str, Any]:
+    """Leiden NMI / ARI against perturbation labels (Arevalo et al.'s label key) on `label_wells`,
+    best over the resolution sweep (scib's optimal-resolution NMI/ARI)."""
+    _check_finite(emb)
+    mask = label_wells(emb)
+    labels = emb.perturbation[mask].astype(str)
+    if len(np.unique(labels)) < 2 or mask.sum() < 10:
+        raise MetricUnavailable("need 10+ wells of 2+ replicated perturbations.")
+    return _label_leiden(emb.X[mask], labels, k=k, resolutions=resolutions, seed=seed)
+
+
 def _well_mask(emb: Profiles, wells: str) -> np.ndarray:
     if wells == "treatment":
         return ~emb.negative_mask
@@ -733,9 +1100,24 @@ def control_collapse(emb: Profiles) -> tuple[float, int]:
 # ================================================================================================
 # Scorecard
 # ================================================================================================
+# Headline columns, in order: aggregates, the protocol's batch (technical) and bio metrics, then the
+# Cell Painting position metrics. Everything else (extras) is in the full tables only.
+HEADLINE_TECHNICAL = ("silhouette_batch", "graph_connectivity", "kbet", "ilisi")
+HEADLINE_BIOLOGICAL = ("clisi", "activity_map", "nonrep_map", "nmi", "ari", "pasw")
+HEADLINE_POSITION = ("same_position", "neighbor_preservation", "control_collapse")
+AGGREGATES = ("technical", "biological", "overall", "position")
+
+
 @dataclass
 class EvaluationConfig:
-    """Settings of `evaluate`. ``effects`` None = every effect the data has (batch, plate, row, column)."""
+    """Settings of `evaluate`.
+
+    ``effects``: position effects for the position score (row, column) and technical effects shown
+    among controls (batch, plate); None = every effect the data have. ``replicates_in_different_wells``
+    False (CLI ``--same-well-replicates``) adds an extra ``activity_map_same_well`` row; the headline
+    mAPs always use different-well replicates. ``treatment_technical`` is kept for compatibility: the
+    within-perturbation view is always part of the position score now.
+    """
 
     effects: tuple[str, ...] | None = None
     k: int = 15
@@ -743,12 +1125,20 @@ class EvaluationConfig:
     threshold: float = 0.05
     replicates_in_different_wells: bool = True
     asw_per_perturbation: bool = False
-    treatment_technical: bool = False  # also asw/variance/leakage within perturbations (not aggregated)
-    leiden_resolutions: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)
+    treatment_technical: bool = True
+    leiden_resolutions: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0)
+    perplexity: float = 30.0
+    max_pairs: int = 4_000_000
+    max_wells_classifier: int = 2000  # leakage classifiers: stratified subsample (CV cost grows fast)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _column_name(metric: pd.Series, effect: pd.Series) -> pd.Series:
+    eff = effect.fillna("").astype(str)
+    return metric + np.where(eff != "", "[" + eff + "]", "")
 
 
 @dataclass
@@ -779,24 +1169,51 @@ class Scorecard:
         df = self.scores
         if not include_aggregates:
             df = df[df["category"] != AGGREGATE]
-        name = df["metric"] + np.where(df["effect"].fillna("") != "", "[" + df["effect"].fillna("") + "]", "")
+        name = _column_name(df["metric"], df["effect"])
         wide = df.assign(column=name).pivot_table(index="method", columns="column", values="value",
                                                   aggfunc="first", dropna=False, sort=False)
         order = list(dict.fromkeys(name))
-        aggs = [c for c in ("technical", "biological", "overall") if c in order]
+        aggs = [c for c in AGGREGATES if c in order]
         wide = wide.reindex(index=self.methods, columns=aggs + [c for c in order if c not in aggs])
         if with_runtime and self.runtimes:
             wide["runtime_s"] = [self.runtimes.get(m, np.nan) for m in wide.index]
         wide.columns.name = None
         return wide
 
+    def headline_columns(self) -> list[str]:
+        """The headline columns present: aggregates, every technical and biological (protocol) metric,
+        and the position headline (same-position test, neighbour preservation, control collapse)."""
+        df = self.scores
+        names = _column_name(df["metric"], df["effect"])
+        head = (df["category"].isin([TECHNICAL, BIOLOGICAL]) | df["metric"].isin(HEADLINE_POSITION)).to_numpy()
+        present = set(names)
+        return [a for a in AGGREGATES if a in present] + list(dict.fromkeys(names[head]))
+
+    def comparison(self, reference: str = "uncorrected", columns: Sequence[str] | None = None,
+                   deltas: bool = True) -> pd.DataFrame:
+        """Method × metric with the ``reference`` method first and, for every other method, a
+        ``Δ<metric>`` column = value − reference value ("did it help?"). ``columns`` default to
+        `headline_columns`. Without the reference the Δ columns are left out."""
+        wide = self.wide(with_runtime=False)
+        cols = list(columns) if columns is not None else self.headline_columns()
+        wide = wide.reindex(columns=cols)
+        order = ([reference] if reference in wide.index else []) + [m for m in wide.index if m != reference]
+        wide = wide.reindex(order)
+        if not deltas or reference not in wide.index:
+            return wide
+        delta = wide - wide.loc[reference]
+        out = pd.concat([wide, delta.add_prefix("Δ")], axis=1)
+        inter = [c for col in cols for c in (col, f"Δ{col}")]
+        return out[inter]
+
     def summary(self) -> pd.DataFrame:
-        """Method × (technical, biological, overall, n_technical, n_biological)."""
+        """Method × (technical, biological, overall, position, n_technical, n_biological, n_position)."""
         agg = self.scores[self.scores["category"] == AGGREGATE]
         out = agg.pivot_table(index="method", columns="metric", values="value", aggfunc="first",
                               dropna=False, sort=False)
         n = agg.pivot_table(index="method", columns="metric", values="n", aggfunc="first", dropna=False)
-        for m in ("technical", "biological"):
+        out = out.reindex(columns=[a for a in AGGREGATES if a in out.columns])
+        for m in ("technical", "biological", "position"):
             if m in n.columns:
                 out[f"n_{m}"] = n[m]
         out.columns.name = None
@@ -807,23 +1224,43 @@ class Scorecard:
         return {"scores": s.to_dict(orient="records"), "runtimes": self.runtimes}
 
     def format(self) -> str:
-        """Plain-text rendering for the terminal."""
+        """Plain-text rendering for the terminal: one block per method, headline categories first."""
         lines = []
+        rank = {AGGREGATE: 0, TECHNICAL: 1, BIOLOGICAL: 2, POSITION: 3}
         for method in self.methods:
             sub = self.scores[self.scores["method"] == method]
+            sub = sub.iloc[np.argsort([rank.get(c, 4) for c in sub["category"]], kind="stable")]
             lines.append(f"== {method}" + (f"  (run time {self.runtimes[method]:.1f} s)" if method in self.runtimes else ""))
             for _, r in sub.iterrows():
                 name = r["metric"] + (f"[{r['effect']}]" if r["effect"] else "")
                 val = "missing" if pd.isna(r["value"]) else f"{r['value']:.3f}"
                 n = "" if pd.isna(r["n"]) else f"n={int(r['n'])}"
-                lines.append(f"  {r['category']:<10} {name:<28} {val:>8}  {n:<8} {r['note'] or ''}".rstrip())
+                lines.append(f"  {r['category']:<10} {name:<32} {val:>8}  {n:<8} {r['note'] or ''}".rstrip())
         return "\n".join(lines)
+
+
+def format_comparison(table: pd.DataFrame, digits: int = 3) -> str:
+    """Markdown of a `Scorecard.comparison` table: each cell 'value (Δ)', missing as '–'."""
+    cols = [c for c in table.columns if not str(c).startswith("Δ")]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "|".join("---" for _ in cols) + "|"]
+    for method, row in table.iterrows():
+        cells = []
+        for c in cols:
+            v, d = row[c], row.get(f"Δ{c}", np.nan)
+            if pd.isna(v):
+                cells.append("–")
+            elif pd.isna(d) or method == table.index[0]:
+                cells.append(f"{v:.{digits}f}")
+            else:
+                cells.append(f"{v:.{digits}f} ({d:+.{digits}f})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _aggregate_rows(method: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     means = {}
-    for cat in (TECHNICAL, BIOLOGICAL):
+    for cat in (TECHNICAL, BIOLOGICAL, POSITION):
         vals = [r["value"] for r in rows if r["category"] == cat]
         avail = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
         means[cat] = float(np.mean(avail)) if avail else math.nan
@@ -832,11 +1269,11 @@ def _aggregate_rows(method: str, rows: list[dict[str, Any]]) -> list[dict[str, A
                         + ("" if avail else "; none available")))
     t, b = means[TECHNICAL], means[BIOLOGICAL]
     ok = not (math.isnan(t) or math.isnan(b))
-    out.append(dict(method=method, metric="overall", effect="", category=AGGREGATE,
-                    value=TECHNICAL_WEIGHT * t + BIOLOGICAL_WEIGHT * b if ok else math.nan,
-                    n=out[0]["n"] + out[1]["n"],
-                    note="0.4·technical + 0.6·biological" if ok else
-                    "missing: needs both a technical and a biological score"))
+    out.insert(2, dict(method=method, metric="overall", effect="", category=AGGREGATE,
+                       value=TECHNICAL_WEIGHT * t + BIOLOGICAL_WEIGHT * b if ok else math.nan,
+                       n=out[0]["n"] + out[1]["n"],
+                       note="0.4·technical + 0.6·biological (Arevalo et al. 2024)" if ok else
+                       "missing: needs both a technical and a biological score"))
     return out
 
 
@@ -853,132 +1290,204 @@ def available_effects(emb: Profiles) -> list[str]:
     return out
 
 
-def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None = None,
-             pairs: dict[str, pd.DataFrame] | None = None, config: EvaluationConfig | None = None,
-             progress: ProgressCallback = no_progress) -> Scorecard:
-    """Compute every metric on one embedding and return its Scorecard (with aggregates).
+class _Recorder:
+    """Collects score rows; a MetricUnavailable becomes a missing row with its reason."""
 
-    ``pairs``: named pair tables for `fraction_retrieved` (e.g. {"sister": df, "gene_compound": df});
-    names starting with "sister" use the "union" null (all non-pairs among the named perturbations).
-    ``truth``: clean ground-truth profiles (simulator) for `knn_overlap`.
-    Effects that the data lack (e.g. batch without a batch column, plate with one plate) are
-    reported as missing with the reason.
-    """
-    cfg = config or EvaluationConfig()
-    method = method or getattr(emb, "method", None) or "embedding"
-    rows: list[dict[str, Any]] = []
-    details: dict[str, pd.DataFrame] = {}
-    effects = list(cfg.effects) if cfg.effects else list(EFFECTS)
+    def __init__(self, method: str, progress: ProgressCallback, steps: int) -> None:
+        self.method, self.progress, self.steps, self.done = method, progress, steps, 0
+        self.rows: list[dict[str, Any]] = []
 
-    def record(metric: str, effect: str, category: str, fn: Callable[[], Any]) -> Any:
+    def missing(self, metric: str, effect: str, category: str, reason: str) -> None:
+        self.rows.append(dict(method=self.method, metric=metric, effect=effect, category=category,
+                              value=math.nan, n=None, note=f"missing: {reason}"))
+
+    def __call__(self, metric: str, effect: str, category: str, fn: Callable[[], Any]) -> Any:
         try:
             res = fn()
         except MetricUnavailable as exc:
-            rows.append(dict(method=method, metric=metric, effect=effect, category=category,
-                             value=math.nan, n=None, note=f"missing: {exc}"))
+            self.missing(metric, effect, category, str(exc))
             return None
         value, n, note = res if len(res) == 3 else (*res, "")
         value = float(value)
         if not math.isnan(value):
             value = min(1.0, max(0.0, value))
-        rows.append(dict(method=method, metric=metric, effect=effect, category=category, value=value,
-                         n=n, note=note))
+        self.rows.append(dict(method=self.method, metric=metric, effect=effect, category=category,
+                              value=value, n=n, note=note))
         return res
 
-    steps = len(effects) * 3 + 8
-    done = 0
+    def tick(self, msg: str) -> None:
+        self.done += 1
+        self.progress(min(1.0, self.done / self.steps), f"{self.method}: {msg}")
 
-    def tick(msg: str) -> None:
-        nonlocal done
-        done += 1
-        progress(min(1.0, done / steps), f"{method}: {msg}")
 
-    for eff in effects:
-        def _asw(eff=eff):
-            if cfg.asw_per_perturbation:
-                return (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed), "per perturbation")
-            return (*asw_effect(emb, eff, seed=cfg.seed), "negative controls")
-        record("asw", eff, TECHNICAL, _asw)
-        tick(f"ASW {eff}")
-        record("variance", eff, TECHNICAL, lambda eff=eff: variance_explained_score(emb, eff))
-        tick(f"variance {eff}")
-        record("leakage", eff, TECHNICAL, lambda eff=eff: classifier_leakage(emb, eff, seed=cfg.seed))
-        tick(f"leakage {eff}")
-        if cfg.treatment_technical:
-            record("asw_trt", eff, TECHNICAL_TREATMENTS,
-                   lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed), "within perturbations"))
-            record("variance_trt", eff, TECHNICAL_TREATMENTS,
-                   lambda eff=eff: (*variance_explained_score(emb, eff, groups="perturbation"), "within perturbations"))
-            record("leakage_trt", eff, TECHNICAL_TREATMENTS,
-                   lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, groups="perturbation"), "within perturbations"))
-    record("graph_connectivity", "perturbation", TECHNICAL,
-           lambda: (*graph_connectivity(emb, k=cfg.k), "labels with 2+ wells"))
-    tick("graph connectivity")
+def _technical(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, knn: Any) -> None:
+    try:
+        eff = batch_effect(emb)
+    except MetricUnavailable as exc:
+        for m in ("silhouette_batch", "kbet", "ilisi"):
+            rec.missing(m, "batch", TECHNICAL, str(exc))
+        eff = None
+    if eff:
+        rec("silhouette_batch", eff, TECHNICAL, lambda: silhouette_batch(emb, eff, seed=cfg.seed))
+        rec("kbet", eff, TECHNICAL, lambda: kbet_score(emb, eff))
+        rec("ilisi", eff, TECHNICAL, lambda: ilisi_score(emb, eff, perplexity=cfg.perplexity, knn=knn()))
+    rec.tick("batch mixing")
 
-    def _activity():
-        tab = phenotypic_activity(emb, replicates_in_different_wells=cfg.replicates_in_different_wells,
-                                  null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
-        details["activity"] = tab
+    def _gc():
+        mask = label_wells(emb)
+        if mask.sum() < 3:
+            raise MetricUnavailable("fewer than 3 replicated treatment wells.")
+        return (*graph_connectivity(emb.subset(mask), k=cfg.k), "replicated treatments")
+    rec("graph_connectivity", "perturbation", TECHNICAL, _gc)
+    rec.tick("graph connectivity")
+
+
+def _biological(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, knn: Any,
+                details: dict[str, pd.DataFrame]) -> None:
+    rec("clisi", "", BIOLOGICAL, lambda: (*clisi_score(emb, perplexity=cfg.perplexity, knn=knn()),
+                                         "perturbation labels"))
+    map_kw = dict(null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
+
+    def _act(same_well: bool = False):
+        tab = phenotypic_activity(emb, replicates_in_different_wells=not same_well, negatives="same_plate",
+                                  include_positive_controls=False, **map_kw)
+        details["activity_same_well" if same_well else "activity"] = tab
         return tab
 
-    act = None
+    act = rec("activity_map", "", BIOLOGICAL,
+              lambda: _summary(_act(), "replicates in different wells vs same-plate negative controls"))
+    nonrep = rec("nonrep_map", "", BIOLOGICAL, lambda: _summary(
+        _store(details, "nonrep", phenotypic_distinctness(emb, **map_kw)),
+        "replicates in different wells vs same-plate other perturbations"))
+    rec.tick("mAP")
     try:
-        act = _activity()
-    except MetricUnavailable as exc:
-        for m in ("activity_map", "activity_fraction"):
-            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
-                             n=None, note=f"missing: {exc}"))
-    if act is not None:
-        where = "different wells" if cfg.replicates_in_different_wells else "any well"
-        record("activity_map", "", BIOLOGICAL,
-               lambda: (act["mean_average_precision"].mean(), len(act),
-                        f"replicates in {where} vs negative controls ({act.attrs.get('negatives', 'all')})"))
-        record("activity_fraction", "", BIOLOGICAL,
-               lambda: (act["below_corrected_p"].mean(), len(act), f"FDR < {cfg.threshold}"))
-    tick("phenotypic activity")
-
-    cons = None
-    try:
-        cons = phenotypic_consistency(emb, null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
-        details["consistency"] = cons
-    except MetricUnavailable as exc:
-        for m in ("consistency_map", "consistency_fraction"):
-            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
-                             n=None, note=f"missing: {exc}"))
-    if cons is not None:
-        record("consistency_map", "", BIOLOGICAL,
-               lambda: (cons["mean_average_precision"].mean(), len(cons), f"annotation {emb.roles.annotation}"))
-        record("consistency_fraction", "", BIOLOGICAL,
-               lambda: (cons["below_corrected_p"].mean(), len(cons), f"FDR < {cfg.threshold}"))
-    tick("phenotypic consistency")
-
-    record("pasw", "", BIOLOGICAL, lambda: (*perturbation_asw(emb, seed=cfg.seed), "replicated treatments"))
-    tick("perturbation ASW")
-
-    try:
-        lr = leiden_nmi_ari(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed)
-        record("nmi", "", BIOLOGICAL, lambda: (lr["nmi"], lr["n"], f"Leiden resolution {lr['nmi_resolution']}"))
-        record("ari", "", BIOLOGICAL, lambda: (lr["ari"], lr["n"], f"Leiden resolution {lr['ari_resolution']}"))
+        lr = perturbation_leiden(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed)
+        rec("nmi", "perturbation", BIOLOGICAL, lambda: (lr["nmi"], lr["n"], f"Leiden resolution {lr['nmi_resolution']}"))
+        rec("ari", "perturbation", BIOLOGICAL, lambda: (lr["ari"], lr["n"], f"Leiden resolution {lr['ari_resolution']}"))
     except MetricUnavailable as exc:
         for m in ("nmi", "ari"):
-            rows.append(dict(method=method, metric=m, effect="", category=BIOLOGICAL, value=math.nan,
-                             n=None, note=f"missing: {exc}"))
-    tick("Leiden NMI/ARI")
+            rec.missing(m, "perturbation", BIOLOGICAL, str(exc))
+    rec("pasw", "", BIOLOGICAL, lambda: (*perturbation_asw(emb, seed=cfg.seed), "replicated treatments"))
+    rec.tick("clustering")
+    for name, res in (("activity", act), ("nonrep", nonrep)):
+        if res is None:
+            rec.missing(f"{name}_fraction", "", EXTRA, f"{name}_map is missing")
+            continue
+        tab = details[name]
+        rec(f"{name}_fraction", "", EXTRA, lambda tab=tab: (tab["below_corrected_p"].mean(), len(tab),
+                                                          f"FDR < {cfg.threshold}"))
+    if not cfg.replicates_in_different_wells:
+        rec("activity_map_same_well", "", EXTRA,
+            lambda: _summary(_act(same_well=True), "replicates in any well (not a headline score)"))
 
+
+def _summary(tab: pd.DataFrame, note: str) -> tuple[float, int, str]:
+    return float(tab["mean_average_precision"].mean()), len(tab), note
+
+
+def _store(details: dict[str, pd.DataFrame], name: str, tab: pd.DataFrame) -> pd.DataFrame:
+    details[name] = tab
+    return tab
+
+
+def _position(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, effects: list[str],
+              baseline: Profiles | None) -> None:
+    for eff in effects:
+        cat = POSITION if eff in ("row", "column") else EXTRA
+        if cfg.asw_per_perturbation:
+            rec("asw", eff, cat, lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed),
+                                                  "per perturbation"))
+        else:
+            rec("asw", eff, cat, lambda eff=eff: (*asw_effect(emb, eff, seed=cfg.seed), "negative controls"))
+        rec("variance", eff, cat, lambda eff=eff: (*variance_explained_score(emb, eff), "negative controls"))
+        rec("leakage", eff, cat, lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, max_wells=cfg.max_wells_classifier),
+                                                   "negative controls"))
+        if eff in ("row", "column"):
+            rec("asw_trt", eff, cat, lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed),
+                                                      "within perturbations"))
+            rec("variance_trt", eff, cat, lambda eff=eff: (*variance_explained_score(emb, eff, groups="perturbation"),
+                                                           "within perturbations"))
+            rec("leakage_trt", eff, cat, lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, groups="perturbation",
+                                                                              max_wells=cfg.max_wells_classifier),
+                                                          "within perturbations"))
+        rec.tick(f"position {eff}")
+    rec("same_position", "", POSITION, lambda: same_position_test(emb, null_size=cfg.null_size,
+                                                                  threshold=cfg.threshold, seed=cfg.seed))
+
+    def _np():
+        if baseline is None:
+            raise MetricUnavailable("no uncorrected profiles to compare with (pass a baseline).")
+        return (*neighbor_preservation(emb, baseline, k=cfg.k), f"k={cfg.k}, treatment wells")
+    rec("neighbor_preservation", "", POSITION, _np)
+    rec("control_collapse", "", POSITION, lambda: (*control_collapse(emb), "negative-control vs replicate spread"))
+    rec.tick("position")
+
+
+def _extras(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, details: dict[str, pd.DataFrame],
+            pairs: dict[str, pd.DataFrame] | None, truth: Profiles | None) -> None:
+    map_kw = dict(null_size=cfg.null_size, threshold=cfg.threshold, seed=cfg.seed)
+    cons = rec("consistency_map", "", EXTRA, lambda: _summary(
+        _store(details, "consistency", phenotypic_consistency(emb, **map_kw)), f"annotation {emb.roles.annotation}"))
+    if cons is not None:
+        tab = details["consistency"]
+        rec("consistency_fraction", "", EXTRA, lambda: (tab["below_corrected_p"].mean(), len(tab),
+                                                        f"FDR < {cfg.threshold}"))
+    else:
+        rec.missing("consistency_fraction", "", EXTRA, "consistency_map is missing")
+    try:
+        lr = leiden_nmi_ari(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed)
+        rec("nmi", "annotation", EXTRA, lambda: (lr["nmi"], lr["n"], f"Leiden resolution {lr['nmi_resolution']}"))
+        rec("ari", "annotation", EXTRA, lambda: (lr["ari"], lr["n"], f"Leiden resolution {lr['ari_resolution']}"))
+    except MetricUnavailable as exc:
+        for m in ("nmi", "ari"):
+            rec.missing(m, "annotation", EXTRA, str(exc))
     for name, tab in (pairs or {}).items():
         def _fr(tab=tab, name=name):
-            frac, per_pair = fraction_retrieved(emb, tab, seed=cfg.seed,
-                                                null="union" if name.startswith("sister") else "cross")
+            frac, per_pair = fraction_retrieved(emb, tab, seed=cfg.seed)
             details[f"retrieval_{name}"] = per_pair
             return frac, int(per_pair["found"].sum()), f"{name} pairs, > 95th percentile of non-pairs"
-        record("fraction_retrieved", name, BIOLOGICAL, _fr)
-    tick("retrieval")
-
+        rec("fraction_retrieved", name, EXTRA, _fr)
     if truth is not None:
-        record("knn_overlap", "truth", BIOLOGICAL, lambda: (*knn_overlap(emb, truth, k=cfg.k), f"k={cfg.k}"))
-    tick("truth")
+        rec("knn_overlap", "truth", EXTRA, lambda: (*knn_overlap(emb, truth, k=cfg.k), f"k={cfg.k}"))
+    rec.tick("extras")
 
-    rows += _aggregate_rows(method, rows)
+
+def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None = None,
+             pairs: dict[str, pd.DataFrame] | None = None, config: EvaluationConfig | None = None,
+             baseline: Profiles | None = None, progress: ProgressCallback = no_progress) -> Scorecard:
+    """Score one embedding with the field protocol plus the Cell Painting position score.
+
+    * technical (Arevalo et al. 2024 "batch correction"): silhouette of batch, graph connectivity,
+      kBET, iLISI — on replicated treatment wells, batch = the batch column, else plates;
+    * biological ("bio metrics"): cLISI, mAP vs negative controls, mAP vs non-replicates, Leiden
+      NMI and ARI against perturbations, perturbation silhouette;
+    * overall = 0.4·technical + 0.6·biological;
+    * position (reported beside it, own aggregate): row/column silhouette, variance explained and
+      leakage among negative controls and within perturbations, the same-position control test,
+      neighbour preservation against ``baseline`` (the uncorrected profiles) and control collapse;
+    * extras (not aggregated): FDR fractions, annotation consistency and NMI/ARI, batch/plate
+      effects among controls, ``pairs`` retrieval, ``truth`` kNN overlap, same-well-replicate mAP.
+
+    Metrics the data cannot support are missing (NaN) with the reason. Definitions: docs/metrics.md.
+    """
+    cfg = config or EvaluationConfig()
+    method = method or getattr(emb, "method", None) or "embedding"
+    _check_finite(emb)
+    effects = [e for e in (cfg.effects or EFFECTS) if e in EFFECTS]
+    rec = _Recorder(method, progress, steps=len(effects) + 8)
+    details: dict[str, pd.DataFrame] = {}
+    cache: dict[str, Any] = {}
+
+    def knn():  # one cosine kNN (3·perplexity) of the replicated treatments for iLISI and cLISI
+        if "knn" not in cache:
+            cache["knn"] = _label_knn(emb, int(3 * cfg.perplexity))
+        return cache["knn"]
+
+    _technical(emb, cfg, rec, knn)
+    _biological(emb, cfg, rec, knn, details)
+    _position(emb, cfg, rec, effects, baseline)
+    _extras(emb, cfg, rec, details, pairs, truth)
+    rows = rec.rows + _aggregate_rows(method, rec.rows)
     scores = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     scores["n"] = scores["n"].astype("Int64")
     scores["note"] = scores["note"].fillna("")

@@ -9,12 +9,12 @@ Everything that touches the network (the JUMP gallery client, Enrichr/ARCHS4) go
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,27 +55,64 @@ def _proxy_for(url: str) -> str | None:
 
 
 def check_reachable(url: str, timeout: float = DEFAULT_TIMEOUT, what: str = "the server") -> None:
-    """Raise OfflineError within ~``timeout`` s unless a TCP connection to the URL's host (or proxy) opens."""
+    """Raise OfflineError within ~``timeout`` s unless a TCP connection to the URL's host (or proxy) opens.
+
+    The attempt runs in a daemon thread: a name lookup that hangs (getaddrinfo has no timeout of its
+    own) is abandoned, and never keeps the process alive after the error (no join at exit).
+    """
     target = _proxy_for(url) or url
     parts = urlsplit(target)
     host = parts.hostname
     if not host:
         raise CpDistillerError(f"not a URL: {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
 
     def connect() -> None:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                pass
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
 
-    # getaddrinfo has no timeout of its own; bound the whole attempt in a worker thread.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    threading.Thread(target=connect, name="cpdistiller-reachability", daemon=True).start()
+    if not done.wait(timeout + 0.2):
+        raise OfflineError(f"cannot reach {what} at {host}:{port} (no answer within {timeout:g} s, name lookup "
+                           "included); are you offline?")
+    exc = outcome[0]
+    if exc is not None:
+        reason = str(exc) or type(exc).__name__
+        raise OfflineError(f"cannot reach {what} at {host}:{port} ({reason}); are you offline?")
+
+
+class NoAccessError(OfflineError):
+    """The network answers, but every request to a service is refused (HTTP 4xx/5xx), e.g. by a proxy."""
+
+
+def check_http(url: str, what: str, *, method: str = "GET", timeout: float = 5.0, **kwargs) -> None:
+    """One request to ``url`` (no retries, bounded time): raise :class:`NoAccessError` when it is answered
+    with HTTP 4xx/5xx (an intercepting proxy or firewall answers so for every request), OfflineError
+    when it fails or gets no answer in time."""
+    host = urlsplit(url).hostname or url
     try:
-        pool.submit(connect).result(timeout=timeout + 0.2)
-    except (OSError, concurrent.futures.TimeoutError) as exc:
-        reason = type(exc).__name__ if not str(exc) else str(exc)
-        raise OfflineError(f"cannot reach {what} at {host}:{port} ({reason}); are you offline?") from None
-    finally:
-        pool.shutdown(wait=False)
+        resp = requests.request(method, url, timeout=(min(timeout, DEFAULT_TIMEOUT * 2), timeout), **kwargs)
+    except requests.Timeout:
+        raise OfflineError(f"no access to {what}: {host} did not answer within {timeout:g} s.") from None
+    except requests.exceptions.ProxyError as exc:  # e.g. an HTTPS tunnel (CONNECT) refused with 403
+        code = re.search(r"Tunnel connection failed: ([45]\d\d)", str(exc))
+        answer = f"answers HTTP {code.group(1)}" if code else "refuses the connection"
+        raise NoAccessError(f"no access to {what}: the proxy {answer} for {host} (a proxy or firewall may be "
+                            "blocking it).") from None
+    except requests.RequestException as exc:
+        raise OfflineError(f"no access to {what}: the request to {host} failed ({type(exc).__name__}).") from None
+    if resp.status_code >= 400:
+        via = " through the proxy" if _proxy_for(url) else ""
+        raise NoAccessError(f"no access to {what}: requests to {host}{via} are answered HTTP {resp.status_code} "
+                            f"{resp.reason or ''}".rstrip() + " (a proxy or firewall may be blocking it).")
 
 
 def make_session(retries: int = 2) -> requests.Session:

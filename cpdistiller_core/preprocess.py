@@ -206,6 +206,15 @@ def _check_references(profiles: Profiles, groups: np.ndarray, ref: np.ndarray, b
         )
 
 
+def _no_controls_message(profiles: Profiles, by: str) -> str:
+    roles = profiles.roles
+    why = (f"none of the values {list(roles.negative_values)} occurs in the control column"
+           if roles.control and roles.negative_values else "no control column / negative-control values are set")
+    return (f"{where(profiles.source or None, roles.control)}no negative controls ({why}): normalising against "
+            f"all wells of each {by} instead; plates with many strong or unevenly placed perturbations get a "
+            "shifted reference (name the controls with --control-col/--negative to use them).")
+
+
 def _warn_all_samples(by: str) -> str:
     msg = (f"normalising against all wells of each {by}, not negative controls: plates with many strong or "
            "unevenly placed perturbations get a shifted reference.")
@@ -218,13 +227,17 @@ def mad_normalize(profiles: Profiles, by: str = "plate", samples: str = "negcon"
     """Robust MAD normalisation per ``by`` group against its reference wells (pycytominer ``mad_robustize``).
 
     Computed in float64, stored as float32 like every Profiles. Raises naming the plates without
-    reference wells; ``samples="all"`` (every well) warns.
+    reference wells; ``samples="all"`` (every well) warns, and so does ``"negcon"`` on profiles with
+    no negative control at all, which then normalises against all wells.
     """
     groups = _group_labels(profiles, by)
+    if samples == "negcon" and not profiles.negative_mask.any():
+        warnings.warn(_no_controls_message(profiles, by), CpDistillerWarning, stacklevel=2)
+        samples = "all"
+    elif samples == "all":
+        _warn_all_samples(by)
     ref = reference_mask(profiles, samples)
     _check_references(profiles, groups, ref, by, samples)
-    if samples == "all":
-        _warn_all_samples(by)
     Z, _ = mad_normalize_array(_finite_or_nan(profiles.X), groups, ref, eps, dtype=np.float32)
     return profiles.with_features(Z, profiles.features)
 
@@ -239,25 +252,113 @@ def _finite_or_nan(X: np.ndarray) -> np.ndarray:
 
 # ----- feature selection -----------------------------------------------------------------------------
 def correlation_threshold(X: np.ndarray, features: Sequence[str], threshold: float = 0.9,
-                          chunk_rows: int = 4096) -> list[str]:
+                          chunk_rows: int = 4096, block_bytes: int = 128 << 20) -> list[str]:
     """Features to exclude so no kept pair has Pearson correlation above ``threshold``.
 
     pycytominer's ``correlation_threshold`` rule: for every pair with correlation > threshold (signed,
     as in pycytominer), exclude the member with the larger sum of absolute correlations to all
-    features. Vectorised: one feature x feature matrix accumulated over row chunks of centred float64
-    values, no per-pair Python. X must be free of NaN. Float64 products matter: with float32 GEMM the
-    summation order (BLAS thread count) can flip near-tied pairs and so which feature is dropped.
+    features. Vectorised: the feature x feature correlation accumulated over row chunks of centred
+    float64 values, no per-pair Python. X must be free of NaN. Float64 products matter: with float32
+    GEMM the summation order (BLAS thread count) can flip near-tied pairs and so which feature is dropped.
+
+    When the p x p float64 matrix would exceed ``block_bytes`` (e.g. 20,000 features: 3.2 GB, and
+    several temporaries of that size), it is never held whole: row blocks of its lower triangle, each
+    ``block_bytes`` at most, give the absolute sums (rows and mirrored columns) and the pairs.
     """
     X = np.asarray(X)
     n, p = X.shape
     if p < 2 or n < 2:
         return []
     mean = X.mean(axis=0, dtype=np.float64)
-    gram = np.zeros((p, p))
+    rows = max(1, block_bytes // (8 * p))
+    if rows >= p:
+        return _correlation_threshold_full(X, features, threshold, mean, chunk_rows)
+    d = np.zeros(p)
+    for C in _centred_chunks(X, mean, chunk_rows):
+        d += np.einsum("ij,ij->j", C, C)
+    d = np.sqrt(d)
+    # One pass over the lower triangle (symmetry: half the products): absolute sums by row and by
+    # column, and the pairs above the threshold (kept unless there are very many: then a 2nd pass).
+    abs_sum = np.zeros(p)
+    pairs: list[tuple[np.ndarray, np.ndarray]] | None = []
+    n_pairs, max_pairs = 0, block_bytes // 8
+    for j0, corr in _correlation_blocks(X, mean, d, rows, chunk_rows):
+        if pairs is not None:
+            a, b = _pairs_above(corr, j0, threshold)
+            n_pairs += len(a)
+            pairs = pairs + [(a, b)] if n_pairs <= max_pairs else None
+        _add_abs_sums(abs_sum, corr, j0)  # overwrites the block
+    rank = _pycytominer_rank(abs_sum)
+    if pairs is None:
+        pairs = [_pairs_above(corr, j0, threshold) for j0, corr in _correlation_blocks(X, mean, d, rows, chunk_rows)]
+    excluded = np.zeros(p, dtype=bool)
+    for a, b in pairs:
+        excluded[np.where(rank[a] > rank[b], a, b)] = True
+    return [features[i] for i in np.flatnonzero(excluded)]
+
+
+def _add_abs_sums(abs_sum: np.ndarray, corr: np.ndarray, j0: int) -> None:
+    """Add a lower-triangle block's |correlations| to the sums of its rows and (mirrored) columns
+    (in place: the block is overwritten)."""
+    A = np.abs(corr, out=corr)
+    np.nan_to_num(A, copy=False, nan=0.0)
+    abs_sum[j0:j0 + len(A)] += A.sum(axis=1)
+    abs_sum[:j0] += A[:, :j0].sum(axis=0)  # the block's columns j0.. are its own rows: counted above
+
+
+def _pairs_above(corr: np.ndarray, j0: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """pycytominer's (pair_a, pair_b) with a > b and correlation > threshold, in a lower-triangle block."""
+    with np.errstate(invalid="ignore"):
+        r, b = np.nonzero(corr > threshold)
+    a = (r + j0).astype(np.int32)
+    lower = b < a
+    return a[lower], b[lower].astype(np.int32)
+
+
+def _centred_chunks(X: np.ndarray, mean: np.ndarray, chunk_rows: int):
+    n, p = X.shape
     buf = np.empty((min(chunk_rows, n), p), dtype=np.float64)  # reused: no fresh pages per chunk
     for s in range(0, n, chunk_rows):
         C = buf[:min(chunk_rows, n - s)]
         np.subtract(X[s:s + chunk_rows], mean, out=C)
+        yield C
+
+
+def _correlation_blocks(X: np.ndarray, mean: np.ndarray, d: np.ndarray, rows: int, chunk_rows: int):
+    """(j0, correlations of features j0..j1 with features 0..j1) for row blocks of the lower triangle."""
+    p = X.shape[1]
+    for j0 in range(0, p, rows):
+        j1 = min(p, j0 + rows)
+        gram = np.empty((j1 - j0, j1))
+        for k, C in enumerate(_centred_chunks(X, mean, chunk_rows)):
+            if k == 0:
+                np.matmul(C[:, j0:j1].T, C[:, :j1], out=gram)  # no block-sized temporary
+            else:
+                gram += C[:, j0:j1].T @ C[:, :j1]
+        dj = d[:j1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for i in range(j0, j1, 64):  # the full path's formula, without a block-sized temporary
+                gram[i - j0:min(j1, i + 64) - j0] /= np.outer(d[i:min(j1, i + 64)], dj)
+        gram[:, dj == 0] = np.nan
+        gram[d[j0:j1] == 0, :] = np.nan
+        idx = np.arange(j1 - j0)
+        gram[idx, idx + j0] = np.where(d[j0:j1] == 0, np.nan, 1.0)
+        yield j0, gram
+
+
+def _pycytominer_rank(abs_sum: np.ndarray) -> np.ndarray:
+    # pandas' sort (quicksort on the sums) decides ties exactly as pycytominer does
+    rank = np.empty(len(abs_sum), dtype=np.int64)
+    rank[pd.Series(abs_sum).sort_values().index.to_numpy()] = np.arange(len(abs_sum))
+    return rank
+
+
+def _correlation_threshold_full(X: np.ndarray, features: Sequence[str], threshold: float,
+                                mean: np.ndarray, chunk_rows: int) -> list[str]:
+    """The whole p x p matrix at once (small p)."""
+    p = X.shape[1]
+    gram = np.zeros((p, p))
+    for C in _centred_chunks(X, mean, chunk_rows):
         gram += C.T @ C
     d = np.sqrt(np.diag(gram))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -265,10 +366,7 @@ def correlation_threshold(X: np.ndarray, features: Sequence[str], threshold: flo
     corr[:, d == 0] = np.nan
     corr[d == 0, :] = np.nan
     np.fill_diagonal(corr, np.where(d == 0, np.nan, 1.0))
-    # pandas' sort (quicksort on the sums) decides ties exactly as pycytominer does
-    abs_sum = pd.Series(np.nansum(np.abs(corr), axis=0))
-    rank = np.empty(p, dtype=np.int64)
-    rank[abs_sum.sort_values().index.to_numpy()] = np.arange(p)
+    rank = _pycytominer_rank(np.nansum(np.abs(corr), axis=0))
     with np.errstate(invalid="ignore"):
         a, b = np.nonzero(np.tril(corr > threshold, k=-1))  # a > b: pycytominer's (pair_a, pair_b)
     excluded = np.unique(np.where(rank[a] > rank[b], a, b))
@@ -592,13 +690,17 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
 
     # 1. normalisation
     progress(0.02, "normalising")
+    if config.normalize == "mad_robustize" and config.normalize_samples == "negcon" and not cur.negative_mask.any():
+        # as the load warning promised: no negative control anywhere -> every well is the reference
+        config = dataclasses.replace(config, normalize_samples="all")
+        report.config = config
+        warn(_no_controls_message(cur, config.normalize_by))
+    elif config.normalize == "mad_robustize" and config.normalize_samples == "all":
+        report.warnings.append(_warn_all_samples(config.normalize_by))
     if config.normalize == "mad_robustize":
         groups = _group_labels(cur, config.normalize_by)
         ref = reference_mask(cur, config.normalize_samples)
         _check_references(cur, groups, ref, config.normalize_by, config.normalize_samples)
-        if config.normalize_samples == "all":
-            msg = _warn_all_samples(config.normalize_by)
-            report.warnings.append(msg)
         Z, zero_mad = mad_normalize_array(cur.X, groups, ref, config.mad_epsilon, dtype=np.float32)
         zero = np.zeros(cur.n_features, dtype=bool)
         for m in zero_mad.values():

@@ -9,8 +9,10 @@ Layout (all files written atomically; a failed run keeps what it wrote and recor
     RUN_DIR/checkpoints/       epoch_NNN/ model directories when config.checkpoint_every > 0
     RUN_DIR/embedding.parquet  every input metadata column + cpd_0 ... cpd_49 (io.write_profiles)
     RUN_DIR/report.json        status, settings, timings, device, package versions, neighbour stats
+    RUN_DIR/.lock              held (flock) by the process writing the run: a second writer fails at once
 
-The CLI and the dashboard's job runner both call :func:`run_correction`.
+The CLI and the dashboard's job runner both call :func:`run_correction`. progress.json records the
+writer's PID: a run whose process is gone while it still says "running" reads back as "interrupted".
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
+import socket
 import time
 import traceback
 import warnings
@@ -32,15 +37,16 @@ import pandas as pd
 from .api import CpDistiller, package_versions
 from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning
-from .paths import atomic_write_text
+from .jobs import pid_alive, process_start_time
+from .paths import atomic_write_text, ensure_output_dir
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
 
 CONFIG_FILE, PROGRESS_FILE, REPORT_FILE = "config.json", "progress.json", "report.json"
 TRAIN_LOG_FILE, EMBEDDING_FILE, MODEL_DIR = "train_log.csv", "embedding.parquet", "model"
-PREPROCESS_FILE = "preprocess.json"
-VERDICT_FILE = "verdict.json"
-RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+PREPROCESS_FILE, LOCK_FILE, VERDICT_FILE = "preprocess.json", ".lock", "verdict.json"
+RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "interrupted"
+_RUN_MARKERS = (CONFIG_FILE, PROGRESS_FILE, REPORT_FILE, "job.json")
 
 
 def _now() -> str:
@@ -59,7 +65,9 @@ class _RunWriter:
         self.t0 = time.time()
         self.state: dict[str, Any] = {"status": RUNNING, "fraction": 0.0, "stage": "starting", "message": "",
                                       "epoch": 0, "epochs": None, "elapsed_s": 0.0, "eta_s": None,
-                                      "losses": {}, "started": _now(), "updated": _now(), "error": None}
+                                      "losses": {}, "started": _now(), "updated": _now(), "error": None,
+                                      "pid": os.getpid(), "pid_started": process_start_time(os.getpid()),
+                                      "host": socket.gethostname()}
         self._last_write = 0.0
         self.history: list[dict[str, Any]] = []
 
@@ -133,6 +141,14 @@ def run_correction(input_profiles: Profiles | str | Path | Sequence[str | Path],
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _run_correction(input_profiles, run_dir, config, effects, progress, preprocess_config,
+                               preprocess=preprocess, roles=roles, extractor=extractor, warm_start=warm_start)
+
+
+def _run_correction(input_profiles: Any, run_dir: Path, config: Any, effects: Any, progress: Any,
+                    preprocess_config: Any, *, preprocess: bool, roles: Any, extractor: Any,
+                    warm_start: Any) -> Path:
     writer = _RunWriter(run_dir, progress or no_progress)
     report: dict[str, Any] = {"status": RUNNING, "started": _now(), "run_dir": str(run_dir),
                               "versions": package_versions(), "timings": {}, "warnings": []}
@@ -193,9 +209,12 @@ def run_correction(input_profiles: Profiles | str | Path | Sequence[str | Path],
                       final_epoch=model.history[-1] if model.history else None,
                       output={"wells": emb.n_wells, "dimensions": emb.n_features})
     except BaseException as exc:
-        report.update(status=FAILED, error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, CpDistillerError)
+        ended = INTERRUPTED if isinstance(exc, (KeyboardInterrupt, SystemExit)) else FAILED
+        report.update(status=ended, error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, CpDistillerError)
                       else str(exc), traceback=traceback.format_exc())
-        writer.state.update(status=FAILED, error=report["error"], message="failed")
+        if ended == INTERRUPTED:
+            report["error"] = "interrupted (cancelled, or the process was asked to stop)"
+        writer.state.update(status=ended, error=report["error"], message=ended)
         raise
     else:
         writer.state.update(status=FINISHED, fraction=1.0, stage="finished", message="finished", eta_s=0.0)
@@ -243,10 +262,16 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self.report.get("status") or self.progress.get("status") or "unknown"
+        """finished / failed / interrupted / running; "running" only while the writing process lives."""
+        status = self.report.get("status") or self.progress.get("status") or "unknown"
+        if status == RUNNING and not writer_alive(self.progress):
+            return INTERRUPTED
+        return status
 
     @property
     def error(self) -> str | None:
+        if self.status == INTERRUPTED and not (self.report.get("error") or self.progress.get("error")):
+            return "the run's process ended without finishing (killed, out of memory or the machine restarted)."
         return self.report.get("error") or self.progress.get("error")
 
     def embedding(self) -> Embedding:
@@ -290,3 +315,120 @@ def load_run(run_dir: str | Path) -> Run:
     log = pd.read_csv(log_path) if log_path.is_file() and log_path.stat().st_size else None
     return Run(run_dir, _read_json(run_dir / CONFIG_FILE), _read_json(run_dir / REPORT_FILE),
                _read_json(run_dir / PROGRESS_FILE), log)
+
+
+# ----- status, lock and output directory --------------------------------------------------------------
+def writer_alive(progress: Mapping[str, Any]) -> bool:
+    """Whether the process that wrote ``progress`` (progress.json) still runs. Runs written on another
+    host, or by a version that recorded no PID, are given the benefit of the doubt."""
+    pid, host = progress.get("pid"), progress.get("host")
+    if not isinstance(pid, int) or (host and host != socket.gethostname()):
+        return True
+    started = progress.get("pid_started")
+    return pid_alive(pid, started if isinstance(started, (int, float)) else None)
+
+
+_HELD: dict[str, list[Any]] = {}  # resolved run dir -> [open lock file, re-entry count] (this process)
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``RUN_DIR/.lock``), re-entrant within one process.
+
+    Uses ``flock``, so the operating system releases it when the holder exits, however it exits:
+    a killed run never leaves a stale lock. A second process fails at once with a one-line error.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.key = str(self.run_dir.resolve())
+
+    def acquire(self) -> RunLock:
+        held = _HELD.get(self.key)
+        if held is not None:
+            held[1] += 1
+            return self
+        path = self.run_dir / LOCK_FILE
+        fh = open(path, "a+", encoding="utf-8")
+        try:
+            _lock_file(fh)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise CpDistillerError(f"{self.run_dir}: another cpDistiller process (PID {holder}) is writing this "
+                                   "run directory; wait for it to finish or choose another --out.") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        _HELD[self.key] = [fh, 1]
+        return self
+
+    def release(self) -> None:
+        held = _HELD.get(self.key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            _HELD.pop(self.key, None)
+            _unlock_file(held[0])
+            held[0].close()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _lock_file(fh: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: msvcrt locks a byte range, also released when the process exits
+        import msvcrt
+
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _unlock_file(fh: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> RunLock:
+    """Check and lock an output run directory before anything is read; returns the held lock.
+
+    The directory is created if missing. An existing directory with files in it is refused unless
+    ``overwrite``, which empties it first (only when it looks like a cpDistiller run directory, so a
+    mistyped ``--out ~`` never deletes a home folder). Unwritable, file and special paths are refused.
+    """
+    path = ensure_output_dir(run_dir)
+    lock = RunLock(path).acquire()
+    try:
+        entries = sorted(p for p in path.iterdir() if p.name != LOCK_FILE)
+        if entries and not overwrite:
+            names = ", ".join(p.name for p in entries[:4]) + (" …" if len(entries) > 4 else "")
+            raise CpDistillerError(f"{path}: already holds files ({names}); pass --overwrite to replace "
+                                   "them or choose another --out.")
+        if entries:
+            if not any((path / m).exists() for m in _RUN_MARKERS):
+                raise CpDistillerError(f"{path}: not a cpDistiller run directory (no {CONFIG_FILE}); "
+                                       "--overwrite only clears run directories. Choose another --out.")
+            for p in entries:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -212,7 +212,8 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
             with ctx:
                 x_in, joint_recon = module.gmvae_input(x, e)
                 enc = module.gmvae.encode(x_in, tau)
-                x_hat = module.gmvae.decode(enc.z[:b])
+                levels = {ef: data.labels[ef].index_select(0, idx_t[:b]) for ef in module.gmvae.decoder_covariates}
+                x_hat = module.gmvae.decode(enc.z[:b], levels)
             if detach_pairs:
                 pair_t = torch.from_numpy(np.concatenate([pos, neg])).to(device, non_blocking=True)
                 with torch.no_grad(), ctx:
@@ -233,11 +234,15 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
                 loss = loss + w_elbo * jr
                 terms["joint_recon"] = jr.detach()
             if effects:
+                hide_all_wells = data.adversary_weight is not None and config.adversary_encoder == "all"
                 with ctx:
-                    z_rev = grad_reverse(batch_enc.z, lam)
+                    # adversary_encoder "all": the discriminators still learn from the weighted wells (on a
+                    # detached z), and _hide_from pushes the encoder on every well.
+                    z_rev = batch_enc.z.detach() if hide_all_wells else grad_reverse(batch_enc.z, lam)
                     logits = {ef: module.discriminators[ef](z_rev) for ef in effects}
                 dis = torch.zeros((), device=device)
                 w = None if data.adversary_weight is None else data.adversary_weight.index_select(0, idx_t[:b])
+                hide_all = w is not None and config.adversary_encoder == "all"
                 for ef in effects:
                     target_ef = data.labels[ef].index_select(0, idx_t[:b])
                     per_well = soft_label_cross_entropy(logits[ef], target_ef, data.soft_targets[ef],
@@ -249,6 +254,9 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
                     else:
                         dis = dis + (per_well * w).sum() / w.sum().clamp_min(1.0)
                         correct[ef] += (hit * w).sum()
+                    if hide_all:
+                        dis = dis + _hide_from(module.discriminators[ef], batch_enc.z, lam, target_ef,
+                                               data.soft_targets[ef], config.soft_label_eps, ctx)
                 n_adv += b if w is None else w.sum()
                 loss = loss + w_dis * dis
                 terms["discriminator"] = dis.detach()
@@ -298,6 +306,15 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
     result.seconds = time.perf_counter() - t0
     result.steps = step
     return result
+
+
+def _hide_from(discriminator: nn.Module, z: Tensor, lam: float, target: Tensor, soft: Tensor, eps: float,
+               ctx: Any) -> Tensor:
+    """Reversed-gradient loss of a *frozen* discriminator over every well: only the encoder learns from it."""
+    frozen = {k: v.detach() for k, v in discriminator.named_parameters()}
+    with ctx:
+        logits = torch.func.functional_call(discriminator, frozen, (grad_reverse(z, lam),))
+    return soft_label_cross_entropy(logits, target, soft, eps, reduction="none").mean()
 
 
 def _adamw(groups: list[dict[str, Any]], config: CpDistillerConfig, device: torch.device) -> torch.optim.AdamW:

@@ -11,10 +11,12 @@ wells), so a verdict costs seconds, not the full scorecard (``cpdistiller evalua
 | replicates | replicate-vs-control mAP (replicates in different wells) | below uncorrected by > 0.10 |
 | relations | annotation consistency mAP (perturbations sharing a gene/MoA) | below uncorrected by > 0.10 |
 | neighbours | kNN overlap of treatment wells with the uncorrected profiles | < 0.10 (near random) |
-| controls | control spread relative to replicate spread (``control_collapse``) | < 0.5 x uncorrected |
+| controls | control spread relative to replicate spread (``control_collapse``) | < 0.2 x uncorrected |
 | row / column / batch | 1 - variance explained by the effect among negative controls | (never bad; warn when not improved) |
 
-A ``warn`` threshold sits halfway (0.02 for the mAPs, 0.8 x for controls, 0.25 for neighbours).
+A ``warn`` threshold sits halfway (0.02 for the mAPs, 0.5 x for controls, 0.25 for neighbours). Sphering
+on negative controls shrinks the controls' own spread by design (0.3-0.45 x uncorrected on the shared
+sets), so it reads ``warn``, not ``bad``; a collapsed adversary reaches 0.01 x.
 """
 
 from __future__ import annotations
@@ -180,11 +182,12 @@ def _collapse_check(corrected: float | None, uncorrected: float | None) -> Check
     if corrected is None or uncorrected is None:
         return None
     ratio = corrected / max(uncorrected, 1e-12)
-    if ratio < 0.5:
+    if ratio < 0.2:
         status, sentence = "bad", ("Negative controls collapsed onto each other: every treatment now looks "
                                    "'active', so replicate mAP overstates what the correction achieved.")
-    elif ratio < 0.8:
-        status, sentence = "warn", "Negative controls are noticeably tighter than before correction."
+    elif ratio < 0.5:
+        status, sentence = "warn", ("Negative controls are much tighter than before correction (as after "
+                                    "sphering): read replicate mAP with care.")
     else:
         status, sentence = "good", "Negative controls keep their natural spread."
     return Check("controls", "control spread / replicate spread", corrected, uncorrected, status, sentence)

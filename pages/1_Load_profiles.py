@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cpdistiller_core import dashboard_state as ds
+from cpdistiller_core.access import DATA_ROOT_ENV, data_root
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.plots.plates import plate_layout_thumbnails
 from cpdistiller_core.preprocess import FEATURE_OPERATIONS, PreprocessConfig
@@ -41,7 +42,8 @@ regex = st.text_input("Feature columns (regular expression, optional)", key="loa
 tab_upload, tab_path, tab_jump, tab_demo = st.tabs(["Upload", "Server path", "From JUMP", "Demo"])
 
 with tab_upload:
-    st.markdown(f"CSV, CSV.gz, TSV, Parquet or h5ad; several files at once; **up to {ds.MAX_UPLOAD_MB} MB per file**.")
+    st.markdown(f"CSV, CSV.gz, TSV, Parquet or h5ad; several files at once; **up to {ds.MAX_UPLOAD_MB} MB per file**. "
+                "Uploads stay in this session's workspace and are deleted after a day.")
     files = st.file_uploader("Profile files", accept_multiple_files=True, key="load_files",
                              type=["csv", "gz", "tsv", "txt", "parquet", "pq", "h5ad"])
     per_file = st.checkbox("Each file is one batch", key="load_batch_from_file_upload",
@@ -58,6 +60,9 @@ with tab_upload:
             _fail(exc)
 
 with tab_path:
+    root = data_root()
+    st.caption(f"Files under the data root **{root}** (absolute paths, or relative to it)." if root else
+               f"Reading files on the server is off: the administrator can set {DATA_ROOT_ENV} to a data folder.")
     text = st.text_area("Paths on the server (one per line)", key="load_paths",
                         placeholder="/data/screen/plate1.csv.gz\n/data/screen/plate2.csv.gz")
     per_file_p = st.checkbox("Each file is one batch", key="load_batch_from_file_path")

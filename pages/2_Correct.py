@@ -47,6 +47,7 @@ def _model_zip(run_dir: str, stamp: float) -> bytes:
 
 st.title("Correct")
 dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
+session_id: str | None = st.session_state.get(ds.SESSION_ID_KEY)
 defaults = CpDistillerConfig()
 
 if dataset is None:
@@ -98,7 +99,7 @@ else:
                                        "sphering": sphering, "adversary_wells": adversary,
                                        "min_steps": int(min_steps)}
         try:
-            run_dir = ds.launch_correction(dataset, config, effects)
+            run_dir = ds.launch_correction(dataset, config, effects, session_id=session_id)
             st.session_state[ds.RUN_KEY] = str(run_dir)
             st.toast(f"Started {run_dir.name}")
         except CpDistillerError as exc:
@@ -140,7 +141,9 @@ def run_panel(run_dir: Path) -> None:
         st.error(f"The run failed: {state.error or (run.error if run else 'see the log')}")
     elif state.status == jobs.CANCELLED:
         st.warning("The run was cancelled; the files it wrote are kept.")
-    if state.status in (jobs.FAILED, jobs.CANCELLED):
+    elif state.status == jobs.INTERRUPTED:
+        st.warning(f"The run was interrupted: {state.error} The files it wrote are kept.")
+    if state.status in (jobs.FAILED, jobs.CANCELLED, jobs.INTERRUPTED):
         with st.expander("Log and files written", expanded=state.status == jobs.FAILED):
             st.code(jobs.read_log(run_dir, 6000) or "(empty log)", language="text")
             st.write(sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()))
@@ -169,12 +172,13 @@ if not current:
 else:
     current = Path(current)
     try:
-        running = not jobs.status(current).finished
+        current_status = jobs.status(current).status
     except CpDistillerError:
-        running = False
+        current_status = jobs.UNREADABLE  # run_panel shows why
+    running = current_status not in (*jobs.TERMINAL, jobs.UNREADABLE)
     st.fragment(run_every=POLL_SECONDS if running else None)(run_panel)(current)
 
-    if not running and jobs.status(current).status == jobs.DONE:
+    if current_status == jobs.DONE:
         st.markdown("##### Reference methods")
         have = sorted(p.stem for p in (current / ds.REFERENCES_DIR).glob("*.parquet"))
         st.caption("Computed on the same preprocessed input, for side-by-side comparison in the explorer. "
@@ -184,19 +188,26 @@ else:
                                 default=[m for m in ("uncorrected", "harmony") if m not in have][:2], key="correct_refs")
         jobs_by_run = st.session_state.setdefault("correct_ref_jobs", {})
         ref_job = jobs_by_run.get(str(current))
-        busy = ref_job is not None and not jobs.status(Path(ref_job)).finished
+        try:
+            busy = ref_job is not None and not jobs.status(Path(ref_job)).finished
+        except CpDistillerError:  # an unreadable reference job: shown by ref_panel, not running
+            busy = False
         if c2.button("Compute", disabled=not chosen or busy, key="correct_refs_go"):
             try:
-                jobs_by_run[str(current)] = str(ds.launch_references(current, chosen))
+                jobs_by_run[str(current)] = str(ds.launch_references(current, chosen, session_id=session_id))
                 st.rerun()
             except CpDistillerError as exc:
                 st.error(str(exc))
 
         def ref_panel(job_dir: Path) -> None:
-            state = jobs.status(job_dir)
+            try:
+                state = jobs.status(job_dir)
+            except CpDistillerError as exc:
+                st.error(f"Reference methods: {exc}")
+                return
             if not state.finished:
                 st.progress(state.fraction, text=f"Reference methods: {state.message} (elapsed {_fmt_s(state.elapsed)})")
-            elif state.status == jobs.FAILED:
+            elif state.status in (jobs.FAILED, jobs.INTERRUPTED):
                 st.error(f"Reference methods: {state.error}")
             seen = st.session_state.setdefault("correct_ref_seen", {})
             if seen.get(str(job_dir)) not in (None, state.status) and state.finished:
@@ -208,7 +219,7 @@ else:
             st.fragment(run_every=POLL_SECONDS if busy else None)(ref_panel)(Path(ref_job))
 
 st.subheader("Run history")
-rows = [r for r in jobs.list_runs() if r["target"] == ds.CORRECTION_TARGET]
+rows = ds.session_runs(session_id)  # this session's runs only; unreadable ones are listed with their reason
 if not rows:
     st.caption("No runs yet.")
 else:

@@ -22,7 +22,7 @@ STATE = "genes_results"
 def _spaces() -> tuple[dict, str]:
     """Embeddings to analyse ({'cpDistiller': …, 'uncorrected': …}) for the chosen source."""
     dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
-    runs = ds.finished_runs()
+    runs = ds.finished_runs(st.session_state.get(ds.SESSION_ID_KEY))
     options = [r["run_dir"] for r in runs] + (["dataset"] if dataset is not None else [])
     if not options:
         return {}, ""
@@ -125,16 +125,14 @@ if go:
         elif gs_source == sources[1]:
             sets = enrichment.resolve_gene_sets(libraries)
         elif gs_source == sources[2]:
-            paths = [Path(s.strip()) for s in local.splitlines() if s.strip()]
-            if not paths:
+            items = [s.strip() for s in local.splitlines() if s.strip()]
+            if not items:
                 raise CpDistillerError("give at least one .gmt file or library folder.")
+            paths = [ds.under_data_root(item, "any") for item in items]  # only under the data root
             gmts = [p for p in paths if p.is_file()]
             dirs = [p for p in paths if p.is_dir()]
-            missing = [str(p) for p in paths if not p.exists()]
-            if missing:
-                raise CpDistillerError(f"not found: {', '.join(missing)}.")
-            sets = enrichment.resolve_gene_sets(libraries if dirs else [], gmts, dirs[0] if dirs else None,
-                                                offline=True)
+            sets = ds.read_server_file(items[0], lambda _: enrichment.resolve_gene_sets(
+                libraries if dirs else [], gmts, dirs[0] if dirs else None, offline=True), "any")
         with st.status("Clustering…", expanded=False) as status:
             for name in compare:
                 emb = spaces[name]
@@ -150,7 +148,7 @@ if go:
                 if sets is not None:
                     out["enrichment"] = enrichment.enrich_clusters(res.gene_lists(), res.background, sets)
                 if group_source != "None":
-                    edges = (archs4.read_gene_groups(table_path) if group_source == "My table"
+                    edges = (ds.read_server_file(table_path, archs4.read_gene_groups) if group_source == "My table"
                              else archs4.archs4_edges(res.clustering.labels, threshold=float(threshold)))
                     out["groups"] = archs4.gene_groups(edges, res.clustering.labels)
                     out["coexpression"] = archs4.coexpression_by_cluster(res.clustering.assignments(), edges)

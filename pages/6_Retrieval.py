@@ -23,7 +23,7 @@ CARD = "retrieval_scorecard"
 def _spaces() -> tuple[dict, str, Path | None]:
     """Embeddings to compare ({'cpDistiller': …, 'uncorrected': …, references…}), a label, the run dir."""
     dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
-    runs = ds.finished_runs()
+    runs = ds.finished_runs(st.session_state.get(ds.SESSION_ID_KEY))
     options = [r["run_dir"] for r in runs] + (["dataset"] if dataset is not None else [])
     if not options:
         return {}, "", None
@@ -75,7 +75,7 @@ path = c[0].text_input("…or open a scores.csv (e.g. from `cpdistiller benchmar
 if c[1].button("Open", key="retrieval_scores_open") and path:
     p = Path(path.strip())
     try:
-        tab = pd.read_csv(p, keep_default_na=False, na_values=[""])
+        tab = ds.read_server_file(path, lambda f: pd.read_csv(f, keep_default_na=False, na_values=[""]))
         if not set(SCORE_COLUMNS) <= set(tab.columns):
             raise CpDistillerError(f"{p}: not a scorecard (expected columns {', '.join(SCORE_COLUMNS)}).")
         card = Scorecard(tab)

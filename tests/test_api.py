@@ -208,3 +208,35 @@ def test_span_whitening_equals_full_zca(n_controls):
 def test_ema_keeps_the_final_temperature(screen):
     m = CpDistiller(TINY.replace(epochs=20, temperature_decay=0.1, temperature_min=0.2)).fit(screen, effects="row")
     assert float(m.module.gmvae.temperature) == pytest.approx(max(np.exp(-0.1 * 19), 0.2))
+
+
+def test_wide_profiles_are_sphered_in_the_controls_span():
+    """20,000 features x 80 wells: the whitening keeps a 20,000 x 20 basis, never a 20,000^2 matrix."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 20_000)).astype(np.float32)
+    neg = np.arange(80) < 20
+    t = InputTransform.fit(X, neg, "negcon", 1e-3)
+    assert t.whitening.basis.shape == (20_000, 20)
+    Y = t.apply(X)
+    assert Y.shape == X.shape and np.isfinite(Y).all()
+
+
+def test_conditional_decoder_learns_level_offsets_and_saves(screen, tmp_path):
+    m = CpDistiller(TINY.replace(decoder_covariates="effects", epochs=3)).fit(screen, effects="batch,row")
+    tables = m.module.gmvae.decoder_covariates
+    assert set(tables) == {"batch", "row"}
+    assert tables["row"].weight.shape[0] == len(m.levels["row"])
+    assert tables["row"].weight.abs().sum() > 0  # trained away from their zero start
+    m.save(tmp_path / "m")
+    loaded = CpDistiller.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.transform(screen).X, m.transform(screen).X, rtol=1e-5, atol=1e-5)
+    with pytest.raises(CpDistillerError, match="decoder_covariates"):
+        CpDistillerConfig(decoder_covariates="plate")
+
+
+def test_triplet_controls_auto_follows_the_adversary(screen):
+    paper = CpDistiller(TINY.replace(adversary_wells="all", epochs=1)).fit(screen, effects="row")
+    ours = CpDistiller(TINY.replace(adversary_wells="negcon", sphering_min_controls=5, epochs=1)).fit(
+        screen, effects="row")
+    assert paper.neighbor_stats["triplet_controls"] == "paper"
+    assert ours.neighbor_stats["triplet_controls"] == "neutral"

@@ -110,7 +110,7 @@ def test_retrieval_page_pairs_scores_and_query(demo_dataset):
     assert set(table.loc[table["known_pair"], "perturbation"]) <= {"bortezomib", "carfilzomib", "MG-132"}
 
 
-def test_retrieval_page_opens_a_scorecard(demo_dataset, tmp_path):
+def test_retrieval_page_opens_a_scorecard(demo_dataset, tmp_path, monkeypatch):
     import pandas as pd
 
     from cpdistiller_core.metrics import SCORE_COLUMNS
@@ -121,6 +121,7 @@ def test_retrieval_page_opens_a_scorecard(demo_dataset, tmp_path):
             ("uncorrected", "fraction_retrieved", "gene_compound", "biological", 0.4, 33, "")]
     path = tmp_path / "scores.csv"
     pd.DataFrame(rows, columns=SCORE_COLUMNS).to_csv(path, index=False)
+    monkeypatch.setenv("CPDISTILLER_DATA_ROOT", str(tmp_path))  # server paths are read only under it
     at = _page(RETRIEVAL_PAGE, demo_dataset)
     at.text_input(key="retrieval_scores_path").set_value(str(path))
     at.button(key="retrieval_scores_open").click()
@@ -132,4 +133,4 @@ def test_retrieval_page_opens_a_scorecard(demo_dataset, tmp_path):
     at.text_input(key="retrieval_scores_path").set_value(str(tmp_path / "missing.csv"))
     at.button(key="retrieval_scores_open").click()
     at.run()
-    assert any("cannot read" in e.value for e in at.error)
+    assert any("no such file under the data root" in e.value for e in at.error)

@@ -70,7 +70,8 @@ def test_load_page_shows_roles_qc_and_preprocessing_for_the_demo():
     assert any("Preprocessing is off" in i.value for i in at.info)
 
 
-def test_server_path_detects_and_remaps_roles_on_cell_injury(shared_data):
+def test_server_path_detects_and_remaps_roles_on_cell_injury(shared_data, monkeypatch):
+    monkeypatch.setenv("CPDISTILLER_DATA_ROOT", str(shared_data))
     path = shared_data / CELL_INJURY
     at = _app()
     at.switch_page(LOAD).run()
@@ -102,13 +103,19 @@ def test_server_path_detects_and_remaps_roles_on_cell_injury(shared_data):
     assert at.session_state[ds.DATASET_KEY].raw.roles.well == "Well"
 
 
-def test_missing_server_path_is_a_message():
+def test_missing_server_path_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.delenv("CPDISTILLER_DATA_ROOT", raising=False)
     at = _app()
     at.switch_page(LOAD).run()
     at.text_area(key="load_paths").input("/no/such/file.csv")
     at.button(key="load_read_paths").click().run()
     assert not at.exception
-    assert _errors(at) == ["/no/such/file.csv: no such file on the server."]
+    assert _errors(at) and "reading files on the server is turned off" in _errors(at)[0]  # no data root set
+    monkeypatch.setenv("CPDISTILLER_DATA_ROOT", str(tmp_path))
+    at.text_area(key="load_paths").input(str(tmp_path / "file.csv"))
+    at.button(key="load_read_paths").click().run()
+    assert not at.exception
+    assert _errors(at) == [f"{tmp_path / 'file.csv'}: no such file under the data root."]
 
 
 def test_malformed_upload_shows_an_error_not_an_exception():
@@ -134,8 +141,8 @@ def test_uploaded_names_cannot_escape_the_upload_folder():
     assert not at.exception and not _errors(at)
     dataset = at.session_state[ds.DATASET_KEY]
     saved = Path(dataset.files[0]).resolve()
-    uploads = (app_data_dir() / "uploads").resolve()
-    assert saved.parent.parent == uploads and saved.name == "escape.csv"
+    sessions = (app_data_dir() / "sessions").resolve()
+    assert saved.parent.name == "uploads" and saved.parent.parent.parent == sessions and saved.name == "escape.csv"
     assert not (app_data_dir().parent / "escape.csv").exists()
     assert dataset.raw.n_wells == 12
 
@@ -156,7 +163,7 @@ def test_sanitize_filename(name, expected):
 
 def test_save_uploads_keeps_everything_inside_the_session_folder():
     paths = ds.save_uploads([("../x.csv", b"a"), ("x.csv", b"b"), ("sub/dir/x.csv", b"c")], "../../session")
-    folder = (app_data_dir() / "uploads" / "session").resolve()
+    folder = (app_data_dir() / "sessions" / "session" / "uploads").resolve()
     assert [p.parent for p in paths] == [folder] * 3
     assert [p.name for p in paths] == ["x.csv", "x-2.csv", "x-3.csv"]
     assert [p.read_bytes() for p in paths] == [b"a", b"b", b"c"]

@@ -163,3 +163,24 @@ def test_gmt_matches_definitions():
 def test_load_demo_is_cached():
     assert load_demo() is load_demo()
     assert demo_profiles() is load_demo().profiles and demo_profiles(truth=True) is load_demo().truth
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.25, 0.5])
+def test_negcon_fraction_sets_the_share_of_controls(fraction):
+    s = make_demo_screen(n_batches=2, plates_per_batch=2, n_features=40, negcon_fraction=fraction)
+    p = s.profiles
+    assert p.negative_mask.mean() == pytest.approx(fraction, abs=0.5 / 384)
+    trt = s.perturbations.loc[s.perturbations.pert_type == "trt", "perturbation"]
+    present = set(p.meta["Metadata_pert_iname"])
+    if fraction <= 0.1:  # the whole library fits each plate
+        assert set(trt) <= present
+    else:  # plate maps carry different slices of the library, each treatment replicated
+        counts = p.meta.loc[p.meta["Metadata_pert_type"] == "trt", "Metadata_pert_iname"].value_counts()
+        assert len(counts) > 0.5 * len(trt) and counts.min() >= 3
+    np.testing.assert_array_equal(s.truth.meta["Metadata_Well"], p.meta["Metadata_Well"])
+
+
+def test_locked_layout_puts_each_perturbation_at_one_position():
+    s = make_demo_screen(n_batches=2, plates_per_batch=2, n_features=40, n_layouts=1)
+    maps = s.profiles.meta.groupby("Metadata_Plate")["Metadata_pert_iname"].apply(list)
+    assert all(m == maps.iloc[0] for m in maps)

@@ -78,13 +78,15 @@ def test_not_a_file(tmp_path: Path) -> None:
 
 def test_corrupt_files(tmp_path: Path) -> None:
     (tmp_path / "bad.csv.gz").write_bytes(b"this is not gzip")
-    assert "bad.csv.gz: cannot read as CSV" in error_of(tmp_path / "bad.csv.gz")
+    msg = error_of(tmp_path / "bad.csv.gz")
+    assert "bad.csv.gz: cannot read as CSV" in msg and "not gzip-compressed" in msg
     (tmp_path / "bad.parquet").write_bytes(b"nope")
     assert "bad.parquet: cannot read as Parquet" in error_of(tmp_path / "bad.parquet")
     (tmp_path / "bad.h5ad").write_bytes(b"nope")
     assert "bad.h5ad: cannot read as AnnData" in error_of(tmp_path / "bad.h5ad")
     (tmp_path / "ragged.csv").write_text("Metadata_Plate,Metadata_Well,Cells_x\nP,A01,1\nP,A02,1,2,3\n")
-    assert "ragged.csv: cannot read as CSV" in error_of(tmp_path / "ragged.csv")
+    msg = error_of(tmp_path / "ragged.csv")
+    assert "ragged.csv: row 1 has 5 fields but the header has 3" in msg and "unquoted comma" in msg
 
 
 def test_truncated_gzip(tmp_path: Path) -> None:

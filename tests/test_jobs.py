@@ -44,7 +44,7 @@ def test_a_user_error_fails_the_job_with_its_message_and_keeps_the_log(tmp_path)
     assert state.status == jobs.FAILED
     assert "NaN" in state.error and "preprocess" in state.error
     assert "error:" in jobs.read_log(run_dir)
-    assert (run_dir / jobs.INPUTS_DIR / "X.pkl").exists()  # what it had is kept
+    assert (run_dir / jobs.INPUTS_DIR / "X.npy").exists()  # what it had is kept (as .npy, not a pickle)
 
 
 def test_an_unexpected_exception_keeps_its_traceback(tmp_path):
@@ -72,7 +72,7 @@ def test_cancel_terminates_the_process_and_marks_the_run_cancelled(tmp_path):
     assert saved["status"] == jobs.CANCELLED
 
 
-def test_a_killed_process_is_reported_failed_not_running_forever(tmp_path):
+def test_a_killed_process_is_reported_interrupted_not_running_forever(tmp_path):
     import signal
     import time
 
@@ -81,7 +81,8 @@ def test_a_killed_process_is_reported_failed_not_running_forever(tmp_path):
         time.sleep(0.05)
     os.killpg(jobs.status(run_dir).pid, signal.SIGKILL)
     state = jobs.wait(run_dir, timeout=30)
-    assert state.status == jobs.FAILED and "exited unexpectedly" in state.error
+    assert state.status == jobs.INTERRUPTED and "ended without finishing" in state.error
+    assert json.loads((run_dir / jobs.STATE_FILE).read_text())["status"] == jobs.INTERRUPTED  # on disk too
 
 
 def test_two_sessions_get_separate_run_dirs_and_do_not_clobber(tmp_path):

@@ -230,16 +230,23 @@ def test_missing_metrics_stay_missing():
     card = M.evaluate(no_ctrl, config=M.EvaluationConfig(null_size=NULL))
     s = card.scores.set_index(["metric", "effect"])
     for key in [("asw", "batch"), ("asw", "plate"), ("variance", "row"), ("leakage", "column"),
-                ("activity_map", ""), ("activity_fraction", ""), ("consistency_map", ""), ("nmi", ""), ("ari", "")]:
+                ("activity_map", ""), ("activity_fraction", ""), ("consistency_map", ""), ("nmi", "annotation"),
+                ("ari", "annotation"), ("silhouette_batch", "batch"), ("kbet", "batch"), ("ilisi", "batch"),
+                ("same_position", ""), ("control_collapse", ""), ("neighbor_preservation", "")]:
         assert math.isnan(s.loc[key, "value"]), key
         assert s.loc[key, "note"].startswith("missing:"), key
     assert "no batch column" in s.loc[("asw", "batch"), "note"]
     assert "negative controls" in s.loc[("activity_map", ""), "note"]
+    assert "single plate" in s.loc[("kbet", "batch"), "note"]
+    assert "baseline" in s.loc[("neighbor_preservation", ""), "note"]
     # aggregates over what is available, and say how many
     tech = s.loc[("technical", "")]
-    assert tech["n"] == 1 and "1 of 13" in tech["note"]  # only graph connectivity
+    assert tech["n"] == 1 and "1 of 4" in tech["note"]  # only graph connectivity
     bio = s.loc[("biological", "")]
-    assert bio["n"] == 1 and not math.isnan(bio["value"])  # only pASW
+    available = {k for k, v in s.loc[s["category"] == M.BIOLOGICAL, "value"].items() if not math.isnan(v)}
+    assert available == {("clisi", ""), ("nonrep_map", ""), ("nmi", "perturbation"), ("ari", "perturbation"),
+                         ("pasw", "")}
+    assert bio["n"] == 5 and "5 of 6" in bio["note"]
     assert s.loc[("overall", ""), "value"] == pytest.approx(0.4 * tech["value"] + 0.6 * bio["value"])
     assert "missing" in card.format()
 
@@ -255,7 +262,8 @@ def test_overall_missing_without_technical():
 
 def test_scorecard_tables_and_aggregates(screen):
     pairs = {"moa": M.pairs_from_annotation(screen)}
-    a = M.evaluate(screen, method="raw", truth=screen, pairs=pairs, config=M.EvaluationConfig(null_size=NULL))
+    a = M.evaluate(screen, method="raw", truth=screen, pairs=pairs, baseline=screen,
+                   config=M.EvaluationConfig(null_size=NULL))
     rng = np.random.default_rng(0)
     b = M.evaluate(emb_of(screen, rng.normal(size=(screen.n_wells, 20)), "noise"), truth=screen,
                    config=M.EvaluationConfig(null_size=NULL))
@@ -265,7 +273,7 @@ def test_scorecard_tables_and_aggregates(screen):
     assert ((vals >= 0) & (vals <= 1)).all()
     wide = card.wide()
     assert list(wide.index) == ["raw", "noise"]
-    assert list(wide.columns[:3]) == ["technical", "biological", "overall"]
+    assert list(wide.columns[:4]) == ["technical", "biological", "overall", "position"]
     assert "asw[row]" in wide.columns and "fraction_retrieved[moa]" in wide.columns
     assert math.isnan(wide.loc["noise", "fraction_retrieved[moa]"])  # not requested for noise
     raw = card.scores[(card.scores["method"] == "raw") & (card.scores["category"] == "biological")]
@@ -276,7 +284,10 @@ def test_scorecard_tables_and_aggregates(screen):
     assert {"technical", "biological", "overall", "n_technical", "n_biological"} <= set(summary.columns)
     assert "activity" in card.details["raw"]
     text = card.format()
-    assert "== raw" in text and "== noise" in text and "missing" not in text.split("== noise")[0]
+    assert "== raw" in text and "== noise" in text
+    missing = [line.split()[1] for line in text.split("== noise")[0].splitlines() if "missing" in line]
+    assert missing == ["kbet[batch]"], missing  # 4 wells per perturbation: below kBET's 10
+    assert wide.loc["raw", "neighbor_preservation"] == pytest.approx(1.0)
 
 
 def test_technical_metrics_within_perturbations():
@@ -296,8 +307,8 @@ def test_technical_metrics_within_perturbations():
     assert M.classifier_leakage(clean, "row", groups="perturbation")[0] > 0.6
     card = M.evaluate(copy, config=M.EvaluationConfig(effects=("row",), null_size=NULL, treatment_technical=True))
     s = card.scores.set_index(["metric", "effect"])
-    assert s.loc[("variance_trt", "row"), "category"] == M.TECHNICAL_TREATMENTS
-    assert s.loc[("technical", ""), "n"] == 4  # asw, variance, leakage [row] + graph connectivity only
+    assert s.loc[("variance_trt", "row"), "category"] == M.POSITION
+    assert s.loc[("position", ""), "n"] == 8  # 6 row metrics + same-position test + control collapse
 
 
 def test_within_perturbation_metrics_missing_when_layout_repeats():

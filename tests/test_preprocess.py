@@ -164,11 +164,17 @@ def test_plate_without_negative_controls_is_named():
     assert any("all wells" in w for w in rep.warnings)
 
 
-def test_no_control_role_and_bad_settings_raise():
+def test_no_control_role_normalises_against_all_wells_and_bad_settings_raise():
     prof = _toy()
     no_ctrl = prof.replace(roles=Roles(plate="Metadata_Plate", well="Metadata_Well"))
-    with pytest.raises(CpDistillerError, match="negative controls"):
-        preprocess(no_ctrl)
+    with pytest.warns(CpDistillerWarning, match="no negative controls.*all wells of each plate"):
+        out, rep = preprocess(no_ctrl)
+    assert rep.config.normalize_samples == "all"  # recorded, so apply() repeats it on new plates
+    with pytest.warns(CpDistillerWarning, match="all wells"):
+        ref, _ = preprocess(no_ctrl, PreprocessConfig(normalize_samples="all"))
+    assert np.array_equal(out.X, ref.X) and out.features == ref.features
+    with pytest.warns(CpDistillerWarning, match="no negative controls"):
+        assert np.array_equal(mad_normalize(no_ctrl).X, mad_normalize(no_ctrl, samples="all").X)
     with pytest.raises(CpDistillerError, match="unknown feature-selection"):
         PreprocessConfig(operations=("variance_threshold", "magic"))
     with pytest.raises(CpDistillerError, match="corr_threshold"):

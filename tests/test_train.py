@@ -131,13 +131,13 @@ def test_detached_pairs_option_trains():
     assert np.isfinite(m.transform(p).X).all()
 
 
-def _train_masked(labels: np.ndarray, weight: np.ndarray | None) -> dict[str, torch.Tensor]:
+def _train_masked(labels: np.ndarray, weight: np.ndarray | None, encoder: str = "same") -> dict[str, torch.Tensor]:
     from cpdistiller_core.model.discriminators import ordinal_soft_labels
     from cpdistiller_core.model.gmvae import CorrectionModule
     from cpdistiller_core.train import TrainData, train
 
     cfg = CpDistillerConfig(epochs=3, batch_size=32, hidden_dim=16, latent_dim=4, device="cpu", seed=0,
-                            min_steps=0, amp=False)
+                            min_steps=0, amp=False, adversary_encoder=encoder)
     torch.manual_seed(0)
     module = CorrectionModule(6, {"row": 4}, 16, 4, 3, 8)
     X = torch.from_numpy(np.random.default_rng(0).normal(size=(96, 6)).astype(np.float32))
@@ -172,3 +172,18 @@ def test_adversary_wells_negcon_needs_controls():
                             adversary_wells="negcon", sphering="none", min_steps=0)
     with pytest.raises(CpDistillerError, match=r"adversary_wells .negcon. needs negative-control wells at 2\+ levels"):
         CpDistiller(cfg).fit(p, effects="row,column")
+
+
+def test_adversary_encoder_all_hides_every_wells_labels_from_frozen_discriminators():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 96)
+    control = np.zeros(96, dtype=np.float32)
+    control[::4] = 1.0
+    relabelled = labels.copy()
+    relabelled[control == 0] = rng.integers(0, 4, int((control == 0).sum()))
+    base = _train_masked(labels, control, "all")
+    # the encoder now learns from the treated wells' labels too (through frozen discriminators) ...
+    changed = _train_masked(relabelled, control, "all")
+    assert any(not torch.equal(base[k], changed[k]) for k in base if not k.startswith("discriminators."))
+    # ... and differs from the controls-only adversary
+    assert any(not torch.equal(base[k], v) for k, v in _train_masked(labels, control, "same").items())

@@ -60,6 +60,14 @@ def _fetch(gene: str, top: int, url: str) -> pd.DataFrame:
     return pd.DataFrame(res)[["gene_symbol", "pearson_correlation"]]
 
 
+def require_archs4(base_url: str | None = None, gene: str = "ACTB", top: int = 100) -> None:
+    """Fail fast unless ARCHS4 answers: a TCP check, then one query as gget sends it (no retries,
+    bounded time; gget's own request has no timeout). HTTP 4xx/5xx is "no access to ARCHS4"."""
+    url = archs4_url(base_url)
+    netcheck.require(url, "ARCHS4", OFFLINE_HINT,
+                     probe={"method": "POST", "json": {"id": gene.upper(), "count": int(top) + 1}})
+
+
 def correlated_genes(genes: Sequence[str], top: int = 100, base_url: str | None = None,
                      offline: bool = False, progress: ProgressCallback = no_progress) -> dict[str, pd.DataFrame]:
     """ARCHS4's ``top`` most correlated genes for each gene (gene_symbol, pearson_correlation), cached."""
@@ -77,7 +85,7 @@ def correlated_genes(genes: Sequence[str], top: int = 100, base_url: str | None 
         if offline:
             raise CpDistillerError(f"{len(todo)} gene(s) are not in the ARCHS4 cache (e.g. {todo[0]}) and "
                                    f"offline mode is on. {OFFLINE_HINT}")
-        netcheck.require(url, "ARCHS4", OFFLINE_HINT)
+        require_archs4(url, todo[0], top)
         for i, g in enumerate(todo):
             df = _fetch(g, top, url)
             atomic_write_text(_cache_path(g, top), df.to_csv(index=False))

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -84,11 +85,25 @@ def _parse_enrichr_text(text: str) -> GeneSets:
     return sets
 
 
+_LIBRARY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*(?:\.[A-Za-z0-9_+-]+)*$")
+
+
+def check_library_name(name: str) -> str:
+    """An Enrichr library name safe to join into a cache path (letters, digits, ``_+-`` and single dots;
+    no ``/``, ``\\`` or ``..``), else a CpDistillerError: names come from users, e.g. the dashboard."""
+    text = str(name).strip()
+    if len(text) > 120 or not _LIBRARY_NAME.match(text):
+        raise CpDistillerError(f"{str(name)[:60]!r} is not an Enrichr library name (letters, digits, '_', '-', "
+                               "'+' and '.' only); pass local files with --gmt instead.")
+    return text
+
+
 def download_library(name: str, out_dir: str | Path | None = None, base_url: str | None = None,
                      force: bool = False, timeout: float = 120.0) -> Path:
     """Fetch an Enrichr library as ``<out_dir>/<name>.gmt`` (default: the cache); reuse it unless ``force``."""
     import requests
 
+    name = check_library_name(name)
     out = Path(out_dir) if out_dir else library_cache_dir()
     path = out / f"{name}.gmt"
     if path.is_file() and not force:
@@ -99,8 +114,12 @@ def download_library(name: str, out_dir: str | Path | None = None, base_url: str
         resp = requests.get(f"{base}/geneSetLibrary", params={"mode": "text", "libraryName": name},
                             timeout=(3.0, timeout))
     except requests.RequestException as exc:
+        if isinstance(exc, requests.exceptions.ProxyError):
+            netcheck.require(base, "Enrichr", OFFLINE_HINT, probe={"url": f"{base}/datasetStatistics"})
         raise CpDistillerError(f"downloading Enrichr library {name!r} failed: {exc}. {OFFLINE_HINT}") from exc
     sets = _parse_enrichr_text(resp.text) if resp.ok else {}
+    if not sets and resp.status_code >= 400:  # a wrong name, or a proxy refusing every request?
+        netcheck.require(base, "Enrichr", OFFLINE_HINT, probe={"url": f"{base}/datasetStatistics"})
     if not sets:
         raise CpDistillerError(
             f"Enrichr returned no gene sets for library {name!r} (HTTP {resp.status_code}); check the "
@@ -118,6 +137,7 @@ def resolve_gene_sets(libraries: Sequence[str] = DEFAULT_LIBRARIES, gmt_files: S
     for f in gmt_files:
         out[Path(f).stem] = read_gmt(f)
     for name in libraries:
+        name = check_library_name(name)
         candidates = [Path(library_dir) / f"{name}.gmt"] if library_dir else []
         candidates.append(library_cache_dir() / f"{name}.gmt")
         found = next((p for p in candidates if p.is_file()), None)

@@ -7,7 +7,10 @@ with a message that says how to work with local files instead.
 
 from __future__ import annotations
 
-from ..net import DEFAULT_TIMEOUT, OfflineError, check_reachable
+from collections.abc import Mapping
+from typing import Any
+
+from ..net import DEFAULT_TIMEOUT, OfflineError, check_http, check_reachable
 
 
 def reachable(url: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
@@ -19,9 +22,16 @@ def reachable(url: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
     return True
 
 
-def require(url: str, service: str, hint: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Raise :class:`OfflineError` naming ``service`` and how to work offline when it is unreachable."""
+def require(url: str, service: str, hint: str, timeout: float = DEFAULT_TIMEOUT,
+            probe: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`OfflineError` naming ``service`` and how to work offline when it is unreachable.
+
+    ``probe``: also send one request (``check_http`` arguments: url, method, json…) and treat an HTTP
+    4xx/5xx answer (a proxy refusing everything) as "no access to <service>"."""
     try:
         check_reachable(url, timeout=timeout, what=service)
+        if probe is not None:
+            args = dict(probe)
+            check_http(args.pop("url", url), service, **args)
     except OfflineError as exc:
-        raise OfflineError(f"{exc} {hint}") from None
+        raise type(exc)(f"{exc} {hint}") from None

@@ -56,6 +56,8 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, positional: bool = T
                         "columns Cells_/Nuclei_/Cytoplasm_/Image_...)")
     g.add_argument("--plate-format", type=int, choices=(96, 384, 1536),
                    help="plate format (default: the smallest holding every well)")
+    g.add_argument("--sep", metavar="CHAR", help="separator of text files: ',', ';', 'tab' or '|' (default: detected)")
+    g.add_argument("--decimal", choices=(".", ","), help="decimal mark of text files (default: detected)")
     g.add_argument("--batch-from-file", action="store_true",
                    help="each input file is its own batch (adds Metadata_Batch when no batch column exists)")
 
@@ -92,7 +94,8 @@ def load_from_args(args: argparse.Namespace, *, emit_warnings: bool = True,
     spec.pop("feature_regex", None)
     return read_profiles_with_report(list(inputs), spec or None, features=features, feature_regex=regex,
                                      batch_from_file=bool(getattr(args, "batch_from_file", False)),
-                                     emit_warnings=emit_warnings, dtype=dtype)
+                                     emit_warnings=emit_warnings, dtype=dtype,
+                                     sep=getattr(args, "sep", None), decimal=getattr(args, "decimal", None))
 
 
 def profiles_from_args(args: argparse.Namespace, dtype: type = np.float32) -> Profiles:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import numpy as np
@@ -18,7 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train cpDistiller on the profiles and write RUN_DIR with embedding.parquet "
                     "(every input metadata column + cpd_0..cpd_49), model/, train_log.csv, report.json.")
     add_input_arguments(p)
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory to write (must be new or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="empty an existing run directory given as --out first (its old model, embedding "
+                        "and preprocessing are deleted)")
     p.add_argument("--effects", default="row,column", metavar="LIST",
                    help="technical effects to remove, comma-separated from batch,row,column "
                         "(default row,column; the paper's two settings are row,column and batch,row,column)")
@@ -35,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--adversary-wells", choices=("auto", "all", "negcon"),
                    help="wells the batch/row/column discriminators learn from (default auto: the negative "
                         "controls when there are >= 10 at 2+ levels of every effect; all = the paper)")
+    p.add_argument("--adversary-encoder", choices=("same", "all"),
+                   help="with controls-trained discriminators: hide batch/position from the controls only "
+                        "(same) or from every well through the frozen discriminators (all)")
+    p.add_argument("--triplet-controls", choices=("auto", "paper", "neutral"),
+                   help="how negative controls enter the triplet loss: paper (every control pulled onto the "
+                        "others), neutral (like any well), auto (paper with --adversary-wells all)")
     p.add_argument("--no-amp", action="store_true",
                    help="no mixed precision (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16)")
     p.add_argument("--no-preprocess", action="store_true",
@@ -51,24 +62,42 @@ def config_from_args(args: argparse.Namespace) -> CpDistillerConfig:
     cfg = CpDistillerConfig.from_file(args.config) if args.config else CpDistillerConfig()
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("min_steps", args.min_steps),
                                  ("device", args.device), ("seed", args.seed), ("sphering", args.sphering),
-                                 ("adversary_wells", args.adversary_wells))
+                                 ("adversary_wells", args.adversary_wells),
+                                 ("adversary_encoder", args.adversary_encoder),
+                                 ("triplet_controls", args.triplet_controls))
                if v is not None}
     if args.no_amp:
         changes["amp"] = False
     return cfg.replace(**changes) if changes else cfg
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler's cancel) ends the run like Ctrl-C: recorded as interrupted."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a test runner's worker)
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     from ..progress import TerminalProgress
-    from ..runs import load_run, run_correction
+    from ..runs import load_run, prepare_run_dir, run_correction
     from .common import profiles_from_args
 
-    cfg = config_from_args(args)
-    # raw values keep full precision until the run's preprocessing normalises them
-    profiles = profiles_from_args(args, dtype=np.float32 if args.no_preprocess else np.float64)
-    with TerminalProgress("correct", disable=True if args.quiet else None) as bar:
-        run_dir = run_correction(profiles, args.out, cfg, args.effects, progress=bar,
-                                 preprocess=not args.no_preprocess, warm_start=args.warm_start)
+    lock = prepare_run_dir(args.out, overwrite=args.overwrite)  # before any input is read
+    try:
+        _stop_on_sigterm()
+        cfg = config_from_args(args)
+        # raw values keep full precision until the run's preprocessing normalises them
+        profiles = profiles_from_args(args, dtype=np.float32 if args.no_preprocess else np.float64)
+        with TerminalProgress("correct", disable=True if args.quiet else None) as bar:
+            run_dir = run_correction(profiles, args.out, cfg, args.effects, progress=bar,
+                                     preprocess=not args.no_preprocess, warm_start=args.warm_start)
+    finally:
+        lock.release()
     r = load_run(run_dir)
     if args.format == "h5ad":
         print(f"wrote {_write_h5ad(r, profiles, preprocessed=not args.no_preprocess)}", file=sys.stderr)

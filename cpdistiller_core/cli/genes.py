@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _inputs(rt)
     rt.add_argument("--gene-col", metavar="COL", help="gene perturbed by each ORF/guide/allele (e.g. Metadata_symbol)")
     rt.add_argument("--target-col", metavar="COL", help="compound targets, gene symbols (e.g. Metadata_target)")
-    rt.add_argument("--sep", default="|", help="separator of several symbols in one value (default '|')")
+    rt.add_argument("--symbol-sep", default="|",
+                    help="separator of several symbols in one value (default '|'; --sep is the file's separator)")
     rt.add_argument("--query", metavar="NAME", action="append", help="gene symbol or perturbation (repeatable)")
     rt.add_argument("--top", type=int, default=25, help="rows per query (25)")
     rt.add_argument("--null-size", type=int, default=10000, help="copairs null size (10000)")
@@ -169,16 +170,19 @@ def _with_role_flags(profiles, args: argparse.Namespace):
 def _run_input(run_dir: Path, run_input, args: argparse.Namespace):
     """The run's preprocessed input: --uncorrected files, else the dashboard job's copy, else the file(s)
     named in config.json (read with this command's column options), with the run's preprocessing."""
+    first: CpDistillerError | None = None
     if not args.uncorrected:
         try:
             return run_input(run_dir)
-        except CpDistillerError:
-            pass
+        except CpDistillerError as exc:
+            first = exc
     from ..runs import load_run
 
     src = (load_run(run_dir).config.get("input") or {}).get("source")
     files = list(args.uncorrected or []) or ([src] if isinstance(src, str) else list(src or []))
     if not files or not all(isinstance(f, str) and Path(f).is_file() for f in files):
+        if first is not None and "old layout" in str(first):
+            raise first
         raise CpDistillerError(f"{run_dir}: cannot find the run's input ({src!r}); pass --uncorrected FILE...")
     raw = _read(args, files)
     prep = run_dir / "model" / "preprocess.json"
@@ -223,17 +227,30 @@ def _gene_sets(args: argparse.Namespace, demo: bool):
     return resolve_gene_sets(libs, gmts, args.library_dir, args.enrichr_url, args.offline)
 
 
+def _require_archs4(url: str | None) -> None:
+    from ..analysis.archs4 import require_archs4
+    from ..net import OfflineError
+
+    try:
+        require_archs4(url)
+    except OfflineError as exc:
+        raise type(exc)(f"{exc} Genes already in the ARCHS4 cache work with --offline.") from None
+
+
 def _genes(args: argparse.Namespace) -> int:
     from ..analysis.archs4 import archs4_edges, coexpression_by_cluster, gene_groups, read_gene_groups
     from ..analysis.clustering import gene_clusters
     from ..analysis.enrichment import enrich_clusters, top_terms
     from ..plots import genes as gp
 
+    demo = len(args.inputs) == 1 and args.inputs[0].lower() == "demo"
+    # the network first: an unreachable or refusing service fails in seconds, before any computation
+    sets = None if args.no_enrichment else _gene_sets(args, demo)
+    if args.archs4 and not args.gene_groups and not args.offline:
+        _require_archs4(args.archs4_url)
     embs, desc = load_pair(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    demo = len(args.inputs) == 1 and args.inputs[0].lower() == "demo"
-    sets = None if args.no_enrichment else _gene_sets(args, demo)
     for i, (name, emb) in enumerate(embs.items()):
         folder = out if i == 0 else out / name
         (folder / "figures").mkdir(parents=True, exist_ok=True)
@@ -288,7 +305,7 @@ def _retrieve(args: argparse.Namespace) -> int:
     embs, desc = load_pair(args)
     out = Path(args.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    res = evaluate_retrieval(embs, args.gene_col, args.target_col, args.sep, args.null_size, args.seed)
+    res = evaluate_retrieval(embs, args.gene_col, args.target_col, args.symbol_sep, args.null_size, args.seed)
     for key in ("summary", "activity", "shared_gene", "pairs"):
         _write_table(res[key], out / f"retrieval_{key}.csv")
     _write_figure(gp.fraction_retrieved_bars(res["summary"]), out / "figures" / "fraction_retrieved", args)
@@ -304,7 +321,7 @@ def _retrieve(args: argparse.Namespace) -> int:
         print(res["summary"].to_string(index=False))
     for name in args.query or []:
         for method, emb in embs.items():
-            q = query(emb, name, args.gene_col, args.target_col, args.sep, args.top)
+            q = query(emb, name, args.gene_col, args.target_col, args.symbol_sep, args.top)
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
             _write_table(q, out / f"query_{safe}_{method}.csv")
             print(f"-- {name} ({method}): " + ", ".join(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CpDistillerError
-from ..paths import atomic_write_bytes
+from ..paths import atomic_write_bytes, check_output_file
 
 _SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv", ".parquet", ".pq", ".h5ad")
 
@@ -139,6 +139,16 @@ def _stem(path: Path) -> tuple[Path, str]:
     return path, ""
 
 
+def check_output_profiles(path: Path) -> None:
+    """A profiles output path: a known format (by its extension) in a writable place."""
+    from ..io import _format_of
+
+    check_output_file(path)
+    if Path(path).suffix and _format_of(Path(path).name) not in ("parquet", "csv", "tsv", "h5ad"):
+        raise CpDistillerError(f"{path}: unknown output format {''.join(Path(path).suffixes)!r}; "
+                               "use .parquet, .csv, .csv.gz, .tsv or .h5ad.")
+
+
 def report_path(output: str | Path) -> Path:
     base, _ = _stem(Path(output))
     return base.with_name(base.name + ".report.json")
@@ -153,6 +163,8 @@ def run_preprocess(args: argparse.Namespace) -> int:
     out_path = Path(args.output)
     if any(Path(i).resolve() == out_path.resolve() for i in args.inputs):
         raise CpDistillerError(f"{out_path}: the output would overwrite an input file; choose another name.")
+    check_output_profiles(out_path)  # before any input is read: a bad OUT fails in a second, in one line
+    check_output_file(Path(args.report) if args.report else report_path(out_path))
     profiles = profiles_from_args(args, dtype=np.float64)  # raw values at full precision until normalised
     with TerminalProgress("preprocess", disable=True if args.quiet else None) as bar:
         if args.apply:
@@ -191,6 +203,9 @@ def run_demo_data(args: argparse.Namespace) -> int:
         if value < 1:
             raise CpDistillerError(f"{name} must be at least 1 (got {value}).")
     paths = demo_paths(args.output)
+    check_output_profiles(paths["profiles"])
+    for key in ("truth", "gmt", "perturbations"):
+        check_output_file(paths[key])
     screen = make_demo_screen(seed=args.seed, n_batches=args.batches, plates_per_batch=args.plates,
                               n_features=args.features)
     write_profiles(screen.profiles, paths["profiles"])

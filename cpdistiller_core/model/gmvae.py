@@ -49,7 +49,8 @@ def gumbel_softmax(logits: Tensor, temperature: float) -> Tensor:
 class GMVAE(nn.Module):
     """Gaussian-mixture VAE over ``n_input`` features (paper: hidden 512, latent 50, K = 10)."""
 
-    def __init__(self, n_input: int, hidden: int = 512, latent: int = 50, n_components: int = 10) -> None:
+    def __init__(self, n_input: int, hidden: int = 512, latent: int = 50, n_components: int = 10,
+                 decoder_levels: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.n_input, self.hidden, self.latent, self.n_components = n_input, hidden, latent, n_components
         self.qy_x = _mlp(n_input, hidden)
@@ -60,6 +61,12 @@ class GMVAE(nn.Module):
         self.prior_mu = nn.Linear(n_components, latent)
         self.prior_var = nn.Sequential(nn.Linear(n_components, latent), nn.Softplus())
         self.px_z = nn.Sequential(_mlp(latent, hidden), nn.Linear(hidden, n_input))
+        # Conditional decoder (ours, optional): a learned offset per technical level is added to the
+        # decoder's first hidden layer, so z need not carry batch/position to reconstruct the input.
+        self.decoder_covariates = nn.ModuleDict(
+            {e: nn.Embedding(int(n), hidden) for e, n in (decoder_levels or {}).items()})
+        for emb in self.decoder_covariates.values():
+            nn.init.zeros_(emb.weight)
         # Temperature reached in training: inference uses softmax(logits / tau) without noise.
         self.register_buffer("temperature", torch.tensor(1.0))
 
@@ -73,8 +80,15 @@ class GMVAE(nn.Module):
         z = mu + torch.randn_like(mu) * var.sqrt() if sample else mu
         return Encoding(logits, prob, y, mu, var, z)
 
-    def decode(self, z: Tensor) -> Tensor:
-        return self.px_z(z)
+    def decode(self, z: Tensor, levels: Mapping[str, Tensor] | None = None) -> Tensor:
+        """x_hat from z; ``levels`` (effect -> level codes) feed the conditional decoder when it has one."""
+        if not len(self.decoder_covariates):
+            return self.px_z(z)
+        first, act1, second, act2 = self.px_z[0]
+        h = first(z)
+        for effect, table in self.decoder_covariates.items():
+            h = h + table(levels[effect]).to(h.dtype)
+        return self.px_z[1](act2(second(act1(h))))
 
     def prior(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return self.prior_mu(y), self.prior_var(y) + _VAR_EPS
@@ -106,12 +120,12 @@ class CorrectionModule(nn.Module):
 
     def __init__(self, n_input: int, n_levels: Mapping[str, int], hidden: int = 512, latent: int = 50,
                  n_components: int = 10, discriminator_hidden: int = 128,
-                 joint: nn.Module | None = None) -> None:
+                 joint: nn.Module | None = None, decoder_levels: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.n_cp = n_input
         self.joint = joint
         n_joint = int(getattr(joint, "out_dim", 0)) if joint is not None else 0
-        self.gmvae = GMVAE(n_input + n_joint, hidden, latent, n_components)
+        self.gmvae = GMVAE(n_input + n_joint, hidden, latent, n_components, decoder_levels)
         self.head = ProjectionHead(latent)
         self.discriminators = nn.ModuleDict(
             {e: Discriminator(latent, int(n), discriminator_hidden) for e, n in n_levels.items()}

@@ -11,9 +11,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..metrics import AGGREGATE, BIOLOGICAL, TECHNICAL, TECHNICAL_TREATMENTS, Scorecard
+from ..metrics import AGGREGATE, BIOLOGICAL, EXTRA, POSITION, TECHNICAL, TECHNICAL_TREATMENTS, Scorecard
 
-_CATEGORY_ORDER = (AGGREGATE, TECHNICAL, BIOLOGICAL, TECHNICAL_TREATMENTS)
+_CATEGORY_ORDER = (AGGREGATE, TECHNICAL, BIOLOGICAL, POSITION, EXTRA, TECHNICAL_TREATMENTS)
 
 
 def _label(metric: str, effect: str | None) -> str:
@@ -50,8 +50,8 @@ def scorecard_bars(card: Scorecard, metrics: Sequence[str] | None = None,
 
 
 def summary_bars(card: Scorecard) -> go.Figure:
-    """Technical / biological / overall aggregates per method."""
-    return scorecard_bars(card, metrics=["technical", "biological", "overall"], title="Aggregate scores")
+    """Technical / biological / overall (Arevalo et al. 2024) and position aggregates per method."""
+    return scorecard_bars(card, metrics=["technical", "biological", "overall", "position"], title="Aggregate scores")
 
 
 def map_scatter(activity: Mapping[str, pd.DataFrame], reference: str = "uncorrected",
