@@ -575,25 +575,43 @@ def phenotypic_consistency(emb: Profiles, annotation_col: str | None = None, *, 
 # ================================================================================================
 # biological conservation: retrieval of known pairs (CPJUMP1)
 # ================================================================================================
-def pairs_from_annotation(emb: Profiles, annotation_col: str | None = None) -> pd.DataFrame:
-    """All pairs (a, b) of distinct non-control perturbations sharing a value of ``annotation_col``
-    (e.g. two guides of one gene). Columns: a, b, annotation."""
+def _split_values(value: object, sep: str | None) -> list[str]:
+    if value is None or pd.isna(value):
+        return []
+    parts = str(value).split(sep) if sep else [str(value)]
+    return [v.strip().upper() for v in parts if v.strip()]
+
+
+def pairs_from_annotation(emb: Profiles, annotation_col: str | None = None, sep: str | None = "|") -> pd.DataFrame:
+    """Known pairs from a shared annotation: every pair (a, b) of distinct non-control perturbations
+    sharing a value of ``annotation_col`` (gene of two guides/ORFs, MoA, injury class, target).
+
+    The one definition of "sister" pairs used by `evaluate`, `cpdistiller retrieve` and the Retrieval
+    page. Values are split on ``sep`` (None: whole values) and compared case-insensitively; a
+    perturbation's values are the union over its wells. Columns a, b (a < b), annotation (the first
+    shared value). ``attrs["null"] = "union"``: the null of `fraction_retrieved` for such symmetric
+    pairs is every other pair among the perturbations named."""
     col = annotation_col or emb.roles.annotation
     if not col:
         raise MetricUnavailable("no annotation column to build pairs from.")
+    if col not in emb.meta.columns:
+        raise CpDistillerError(f"column {col!r} not found in the metadata.")
     mask = ~emb.negative_mask
-    df = pd.DataFrame({"p": emb.perturbation[mask].astype(str),
-                       "ann": emb.meta[col].astype("string").to_numpy()[mask]}).dropna().drop_duplicates()
-    rows = []
-    for ann, grp in df.groupby("ann"):
-        perts = sorted(set(grp["p"]))
-        rows += [(a, b, ann) for i, a in enumerate(perts) for b in perts[i + 1:]]
-    return pd.DataFrame(rows, columns=["a", "b", "annotation"])
+    pert = emb.perturbation[mask].astype(str)
+    by_value: dict[str, set[str]] = {}
+    for p, v in zip(pert.tolist(), emb.meta[col].to_numpy()[mask]):
+        for val in _split_values(v, sep):
+            by_value.setdefault(val, set()).add(p)
+    rows = [(a, b, val) for val, perts in sorted(by_value.items())
+            for i, a in enumerate(sorted(perts)) for b in sorted(perts)[i + 1:]]
+    out = pd.DataFrame(rows, columns=["a", "b", "annotation"]).drop_duplicates(["a", "b"]).reset_index(drop=True)
+    out.attrs["null"] = "union"
+    return out
 
 
 def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float = 95.0,
                        tails: str = "upper", how: str = "median", max_null: int = 200_000,
-                       null: str = "cross", seed: int = 0) -> tuple[float, pd.DataFrame]:
+                       null: str | None = None, seed: int = 0) -> tuple[float, pd.DataFrame]:
     """CPJUMP1 "fraction retrieved" (Chandrasekaran et al. 2024).
 
     ``pairs``: DataFrame with columns ``a`` and ``b`` (perturbation names; extra columns are kept).
@@ -601,7 +619,9 @@ def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float 
     similarity of non-pairs: with ``null="cross"`` (gene–compound) every (x, y) with x among the ``a``
     perturbations and y among the ``b`` ones that is not a listed pair; with ``null="union"`` (sister
     perturbations, where a/b order is arbitrary) every pair of distinct perturbations named anywhere
-    in the table that is not a listed pair. Uniformly subsampled to ``max_null`` pairs. A pair is retrieved
+    in the table that is not a listed pair. ``null=None`` takes the pair table's own
+    ``attrs["null"]`` (`pairs_from_annotation` sets "union", gene–compound tables "cross"), else
+    "cross" — so `evaluate` and `retrieve` score the same pairs against the same null. Uniformly subsampled to ``max_null`` pairs. A pair is retrieved
     when its similarity exceeds the ``percentile`` of the null (``tails="both"``: or falls below the
     100 − percentile, for anti-correlated gene–compound pairs).
 
@@ -613,6 +633,7 @@ def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float 
         raise CpDistillerError("pairs must have columns 'a' and 'b' (perturbation names).")
     if tails not in ("upper", "both"):
         raise CpDistillerError("tails must be 'upper' or 'both'.")
+    null = null or pairs.attrs.get("null", "cross")
     if null not in ("cross", "union"):
         raise CpDistillerError("null must be 'cross' or 'union'.")
     cons = consensus_profiles(emb, how=how)
