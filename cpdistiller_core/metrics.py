@@ -1493,7 +1493,6 @@ def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None
     """
     cfg = config or EvaluationConfig()
     method = method or getattr(emb, "method", None) or "embedding"
-    _check_finite(emb)
     effects = [e for e in (cfg.effects or EFFECTS) if e in EFFECTS]
     rec = _Recorder(method, progress, steps=len(effects) + 8)
     details: dict[str, pd.DataFrame] = {}
