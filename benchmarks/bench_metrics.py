@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{emb.n_wells} wells x {args.dims} dims ({len(np.unique(emb.plate))} plates): wall {wall:.0f} s, "
               f"CPU {cpu:.0f} s, peak RSS {peak_gb:.2f} GB, {len(missing)} metrics missing")
         print("  " + ", ".join(f"{name} {dt:.0f}s" for name, dt in steps if dt >= 0.5))
+        if len(missing):
+            print("  missing: " + "; ".join(f"{m}[{e}]: {n[9:80]}" if e else f"{m}: {n[9:80]}"
+                                          for m, e, n in zip(missing["metric"], missing["effect"], missing["note"])))
         s = card.summary().iloc[0]
         print("  " + ", ".join(f"{k} {v:.3f}" for k, v in s.items() if k in ("technical", "biological", "overall",
                                                                              "position")), flush=True)

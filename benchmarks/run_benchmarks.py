@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(DATASETS))
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/cpdistiller_benchmarks"))
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="where the tables and summary go (default benchmarks/results; use another folder for "
+                         "smoke runs)")
     ap.add_argument("--seeds", default="0,1,2", help="cpDistiller seeds, comma-separated (default 0,1,2); the "
                     "reference methods run with the first")
     ap.add_argument("--variants", default=",".join(VARIANTS),
@@ -258,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary-only", action="store_true",
                     help="only rebuild summary.md from the saved benchmarks/results tables")
     args = ap.parse_args(argv)
+    globals()["RESULTS"] = args.results  # every writer below uses the module-level RESULTS
     args.seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not args.seeds or any(v not in VARIANTS for v in args.variants):
