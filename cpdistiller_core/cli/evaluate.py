@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="profile file(s), or 'demo' for the built-in simulated screen (with its ground truth)")
     bm.add_argument("--methods", default="all",
                     help="comma-separated: all, cpDistiller, uncorrected, harmony, combat, sphering, "
-                         "well_position, negcon_linear (default all)")
+                         "well_position, negcon_linear, jump_chain, scanorama, scvi (default all); a method "
+                         "that cannot run is kept in the tables with its reason")
     bm.add_argument("--out", metavar="DIR", required=True, help="output folder")
     bm.add_argument("--epochs", type=int, help="cpDistiller training epochs (default: the config's)")
     bm.add_argument("--config", metavar="FILE",
