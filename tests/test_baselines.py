@@ -172,12 +172,13 @@ def test_each_method_runs_on_cmqtl(cmqtl, name):
 
 
 def test_integration_methods_mix_batches(screen):
-    """JUMP chain and Scanorama integrate over the batch label: less batch signal among controls."""
-    before = M.classifier_leakage(B.run_baseline("uncorrected", screen), "batch")[0]
+    """JUMP chain and Scanorama integrate over the batch label: treatments mix better across batches
+    (iLISI of the protocol: uncorrected ≈ 0.80, jump_chain ≈ 0.96, scanorama ≈ 0.93 on this screen)."""
+    before = M.ilisi_score(B.run_baseline("uncorrected", screen), "batch")[0]
     for name in ("jump_chain", "scanorama"):
         emb = B.run_baseline(name, screen)
         assert emb.provenance["effects_corrected"][-1] == "batch"
-        assert M.classifier_leakage(emb, "batch")[0] > before + 0.2, name
+        assert M.ilisi_score(emb, "batch")[0] > before + 0.1, name
     jc = B.run_baseline("jump_chain", screen).provenance
     assert jc["sphering_method"] == "ZCA-cor" and jc["harmony_key"] == "batch"
 
