@@ -1,12 +1,16 @@
 """Run `cpdistiller benchmark` on the demo simulator and on every ../shared/data set.
 
     .venv/bin/python benchmarks/run_benchmarks.py [--epochs N] [--methods all] [--only demo,lincs_a549]
-                                                  [--work-dir DIR] [--data DIR]
+                                                  [--seeds 0,1,2] [--work-dir DIR] [--data DIR]
 
 Each data set goes through the same command line a user would type (`cpdistiller benchmark …`, with
-the column mapping it needs). Full outputs (scores, per-perturbation mAP, HTML figures) go to
-``--work-dir`` (default /tmp/cpdistiller_benchmarks); the comparison tables are copied to
-``benchmarks/results/<dataset>.csv`` and summarised in ``benchmarks/results/summary.md``.
+the column mapping it needs): once for the reference methods (uncorrected first), then once per seed
+and cpDistiller variant (``defaults``, and ``paper`` = sphering none, adversary_wells all, min_steps 0,
+as the published method). The scorecard is the field protocol (Arevalo et al. 2024) plus the position
+score (docs/metrics.md). Full outputs go to ``--work-dir`` (default /tmp/cpdistiller_benchmarks);
+``benchmarks/results/<dataset>.csv`` holds every metric of every run (uncorrected first),
+``<dataset>_scores.csv`` the tidy scores, and ``summary.md`` the headline tables with the difference
+to uncorrected and cpDistiller's mean ± sd over seeds.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ sys.path.insert(0, str(REPO))
 
 from cpdistiller_core.benchmark import to_markdown  # noqa: E402
 from cpdistiller_core.cli import main as cli_main  # noqa: E402
+from cpdistiller_core.metrics import Scorecard, format_comparison  # noqa: E402
+
+# cpDistiller variants: name -> CpDistillerConfig overrides (written to a --config file)
+VARIANTS: dict[str, dict] = {
+    "defaults": {},
+    "paper": {"sphering": "none", "adversary_wells": "all", "min_steps": 0},
+}
 
 RESULTS = REPO / "benchmarks" / "results"
 DATA = Path(os.environ.get("CPDISTILLER_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -66,31 +77,77 @@ DATASETS: dict[str, tuple[list[str], list[str], str]] = {
 }
 
 
-def run_one(name: str, args: argparse.Namespace) -> dict:
-    inputs, extra, desc = DATASETS[name]
+def _bench(name: str, args: argparse.Namespace, methods: str, seed: int, tag: str,
+           config: dict | None = None) -> tuple[int, Path, list[str]]:
+    inputs, extra, _ = DATASETS[name]
     paths = inputs if inputs == ["demo"] else [str(args.data / p) for p in inputs]
-    out = args.work_dir / name
+    out = args.work_dir / name / tag
     if out.exists():
         shutil.rmtree(out)
-    cmd = ["benchmark", *paths, "--methods", args.methods, "--out", str(out), "--seed", str(args.seed),
-           "--null-size", str(args.null_size), "--treatment-technical", *extra]
-    if args.epochs:
+    out.mkdir(parents=True)
+    cmd = ["benchmark", *paths, "--methods", methods, "--out", str(out), "--seed", str(seed),
+           "--null-size", str(args.null_size), "--no-figures", *extra]
+    if args.epochs and "cpDistiller" in methods:
         cmd += ["--epochs", str(args.epochs)]
-    print(f"\n### {name}: cpdistiller {' '.join(cmd)}", flush=True)
+    if config:
+        cfg_path = out / "cpdistiller_config.json"
+        cfg_path.write_text(json.dumps(config))
+        cmd += ["--config", str(cfg_path)]
+    print(f"\n### {name} [{tag}]: cpdistiller {' '.join(cmd)}", flush=True)
+    return cli_main(cmd), out, cmd
+
+
+def _split_methods(methods: str) -> tuple[str, bool]:
+    from cpdistiller_core.benchmark import parse_methods
+
+    names = parse_methods(methods)
+    refs = [m for m in names if m != "cpDistiller"]
+    if "uncorrected" not in refs:
+        refs.insert(0, "uncorrected")  # the reference of every Δ
+    return ",".join(refs), "cpDistiller" in names
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    """References once (seed ``seeds[0]``), then cpDistiller per variant and seed; one combined table."""
+    desc = DATASETS[name][2]
     t0 = time.perf_counter()
-    rc = cli_main(cmd)
+    refs, with_cpd = _split_methods(args.methods)
+    runs = [("references", args.seeds[0], None, refs)]
+    if with_cpd:
+        runs += [(f"{v}_s{s}", s, cfg, "cpDistiller") for v, cfg in VARIANTS.items() if v in args.variants
+                 for s in args.seeds]
+    scores, status, commands = [], {}, []
+    for tag, seed, cfg, methods in runs:
+        rc, out, cmd = _bench(name, args, methods, seed, tag, cfg)
+        commands.append("cpdistiller " + " ".join(cmd))
+        if not (out / "scores.csv").exists():
+            status[tag] = f"failed (exit {rc})"
+            continue
+        sc = pd.read_csv(out / "scores.csv", keep_default_na=False, na_values=[""])
+        run_status = json.loads((out / "scores.json").read_text()).get("status", {})
+        if tag != "references":
+            sc["method"] = sc["method"].replace({"cpDistiller": f"cpDistiller[{tag}]"})
+            run_status = {f"cpDistiller[{tag}]": v for k, v in run_status.items() if k == "cpDistiller"}
+        status.update(run_status)
+        scores.append(sc)
     wall = time.perf_counter() - t0
-    if rc != 0 or not (out / "comparison.csv").exists():
-        return {"name": name, "desc": desc, "rc": rc, "wall": wall, "table": None}
-    table = pd.read_csv(out / "comparison.csv", index_col=0)
+    if not scores:
+        return {"name": name, "desc": desc, "rc": 1, "wall": wall, "table": None}
+    card = Scorecard(pd.concat(scores, ignore_index=True))
+    table = card.wide(with_runtime=False)
+    order = [m for m in table.index if m == "uncorrected"] + [m for m in table.index if m != "uncorrected"]
+    table = table.reindex(order)
+    table.insert(0, "status", [status.get(m, "ok") for m in table.index])
+    table.index.name = "method"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "comparison.csv", RESULTS / f"{name}.csv")
-    shutil.copyfile(out / "scores.csv", RESULTS / f"{name}_scores.csv")
-    info = {"wall_s": round(wall, 1), "command": "cpdistiller " + " ".join(cmd), "commit": _commit(),
+    table.to_csv(RESULTS / f"{name}.csv")
+    card.scores.to_csv(RESULTS / f"{name}_scores.csv", index=False)
+    info = {"wall_s": round(wall, 1), "commands": commands, "commit": _commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "methods": args.methods,
-            "epochs": args.epochs, "seed": args.seed, "null_size": args.null_size}
+            "epochs": args.epochs, "seeds": args.seeds, "variants": args.variants, "null_size": args.null_size,
+            "failed": {k: v for k, v in status.items() if v != "ok"}}
     (RESULTS / f"{name}_run.json").write_text(json.dumps(info, indent=1) + "\n")
-    return {"name": name, "desc": desc, "rc": rc, "wall": wall, "table": table}
+    return {"name": name, "desc": desc, "rc": 0, "wall": wall, "table": table, "scores": card.scores}
 
 
 def _commit() -> str:
@@ -110,8 +167,31 @@ def load_saved(name: str) -> dict:
     info_path = RESULTS / f"{name}_run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     table = pd.read_csv(path, index_col=0) if path.exists() else None
+    spath = RESULTS / f"{name}_scores.csv"
+    scores = pd.read_csv(spath, keep_default_na=False, na_values=[""]) if spath.exists() else None
     return {"name": name, "desc": DATASETS[name][2], "rc": 0 if table is not None else None,
-            "wall": info.get("wall_s", float("nan")), "table": table, "info": info}
+            "wall": info.get("wall_s", float("nan")), "table": table, "scores": scores, "info": info}
+
+
+def seed_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """cpDistiller variants: mean ± sd over seeds of the aggregates and their mean Δ to uncorrected."""
+    agg = scores[scores["category"] == "aggregate"].pivot_table(index="method", columns="metric", values="value",
+                                                                 aggfunc="first")
+    if "uncorrected" not in agg.index:
+        return pd.DataFrame()
+    rows = {}
+    for variant in VARIANTS:
+        names = [m for m in agg.index if m.startswith(f"cpDistiller[{variant}_s")]
+        if not names:
+            continue
+        sub = agg.loc[names]
+        row = {"seeds": len(names)}
+        for col in ("technical", "biological", "overall", "position"):
+            if col in sub.columns:
+                row[col] = f"{sub[col].mean():.3f} ± {sub[col].std(ddof=1) if len(sub) > 1 else 0:.3f}"
+                row[f"Δ{col}"] = f"{sub[col].mean() - agg.loc['uncorrected', col]:+.3f}"
+        rows[f"cpDistiller ({variant})"] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def summary_markdown(runs: list[dict], args: argparse.Namespace, date: str | None = None) -> str:
@@ -119,48 +199,47 @@ def summary_markdown(runs: list[dict], args: argparse.Namespace, date: str | Non
     lines = ["# Benchmark results", "",
              f"Generated by `benchmarks/run_benchmarks.py` on {date} "
              f"({platform.machine()}, {os.cpu_count()} CPUs visible, CPU only; methods `{args.methods}`, "
-             f"cpDistiller epochs: {args.epochs or 'config default'}, seed {args.seed}, copairs null size "
+             f"cpDistiller epochs: {args.epochs or 'config default'}, seeds {args.seeds}, copairs null size "
              f"{args.null_size}).",
              "",
              "All scores in [0, 1], higher is better; `–` = missing (the reason is in `<dataset>_scores.csv`). "
-             "technical / biological = mean of the available metrics of each category; overall = 0.4 technical "
-             "+ 0.6 biological. Definitions: `docs/metrics.md`. Full per-metric tables: `<dataset>.csv`; "
-             "how each was run: `<dataset>_run.json`.", "",
+             "**technical / biological / overall follow Arevalo et al. 2024** (technical: silhouette of batch, "
+             "graph connectivity, kBET, iLISI; biological: cLISI, mAP vs negative controls, mAP vs "
+             "non-replicates, Leiden NMI/ARI against perturbations, perturbation silhouette; overall = 0.4 "
+             "technical + 0.6 biological). **position** is the Cell Painting position score beside it "
+             "(row/column effects among controls and within perturbations, same-position control test, "
+             "neighbour preservation vs the uncorrected profiles, control collapse). Uncorrected is the first "
+             "row; in brackets the difference to it. Definitions: `docs/metrics.md`. Every metric: "
+             "`<dataset>.csv`; how each was run: `<dataset>_run.json`.", "",
              "Read with these caveats:", "",
-             "- Technical metrics are computed among the negative controls. `sphering` and `negcon_linear` are "
-             "*fitted* on those same wells, and cpDistiller (defaults) spheres its input on them and trains "
-             "its discriminators on them, so their technical scores are partly in-sample; Harmony and ComBat "
-             "do not see the control labels. The `*_trt` columns score the "
-             "same effects within perturbations (treatment wells, perturbation means removed), which no "
-             "method is fitted on; they are shown but not part of the aggregates.",
-             "- Public profiles normalised per plate against their controls have controls centred per plate: "
-             "plate/batch metrics are near 1 before any correction (cell_injury, lincs_a549).",
-             "- `well_position` on data whose plates share one layout (varchamp_b14, cmqtl_crispri) subtracts "
-             "the perturbation signal along with the position effect; its scores there are not a fair "
-             "verdict on position correction.",
-             "- Small sets (lincs_a549: 24 controls on one plate; cmqtl_crispri: 5 sister pairs, 10 samples) "
-             "give noisy metrics; differences of a few hundredths are not meaningful.",
-             "- Run times are wall-clock on the 2-core CPU (cpDistiller trains under bf16 autocast there).", ""]
-    key = ["status", "runtime_s", "technical", "biological", "overall", "activity_map", "activity_fraction",
-           "consistency_map", "variance[row]", "variance[column]", "leakage[row]", "leakage[column]",
-           "variance_trt[row]", "variance_trt[column]", "leakage_trt[row]", "leakage_trt[column]"]
+             "- cpDistiller rows are `cpDistiller[<variant>_s<seed>]`: `defaults` (the engine's defaults) and "
+             "`paper` (sphering none, adversary_wells all, min_steps 0). Reference methods ran once (seed "
+             f"{args.seeds[0]}).",
+             "- Position metrics among negative controls are partly in-sample for methods fitted on the controls "
+             "(sphering, negcon_linear, jump_chain, cpDistiller's discriminators); the within-perturbation "
+             "(`*_trt`) rows and the same-position test are the checks no method is fitted on.",
+             "- `well_position` and `jump_chain` on data whose plates share one layout (varchamp_b14, "
+             "cmqtl_crispri) subtract the perturbation signal along with the position effect.",
+             "- Small sets (lincs_a549: one plate; cmqtl_crispri: 10 samples) give noisy metrics; differences "
+             "of a few hundredths are not meaningful.",
+             "- Run times are wall-clock on the 2-core CPU.", ""]
     for r in runs:
         lines += [f"## {r['name']}", "", r["desc"], ""]
-        if r["table"] is None:
+        if r["table"] is None or r.get("scores") is None:
             lines += [f"**benchmark failed** (exit code {r['rc']}); see the log.", ""]
             continue
         t = r["table"]
-        if "overall" in t.columns and t["overall"].notna().any():
-            ranked = t["overall"].dropna().sort_values(ascending=False)
-            line = f"Best overall: **{ranked.index[0]}** ({ranked.iloc[0]:.3f})"
-            if "cpDistiller" in ranked.index:
-                pos = list(ranked.index).index("cpDistiller") + 1
-                line += f"; cpDistiller ranks {pos} of {len(ranked)} ({ranked['cpDistiller']:.3f})"
-            lines += [line + ".", ""]
-        cols = [c for c in key if c in t.columns]
-        extra = [c for c in t.columns if c.startswith(("fraction_retrieved", "knn_overlap"))]
-        lines += [to_markdown(t[cols + extra]), "",
-                  f"wall time for the whole data set (all methods + scoring): {r['wall']:.0f} s", ""]
+        card = Scorecard(r["scores"])
+        comp = card.comparison("uncorrected")
+        comp = comp.reindex([m for m in t.index if m in comp.index])
+        lines += [format_comparison(comp), ""]
+        failed = t[t["status"].astype(str) != "ok"] if "status" in t.columns else t.iloc[:0]
+        for m, row in failed.iterrows():
+            lines.append(f"- {m}: {row['status']}")
+        seeds = seed_table(r["scores"])
+        if len(seeds):
+            lines += ["", "cpDistiller over seeds (mean ± sd; Δ = mean − uncorrected):", "", to_markdown(seeds)]
+        lines += ["", f"wall time for the whole data set (all methods + scoring): {r['wall']:.0f} s", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -171,11 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(DATASETS))
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/cpdistiller_benchmarks"))
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="where the tables and summary go (default benchmarks/results; use another folder for "
+                         "smoke runs)")
+    ap.add_argument("--seeds", default="0,1,2", help="cpDistiller seeds, comma-separated (default 0,1,2); the "
+                    "reference methods run with the first")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"cpDistiller variants, comma-separated from {', '.join(VARIANTS)}")
     ap.add_argument("--null-size", type=int, default=10000)
     ap.add_argument("--summary-only", action="store_true",
                     help="only rebuild summary.md from the saved benchmarks/results tables")
     args = ap.parse_args(argv)
+    globals()["RESULTS"] = args.results  # every writer below uses the module-level RESULTS
+    args.seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not args.seeds or any(v not in VARIANTS for v in args.variants):
+        ap.error(f"--seeds needs at least one seed; --variants from {', '.join(VARIANTS)}")
     names = [n.strip() for n in args.only.split(",")] if args.only else list(DATASETS)
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
@@ -183,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_only:
         runs = [load_saved(n) for n in names]
         info = next((r["info"] for r in runs if r["info"]), {})
-        for key in ("methods", "epochs", "seed", "null_size"):
+        for key in ("methods", "epochs", "seeds", "null_size"):
             if key in info:
                 setattr(args, key, info[key])
         (RESULTS / "summary.md").write_text(summary_markdown(runs, args, info.get("date")))

@@ -13,6 +13,13 @@ Registry (``BASELINES``; names are what ``cpdistiller benchmark --methods`` acce
 * ``negcon_linear`` a linear row + column (+ batch) model fitted on negative controls (ridge on
                     one-hot levels) whose predicted technical part is subtracted from all wells, then
                     PCA-50.
+* ``jump_chain``    the JUMP production chain: well position → ZCA-cor sphering on controls →
+                    Harmony (batch, else plate) on PCA-50 (jump-profiling-recipe).
+* ``scanorama``     Scanorama ``assemble`` over batch (else plate), as Arevalo et al. 2024, then PCA-50.
+* ``scvi``          scvi-tools SCVI with a Gaussian likelihood over batch (else plate); CPU.
+
+A method that cannot run on the data raises CpDistillerError with the reason; the benchmark keeps
+it in its tables as "failed: <reason>".
 
 Every embedding has ``provenance`` with the effects corrected, the effects skipped (and why) and
 ``runtime_s``. ``effects`` are technical effects among "batch", "plate", "row", "column"; an effect the
@@ -142,15 +149,10 @@ def combat(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed: i
                   effects_skipped=skipped, singleton_levels_merged=merged)
 
 
-def sphering(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed: int = 0,
-             epsilon: float = 1e-6) -> Embedding:
-    """ZCA sphering (pycytominer ``Spherize``) fitted on negative controls, applied to all wells, then PCA-50.
-
-    Needs negative controls; ``effects`` are not used (sphering is label-free)."""
+def _sphere(X: np.ndarray, neg: np.ndarray, method: str = "ZCA", epsilon: float = 1e-6) -> tuple[np.ndarray, dict[str, Any]]:
+    """pycytominer ``Spherize`` fitted on the negative controls, applied to every well."""
     from pycytominer.operations.transform import Spherize
 
-    X = _check(profiles)
-    neg = profiles.negative_mask
     if neg.sum() < 3:
         raise CpDistillerError("sphering needs at least 3 negative-control wells (set the 'control' role).")
     ref = X[neg]
@@ -158,15 +160,47 @@ def sphering(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed:
     if not keep.all():
         log.info("sphering: %d features constant among negative controls dropped", int((~keep).sum()))
     cols = [str(i) for i in range(int(keep.sum()))]
-    sph = Spherize(method="ZCA", epsilon=epsilon, center=True, return_numpy=True)
+    sph = Spherize(method=method, epsilon=epsilon, center=True, return_numpy=True)
     try:
         sph.fit(pd.DataFrame(ref[:, keep], columns=cols))
     except ValueError as exc:
         raise CpDistillerError(f"sphering failed on the negative controls: {exc}") from exc
     Xs = np.asarray(sph.transform(pd.DataFrame(X[:, keep], columns=cols)), dtype=np.float64)
+    return Xs, {"fitted_on_negative_controls": int(neg.sum()), "features_dropped_constant": int((~keep).sum()),
+                "epsilon": epsilon, "sphering_method": method}
+
+
+def _subtract_well_mean(profiles: Profiles, X: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each well position's mean over plates subtracted (positions on one plate only are left as they
+    are); returns the matrix and the number of such uncorrected wells."""
+    if len(pd.unique(profiles.plate)) < 2:
+        raise CpDistillerError("well-position correction needs at least two plates.")
+    pos = pd.Series(profiles.well)
+    n_plates = pd.Series(profiles.plate).groupby(pos.to_numpy()).transform("nunique").to_numpy()
+    means = pd.DataFrame(X).groupby(pos.to_numpy()).transform("mean").to_numpy()
+    corr = n_plates > 1
+    Xc = X.copy()
+    Xc[corr] = X[corr] - means[corr]
+    return Xc, int((~corr).sum())
+
+
+def _integration_key(profiles: Profiles, effects: Sequence[str]) -> str:
+    """The one label integration methods (Harmony in the JUMP chain, Scanorama, scVI) mix over:
+    batch when the data have 2+ batches, else plate."""
+    use, _ = resolve_effects(profiles, [e for e in ("batch", "plate") if e in (*effects, "plate")])
+    if not use:
+        raise CpDistillerError("no batch column with 2+ batches and a single plate: nothing to integrate.")
+    return use[0]
+
+
+def sphering(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed: int = 0,
+             epsilon: float = 1e-6) -> Embedding:
+    """ZCA sphering (pycytominer ``Spherize``) fitted on negative controls, applied to all wells, then PCA-50.
+
+    Needs negative controls; ``effects`` are not used (sphering is label-free)."""
+    Xs, info = _sphere(_check(profiles), profiles.negative_mask, "ZCA", epsilon)
     return _embed(profiles, pca(Xs, seed=seed), "sphering", "sph_", effects_corrected=[],
-                  effects_skipped={}, fitted_on_negative_controls=int(neg.sum()),
-                  features_dropped_constant=int((~keep).sum()), epsilon=epsilon)
+                  effects_skipped={}, **info)
 
 
 def well_position(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed: int = 0) -> Embedding:
@@ -175,19 +209,93 @@ def well_position(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, 
     Needs at least two plates; positions present on one plate only are left uncorrected (their mean
     would be the well itself). With the same layout on every plate this also removes the
     perturbation signal — a known limitation of the method."""
-    X = _check(profiles)
-    plates = pd.unique(profiles.plate)
-    if len(plates) < 2:
-        raise CpDistillerError("well-position correction needs at least two plates.")
-    df = pd.DataFrame(X)
-    pos = pd.Series(profiles.well)
-    n_plates = pd.Series(profiles.plate).groupby(pos.to_numpy()).transform("nunique").to_numpy()
-    means = df.groupby(pos.to_numpy()).transform("mean").to_numpy()
-    corr = n_plates > 1
-    Xc = X.copy()
-    Xc[corr] = X[corr] - means[corr]
+    Xc, n_single = _subtract_well_mean(profiles, _check(profiles))
     return _embed(profiles, pca(Xc, seed=seed), "well_position", "wp_", effects_corrected=["well position"],
-                  effects_skipped={}, wells_uncorrected_single_plate_position=int((~corr).sum()))
+                  effects_skipped={}, wells_uncorrected_single_plate_position=n_single)
+
+
+def jump_chain(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed: int = 0) -> Embedding:
+    """The JUMP production chain (jump-profiling-recipe ``wellpos → … → sphering → harmony``) on the
+    preprocessed profiles: well-position mean subtraction, ZCA-cor sphering fitted on the negative
+    controls, then Harmony over the batch (else plate) label on PCA-50 of the sphered profiles,
+    ``max_iter_harmony=20`` and one cluster per 30 wells (at most 300) as the recipe's 300 clusters.
+    The recipe's cell-count regression needs cell counts and is not part of it here; its own
+    variance/MAD/outlier/feature-selection steps are ``cpdistiller preprocess``."""
+    from harmonypy import run_harmony
+
+    X = _check(profiles)
+    key = _integration_key(profiles, effects)
+    Xc, n_single = _subtract_well_mean(profiles, X)
+    Xs, info = _sphere(Xc, profiles.negative_mask, "ZCA-cor", 1e-6)
+    Z = pca(Xs, seed=seed).astype(np.float64)
+    meta = pd.DataFrame({"label": _labels(profiles, key)})
+    nclust = int(min(300, max(2, profiles.n_wells // 30)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ho = run_harmony(Z, meta, ["label"], random_state=seed, verbose=False, max_iter_harmony=20,
+                         nclust=nclust, ncores=1)
+    Zc = np.asarray(ho.Z_corr)
+    Z = Zc if Zc.shape[0] == len(meta) else Zc.T
+    return _embed(profiles, Z, "jump_chain", "jump_", effects_corrected=["well position", key],
+                  effects_skipped={}, wells_uncorrected_single_plate_position=n_single, harmony_key=key,
+                  harmony_clusters=nclust, **info)
+
+
+def scanorama(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed: int = 0) -> Embedding:
+    """Scanorama (Hie et al. 2019; ``scanorama.assemble`` on the features, as Arevalo et al. ran it)
+    over the batch (else plate) label, then PCA-50 of the corrected features."""
+    try:
+        import scanorama as scan
+    except ImportError as exc:
+        raise CpDistillerError(f"Scanorama is not installed ({exc}); pip install scanorama==1.7.4.") from exc
+    X = _check(profiles)
+    key = _integration_key(profiles, effects)
+    labels = _labels(profiles, key)
+    groups = [np.flatnonzero(labels == lab) for lab in pd.unique(labels)]
+    if min(len(g) for g in groups) < 3:
+        raise CpDistillerError(f"Scanorama needs 3+ wells in every {key}.")
+    np.random.seed(seed)  # scanorama draws from numpy's global generator
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = scan.assemble([X[g].copy() for g in groups], batch_size=5000, verbose=0)
+    Xc = np.empty_like(X)
+    for g, part in zip(groups, parts):
+        Xc[g] = part
+    Z = pca(Xc, seed=seed)
+    return _embed(profiles, Z, "scanorama", "scanorama_", effects_corrected=[key], effects_skipped={})
+
+
+def scvi(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed: int = 0,
+         max_epochs: int = 100, n_latent: int = 30) -> Embedding:
+    """scVI (scvi-tools ``SCVI``) with a Gaussian likelihood (``gene_likelihood="normal"``) over the
+    batch (else plate) label: 2 layers, ``n_latent`` dimensions, ``max_epochs`` on CPU.
+
+    scVI's decoder models means as library size × a softmax, so profiles are shifted to be
+    non-negative first (as Arevalo et al. did) and fed without log transform."""
+    try:
+        import scvi as scvi_tools
+    except ImportError as exc:
+        raise CpDistillerError(f"scvi-tools is not installed ({exc}); pip install scvi-tools==1.4.2.") from exc
+    import anndata as ad
+
+    X = _check(profiles)
+    key = _integration_key(profiles, effects)
+    Xp = (X - X.min(axis=0)).astype(np.float32)
+    obs = pd.DataFrame({"batch": pd.Categorical(_labels(profiles, key))}, index=[str(i) for i in range(len(X))])
+    adata = ad.AnnData(X=Xp, obs=obs)
+    scvi_tools.settings.seed = seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scvi_tools.model.SCVI.setup_anndata(adata, batch_key="batch")
+        model = scvi_tools.model.SCVI(adata, n_layers=2, n_latent=n_latent, gene_likelihood="normal",
+                                      log_variational=False)
+        model.train(max_epochs=max_epochs, accelerator="cpu", devices=1, enable_progress_bar=False,
+                    early_stopping=True)
+        Z = model.get_latent_representation()
+    if not np.isfinite(Z).all():
+        raise CpDistillerError("scVI produced NaN/inf latent values.")
+    return _embed(profiles, Z, "scvi", "scvi_", effects_corrected=[key], effects_skipped={},
+                  max_epochs=max_epochs, n_latent=n_latent, likelihood="normal")
 
 
 def negcon_linear(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, seed: int = 0,
@@ -225,6 +333,9 @@ BASELINES: dict[str, BaselineFn] = {
     "sphering": sphering,
     "well_position": well_position,
     "negcon_linear": negcon_linear,
+    "jump_chain": jump_chain,
+    "scanorama": scanorama,
+    "scvi": scvi,
 }
 
 

@@ -85,13 +85,29 @@ class BenchmarkResult:
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def methods(self) -> list[str]:
+        """Every method tried, uncorrected first (the reference of every Δ)."""
+        names = list(self.status)
+        return [m for m in names if m == "uncorrected"] + [m for m in names if m != "uncorrected"]
+
+    @property
     def table(self) -> pd.DataFrame:
+        """Every metric (method × metric), uncorrected first, with runtime_s and status."""
         wide = self.scorecard.wide() if len(self.scorecard.scores) else pd.DataFrame()
-        wide = wide.reindex(list(self.status))
+        wide = wide.reindex(self.methods)
         wide["runtime_s"] = [self.scorecard.runtimes.get(m, np.nan) for m in wide.index]
         wide["status"] = [self.status[m] for m in wide.index]
         wide.index.name = "method"
         return wide
+
+    def comparison(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Headline metrics with a Δ column (value − uncorrected) after each, uncorrected first; failed
+        methods keep a row of missing values."""
+        if not len(self.scorecard.scores):
+            return pd.DataFrame(index=pd.Index(self.methods, name="method"))
+        comp = self.scorecard.comparison("uncorrected", columns=columns).reindex(self.methods)
+        comp.index.name = "method"
+        return comp
 
     def activity_tables(self) -> dict[str, pd.DataFrame]:
         """Per-perturbation phenotypic-activity tables by method (those that could be computed)."""
@@ -106,10 +122,12 @@ def run_benchmark(profiles: Profiles, methods: str | Sequence[str] = "all",
                   progress: ProgressCallback = no_progress) -> BenchmarkResult:
     """Run each method on the same (already preprocessed) profiles and evaluate it.
 
-    The uncorrected embedding is scored too (it is the reference of the mAP scatter). A failing
-    method gets status "failed: …" and no scores.
+    The uncorrected embedding is scored first (the reference of every Δ and of the mAP scatter);
+    neighbour preservation compares each embedding with ``profiles`` themselves. A failing method
+    gets status "failed: …" and no scores.
     """
     names = parse_methods(methods)
+    names = [m for m in names if m == "uncorrected"] + [m for m in names if m != "uncorrected"]
     cfg = eval_config or EvaluationConfig(seed=seed)
     cards: list[Scorecard] = []
     result = BenchmarkResult(scorecard=Scorecard())
@@ -143,7 +161,7 @@ def run_benchmark(profiles: Profiles, methods: str | Sequence[str] = "all",
         emb = emb.replace(method=name, provenance=emb.provenance)
         result.embeddings[name] = emb
         sub(0.6 if name == CPDISTILLER else 0.3, f"scoring {name}")
-        card = evaluate(emb, method=name, truth=truth, pairs=pairs, config=cfg)
+        card = evaluate(emb, method=name, truth=truth, pairs=pairs, config=cfg, baseline=profiles)
         card.runtimes[name] = float(emb.provenance.get("runtime_s", np.nan))
         cards.append(card)
         result.status[name] = "ok"
@@ -167,8 +185,24 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
+def comparison_markdown(result: BenchmarkResult, digits: int = 3) -> str:
+    """The headline table (uncorrected first, each cell 'value (Δ vs uncorrected)') and a status table."""
+    from .metrics import format_comparison
+
+    comp = result.comparison()
+    head = format_comparison(comp, digits) if len(comp.columns) else "(no method could be scored)"
+    status = pd.DataFrame({"status": [result.status[m] for m in result.methods],
+                           "runtime_s": [result.scorecard.runtimes.get(m, np.nan) for m in result.methods]},
+                          index=pd.Index(result.methods, name="method"))
+    return ("Headline scores (higher is better); in brackets the difference to uncorrected. technical / "
+            "biological / overall follow Arevalo et al. 2024 (overall = 0.4·technical + 0.6·biological); "
+            "position is the Cell Painting position score. Every metric: comparison.csv; definitions: "
+            "docs/metrics.md.\n\n" + head + "\n\n" + to_markdown(status, digits))
+
+
 def write_benchmark(result: BenchmarkResult, out_dir: str | Path, figures: bool = True) -> dict[str, Path]:
-    """Write comparison.csv/.md (method × metric with run time), scores.csv (tidy), scores.json,
+    """Write comparison.csv (every metric, uncorrected first, run time, status), headline.csv (headline
+    metrics with Δ vs uncorrected), comparison.md (the headline table), scores.csv (tidy), scores.json,
     activity_<method>.csv and figures/*.html (scorecard bars, per-perturbation mAP scatter)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,8 +210,10 @@ def write_benchmark(result: BenchmarkResult, out_dir: str | Path, figures: bool 
     table = result.table
     paths["comparison_csv"] = out / "comparison.csv"
     atomic_write_text(paths["comparison_csv"], table.to_csv())
+    paths["headline_csv"] = out / "headline.csv"
+    atomic_write_text(paths["headline_csv"], result.comparison().to_csv())
     paths["comparison_md"] = out / "comparison.md"
-    atomic_write_text(paths["comparison_md"], to_markdown(table) + "\n")
+    atomic_write_text(paths["comparison_md"], comparison_markdown(result) + "\n")
     paths["scores_csv"] = out / "scores.csv"
     atomic_write_text(paths["scores_csv"], result.scorecard.scores.to_csv(index=False))
     paths["scores_json"] = out / "scores.json"

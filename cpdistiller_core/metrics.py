@@ -118,13 +118,14 @@ def _negative_controls(emb: Profiles) -> np.ndarray:
 # technical removal
 # ================================================================================================
 def asw_effect(emb: Profiles, effect: str, *, groups: str = "negative", max_wells_per_group: int = 3000,
-               min_group_size: int = 4, seed: int = 0) -> tuple[float, int]:
+               min_group_size: int = 4, seed: int = 0, max_groups: int | None = None) -> tuple[float, int]:
     """scib batch ASW of an effect label: mean over groups of mean(1 − |silhouette|) (cosine).
 
     ``groups`` = "negative" (one group: the negative controls) or "perturbation" (each perturbation's
     wells, controls included). Within a group, labels with a single well are dropped (a singleton's
     silhouette is 0 by convention, which would read as perfect mixing). Groups larger than
-    ``max_wells_per_group`` are subsampled (stratified) so memory and time stay bounded.
+    ``max_wells_per_group`` are subsampled (stratified) so memory and time stay bounded; with
+    ``max_groups``, at most that many groups (a seeded random sample) are scored.
     Returns (score, number of wells used).
     """
     from sklearn.metrics import silhouette_samples
@@ -139,8 +140,11 @@ def asw_effect(emb: Profiles, effect: str, *, groups: str = "negative", max_well
         raise CpDistillerError(f"unknown ASW grouping {groups!r}; use 'negative' or 'perturbation'.")
     rng = np.random.default_rng(seed)
     per_group, used = [], 0
-    for g in pd.unique(group_ids[pd.notna(group_ids)]):
-        pos = np.flatnonzero(group_ids == g)
+    valid = np.flatnonzero(pd.notna(group_ids))
+    groups = [valid[g] for g in _groups(group_ids[valid].astype(str))]
+    if max_groups is not None and len(groups) > max_groups:
+        groups = [groups[i] for i in np.sort(rng.choice(len(groups), max_groups, replace=False))]
+    for pos in groups:
         pos = pos[_drop_rare(labels[pos], 2)]
         if len(pos) < min_group_size or len(np.unique(labels[pos])) < 2:
             continue
@@ -266,22 +270,36 @@ def knn_graph(X: np.ndarray, k: int = 15) -> sp.csr_matrix:
     return sp.csr_matrix(A)
 
 
+def graph_from_knn(indices: np.ndarray, k: int) -> sp.csr_matrix:
+    """Sparse symmetric binary graph of the first ``k`` neighbours of a kNN result (as `knn_graph`)."""
+    n = len(indices)
+    k = int(min(k, indices.shape[1]))
+    A = sp.csr_matrix((np.ones(n * k, np.float32), (np.repeat(np.arange(n), k), indices[:, :k].ravel())),
+                      shape=(n, n))
+    return sp.csr_matrix(((A + A.T) > 0).astype(np.float32))
+
+
+def _groups(labels: np.ndarray) -> Iterable[np.ndarray]:
+    """Positions of each label's items (one pass, not one comparison per label)."""
+    return (np.asarray(v) for v in pd.Series(np.arange(len(labels))).groupby(labels, sort=False).groups.values())
+
+
 def graph_connectivity(emb: Profiles, labels: np.ndarray | None = None, *, k: int = 15,
-                       min_wells: int = 2) -> tuple[float, int]:
+                       min_wells: int = 2, graph: sp.csr_matrix | None = None) -> tuple[float, int]:
     """scib graph connectivity: mean over labels of (largest connected component / label size).
 
-    The graph is the sparse kNN graph of all wells, restricted to each label's wells (scib
-    definition, Luecken et al. 2022). Labels default to perturbations; labels with fewer than
-    ``min_wells`` wells are skipped (trivially connected). Returns (score, number of labels).
+    The graph is the sparse kNN graph of all wells (or ``graph``, precomputed on the same wells),
+    restricted to each label's wells (scib definition, Luecken et al. 2022). Labels default to
+    perturbations; labels with fewer than ``min_wells`` wells are skipped (trivially connected).
+    Returns (score, number of labels).
     """
     from scipy.sparse.csgraph import connected_components
 
     _check_finite(emb)
     labels = np.asarray(emb.perturbation if labels is None else labels).astype(str)
-    A = knn_graph(emb.X, k)
+    A = knn_graph(emb.X, k) if graph is None else graph
     scores = []
-    for lab in pd.unique(labels):
-        pos = np.flatnonzero(labels == lab)
+    for pos in _groups(labels):
         if len(pos) < min_wells:
             continue
         _, comp = connected_components(A[pos][:, pos], directed=False)
@@ -575,25 +593,43 @@ def phenotypic_consistency(emb: Profiles, annotation_col: str | None = None, *, 
 # ================================================================================================
 # biological conservation: retrieval of known pairs (CPJUMP1)
 # ================================================================================================
-def pairs_from_annotation(emb: Profiles, annotation_col: str | None = None) -> pd.DataFrame:
-    """All pairs (a, b) of distinct non-control perturbations sharing a value of ``annotation_col``
-    (e.g. two guides of one gene). Columns: a, b, annotation."""
+def _split_values(value: object, sep: str | None) -> list[str]:
+    if value is None or pd.isna(value):
+        return []
+    parts = str(value).split(sep) if sep else [str(value)]
+    return [v.strip().upper() for v in parts if v.strip()]
+
+
+def pairs_from_annotation(emb: Profiles, annotation_col: str | None = None, sep: str | None = "|") -> pd.DataFrame:
+    """Known pairs from a shared annotation: every pair (a, b) of distinct non-control perturbations
+    sharing a value of ``annotation_col`` (gene of two guides/ORFs, MoA, injury class, target).
+
+    The one definition of "sister" pairs used by `evaluate`, `cpdistiller retrieve` and the Retrieval
+    page. Values are split on ``sep`` (None: whole values) and compared case-insensitively; a
+    perturbation's values are the union over its wells. Columns a, b (a < b), annotation (the first
+    shared value). ``attrs["null"] = "union"``: the null of `fraction_retrieved` for such symmetric
+    pairs is every other pair among the perturbations named."""
     col = annotation_col or emb.roles.annotation
     if not col:
         raise MetricUnavailable("no annotation column to build pairs from.")
+    if col not in emb.meta.columns:
+        raise CpDistillerError(f"column {col!r} not found in the metadata.")
     mask = ~emb.negative_mask
-    df = pd.DataFrame({"p": emb.perturbation[mask].astype(str),
-                       "ann": emb.meta[col].astype("string").to_numpy()[mask]}).dropna().drop_duplicates()
-    rows = []
-    for ann, grp in df.groupby("ann"):
-        perts = sorted(set(grp["p"]))
-        rows += [(a, b, ann) for i, a in enumerate(perts) for b in perts[i + 1:]]
-    return pd.DataFrame(rows, columns=["a", "b", "annotation"])
+    pert = emb.perturbation[mask].astype(str)
+    by_value: dict[str, set[str]] = {}
+    for p, v in zip(pert.tolist(), emb.meta[col].to_numpy()[mask]):
+        for val in _split_values(v, sep):
+            by_value.setdefault(val, set()).add(p)
+    rows = [(a, b, val) for val, perts in sorted(by_value.items())
+            for i, a in enumerate(sorted(perts)) for b in sorted(perts)[i + 1:]]
+    out = pd.DataFrame(rows, columns=["a", "b", "annotation"]).drop_duplicates(["a", "b"]).reset_index(drop=True)
+    out.attrs["null"] = "union"
+    return out
 
 
 def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float = 95.0,
                        tails: str = "upper", how: str = "median", max_null: int = 200_000,
-                       null: str = "cross", seed: int = 0) -> tuple[float, pd.DataFrame]:
+                       null: str | None = None, seed: int = 0) -> tuple[float, pd.DataFrame]:
     """CPJUMP1 "fraction retrieved" (Chandrasekaran et al. 2024).
 
     ``pairs``: DataFrame with columns ``a`` and ``b`` (perturbation names; extra columns are kept).
@@ -601,7 +637,9 @@ def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float 
     similarity of non-pairs: with ``null="cross"`` (gene–compound) every (x, y) with x among the ``a``
     perturbations and y among the ``b`` ones that is not a listed pair; with ``null="union"`` (sister
     perturbations, where a/b order is arbitrary) every pair of distinct perturbations named anywhere
-    in the table that is not a listed pair. Uniformly subsampled to ``max_null`` pairs. A pair is retrieved
+    in the table that is not a listed pair. ``null=None`` takes the pair table's own
+    ``attrs["null"]`` (`pairs_from_annotation` sets "union", gene–compound tables "cross"), else
+    "cross" — so `evaluate` and `retrieve` score the same pairs against the same null. Uniformly subsampled to ``max_null`` pairs. A pair is retrieved
     when its similarity exceeds the ``percentile`` of the null (``tails="both"``: or falls below the
     100 − percentile, for anti-correlated gene–compound pairs).
 
@@ -613,6 +651,7 @@ def fraction_retrieved(emb: Profiles, pairs: pd.DataFrame, *, percentile: float 
         raise CpDistillerError("pairs must have columns 'a' and 'b' (perturbation names).")
     if tails not in ("upper", "both"):
         raise CpDistillerError("tails must be 'upper' or 'both'.")
+    null = null or pairs.attrs.get("null", "cross")
     if null not in ("cross", "union"):
         raise CpDistillerError("null must be 'cross' or 'union'.")
     cons = consensus_profiles(emb, how=how)
@@ -942,25 +981,19 @@ def silhouette_batch(emb: Profiles, effect: str | None = None, *, max_labels: in
     Returns (score, wells)."""
     _check_finite(emb)
     effect = effect or batch_effect(emb)
-    mask = label_wells(emb)
-    pert = emb.perturbation[mask].astype(str)
-    names = np.unique(pert)
-    if len(names) > max_labels:
-        chosen = np.random.default_rng(seed).choice(names, max_labels, replace=False)
-        mask[np.flatnonzero(mask)[~np.isin(pert, chosen)]] = False
-    sub = emb.subset(mask)
-    return asw_effect(sub, effect, groups="perturbation", min_group_size=2, seed=seed)
+    sub = emb.subset(label_wells(emb))
+    return asw_effect(sub, effect, groups="perturbation", min_group_size=2, seed=seed, max_groups=max_labels)
 
 
 def _label_leiden(X: np.ndarray, labels: np.ndarray, *, k: int, resolutions: Sequence[float],
-                  seed: int) -> dict[str, Any]:
+                  seed: int, graph: sp.csr_matrix | None = None) -> dict[str, Any]:
     """Best NMI and ARI of Leiden clusters of X against labels over a resolution sweep."""
     import anndata as ad
     import scanpy as sc
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     adata = ad.AnnData(X=np.zeros((len(X), 0), np.float32))
-    A = knn_graph(X, k)
+    A = knn_graph(X, k) if graph is None else graph
     best = {"nmi": -1.0, "ari": -1.0, "nmi_resolution": None, "ari_resolution": None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -980,7 +1013,7 @@ def _label_leiden(X: np.ndarray, labels: np.ndarray, *, k: int, resolutions: Seq
 
 def perturbation_leiden(emb: Profiles, *, k: int = 15,
                         resolutions: Sequence[float] = (0.25, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0),
-                        seed: int = 0) -> dict[str, Any]:
+                        seed: int = 0, graph: sp.csr_matrix | None = None) -> dict[str, Any]:
     """Leiden NMI / ARI against perturbation labels (Arevalo et al.'s label key) on `label_wells`,
     best over the resolution sweep (scib's optimal-resolution NMI/ARI)."""
     _check_finite(emb)
@@ -988,7 +1021,7 @@ def perturbation_leiden(emb: Profiles, *, k: int = 15,
     labels = emb.perturbation[mask].astype(str)
     if len(np.unique(labels)) < 2 or mask.sum() < 10:
         raise MetricUnavailable("need 10+ wells of 2+ replicated perturbations.")
-    return _label_leiden(emb.X[mask], labels, k=k, resolutions=resolutions, seed=seed)
+    return _label_leiden(emb.X[mask], labels, k=k, resolutions=resolutions, seed=seed, graph=graph)
 
 
 def _well_mask(emb: Profiles, wells: str) -> np.ndarray:
@@ -1334,10 +1367,9 @@ def _technical(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, knn: Any) -
     rec.tick("batch mixing")
 
     def _gc():
-        mask = label_wells(emb)
-        if mask.sum() < 3:
-            raise MetricUnavailable("fewer than 3 replicated treatment wells.")
-        return (*graph_connectivity(emb.subset(mask), k=cfg.k), "replicated treatments")
+        mask, _, idx = knn()
+        return (*graph_connectivity(emb.subset(mask), k=cfg.k, graph=graph_from_knn(idx, cfg.k)),
+                "replicated treatments")
     rec("graph_connectivity", "perturbation", TECHNICAL, _gc)
     rec.tick("graph connectivity")
 
@@ -1361,7 +1393,8 @@ def _biological(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, knn: Any,
         "replicates in different wells vs same-plate other perturbations"))
     rec.tick("mAP")
     try:
-        lr = perturbation_leiden(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed)
+        lr = perturbation_leiden(emb, k=cfg.k, resolutions=cfg.leiden_resolutions, seed=cfg.seed,
+                                 graph=graph_from_knn(knn()[2], cfg.k))
         rec("nmi", "perturbation", BIOLOGICAL, lambda: (lr["nmi"], lr["n"], f"Leiden resolution {lr['nmi_resolution']}"))
         rec("ari", "perturbation", BIOLOGICAL, lambda: (lr["ari"], lr["n"], f"Leiden resolution {lr['ari_resolution']}"))
     except MetricUnavailable as exc:
@@ -1403,8 +1436,8 @@ def _position(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, effects: lis
         rec("leakage", eff, cat, lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, max_wells=cfg.max_wells_classifier),
                                                    "negative controls"))
         if eff in ("row", "column"):
-            rec("asw_trt", eff, cat, lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed),
-                                                      "within perturbations"))
+            rec("asw_trt", eff, cat, lambda eff=eff: (*asw_effect(emb, eff, groups="perturbation", seed=cfg.seed,
+                                                                  max_groups=2000), "within perturbations"))
             rec("variance_trt", eff, cat, lambda eff=eff: (*variance_explained_score(emb, eff, groups="perturbation"),
                                                            "within perturbations"))
             rec("leakage_trt", eff, cat, lambda eff=eff: (*classifier_leakage(emb, eff, seed=cfg.seed, groups="perturbation",
@@ -1472,15 +1505,14 @@ def evaluate(emb: Profiles, *, method: str | None = None, truth: Profiles | None
     """
     cfg = config or EvaluationConfig()
     method = method or getattr(emb, "method", None) or "embedding"
-    _check_finite(emb)
     effects = [e for e in (cfg.effects or EFFECTS) if e in EFFECTS]
     rec = _Recorder(method, progress, steps=len(effects) + 8)
     details: dict[str, pd.DataFrame] = {}
     cache: dict[str, Any] = {}
 
-    def knn():  # one cosine kNN (3·perplexity) of the replicated treatments for iLISI and cLISI
+    def knn():  # one cosine kNN of the replicated treatments: LISI, graph connectivity, Leiden
         if "knn" not in cache:
-            cache["knn"] = _label_knn(emb, int(3 * cfg.perplexity))
+            cache["knn"] = _label_knn(emb, int(max(3 * cfg.perplexity, cfg.k)))
         return cache["knn"]
 
     _technical(emb, cfg, rec, knn)

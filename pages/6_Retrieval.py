@@ -55,14 +55,17 @@ if not spaces:
 base = next(iter(spaces.values()))
 cols = list(base.meta.columns)
 none = "(none)"
-c = st.columns(3)
+c = st.columns(4)
 gene_col = c[0].selectbox("Gene column (ORF / guide / allele → gene)", [none] + cols,
                           index=_none_or_column(cols, ("symbol", "gene")), key="retrieval_gene_col")
 target_col = c[1].selectbox("Compound target column (gene symbols, '|'-separated)", [none] + cols,
                             index=_none_or_column(cols, ("target",)), key="retrieval_target_col")
-sep = c[2].text_input("Separator", "|", key="retrieval_sep")
+pairs_col = c[2].selectbox("Annotation column (MoA, injury class…: shared values are known pairs)", [none] + cols,
+                           index=_none_or_column(cols, ("moa", "injury", "mechanism")), key="retrieval_pairs_col")
+sep = c[3].text_input("Separator", "|", key="retrieval_sep")
 gene_col = None if gene_col == none else gene_col
 target_col = None if target_col == none else target_col
+pairs_col = None if pairs_col == none else pairs_col
 
 # ----- scorecard ---------------------------------------------------------------------------------
 st.subheader("Scorecard of methods")
@@ -92,13 +95,14 @@ if c[2].button("Compute scorecard", key="retrieval_scores_go",
             pairs = {}
             for task in retrieval.TASKS:
                 try:
-                    t = retrieval.task_pairs(emb, task, gene_col, target_col, sep)
+                    t = retrieval.task_pairs(emb, task, gene_col, target_col, sep, pairs_col)
                     if len(t):
                         pairs[task] = t
                 except CpDistillerError:
                     pass  # the task needs columns this dataset lacks: fraction retrieved is then not scored
             bar = st.progress(0.0, text=name)
             cards.append(evaluate(emb, method=name, pairs=pairs, config=EvaluationConfig(null_size=1000),
+                                  baseline=spaces.get("uncorrected"),
                                   progress=lambda f, m, bar=bar, name=name: bar.progress(min(f, 1.0), f"{name}: {m}")))
         status.update(label="Scored", state="complete")
     card = Scorecard.concat(cards)
@@ -108,7 +112,11 @@ if c[2].button("Compute scorecard", key="retrieval_scores_go",
 if card is None:
     st.caption("No scorecard yet for this source.")
 else:
-    st.dataframe(card.wide(), key="retrieval_scorecard_table")
+    st.caption("Headline scores, uncorrected first; Δ = difference to uncorrected (did it help?). technical / "
+               "biological / overall follow Arevalo et al. 2024; position is the Cell Painting position score.")
+    st.dataframe(card.comparison("uncorrected"), key="retrieval_scorecard_headline")
+    with st.expander("Every metric (with the reason for each missing one in scores.csv)"):
+        st.dataframe(card.wide(), key="retrieval_scorecard_table")
     st.download_button("Scorecard (CSV)", card.scores.to_csv(index=False).encode(), "scores.csv", "text/csv",
                        key="retrieval_scores_csv")
     left, right = st.columns(2)
@@ -126,14 +134,15 @@ with st.form("retrieval_form"):
     null_size = c[2].number_input("mAP null size", 100, 100000, 2000, step=500, key="retrieval_null")
     go = st.form_submit_button("Evaluate retrieval", type="primary", key="retrieval_go")
 if go:
-    if not gene_col and not target_col:
-        st.error("Choose a gene column and/or a compound target column: they define the known pairs.")
+    if not gene_col and not target_col and not pairs_col:
+        st.error("Choose a gene, compound target or annotation column: they define the known pairs.")
     else:
         try:
             bar = st.progress(0.0, text="retrieval")
             res = retrieval.evaluate_retrieval({m: spaces[m] for m in chosen}, gene_col, target_col, sep,
                                                int(null_size), activity=replicates,
-                                               progress=lambda f, m: bar.progress(min(f, 1.0), m))
+                                               progress=lambda f, m: bar.progress(min(f, 1.0), m),
+                                               annotation_col=pairs_col)
             st.session_state[STATE] = {"source": source, **res}
         except CpDistillerError as exc:
             st.error(str(exc))

@@ -124,3 +124,27 @@ def test_query_by_perturbation_and_by_gene_symbol():
     assert not {"MTOR_wt", "MTOR_mut"} & set(g["perturbation"])
     with pytest.raises(CpDistillerError, match="neither"):
         retrieval.query(p, "NOT_THERE", "Metadata_gene", "Metadata_target")
+
+
+def test_annotation_pairs_and_one_null_for_retrieve_and_evaluate():
+    """A compound screen scored through an annotation column; the same pairs give the same fraction
+    retrieved in `retrieve` (evaluate_retrieval) and `evaluate` (the scorecard's extra row)."""
+    from cpdistiller_core import metrics
+
+    p = screen()
+    meta = p.meta.copy()
+    meta["Metadata_moa"] = meta["Metadata_target"].str.split("|").str[0]  # e.g. EGFR inhibitor class
+    p = p.replace(meta=meta)
+    emb = Embedding.from_profiles(p, p.X, "x")
+    pairs = retrieval.task_pairs(emb, "annotation", None, None, annotation_col="Metadata_moa")
+    assert pairs.attrs["null"] == "union" and len(pairs) == 6
+    out = retrieval.evaluate_retrieval({"x": emb}, None, None, null_size=500, annotation_col="Metadata_moa")
+    s = out["summary"].set_index(["task", "metric"])["value"]
+    frac_retrieve = s[("annotation", "fraction_retrieved")]
+    assert not np.isnan(s[("shared_gene", "mAP")])  # annotation mAP without any gene column
+    card = metrics.evaluate(emb, pairs={"annotation": pairs}, config=metrics.EvaluationConfig(null_size=500))
+    row = card.scores.set_index(["metric", "effect"]).loc[("fraction_retrieved", "annotation")]
+    assert row["value"] == pytest.approx(frac_retrieve)
+    # sister pairs: one definition (retrieval.sister_pairs is metrics.pairs_from_annotation)
+    pd.testing.assert_frame_equal(retrieval.sister_pairs(emb, "Metadata_gene"),
+                                  metrics.pairs_from_annotation(emb, "Metadata_gene"))

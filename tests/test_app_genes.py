@@ -127,9 +127,10 @@ def test_retrieval_page_opens_a_scorecard(demo_dataset, tmp_path, monkeypatch):
     at.button(key="retrieval_scores_open").click()
     at.run()
     assert not at.exception and not at.error
-    wide = at.dataframe[0].value  # the scorecard (first table on the page)
-    assert list(wide.index) == ["cpDistiller", "uncorrected"]
+    wide = at.dataframe[0].value  # the headline scorecard (first table on the page): uncorrected first, Δ
+    assert list(wide.index) == ["uncorrected", "cpDistiller"]
     assert wide.loc["cpDistiller", "asw[row]"] == 0.9
+    assert abs(wide.loc["cpDistiller", "Δoverall"] - 0.2) < 1e-9
     at.text_input(key="retrieval_scores_path").set_value(str(tmp_path / "missing.csv"))
     at.button(key="retrieval_scores_open").click()
     at.run()

@@ -92,7 +92,13 @@ def test_benchmark_writes_comparison_and_figures(files, tmp_path, capsys):
     assert table.loc["negcon_linear", "variance[row]"] > table.loc["uncorrected", "variance[row]"]
     assert (out / "figures" / "scorecard.html").stat().st_size > 10_000
     assert (out / "figures" / "map_scatter.html").exists()
-    assert (out / "comparison.md").read_text().startswith("| method |")
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("Headline scores") and "| method | technical | biological | overall | position |" in md
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert lines[2].startswith("| uncorrected |") and "(+" in lines[3] or "(-" in lines[3]  # Δ vs uncorrected
+    headline = pd.read_csv(out / "headline.csv", index_col=0)
+    assert list(headline.index)[0] == "uncorrected" and (headline["Δoverall"].loc["uncorrected"] == 0)
+    assert "Δkbet[batch]" in headline.columns and "asw[row]" not in headline.columns
     assert "| uncorrected | ok |" in capsys.readouterr().out
 
 
@@ -154,3 +160,43 @@ def test_benchmark_config_file_sets_cpdistiller(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(cfg) in err and "latent_dims" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_evaluate_any_embedding_with_baseline(files, tmp_path, capsys):
+    """A foreign table whose coordinates are emb_000... (not CellProfiler names) and the uncorrected
+    profiles as --baseline: both scored, uncorrected first, neighbour preservation computed."""
+    p = screen()
+    frame = p.meta.copy()
+    Z = p.X[:, :8] @ np.random.default_rng(0).normal(size=(8, 8))
+    for i in range(Z.shape[1]):
+        frame[f"emb_{i:03d}"] = Z[:, i]
+    path = tmp_path / "other_tool.parquet"
+    frame.to_parquet(path)
+    out = tmp_path / "scores"
+    rc = main(["evaluate", str(path), "--baseline", str(files["csv"]), "--out", str(out), "--null-size", "200"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "== uncorrected" in printed and "== other_tool" in printed
+    scores = pd.read_csv(out / "scores.csv")
+    assert list(dict.fromkeys(scores["method"])) == ["uncorrected", "other_tool"]
+    s = scores.set_index(["method", "metric"])
+    assert s.loc[("uncorrected", "neighbor_preservation"), "value"] == pytest.approx(1.0)
+    assert 0 < s.loc[("other_tool", "neighbor_preservation"), "value"] < 1
+    headline = pd.read_csv(out / "headline.csv", index_col=0)
+    assert list(headline.index) == ["uncorrected", "other_tool"]
+
+
+def test_evaluate_h5ad_obsm(tmp_path, capsys):
+    import anndata as ad
+
+    p = screen()
+    adata = ad.AnnData(X=p.X.astype(np.float32), obs=p.meta.astype({"Metadata_gene": "string"}).astype(str))
+    adata.obsm["X_other"] = p.X[:, :6].astype(np.float32)
+    path = tmp_path / "a.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "o"
+    assert main(["evaluate", str(path), "--obsm", "X_other", "--out", str(out), "--null-size", "200",
+                 "--negative", "control"]) == 0
+    assert "== X_other" in capsys.readouterr().out
+    assert main(["evaluate", str(path), "--obsm", "X_nope", "--out", str(out)]) == 1
+    assert "X_other" in capsys.readouterr().err

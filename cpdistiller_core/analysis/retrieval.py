@@ -20,7 +20,7 @@ from ..profiles import Profiles
 from ..progress import ProgressCallback, no_progress
 from .consensus import consensus
 
-TASKS = ("sister", "gene_compound")
+TASKS = ("sister", "gene_compound", "annotation")
 _SYMBOLS = "Metadata_cpd_symbols"
 
 
@@ -49,14 +49,9 @@ def perturbation_symbols(emb: Profiles, column: str, sep: str = "|") -> dict[str
 
 
 def sister_pairs(emb: Profiles, gene_col: str, sep: str = "|") -> pd.DataFrame:
-    """Pairs (a, b) of distinct perturbations of the same gene; columns a, b, annotation (gene)."""
-    by_gene: dict[str, list[str]] = {}
-    for p, genes in perturbation_symbols(emb, gene_col, sep).items():
-        for g in genes:
-            by_gene.setdefault(g, []).append(p)
-    rows = [(a, b, g) for g, perts in sorted(by_gene.items())
-            for i, a in enumerate(sorted(perts)) for b in sorted(perts)[i + 1:]]
-    return pd.DataFrame(rows, columns=["a", "b", "annotation"]).drop_duplicates(["a", "b"]).reset_index(drop=True)
+    """Pairs (a, b) of distinct perturbations of the same gene (or any shared annotation value);
+    columns a, b, annotation. The one definition: :func:`metrics.pairs_from_annotation`."""
+    return metrics.pairs_from_annotation(emb, gene_col, sep)
 
 
 def gene_compound_pairs(emb: Profiles, gene_col: str, target_col: str, sep: str = "|") -> pd.DataFrame:
@@ -73,12 +68,16 @@ def gene_compound_pairs(emb: Profiles, gene_col: str, target_col: str, sep: str 
             by_target.setdefault(t, []).append(c)
     rows = [(g, c, sym) for g, gs in sorted(genes.items()) for sym in sorted(gs)
             for c in sorted(by_target.get(sym, [])) if c != g]
-    return pd.DataFrame(rows, columns=["a", "b", "annotation"]).drop_duplicates(["a", "b"]).reset_index(drop=True)
+    out = pd.DataFrame(rows, columns=["a", "b", "annotation"]).drop_duplicates(["a", "b"]).reset_index(drop=True)
+    out.attrs["null"] = "cross"  # genes × compounds: the null pairs a gene with a compound
+    return out
 
 
 def task_pairs(emb: Profiles, task: str, gene_col: str | None, target_col: str | None,
-               sep: str = "|") -> pd.DataFrame:
-    """The pair table for ``task`` ('sister' or 'gene_compound')."""
+               sep: str = "|", annotation_col: str | None = None) -> pd.DataFrame:
+    """The pair table for ``task``: 'sister' (perturbations of one gene), 'gene_compound' (a gene and
+    a compound targeting it) or 'annotation' (perturbations sharing a value of ``annotation_col``,
+    e.g. MoA or injury class: the same definition as sister pairs, on another column)."""
     if task == "sister":
         if not gene_col:
             raise CpDistillerError("the sister task needs a gene column (e.g. Metadata_symbol).")
@@ -87,6 +86,10 @@ def task_pairs(emb: Profiles, task: str, gene_col: str | None, target_col: str |
         if not gene_col or not target_col:
             raise CpDistillerError("the gene–compound task needs a gene column and a compound target column.")
         return gene_compound_pairs(emb, gene_col, target_col, sep)
+    if task == "annotation":
+        if not annotation_col:
+            raise CpDistillerError("the annotation task needs an annotation column (e.g. MoA, injury class).")
+        return metrics.pairs_from_annotation(emb, annotation_col, sep)
     raise CpDistillerError(f"unknown retrieval task {task!r}; use one of {TASKS}.")
 
 
@@ -115,11 +118,24 @@ def shared_gene_map(emb: Profiles, gene_col: str | None, target_col: str | None 
     return metrics.phenotypic_consistency(tagged, _SYMBOLS, null_size=null_size, seed=seed, sep=sep)
 
 
+def _annotation_map(emb: Profiles, annotation_col: str | None, sep: str, null_size: int, seed: int) -> pd.DataFrame:
+    if not annotation_col:
+        raise CpDistillerError("name a gene column, a compound target column or an annotation column.")
+    return metrics.phenotypic_consistency(emb, annotation_col, null_size=null_size, seed=seed, sep=sep)
+
+
 def evaluate_retrieval(embeddings: dict[str, Profiles], gene_col: str | None, target_col: str | None = None,
                        sep: str = "|", null_size: int = 10000, seed: int = 0,
                        tasks: Sequence[str] = TASKS, activity: bool = True,
-                       progress: ProgressCallback = no_progress) -> dict[str, pd.DataFrame]:
+                       progress: ProgressCallback = no_progress,
+                       annotation_col: str | None = None) -> dict[str, pd.DataFrame]:
     """Retrieval of each named embedding (e.g. corrected and uncorrected).
+
+    Known pairs come from ``gene_col`` (sister perturbations), ``gene_col`` + ``target_col``
+    (gene–compound) and ``annotation_col`` (perturbations sharing a MoA, injury class, target…);
+    a task whose columns are not given is reported missing with the reason. The replicate mAP and
+    the pairs' null are those of `metrics.evaluate` (same-plate negative controls, different-well
+    replicates; the null stored with each pair table).
 
     Returns tables: ``summary`` (method, task, metric, value, n, note), ``activity`` (per
     perturbation mAP vs controls), ``shared_gene`` (per gene mAP), ``pairs`` (per pair similarity
@@ -135,14 +151,18 @@ def evaluate_retrieval(embeddings: dict[str, Profiles], gene_col: str | None, ta
 
         if activity:
             try:
-                act = metrics.phenotypic_activity(emb, null_size=null_size, seed=seed)
+                act = metrics.phenotypic_activity(emb, null_size=null_size, seed=seed, negatives="same_plate",
+                                                  include_positive_controls=False)
                 activity_tables.append(act.assign(method=name))
                 add("replicates", "mAP", float(act["mean_average_precision"].mean()), len(act))
                 add("replicates", "fraction_significant", float(act["below_corrected_p"].mean()), len(act))
             except MetricUnavailable as exc:
                 add("replicates", "mAP", np.nan, 0, str(exc))
         try:
-            sg = shared_gene_map(emb, gene_col, target_col, sep, null_size, seed)
+            if gene_col or target_col:
+                sg = shared_gene_map(emb, gene_col, target_col, sep, null_size, seed)
+            else:  # an annotation column only (compound screens): mAP of perturbations sharing a value
+                sg = _annotation_map(emb, annotation_col, sep, null_size, seed)
             shared.append(sg.assign(method=name))
             add("shared_gene", "mAP", float(sg["mean_average_precision"].mean()), len(sg))
             add("shared_gene", "fraction_significant", float(sg["below_corrected_p"].mean()), len(sg))
@@ -150,7 +170,7 @@ def evaluate_retrieval(embeddings: dict[str, Profiles], gene_col: str | None, ta
             add("shared_gene", "mAP", np.nan, 0, str(exc))
         for task in tasks:
             try:
-                pairs = task_pairs(emb, task, gene_col, target_col, sep)
+                pairs = task_pairs(emb, task, gene_col, target_col, sep, annotation_col)
                 if pairs.empty:
                     raise MetricUnavailable(f"no {task.replace('_', '–')} pairs in the metadata.")
                 frac, table = metrics.fraction_retrieved(emb, pairs, seed=seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,10 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-col", metavar="COL",
                    help="compound target column (pipe-separated gene symbols allowed)")
     g.add_argument("--same-well-replicates", action="store_true",
-                   help="phenotypic activity: allow replicate positives in the same well position "
-                        "(default: different wells only)")
+                   help="also report activity_map_same_well (replicate positives may share a well position); "
+                        "an extra, never a headline score")
     g.add_argument("--treatment-technical", action="store_true",
-                   help="also score technical effects within perturbations (treatment wells; asw_trt, "
-                        "variance_trt, leakage_trt), a view not fitted on the controls; not aggregated")
+                   help="(kept for compatibility: the within-perturbation position metrics are always scored)")
     g.add_argument("--null-size", type=int, default=10000, help="copairs null size for mAP p-values (default 10000)")
     g.add_argument("--seed", type=int, default=0)
 
@@ -44,7 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ev = sub.add_parser("evaluate", help="score an embedding: technical-effect removal and biological conservation",
                         description="Print the scorecard of one embedding and write scores.csv / scores.json.")
-    ev.add_argument("embedding", metavar="EMBEDDING", help="embedding or profiles file (Parquet, CSV, h5ad)")
+    ev.add_argument("embedding", metavar="EMBEDDING",
+                    help="any embedding: a Parquet/CSV whose non-Metadata_ numeric columns are the coordinates "
+                         "(emb_000..., X_pca_..., PC1...), an .h5ad (X, or --obsm KEY), or a cpDistiller run "
+                         "directory")
+    ev.add_argument("--obsm", metavar="KEY", help=".h5ad input: score adata.obsm[KEY] (e.g. X_scVI) instead of X")
+    ev.add_argument("--baseline", metavar="FILE",
+                    help="the uncorrected profiles of the same wells: scored alongside as 'uncorrected' "
+                         "(first, with the difference to it) and the reference of neighbour preservation")
     ev.add_argument("--out", metavar="DIR", help="output folder for scores.csv/scores.json "
                                                  "(default: the embedding's folder)")
     ev.add_argument("--method", help="method name in the tables (default: the embedding's own, or the file stem)")
@@ -59,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="profile file(s), or 'demo' for the built-in simulated screen (with its ground truth)")
     bm.add_argument("--methods", default="all",
                     help="comma-separated: all, cpDistiller, uncorrected, harmony, combat, sphering, "
-                         "well_position, negcon_linear (default all)")
+                         "well_position, negcon_linear, jump_chain, scanorama, scvi (default all); a method "
+                         "that cannot run is kept in the tables with its reason")
     bm.add_argument("--out", metavar="DIR", required=True, help="output folder")
     bm.add_argument("--epochs", type=int, help="cpDistiller training epochs (default: the config's)")
     bm.add_argument("--config", metavar="FILE",
@@ -96,8 +104,7 @@ def _eval_config(args: argparse.Namespace):
     if args.null_size < 100:
         raise CpDistillerError("--null-size must be at least 100.")
     return EvaluationConfig(effects=effects, null_size=args.null_size, seed=args.seed,
-                            replicates_in_different_wells=not args.same_well_replicates,
-                            treatment_technical=args.treatment_technical)
+                            replicates_in_different_wells=not args.same_well_replicates)
 
 
 def _pairs(args: argparse.Namespace, profiles) -> dict[str, pd.DataFrame]:
@@ -146,28 +153,117 @@ def _read_truth(args: argparse.Namespace):
     return _read(args, [args.truth])
 
 
+_META_PREFIX = "Metadata_"
+
+
+def _embedding_columns(path: Path, args: argparse.Namespace) -> list[str]:
+    """Non-Metadata_ numeric columns of a Parquet/CSV (the coordinates of a foreign embedding),
+    minus columns named by the role flags."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(path)
+            numeric = [f.name for f in schema if _pa_numeric(f.type)]
+        else:
+            head = pd.read_csv(path, nrows=500, sep="\t" if ".tsv" in path.name.lower() else ",")
+            numeric = [str(c) for c in head.columns if pd.api.types.is_numeric_dtype(head[c])]
+    except (OSError, ValueError) as exc:
+        raise CpDistillerError(f"{path}: cannot read the column list ({exc}).") from None
+    named = {v for k, v in vars(args).items() if k.endswith("_col") and isinstance(v, str)}
+    return [c for c in numeric if not c.startswith(_META_PREFIX) and c not in named]
+
+
+def _pa_numeric(t) -> bool:
+    import pyarrow.types as pt
+
+    return pt.is_floating(t) or pt.is_integer(t)
+
+
+def _read_h5ad_obsm(args: argparse.Namespace, path: Path):
+    import anndata
+
+    from ..io import resolve_roles
+    from ..profiles import Embedding
+    from .common import role_overrides_from_args
+
+    try:
+        adata = anndata.read_h5ad(path, backed="r")
+    except Exception as exc:  # h5py/anndata raise many kinds for a bad file
+        raise CpDistillerError(f"{path}: cannot read as AnnData .h5ad ({type(exc).__name__}).") from None
+    if args.obsm not in adata.obsm:
+        raise CpDistillerError(f"{path}: no obsm key {args.obsm!r}; available: {sorted(adata.obsm.keys())}.")
+    X = np.asarray(adata.obsm[args.obsm], dtype=np.float32)
+    meta = adata.obs.reset_index(drop=True)
+    meta.columns = [str(c) for c in meta.columns]
+    roles, _ = resolve_roles(meta, role_overrides_from_args(args) or None, str(path))
+    return Embedding(meta=meta, X=X, features=[f"{args.obsm}_{i}" for i in range(X.shape[1])], roles=roles,
+                     source=str(path), method=args.obsm)
+
+
+def read_embedding(args: argparse.Namespace, target: str):
+    """Read any embedding: run directory, .h5ad (``--obsm``), or a table whose coordinates are either
+    CellProfiler-named, named by --features-regex, or (failing both) its non-Metadata_ numeric columns."""
+    path = Path(target)
+    if path.is_dir():
+        from ..runs import load_run
+
+        return load_run(path).embedding()
+    if args.obsm:
+        if path.suffix.lower() != ".h5ad":
+            raise CpDistillerError(f"--obsm needs an .h5ad file, not {path.name}.")
+        return _read_h5ad_obsm(args, path)
+    try:
+        return _read(args, [target])
+    except CpDistillerError as exc:
+        if "no feature columns found" not in str(exc) or args.features_regex or path.suffix.lower() == ".h5ad":
+            raise
+    cols = _embedding_columns(path, args)
+    if not cols:
+        raise CpDistillerError(f"{path}: no numeric non-Metadata_ columns to use as the embedding; name them "
+                               "with --features-regex.")
+    ns = argparse.Namespace(**vars(args))
+    ns.features_regex = "^(" + "|".join(re.escape(c) for c in cols) + ")$"
+    return _read(ns, [target])
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..metrics import evaluate
+    from ..metrics import Scorecard, evaluate, format_comparison
     from ..paths import atomic_write_text
 
-    emb = _read(args, [args.embedding])
+    emb = read_embedding(args, args.embedding)
     truth = _read_truth(args)
+    baseline = read_embedding(argparse.Namespace(**{**vars(args), "obsm": None}), args.baseline) \
+        if args.baseline else None
     method = args.method or getattr(emb, "method", None) or Path(args.embedding).name.split(".")[0]
+    if baseline is not None and method == "uncorrected":
+        method = "embedding"
     cfg = _eval_config(args)
+    cards = []
     with TerminalProgress("evaluate") as bar:
-        card = evaluate(emb, method=method, truth=truth, pairs=_pairs(args, emb), config=cfg, progress=bar)
+        if baseline is not None:
+            cards.append(evaluate(baseline, method="uncorrected", truth=truth, pairs=_pairs(args, baseline),
+                                  config=cfg, baseline=baseline, progress=bar))
+        cards.append(evaluate(emb, method=method, truth=truth, pairs=_pairs(args, emb), config=cfg,
+                              baseline=baseline, progress=bar))
+    card = Scorecard.concat(cards)
     print(card.format())
+    print()
+    print(format_comparison(card.comparison("uncorrected")))
     out = Path(args.out) if args.out else Path(args.embedding).resolve().parent
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "scores.csv", card.scores.to_csv(index=False))
         atomic_write_text(out / "scores.json", json.dumps(card.to_json_dict(), indent=2, default=str))
-        for name, tab in card.details.get(method, {}).items():
-            atomic_write_text(out / f"{name}.csv", tab.to_csv(index=False))
+        atomic_write_text(out / "headline.csv", card.comparison("uncorrected").to_csv())
+        for m, tables in card.details.items():
+            for name, tab in tables.items():
+                prefix = "" if m == method else f"{m}_"
+                atomic_write_text(out / f"{prefix}{name}.csv", tab.to_csv(index=False))
     except OSError as exc:
         raise CpDistillerError(f"cannot write the scores to {out} ({exc.strerror or exc}); choose a folder "
                                "with --out.") from exc
-    print(f"wrote {out / 'scores.csv'} and {out / 'scores.json'}", file=sys.stderr)
+    print(f"wrote {out / 'scores.csv'}, scores.json and headline.csv", file=sys.stderr)
     return 0
 
 
@@ -198,7 +294,7 @@ def _config_overrides(path: str | None) -> dict[str, Any]:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from ..benchmark import parse_methods, run_benchmark, to_markdown, write_benchmark
+    from ..benchmark import comparison_markdown, parse_methods, run_benchmark, write_benchmark
 
     methods = parse_methods(args.methods)
     effects = _split(args.correct) or ()
@@ -220,8 +316,6 @@ def _benchmark(args: argparse.Namespace) -> int:
         paths = write_benchmark(result, args.out, figures=not args.no_figures)
     except OSError as exc:
         raise CpDistillerError(f"cannot write to {args.out} ({exc.strerror or exc}).") from exc
-    summary = result.scorecard.summary() if len(result.scorecard.scores) else pd.DataFrame()
-    table = result.table[["status", "runtime_s"]].join(summary)
-    print(to_markdown(table))
+    print(comparison_markdown(result))
     print(f"wrote {len(paths)} files to {args.out}", file=sys.stderr)
     return 0 if any(s == "ok" for s in result.status.values()) else 1

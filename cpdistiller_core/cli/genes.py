@@ -86,6 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _inputs(rt)
     rt.add_argument("--gene-col", metavar="COL", help="gene perturbed by each ORF/guide/allele (e.g. Metadata_symbol)")
     rt.add_argument("--target-col", metavar="COL", help="compound targets, gene symbols (e.g. Metadata_target)")
+    rt.add_argument("--pairs-col", metavar="COL",
+                    help="annotation column whose shared values define known pairs, e.g. a MoA or injury "
+                         "class of a compound screen (task 'annotation'; default: the --annotation-col role "
+                         "when no gene/target column is given)")
     rt.add_argument("--symbol-sep", default="|",
                     help="separator of several symbols in one value (default '|'; --sep is the file's separator)")
     rt.add_argument("--query", metavar="NAME", action="append", help="gene symbol or perturbation (repeatable)")
@@ -300,12 +304,15 @@ def _retrieve(args: argparse.Namespace) -> int:
     from ..analysis.retrieval import evaluate_retrieval, paired_scores, query
     from ..plots import genes as gp
 
-    if not args.gene_col and not args.target_col:
-        raise CpDistillerError("name --gene-col and/or --target-col: the metadata that define known pairs.")
+    pairs_col = args.pairs_col or (None if args.gene_col or args.target_col else args.annotation_col)
+    if not args.gene_col and not args.target_col and not pairs_col:
+        raise CpDistillerError("name --gene-col, --target-col and/or --pairs-col: the metadata that define "
+                               "known pairs.")
     embs, desc = load_pair(args)
     out = Path(args.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    res = evaluate_retrieval(embs, args.gene_col, args.target_col, args.symbol_sep, args.null_size, args.seed)
+    res = evaluate_retrieval(embs, args.gene_col, args.target_col, args.symbol_sep, args.null_size, args.seed,
+                             annotation_col=pairs_col)
     for key in ("summary", "activity", "shared_gene", "pairs"):
         _write_table(res[key], out / f"retrieval_{key}.csv")
     _write_figure(gp.fraction_retrieved_bars(res["summary"]), out / "figures" / "fraction_retrieved", args)
