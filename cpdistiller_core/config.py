@@ -77,7 +77,7 @@ class CpDistillerConfig:
     # Wells whose reversed gradient reaches the encoder when the discriminators learn from the controls
     # (ours): "same" (the controls only; the encoder can satisfy it by collapsing the controls) or "all"
     # (the discriminators, trained on controls only, are frozen and applied to every well).
-    adversary_encoder: str = "same"
+    adversary_encoder: str = "all"
     # --- optimisation (AdamW, cosine schedule over the epochs) ---
     epochs: int = 50
     batch_size: int = 256
@@ -86,8 +86,8 @@ class CpDistillerConfig:
     weight_decay: float = 0.01       # torch's AdamW default, as in the reference
     ema_decay: float | None = None   # None: 1 - 5 / epochs, updated once per epoch as in the reference
     # At least this many optimiser steps in total: small screens (a few hundred wells = 2 steps per
-    # epoch) get longer epochs by reusing wells. Ours, not the paper's (0 = the paper's epochs); see docs/model.md.
-    min_steps: int = 1000
+    # epoch) get longer epochs by reusing wells. 0 (default) = the paper's 50 epochs, whatever their length.
+    min_steps: int = 0
     # --- input handling inside the model (ours, not the paper's; benchmark in benchmarks/README.md) ---
     # "negcon": ZCA whitening fitted on negative-control wells; "auto": negcon when the profiles have
     # at least ``sphering_min_controls`` negative controls, else none (with a warning).
