@@ -13,12 +13,18 @@ import streamlit as st
 from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core import jobs
 from cpdistiller_core.baselines import BASELINES
-from cpdistiller_core.config import CpDistillerConfig
+from cpdistiller_core.config import ADVERSARY_WELLS, SPHERING, CpDistillerConfig
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.plots.training import training_curves
 from cpdistiller_core.runs import load_run
 
 POLL_SECONDS = 1.0
+
+
+def _choice(col, label: str, options, default: str, key: str, help: str) -> str:
+    """A selectbox whose initial value is the engine's default."""
+    options = list(options)
+    return col.selectbox(label, options, index=options.index(default), key=key, help=help)
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -81,14 +87,16 @@ else:
             k_knn = c[3].number_input("KNN (within)", 1, 200, defaults.k_knn, key="correct_knn")
             k_mnn = c[4].number_input("MNN (across)", 1, 200, defaults.k_mnn, key="correct_mnn")
         with st.expander("Our defaults that depart from the paper (docs/model.md)"):
-            c = st.columns(3)
-            sphering = c[0].selectbox("Sphere input on negative controls", ["auto", "negcon", "none"],
-                                      key="correct_sphering", help="none = the paper")
-            adversary = c[1].selectbox("Discriminators learn from", ["auto", "negcon", "all"],
-                                       key="correct_adversary",
-                                       help="negcon: negative controls only; all = the paper (also removes "
-                                            "biology where the layout ties perturbations to positions)")
-            min_steps = c[2].number_input("Minimum training steps", 0, 1_000_000, defaults.min_steps,
+            c = st.columns(4)
+            sphering = _choice(c[0], "Sphere input on negative controls", SPHERING, defaults.sphering,
+                               "correct_sphering", "none = the paper")
+            adversary = _choice(c[1], "Discriminators learn from", ADVERSARY_WELLS, defaults.adversary_wells,
+                                "correct_adversary", "negcon: negative controls only; all = the paper (also "
+                                "removes biology where the layout ties perturbations to positions)")
+            hide = _choice(c[2], "Hide batch/position from", ("all", "same"), defaults.adversary_encoder,
+                           "correct_adversary_encoder", "with controls-trained discriminators: every well (all) "
+                           "or the controls only (same; lets the encoder collapse the controls)")
+            min_steps = c[3].number_input("Minimum training steps", 0, 1_000_000, defaults.min_steps,
                                           key="correct_min_steps", help="0 = the paper's epochs only")
         launch = st.form_submit_button("Start correction", type="primary")
     if launch:
@@ -97,7 +105,7 @@ else:
                                        "hidden_dim": int(hidden), "n_components": int(k),
                                        "triplet_margin": float(margin), "k_knn": int(k_knn), "k_mnn": int(k_mnn),
                                        "sphering": sphering, "adversary_wells": adversary,
-                                       "min_steps": int(min_steps)}
+                                       "adversary_encoder": hide, "min_steps": int(min_steps)}
         try:
             run_dir = ds.launch_correction(dataset, config, effects, session_id=session_id)
             st.session_state[ds.RUN_KEY] = str(run_dir)

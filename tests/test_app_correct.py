@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core import jobs
+from cpdistiller_core.config import CpDistillerConfig
 from cpdistiller_core.profiles import Profiles, Roles
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -55,6 +56,7 @@ def _short_run() -> tuple[AppTest, Path]:
     at.number_input(key="correct_epochs").set_value(2)
     at.multiselect(key="correct_effects").set_value(["batch", "row", "column"])
     assert at.selectbox(key="correct_adversary").value == "auto"
+    assert at.selectbox(key="correct_adversary_encoder").value == CpDistillerConfig().adversary_encoder
     at.selectbox(key="correct_adversary").set_value("all")
     at.button(key=START).click().run()
     assert not at.exception and not _errors(at)
