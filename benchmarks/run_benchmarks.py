@@ -5,7 +5,7 @@
 
 Each data set goes through the same command line a user would type (`cpdistiller benchmark …`, with
 the column mapping it needs): once for the reference methods (uncorrected first), then once per seed
-and cpDistiller variant (``defaults``, and ``paper`` = sphering none, adversary_wells all, min_steps 0,
+and cpDistiller variant (``defaults``; ``paper`` = sphering none, adversary_wells all, min_steps 0,
 as the published method). The scorecard is the field protocol (Arevalo et al. 2024) plus the position
 score (docs/metrics.md). Full outputs go to ``--work-dir`` (default /tmp/cpdistiller_benchmarks);
 ``benchmarks/results/<dataset>.csv`` holds every metric of every run (uncorrected first),
@@ -37,7 +37,10 @@ from cpdistiller_core.metrics import Scorecard, format_comparison  # noqa: E402
 # cpDistiller variants: name -> CpDistillerConfig overrides (written to a --config file)
 VARIANTS: dict[str, dict] = {
     "defaults": {},
-    "paper": {"sphering": "none", "adversary_wells": "all", "min_steps": 0},
+    "paper": {"sphering": "none", "adversary_wells": "all", "min_steps": 0, "triplet_controls": "paper"},
+    # The negative-control departures (the previous default family): sphering on the controls,
+    # discriminators trained on the controls and hiding batch/position from every well.
+    "controls": {"sphering": "auto", "adversary_wells": "auto", "adversary_encoder": "all", "min_steps": 0},
 }
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -212,8 +215,11 @@ def summary_markdown(runs: list[dict], args: argparse.Namespace, date: str | Non
              "row; in brackets the difference to it. Definitions: `docs/metrics.md`. Every metric: "
              "`<dataset>.csv`; how each was run: `<dataset>_run.json`.", "",
              "Read with these caveats:", "",
-             "- cpDistiller rows are `cpDistiller[<variant>_s<seed>]`: `defaults` (the engine's defaults) and "
-             "`paper` (sphering none, adversary_wells all, min_steps 0). Reference methods ran once (seed "
+             "- cpDistiller rows are `cpDistiller[<variant>_s<seed>]`: `defaults` (the engine's defaults, which "
+             "are the paper's settings since the ablation in `ablation.md`), `paper` (the same, spelled out: "
+             "sphering none, adversary_wells all, min_steps 0, the paper's control triplets) and `controls` (the "
+             "negative-control departures: sphering and discriminators on the controls, batch/position hidden "
+             "from every well). Reference methods ran once (seed "
              f"{args.seeds[0]}).",
              "- Position metrics among negative controls are partly in-sample for methods fitted on the controls "
              "(sphering, negcon_linear, jump_chain, cpDistiller's discriminators); the within-perturbation "

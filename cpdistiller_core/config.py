@@ -73,7 +73,7 @@ class CpDistillerConfig:
     # the paper; where the layout ties perturbations to positions this also removes biology. "negcon":
     # negative controls only (position and batch information is removed where it is purely technical).
     # "auto": negcon when there are >= sphering_min_controls controls at 2+ levels of every effect, else all.
-    adversary_wells: str = "auto"
+    adversary_wells: str = "all"
     # Wells whose reversed gradient reaches the encoder when the discriminators learn from the controls
     # (ours): "same" (the controls only; the encoder can satisfy it by collapsing the controls) or "all"
     # (the discriminators, trained on controls only, are frozen and applied to every well).
@@ -91,7 +91,7 @@ class CpDistillerConfig:
     # --- input handling inside the model (ours, not the paper's; benchmark in benchmarks/README.md) ---
     # "negcon": ZCA whitening fitted on negative-control wells; "auto": negcon when the profiles have
     # at least ``sphering_min_controls`` negative controls, else none (with a warning).
-    sphering: str = "auto"
+    sphering: str = "none"
     sphering_min_controls: int = 10
     sphering_regularization: float = 1e-3  # ridge, relative to the mean eigenvalue of the control covariance
     # --- runtime ---
