@@ -268,9 +268,26 @@ def package_versions() -> dict[str, str]:
 class CpDistiller:
     """Removes batch / row / column effects from preprocessed well-level profiles.
 
-    >>> model = CpDistiller(CpDistillerConfig(epochs=50)).fit(profiles, effects=("row", "column"))
-    >>> emb = model.transform(profiles)          # Embedding with cpd_0 ... cpd_49
-    >>> model.save("model/"); CpDistiller.load("model/").transform(new_plates)
+    scvi-tools style: ``fit`` trains the correction network (``model.gmvae.CorrectionModule``) on
+    preprocessed profiles, ``transform`` returns the corrected embedding (the EMA model's posterior
+    mean, ``cpd_0 … cpd_{latent-1}``) with every metadata column, ``save``/``load`` round-trip it.
+
+    Parameters
+    ----------
+    config
+        Settings (``CpDistillerConfig``; the paper's defaults).
+    **overrides
+        Settings to change, e.g. ``epochs=20``.
+
+    Examples
+    --------
+    >>> from cpdistiller_core import CpDistiller, preprocess
+    >>> from cpdistiller_core.datasets import make_demo_screen
+    >>> profiles, _ = preprocess(make_demo_screen(n_batches=1, plates_per_batch=2, n_features=40).profiles)
+    >>> model = CpDistiller(epochs=2, hidden_dim=32).fit(profiles, effects="row,column")
+    >>> emb = model.transform(profiles)
+    >>> emb.X.shape
+    (768, 50)
     """
 
     def __init__(self, config: CpDistillerConfig | None = None, **overrides: Any) -> None:

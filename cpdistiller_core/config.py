@@ -28,7 +28,20 @@ DECODER_COVARIATES = ("none", "batch", "effects")
 
 @dataclass
 class CpDistillerConfig:
-    """Settings of one correction. ``to_dict``/``from_dict``/``from_file`` round-trip through JSON."""
+    """Settings of one correction, with the paper's defaults; departures are documented per field.
+
+    ``to_dict``/``from_dict``/``from_file`` round-trip through JSON (or YAML files); ``replace``
+    returns a changed copy. Invalid values raise ``CpDistillerError`` naming every problem.
+
+    Examples
+    --------
+    >>> from cpdistiller_core import CpDistillerConfig
+    >>> cfg = CpDistillerConfig(epochs=20)
+    >>> cfg.replace(sphering="auto").sphering, cfg.latent_dim
+    ('auto', 50)
+    >>> CpDistillerConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
 
     # --- GMVAE (paper: hidden 512, latent 50, K = 10 mixture components) ---
     hidden_dim: int = 512

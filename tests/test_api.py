@@ -240,3 +240,11 @@ def test_triplet_controls_auto_follows_the_adversary(screen):
         screen, effects="row")
     assert paper.neighbor_stats["triplet_controls"] == "paper"
     assert ours.neighbor_stats["triplet_controls"] == "neutral"
+
+
+def test_cpdistiller_docstring_example_runs():
+    import doctest
+
+    for test in doctest.DocTestFinder(recurse=False).find(CpDistiller, "CpDistiller"):
+        result = doctest.DocTestRunner().run(test, out=lambda s: None)
+        assert result.attempted > 0 and result.failed == 0
