@@ -169,7 +169,8 @@ def test_auto_sphering_uses_controls_when_there_are_enough(screen):
 
 
 def test_auto_adversary_wells_uses_controls_when_they_span_the_effects(screen):
-    m = CpDistiller(TINY.replace(epochs=1)).fit(screen, effects="row,column")
+    assert CpDistillerConfig().adversary_wells == "all"  # the paper's default; auto is an option
+    m = CpDistiller(TINY.replace(epochs=1, adversary_wells="auto")).fit(screen, effects="row,column")
     assert m.adversary_wells == "negcon" and m.train_info["adversary_wells"] == "negcon"
     # small_screen shuffles every plate's layout: position does not predict the perturbation.
     assert set(m.train_info["position_confounding"]) == {"row", "column"}
@@ -178,7 +179,8 @@ def test_auto_adversary_wells_uses_controls_when_they_span_the_effects(screen):
     one_col = screen.subset(rows=np.flatnonzero(~screen.negative_mask | (screen.col == screen.col[
         screen.negative_mask][0])))
     with pytest.warns(CpDistillerWarning, match="cover too few levels of column"):
-        m2 = CpDistiller(TINY.replace(epochs=1, sphering_min_controls=2)).fit(one_col, effects="row,column")
+        m2 = CpDistiller(TINY.replace(epochs=1, sphering_min_controls=2, adversary_wells="auto")).fit(
+            one_col, effects="row,column")
     assert m2.adversary_wells == "all"
     with pytest.raises(CpDistillerError, match="column \\(1 level\\)"):
         CpDistiller(TINY.replace(epochs=1, adversary_wells="negcon")).fit(one_col, effects="row,column")
