@@ -55,9 +55,9 @@ def _short_run() -> tuple[AppTest, Path]:
     assert at.number_input(key="correct_batch_size").value == 256
     at.number_input(key="correct_epochs").set_value(2)
     at.multiselect(key="correct_effects").set_value(["batch", "row", "column"])
-    assert at.selectbox(key="correct_adversary").value == "auto"
+    assert at.selectbox(key="correct_adversary").value == CpDistillerConfig().adversary_wells
     assert at.selectbox(key="correct_adversary_encoder").value == CpDistillerConfig().adversary_encoder
-    at.selectbox(key="correct_adversary").set_value("all")
+    at.selectbox(key="correct_adversary").set_value("auto")
     at.button(key=START).click().run()
     assert not at.exception and not _errors(at)
     run_dir = Path(at.session_state[ds.RUN_KEY])
@@ -74,7 +74,7 @@ def test_a_run_goes_through_the_job_runner_and_shows_results(finished):
     spec = jobs.job_spec(run_dir)
     assert spec["target"] == ds.CORRECTION_TARGET
     assert spec["kwargs"]["config"]["epochs"] == 2 and spec["kwargs"]["effects"] == ["batch", "row", "column"]
-    assert spec["kwargs"]["config"]["adversary_wells"] == "all"
+    assert spec["kwargs"]["config"]["adversary_wells"] == "auto"
     state = jobs.status(run_dir)
     assert state.pid != __import__("os").getpid()  # trained in another process
     for name in ("config.json", "progress.json", "train_log.csv", "embedding.parquet", "report.json"):

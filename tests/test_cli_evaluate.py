@@ -136,7 +136,7 @@ def test_benchmark_runs_cpdistiller_through_the_engine(files, tmp_path):
                "--out", str(out), "--null-size", "200", "--no-normalize", "--no-figures", "--correct", "row,column"])
     assert rc == 0
     table = pd.read_csv(out / "comparison.csv", index_col=0)
-    assert list(table.index) == ["cpDistiller", "uncorrected"]
+    assert list(table.index) == ["uncorrected", "cpDistiller"]  # uncorrected first
     assert table.loc["cpDistiller", "status"] == "ok", table.loc["cpDistiller", "status"]
     assert table.loc["cpDistiller", "runtime_s"] > 0 and table.loc["cpDistiller", "overall"] > 0
     scores = pd.read_csv(out / "scores.csv")
