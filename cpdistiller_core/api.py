@@ -254,6 +254,25 @@ def _confounding(profiles: Profiles, effects: Sequence[str]) -> dict[str, float 
     return out
 
 
+def _warn_locked_layout(profiles: Profiles, effects: Sequence[str], adversary_wells: str) -> None:
+    """Warn when every position effect is tied to the perturbations and the all-wells adversary would erase them.
+
+    Measured (benchmarks/results/summary.md): on varchamp_b14, one plate map for every plate, the
+    negative-control settings score 0.655 vs 0.533 for the paper's settings (three seeds).
+    """
+    if adversary_wells != "all":
+        return
+    tied = {e: v for e, v in _confounding(profiles, effects).items() if v is not None and v >= 0.5}
+    if tied and len(tied) == len([e for e in effects if e in ORDERED_EFFECTS]):
+        shares = ", ".join(f"{e} {v:.0%}" for e, v in tied.items())
+        warnings.warn(
+            f"{where(profiles.source or None)}the layout ties perturbations to well positions (share of "
+            f"replicated treatments kept in one {shares}): the paper's all-wells discriminators will remove "
+            "biology along with the position effect. Consider sphering 'auto' and adversary_wells 'auto' "
+            "(learn position effects from the negative controls; docs/model.md).",
+            CpDistillerWarning, stacklevel=3)
+
+
 def package_versions() -> dict[str, str]:
     import numpy
     import pandas
@@ -331,6 +350,7 @@ class CpDistiller:
             raise CpDistillerError(f"{where(src)}need at least 2 wells to train, got {profiles.n_wells}.")
         effects = self._usable_effects(profiles, parse_effects(effects))
         self.adversary_wells = resolve_adversary_wells(profiles, effects, cfg)  # fail before any work
+        _warn_locked_layout(profiles, effects, self.adversary_wells)
         seed_everything(cfg.seed)  # before any module is built: same seed, same initial weights
         base = CpDistiller.load(warm_start, device=cfg.device) if warm_start is not None else None
         if base is not None:

@@ -250,3 +250,13 @@ def test_cpdistiller_docstring_example_runs():
     for test in doctest.DocTestFinder(recurse=False).find(CpDistiller, "CpDistiller"):
         result = doctest.DocTestRunner().run(test, out=lambda s: None)
         assert result.attempted > 0 and result.failed == 0
+
+
+def test_locked_layout_warns_about_the_all_wells_adversary():
+    locked = small_screen(n_plates=3, n_features=20, seed=2)
+    # every treatment sits in one well, the same on every plate (one plate map for all plates)
+    pert = np.where(locked.meta["Metadata_pert"] == "DMSO", "DMSO", "cpd_" + locked.meta["Metadata_Well"])
+    locked = Profiles(locked.meta.assign(Metadata_pert=pert), locked.X, locked.features, locked.roles,
+                      locked.source)
+    with pytest.warns(CpDistillerWarning, match="ties perturbations to well positions"):
+        CpDistiller(TINY.replace(epochs=1)).fit(locked, effects="row,column")
