@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from . import metrics
 from .profiles import Embedding, Profiles
@@ -67,6 +68,11 @@ class Verdict:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
         return cls([Check(**c) for c in d.get("checks", [])])
+
+    def table(self) -> pd.DataFrame:
+        """One row per check: check, corrected, uncorrected, status, what it means."""
+        return pd.DataFrame([{"check": c.name, "corrected": c.corrected, "uncorrected": c.uncorrected,
+                              "status": c.status, "what it means": c.sentence} for c in self.checks])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -86,7 +86,7 @@ else:
             margin = c[2].number_input("Triplet margin", 0.0, 1000.0, float(defaults.triplet_margin), key="correct_margin")
             k_knn = c[3].number_input("KNN (within)", 1, 200, defaults.k_knn, key="correct_knn")
             k_mnn = c[4].number_input("MNN (across)", 1, 200, defaults.k_mnn, key="correct_mnn")
-        with st.expander("Our defaults that depart from the paper (docs/model.md)"):
+        with st.expander("Departures from the paper (options; docs/model.md)"):
             c = st.columns(4)
             sphering = _choice(c[0], "Sphere input on negative controls", SPHERING, defaults.sphering,
                                "correct_sphering", "none = the paper")
@@ -112,6 +112,21 @@ else:
             st.toast(f"Started {run_dir.name}")
         except CpDistillerError as exc:
             st.error(str(exc))
+
+
+def verdict_panel(verdict) -> None:
+    """"Did it help?": the run against the uncorrected profiles, worst problem first."""
+    st.subheader("Did it help?")
+    show = {"good": st.success, "warn": st.warning, "bad": st.error}
+    problems = verdict.problems()
+    if problems:
+        show[problems[0].status]("Did it help? " + " ".join(c.sentence for c in problems))
+    else:
+        show["good"]("Did it help? Corrected vs uncorrected: no check got worse.")
+    st.dataframe(verdict.table(), hide_index=True, width="stretch",
+                 column_config={"corrected": st.column_config.NumberColumn(format="%.3f"),
+                                "uncorrected": st.column_config.NumberColumn(format="%.3f")})
+    st.caption("Full scorecard: the Retrieval page, or `cpdistiller evaluate RUN_DIR --baseline PROFILES`.")
 
 
 def run_panel(run_dir: Path) -> None:
@@ -157,6 +172,9 @@ def run_panel(run_dir: Path) -> None:
             st.write(sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()))
     if state.status == jobs.DONE:
         st.success(f"Finished in {_fmt_s(elapsed)}. Open the Embedding explorer or Plate maps to look at it.")
+        verdict = run.verdict() if run is not None else None
+        if verdict is not None:
+            verdict_panel(verdict)
         stamp = (run_dir / "embedding.parquet").stat().st_mtime if (run_dir / "embedding.parquet").exists() else 0.0
         c = st.columns(4)
         for i, fmt in enumerate(("parquet", "csv", "h5ad")):  # files are built when the button is clicked
