@@ -729,10 +729,6 @@ def leiden_nmi_ari(emb: Profiles, annotation_col: str | None = None, *, k: int =
     resolution. NMI is sklearn's arithmetic-mean NMI, ARI is clipped at 0. Returns a dict with nmi,
     ari, their resolutions and the number of wells.
     """
-    import anndata as ad
-    import scanpy as sc
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
     _check_finite(emb)
     col = annotation_col or emb.roles.annotation
     if not col:
@@ -742,23 +738,7 @@ def leiden_nmi_ari(emb: Profiles, annotation_col: str | None = None, *, k: int =
     labels = ann.to_numpy()[mask].astype(str)
     if len(np.unique(labels)) < 2 or mask.sum() < 10:
         raise MetricUnavailable(f"need 10+ annotated treatment wells in 2+ {col!r} classes.")
-    adata = ad.AnnData(X=emb.X[mask].astype(np.float32))
-    A = knn_graph(emb.X[mask], k)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        best = {"nmi": -1.0, "ari": -1.0, "nmi_resolution": None, "ari_resolution": None}
-        for r in resolutions:
-            sc.tl.leiden(adata, resolution=r, key_added="leiden", flavor="igraph", n_iterations=2,
-                         directed=False, random_state=seed, adjacency=A)
-            cl = adata.obs["leiden"].to_numpy()
-            nmi = normalized_mutual_info_score(labels, cl, average_method="arithmetic")
-            ari = max(0.0, adjusted_rand_score(labels, cl))
-            if nmi > best["nmi"]:
-                best.update(nmi=float(nmi), nmi_resolution=r)
-            if ari > best["ari"]:
-                best.update(ari=float(ari), ari_resolution=r)
-    best["n"] = int(mask.sum())
-    return best
+    return _label_leiden(emb.X[mask], labels, k=k, resolutions=resolutions, seed=seed)
 
 
 def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15, standardize_truth: bool = True
