@@ -254,7 +254,8 @@ def _confounding(profiles: Profiles, effects: Sequence[str]) -> dict[str, float 
     return out
 
 
-def _warn_locked_layout(profiles: Profiles, effects: Sequence[str], adversary_wells: str) -> None:
+def _warn_locked_layout(profiles: Profiles, confounding: Mapping[str, float | None], effects: Sequence[str],
+                        adversary_wells: str) -> None:
     """Warn when every position effect is tied to the perturbations and the all-wells adversary would erase them.
 
     Measured (benchmarks/results/summary.md): on varchamp_b14, one plate map for every plate, the
@@ -262,7 +263,7 @@ def _warn_locked_layout(profiles: Profiles, effects: Sequence[str], adversary_we
     """
     if adversary_wells != "all":
         return
-    tied = {e: v for e, v in _confounding(profiles, effects).items() if v is not None and v >= 0.5}
+    tied = {e: v for e, v in confounding.items() if v is not None and v >= 0.5}
     if tied and len(tied) == len([e for e in effects if e in ORDERED_EFFECTS]):
         shares = ", ".join(f"{e} {v:.0%}" for e, v in tied.items())
         warnings.warn(
@@ -350,7 +351,8 @@ class CpDistiller:
             raise CpDistillerError(f"{where(src)}need at least 2 wells to train, got {profiles.n_wells}.")
         effects = self._usable_effects(profiles, parse_effects(effects))
         self.adversary_wells = resolve_adversary_wells(profiles, effects, cfg)  # fail before any work
-        _warn_locked_layout(profiles, effects, self.adversary_wells)
+        confounding = _confounding(profiles, effects)
+        _warn_locked_layout(profiles, confounding, effects, self.adversary_wells)
         seed_everything(cfg.seed)  # before any module is built: same seed, same initial weights
         base = CpDistiller.load(warm_start, device=cfg.device) if warm_start is not None else None
         if base is not None:
@@ -439,7 +441,7 @@ class CpDistiller:
                            "n_wells": profiles.n_wells, "n_features": len(self.features),
                            "sphered": self.input_transform.whitening is not None,
                            "adversary_wells": self.adversary_wells,
-                           "position_confounding": _confounding(profiles, effects),
+                           "position_confounding": confounding,
                            "warm_start": None if warm_start is None else str(warm_start)}
         return self
 

@@ -175,6 +175,9 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
     ema = EMA(module.representation_modules())
     ema_decay = config.ema_alpha
     triplet_loss = nn.TripletMarginLoss(margin=config.triplet_margin, p=2.0)
+    # adversary_encoder "all": discriminators learn from the weighted wells on a detached z, and
+    # _hide_from pushes the encoder on every well through the frozen discriminators.
+    hide_all = data.adversary_weight is not None and config.adversary_encoder == "all"
     spe = steps_per_epoch(n, config)
     total_steps = spe * config.epochs
     position = np.empty(n, dtype=np.int64)  # well index -> position in the current batch
@@ -234,15 +237,11 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
                 loss = loss + w_elbo * jr
                 terms["joint_recon"] = jr.detach()
             if effects:
-                hide_all_wells = data.adversary_weight is not None and config.adversary_encoder == "all"
                 with ctx:
-                    # adversary_encoder "all": the discriminators still learn from the weighted wells (on a
-                    # detached z), and _hide_from pushes the encoder on every well.
-                    z_rev = batch_enc.z.detach() if hide_all_wells else grad_reverse(batch_enc.z, lam)
+                    z_rev = batch_enc.z.detach() if hide_all else grad_reverse(batch_enc.z, lam)
                     logits = {ef: module.discriminators[ef](z_rev) for ef in effects}
                 dis = torch.zeros((), device=device)
                 w = None if data.adversary_weight is None else data.adversary_weight.index_select(0, idx_t[:b])
-                hide_all = w is not None and config.adversary_encoder == "all"
                 for ef in effects:
                     target_ef = data.labels[ef].index_select(0, idx_t[:b])
                     per_well = soft_label_cross_entropy(logits[ef], target_ef, data.soft_targets[ef],
