@@ -31,15 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="training epochs (default 50)")
     p.add_argument("--batch-size", type=int, help="mini-batch size (default 256)")
     p.add_argument("--min-steps", type=int,
-                   help="at least this many training steps in total (default 1000; 0 = the paper's epochs only)")
+                   help="at least this many training steps in total (default 0 = the paper's 50 epochs only)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="device (default auto: CUDA > MPS > CPU)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--sphering", choices=("auto", "none", "negcon"),
-                   help="whiten the model input on negative controls first (default auto: when there are "
-                        ">= 10 negative controls)")
+                   help="whiten the model input on negative controls first (default none = the paper; auto: "
+                        "when there are >= 10 negative controls)")
     p.add_argument("--adversary-wells", choices=("auto", "all", "negcon"),
-                   help="wells the batch/row/column discriminators learn from (default auto: the negative "
-                        "controls when there are >= 10 at 2+ levels of every effect; all = the paper)")
+                   help="wells the batch/row/column discriminators learn from (default all = the paper; auto: "
+                        "the negative controls when there are >= 10 at 2+ levels of every effect)")
     p.add_argument("--adversary-encoder", choices=("same", "all"),
                    help="with controls-trained discriminators: hide batch/position from the controls only "
                         "(same) or from every well through the frozen discriminators (all)")
