@@ -21,8 +21,10 @@ from pathlib import Path
 import streamlit as st
 
 from cpdistiller_core import access, jobs
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.errors import CpDistillerError
+from cpdistiller_core.runs import Run
+from dashboard import state as ds
+from dashboard.widgets import verdict_panel
 
 ROOT = Path(__file__).resolve().parent
 PAGE_ICON = ROOT / "assets" / "icon.png"  # served by this app: no icon fetched from a font CDN
@@ -90,6 +92,9 @@ def home() -> None:
                 state = jobs.status(Path(run_dir))
                 st.markdown(f"**{Path(run_dir).name}** — {state.status}")
                 st.progress(state.fraction, text=state.message or state.status)
+                verdict = Run.open(run_dir).verdict() if state.status == jobs.DONE else None
+                if verdict is not None:
+                    verdict_panel(verdict)
             except CpDistillerError as exc:
                 st.error(str(exc))
         st.page_link("pages/2_Correct.py", label="Correct", icon=":material/tune:")

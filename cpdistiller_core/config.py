@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CpDistillerError
+from .settings import config_from_dict, setting
 
 EFFECTS = ("batch", "row", "column")
 _EFFECT_ALIASES = {"batch": "batch", "row": "row", "column": "column", "col": "column"}
@@ -24,6 +25,7 @@ ADVERSARY_WELLS = ("all", "negcon", "auto")
 TRIPLET_CONTROLS = ("auto", "paper", "neutral")
 NEIGHBOR_SPACES = ("input", "unsphered")
 DECODER_COVARIATES = ("none", "batch", "effects")
+ADVERSARY_ENCODER = ("all", "same")
 
 
 @dataclass
@@ -44,40 +46,52 @@ class CpDistillerConfig:
     """
 
     # --- GMVAE (paper: hidden 512, latent 50, K = 10 mixture components) ---
-    hidden_dim: int = 512
-    latent_dim: int = 50
-    n_components: int = 10
+    hidden_dim: int = setting(512, "hidden units of the encoder and decoder", label="Hidden units",
+                              range=(8, 8192))
+    latent_dim: int = setting(50, "dimensions of the corrected embedding", label="Latent dimensions",
+                              group="basic", range=(2, 1024))
+    n_components: int = setting(10, "Gaussian mixture components of the prior", label="Mixture components",
+                                range=(1, 100))
     # Gumbel-softmax temperature: tau_e = max(start * exp(-decay * e), min) at epoch e (reference: 1.0, 0.0125, 0.5).
     temperature_start: float = 1.0
     temperature_decay: float = 0.0125
     temperature_min: float = 0.5
     # Technical levels the decoder is conditioned on (ours, not the paper's; docs/model.md): "none" (paper),
     # "batch", or "effects" (every corrected effect). The encoder, and so the embedding, never sees them.
-    decoder_covariates: str = "none"
+    decoder_covariates: str = setting("none", "technical levels the decoder is conditioned on",
+                                      label="Decoder sees", group="departure", choices=DECODER_COVARIATES,
+                                      paper="none")
     # --- adversarial part (gradient reversal; lambda = 2 / (1 + exp(-gamma * p)) - 1) ---
     grl_gamma: float = 10.0
     discriminator_hidden: int = 128
     soft_label_alpha: float = 0.75   # target mass on the true label
     soft_label_eps: float = 0.1      # loss = (1 - eps) CE(one-hot) + eps CE(soft)
     # --- contrastive part ---
-    triplet_margin: float = 10.0
-    k_knn: int = 10                  # KNN within a level of an effect
-    k_mnn: int = 5                   # MNN across levels of an effect
+    triplet_margin: float = setting(10.0, "margin of the triplet loss", label="Triplet margin", range=(0.0, 1000.0))
+    k_knn: int = setting(10, "nearest neighbours mined within a level of an effect", label="KNN (within)",
+                         range=(1, 200))
+    k_mnn: int = setting(5, "mutual nearest neighbours mined across levels of an effect", label="MNN (across)",
+                         range=(1, 200))
     neighbor_pcs: int = 50
     neighbor_combine: str = "intersection"
     # Space the KNN/MNN pairs are mined in: "input" = the model input (sphered when sphering is on);
     # "unsphered" = the per-feature z-scored profiles before any sphering.
-    neighbor_space: str = "input"
+    neighbor_space: str = setting("input", "space the KNN/MNN pairs are mined in", label="Mine neighbours in",
+                                  group="departure", choices=NEIGHBOR_SPACES, paper="input")
     # How negative controls enter the triplets. "paper" (reference code): a control's positive is any
     # other control and a treated well's negative is a control, which pulls every control to one point
     # and pushes all treatments away from it. "neutral": controls are wells like any other (positives
     # from the mined neighbours, negatives drawn at random outside the anchor's positive set).
     # "auto": "paper" with the paper's all-wells adversary, "neutral" when the discriminators learn
     # from the controls (the two pulls on the controls would add up to a collapse).
-    triplet_controls: str = "auto"
+    triplet_controls: str = setting("auto", "how negative controls enter the triplet loss: paper (every control "
+                                    "pulled onto the others), neutral (like any well), auto (paper with the "
+                                    "all-wells adversary)", label="Controls in triplets", group="departure",
+                                    choices=TRIPLET_CONTROLS, paper="paper")
     # Gradients through the positive/negative wells of a triplet too (paper). False: they are encoded
     # without gradient (targets), ~40% less compute per step; every well is still an anchor each epoch.
-    pair_gradients: bool = True
+    pair_gradients: bool = setting(True, "gradients through a triplet's positive and negative wells too",
+                                   label="Gradients through pairs", group="departure", paper=True)
     # --- loss weights: w_elbo * ELBO + w_dis * sum(D) + w_con * triplet, w_dis = w_con = d / 35 ---
     w_elbo: float = 1.0
     w_dis_per_feature: float = 1.0 / 35.0
@@ -86,31 +100,43 @@ class CpDistillerConfig:
     # the paper; where the layout ties perturbations to positions this also removes biology. "negcon":
     # negative controls only (position and batch information is removed where it is purely technical).
     # "auto": negcon when there are >= sphering_min_controls controls at 2+ levels of every effect, else all.
-    adversary_wells: str = "all"
+    adversary_wells: str = setting("all", "wells the batch/row/column discriminators learn from (negcon: negative "
+                                   "controls only; auto: negcon when there are >= 10 at 2+ levels of every "
+                                   "effect)", label="Discriminators learn from", group="departure",
+                                   choices=ADVERSARY_WELLS, paper="all")
     # Wells whose reversed gradient reaches the encoder when the discriminators learn from the controls
     # (ours): "same" (the controls only; the encoder can satisfy it by collapsing the controls) or "all"
     # (the discriminators, trained on controls only, are frozen and applied to every well).
-    adversary_encoder: str = "all"
+    adversary_encoder: str = setting("all", "with controls-trained discriminators: hide batch/position from every "
+                                     "well through the frozen discriminators (all) or from the controls only "
+                                     "(same; lets the encoder collapse the controls)", label="Hide batch/position from",
+                                     group="departure", choices=ADVERSARY_ENCODER)
     # --- optimisation (AdamW, cosine schedule over the epochs) ---
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
+    epochs: int = setting(50, "training epochs", label="Epochs", group="basic", range=(1, 2000))
+    batch_size: int = setting(256, "mini-batch size", label="Batch size", group="basic", range=(2, 65536))
+    lr: float = setting(1e-3, "learning rate of the encoder/decoder", label="Learning rate", group="basic",
+                        range=(1e-6, 1.0), fmt="%.4f")
     lr_discriminator: float = 3e-3
     weight_decay: float = 0.01       # torch's AdamW default, as in the reference
     ema_decay: float | None = None   # None: 1 - 5 / epochs, updated once per epoch as in the reference
     # At least this many optimiser steps in total: small screens (a few hundred wells = 2 steps per
     # epoch) get longer epochs by reusing wells. 0 (default) = the paper's 50 epochs, whatever their length.
-    min_steps: int = 0
+    min_steps: int = setting(0, "at least this many training steps in total (0 = the paper's epochs only)",
+                             label="Minimum training steps", group="departure", range=(0, 1_000_000), paper=0)
     # --- input handling inside the model (ours, not the paper's; benchmark in benchmarks/README.md) ---
     # "negcon": ZCA whitening fitted on negative-control wells; "auto": negcon when the profiles have
     # at least ``sphering_min_controls`` negative controls, else none (with a warning).
-    sphering: str = "none"
+    sphering: str = setting("none", "whiten the model input on negative controls first (auto: when there are "
+                            ">= 10 negative controls)", label="Sphere input on negative controls",
+                            group="departure", choices=SPHERING, paper="none")
     sphering_min_controls: int = 10
     sphering_regularization: float = 1e-3  # ridge, relative to the mean eigenvalue of the control covariance
     # --- runtime ---
-    seed: int = 0
-    device: str = "auto"             # auto: CUDA > MPS > CPU
-    amp: bool = True                 # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
+    seed: int = setting(0, "random seed", label="Seed", group="basic", range=(0, 2**31 - 1))
+    device: str = setting("auto", "device (auto: CUDA > MPS > CPU)", label="Device", group="basic", choices=DEVICES)
+    # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); bf16 on CPUs with native bf16
+    amp: bool = setting(True, "mixed precision (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16)",
+                        label="Mixed precision")
     neighbor_method: str = "auto"
     checkpoint_every: int = 0        # epochs between checkpoints in a run dir (0: only the final model)
 
@@ -152,7 +178,7 @@ class CpDistillerConfig:
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
             (self.neighbor_combine in ("intersection", "union"), "neighbor_combine must be intersection or union"),
             (self.neighbor_space in NEIGHBOR_SPACES, f"neighbor_space must be one of {NEIGHBOR_SPACES}"),
-            (self.adversary_encoder in ("same", "all"), "adversary_encoder must be 'same' or 'all'"),
+            (self.adversary_encoder in ADVERSARY_ENCODER, "adversary_encoder must be 'same' or 'all'"),
             (self.decoder_covariates in DECODER_COVARIATES,
              f"decoder_covariates must be one of {DECODER_COVARIATES}"),
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),
@@ -167,19 +193,7 @@ class CpDistillerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> CpDistillerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            where = f"{source}: " if source else ""
-            raise CpDistillerError(f"{where}unknown setting(s) {unknown}; known settings: {sorted(known)}.")
-        try:
-            return cls(**dict(d))
-        except TypeError as exc:
-            raise CpDistillerError(f"{source + ': ' if source else ''}bad settings: {exc}.") from None
-        except CpDistillerError as exc:
-            if source:
-                raise CpDistillerError(f"{source}: {exc}") from None
-            raise
+        return config_from_dict(cls, d, source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> CpDistillerConfig:

@@ -1,6 +1,7 @@
-"""Background jobs for the dashboard: run a named core function in a separate process with a run dir.
+"""Background jobs for the dashboard: run a core function in a separate process with a run dir.
 
-A job is a directory. ``submit`` writes ``job.json`` (the target ``"module:function"``, its keyword
+A job is a directory. ``submit`` takes the function itself and writes ``job.json`` (the function's
+importable name ``"module:function"``, its keyword
 arguments, and the data objects it hands over, stored in ``job_inputs/`` as Parquet (profiles, tables)
 or ``.npy`` without pickle (arrays): nothing in a run directory is ever unpickled), then starts
 ``python -m cpdistiller_core.jobs RUN_DIR`` in its own process group. The child imports the target,
@@ -129,17 +130,27 @@ def _resolve(target: str) -> Callable[..., Any]:
     return func
 
 
-def submit(target: str, run_dir: Path | None = None, kwargs: Mapping[str, Any] | None = None,
+def target_name(func: Callable[..., Any]) -> str:
+    """The importable name ``'module:function'`` of a module-level function, as job.json records it."""
+    name = f"{getattr(func, '__module__', '')}:{getattr(func, '__qualname__', '')}"
+    if not callable(func) or "<" in name or "." in name.partition(":")[2]:
+        raise CpDistillerError(f"a job runs a module-level function, not {func!r}.")
+    if _resolve(name) is not func:
+        raise CpDistillerError(f"job target {name} does not import back to the function given.")
+    return name
+
+
+def submit(target: Callable[..., Any], run_dir: Path | None = None, kwargs: Mapping[str, Any] | None = None,
            args: Sequence[Any] = (), objects: Mapping[str, Any] | None = None,
            meta: Mapping[str, Any] | None = None, python: str | None = None) -> Path:
-    """Start ``target`` ('module:function') in a separate process; returns the run directory.
+    """Start the function ``target`` in a separate process; returns the run directory.
 
     ``kwargs``/``args`` must be JSON-serialisable; ``objects`` (Profiles, DataFrames or numeric
     arrays) are written into the run directory as Parquet / ``.npy`` (never pickled) and passed as
     keyword arguments. ``meta`` is free-form information kept in ``job.json`` for run listings
     (dataset name, effects...).
     """
-    _resolve(target)  # fail early, in the caller, on a wrong target
+    target = target_name(target)  # fail early, in the caller, on a function the child cannot import
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / JOB_FILE).exists():

@@ -112,3 +112,21 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     return str(obj)  # Path, Timestamp, anything else: its text
+
+
+def zip_directory(path: Path) -> bytes:
+    """A zip archive (bytes) of a directory; entries are named ``<dir name>/<relative path>``."""
+    import io
+    import zipfile
+
+    from .errors import CpDistillerError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CpDistillerError(f"{path}: no such directory.")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                zf.write(f, arcname=str(Path(path.name) / f.relative_to(path)))
+    return buf.getvalue()

@@ -1,23 +1,29 @@
-"""A correction run directory: everything one `cpdistiller correct` writes, and reading it back.
+"""A correction run directory, owned end to end by :class:`Run`: nobody else knows its file names.
 
 Layout (all files written atomically; a failed run keeps what it wrote and records its error)::
 
     RUN_DIR/config.json        settings: model config, effects, preprocessing config, input
     RUN_DIR/progress.json      status (running / finished / failed), fraction, stage, epoch, eta, losses
     RUN_DIR/train_log.csv      one row per epoch: loss terms, lambda, temperature, discriminator accuracies
+    RUN_DIR/input.parquet      the profiles the model was trained on (after the run's preprocessing)
     RUN_DIR/model/             weights.pt + model.json (CpDistiller.save) + preprocess.json
     RUN_DIR/checkpoints/       epoch_NNN/ model directories when config.checkpoint_every > 0
     RUN_DIR/embedding.parquet  every input metadata column + cpd_0 ... cpd_49 (io.write_profiles)
+    RUN_DIR/verdict.json       "did it help?": the embedding against the uncorrected input
+    RUN_DIR/references/        <method>.parquet: reference methods on the same input (Run.add_reference)
+    RUN_DIR/scores.csv         the field-standard scorecard of every embedding, when computed (dashboard)
     RUN_DIR/report.json        status, settings, timings, device, package versions, neighbour stats
     RUN_DIR/.lock              held (flock) by the process writing the run: a second writer fails at once
 
-The CLI and the dashboard's job runner both call :func:`run_correction`. progress.json records the
-writer's PID: a run whose process is gone while it still says "running" reads back as "interrupted".
+The CLI (``Run.create(...).correct(...)``) and the dashboard's job runner (:func:`run_correction` in a
+child process, given a :class:`RunSpec`) write runs the same way. progress.json records the writer's
+PID: a run whose process is gone while it still says "running" reads back as "interrupted".
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -27,7 +33,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,13 +44,18 @@ from .api import CpDistiller, package_versions
 from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning
 from .jobs import pid_alive, process_start_time
-from .paths import atomic_write_text, ensure_output_dir
+from .paths import atomic_write_text, ensure_output_dir, zip_directory
+from .preprocess import PreprocessConfig
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
 
 CONFIG_FILE, PROGRESS_FILE, REPORT_FILE = "config.json", "progress.json", "report.json"
 TRAIN_LOG_FILE, EMBEDDING_FILE, MODEL_DIR = "train_log.csv", "embedding.parquet", "model"
 PREPROCESS_FILE, LOCK_FILE, VERDICT_FILE = "preprocess.json", ".lock", "verdict.json"
+INPUT_FILE, REFERENCES_DIR, CHECKPOINTS_DIR = "input.parquet", "references", "checkpoints"
+SCORES_FILE = "scores.csv"
+JOB_INPUT_NAME = "input_profiles"           # the dashboard job's copy of the raw profiles (jobs.save_input)
+UNCORRECTED_PCA = "uncorrected (PCA-50)"    # the name Run.spaces gives the 'uncorrected' reference
 RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "interrupted"
 _RUN_MARKERS = (CONFIG_FILE, PROGRESS_FILE, REPORT_FILE, "job.json")
 
@@ -118,6 +129,57 @@ def _as_config(config: CpDistillerConfig | Mapping[str, Any] | str | Path | None
     return CpDistillerConfig.from_dict(config)
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What one correction does: model settings, effects, preprocessing, role overrides, warm start.
+
+    ``preprocess=None`` means the input is already normalised and feature-selected. ``to_dict`` /
+    ``from_dict`` round-trip through JSON (the dashboard's job hands a spec to its child process).
+
+    Examples
+    --------
+    >>> from cpdistiller_core.runs import RunSpec
+    >>> spec = RunSpec.build({"epochs": 20}, effects="batch,row,column")
+    >>> spec.effects, spec.config.epochs, spec.preprocess is not None
+    (('batch', 'row', 'column'), 20, True)
+    >>> RunSpec.from_dict(spec.to_dict()) == spec
+    True
+    """
+
+    config: CpDistillerConfig = field(default_factory=CpDistillerConfig)
+    effects: tuple[str, ...] = ("row", "column")
+    preprocess: PreprocessConfig | None = field(default_factory=PreprocessConfig)
+    roles: Mapping[str, Any] | None = None
+    warm_start: str | None = None
+
+    @classmethod
+    def build(cls, config: CpDistillerConfig | Mapping[str, Any] | str | Path | None = None,
+              effects: str | Sequence[str] = ("row", "column"),
+              preprocess: bool | PreprocessConfig | Mapping[str, Any] = True, *,
+              roles: Mapping[str, Any] | None = None, warm_start: str | Path | None = None) -> RunSpec:
+        """A spec from loose values: a config object, dict or file; effects as text or a list;
+        ``preprocess`` True (defaults), False (none), a PreprocessConfig or its dict."""
+        if preprocess is True:
+            pcfg: PreprocessConfig | None = PreprocessConfig()
+        elif preprocess is False or preprocess is None:
+            pcfg = None
+        else:
+            pcfg = preprocess if isinstance(preprocess, PreprocessConfig) else PreprocessConfig.from_dict(preprocess)
+        return cls(_as_config(config), parse_effects(effects), pcfg, dict(roles) if roles else None,
+                   None if warm_start is None else str(warm_start))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "effects": list(self.effects),
+                "preprocess": None if self.preprocess is None else self.preprocess.to_dict(),
+                "roles": None if self.roles is None else dict(self.roles), "warm_start": self.warm_start}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
+        pre = d.get("preprocess")
+        return cls.build(d.get("config"), d.get("effects") or ("row", "column"),
+                         False if pre is None else pre, roles=d.get("roles"), warm_start=d.get("warm_start"))
+
+
 def _read_input(input_profiles: Profiles | str | Path | Sequence[str | Path],
                 roles: Mapping[str, Any] | None) -> Profiles:
     if isinstance(input_profiles, Profiles):
@@ -128,86 +190,42 @@ def _read_input(input_profiles: Profiles | str | Path | Sequence[str | Path],
 
 
 def run_correction(input_profiles: Profiles | str | Path | Sequence[str | Path], run_dir: str | Path,
-                   config: CpDistillerConfig | Mapping[str, Any] | str | Path | None = None,
-                   effects: str | Sequence[str] = ("row", "column"), progress: ProgressCallback | None = None,
-                   preprocess_config: Any = None, *, preprocess: bool = True,
-                   roles: Mapping[str, Any] | None = None, extractor: Profiles | None = None,
-                   warm_start: str | Path | None = None) -> Path:
+                   spec: RunSpec | Mapping[str, Any] | None = None, progress: ProgressCallback | None = None,
+                   *, extractor: Profiles | None = None) -> Path:
     """Read -> preprocess -> fit -> transform, writing the run directory; returns its path.
 
-    ``input_profiles``: Profiles or file path(s) (read with ``io.read_profiles(paths, roles)``).
-    ``preprocess=False`` skips preprocessing for already-normalised profiles. Errors are recorded in
-    progress.json and report.json (status "failed") and then raised.
+    ``input_profiles``: Profiles or file path(s) (read with ``io.read_profiles(paths, spec.roles)``).
+    ``spec``: a :class:`RunSpec` (or its dict); None = the defaults. Errors are recorded in
+    progress.json and report.json (status "failed") and then raised. The dashboard's job runner calls
+    this function in a child process; the CLI calls it through :meth:`Run.correct`.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        return _run_correction(input_profiles, run_dir, config, effects, progress, preprocess_config,
-                               preprocess=preprocess, roles=roles, extractor=extractor, warm_start=warm_start)
+    spec = spec if isinstance(spec, RunSpec) else RunSpec() if spec is None else RunSpec.from_dict(spec)
+    run = Run(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    with RunLock(run.path):
+        _run_correction(input_profiles, run.path, spec, progress, extractor)
+    return run.path
 
 
-def _run_correction(input_profiles: Any, run_dir: Path, config: Any, effects: Any, progress: Any,
-                    preprocess_config: Any, *, preprocess: bool, roles: Any, extractor: Any,
-                    warm_start: Any) -> Path:
+def _run_correction(input_profiles: Any, run_dir: Path, spec: RunSpec, progress: ProgressCallback | None,
+                    extractor: Profiles | None) -> None:
     writer = _RunWriter(run_dir, progress or no_progress)
     report: dict[str, Any] = {"status": RUNNING, "started": _now(), "run_dir": str(run_dir),
                               "versions": package_versions(), "timings": {}, "warnings": []}
     t_all = time.perf_counter()
     caught: list[warnings.WarningMessage] = []
     try:
-        cfg = _as_config(config)
-        eff = parse_effects(effects)
-        writer.state["epochs"] = cfg.epochs
-        from .preprocess import PreprocessConfig
-        from .preprocess import preprocess as run_preprocess
-
-        pcfg = preprocess_config
-        if isinstance(pcfg, Mapping):
-            pcfg = PreprocessConfig.from_dict(pcfg)
-        elif pcfg is None and preprocess:
-            pcfg = PreprocessConfig()
-        settings = {"config": cfg.to_dict(), "effects": list(eff), "preprocess": pcfg.to_dict() if preprocess else None,
-                    "input": _describe_input(input_profiles), "warm_start": None if warm_start is None else str(warm_start),
+        writer.state["epochs"] = spec.config.epochs
+        settings = {"config": spec.config.to_dict(), "effects": list(spec.effects),
+                    "preprocess": None if spec.preprocess is None else spec.preprocess.to_dict(),
+                    "input": _describe_input(input_profiles), "warm_start": spec.warm_start,
                     "extractor": None if extractor is None else extractor.source or "in-memory table"}
         atomic_write_text(run_dir / CONFIG_FILE, _dump(settings))
         report["settings"] = settings
         writer.write(force=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            writer.stage("reading input", 0.0)
-            t = time.perf_counter()
-            profiles = _read_input(input_profiles, roles)
-            report["timings"]["read_s"] = round(time.perf_counter() - t, 3)
-            report["input"] = {"wells": profiles.n_wells, "features": profiles.n_features,
-                               "plates": int(len(set(profiles.plate))), "source": profiles.source}
-            prep_report = None
-            if preprocess:
-                writer.stage("preprocessing", 0.02)
-                t = time.perf_counter()
-                profiles, prep_report = run_preprocess(profiles, pcfg, progress=writer.progress(0.02, 0.08))
-                report["timings"]["preprocess_s"] = round(time.perf_counter() - t, 3)
-                report["preprocess"] = prep_report.summary()
-            writer.stage("training", 0.08)
-            model = CpDistiller(cfg)
-            model.fit(profiles, effects=eff, progress=writer.progress(0.08, 0.95), warm_start=warm_start,
-                      extractor=extractor, on_epoch=writer.on_epoch, checkpoint_dir=run_dir / "checkpoints")
-            report["timings"].update({k: round(v, 3) for k, v in model.timings.items()})
-            writer.stage("saving model", 0.95)
-            model.save(run_dir / MODEL_DIR)
-            if prep_report is not None:
-                prep_report.save(run_dir / MODEL_DIR / PREPROCESS_FILE)
-            writer.stage("writing embedding", 0.97)
-            t = time.perf_counter()
-            emb = model.transform(profiles, extractor=extractor)
-            from .io import write_profiles
-
-            write_profiles(emb, run_dir / EMBEDDING_FILE)
-            report["timings"]["transform_write_s"] = round(time.perf_counter() - t, 3)
-            report["verdict"] = _write_verdict(run_dir, emb, profiles, writer)
-        report.update(status=FINISHED, effects=list(model.effects), device=str(model.device),
-                      train=model.train_info, neighbors=model.neighbor_stats,
-                      final_epoch=model.history[-1] if model.history else None,
-                      output={"wells": emb.n_wells, "dimensions": emb.n_features})
+            _correct_stages(input_profiles, run_dir, spec, extractor, writer, report)
     except BaseException as exc:
         ended = INTERRUPTED if isinstance(exc, (KeyboardInterrupt, SystemExit)) else FAILED
         report.update(status=ended, error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, CpDistillerError)
@@ -227,7 +245,48 @@ def _run_correction(input_profiles: Any, run_dir: Path, config: Any, effects: An
         report["timings"]["total_s"] = round(time.perf_counter() - t_all, 3)
         atomic_write_text(run_dir / REPORT_FILE, _dump(report))
         writer.write(force=True)
-    return run_dir
+
+
+def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor: Profiles | None,
+                    writer: _RunWriter, report: dict[str, Any]) -> None:
+    """The stages of one correction, each recorded in ``report``: read, preprocess, fit, save, transform."""
+    from .io import write_profiles
+    from .preprocess import preprocess as run_preprocess
+
+    timings = report["timings"]
+    writer.stage("reading input", 0.0)
+    t = time.perf_counter()
+    profiles = _read_input(input_profiles, spec.roles)
+    timings["read_s"] = round(time.perf_counter() - t, 3)
+    report["input"] = {"wells": profiles.n_wells, "features": profiles.n_features,
+                       "plates": int(len(set(profiles.plate))), "source": profiles.source}
+    prep_report = None
+    if spec.preprocess is not None:
+        writer.stage("preprocessing", 0.02)
+        t = time.perf_counter()
+        profiles, prep_report = run_preprocess(profiles, spec.preprocess, progress=writer.progress(0.02, 0.08))
+        timings["preprocess_s"] = round(time.perf_counter() - t, 3)
+        report["preprocess"] = prep_report.summary()
+    write_profiles(profiles, run_dir / INPUT_FILE)
+    writer.stage("training", 0.08)
+    model = CpDistiller(spec.config)
+    model.fit(profiles, effects=spec.effects, progress=writer.progress(0.08, 0.95), warm_start=spec.warm_start,
+              extractor=extractor, on_epoch=writer.on_epoch, checkpoint_dir=run_dir / CHECKPOINTS_DIR)
+    timings.update({k: round(v, 3) for k, v in model.timings.items()})
+    writer.stage("saving model", 0.95)
+    model.save(run_dir / MODEL_DIR)
+    if prep_report is not None:
+        prep_report.save(run_dir / MODEL_DIR / PREPROCESS_FILE)
+    writer.stage("writing embedding", 0.97)
+    t = time.perf_counter()
+    emb = model.transform(profiles, extractor=extractor)
+    write_profiles(emb, run_dir / EMBEDDING_FILE)
+    timings["transform_write_s"] = round(time.perf_counter() - t, 3)
+    report["verdict"] = _write_verdict(run_dir, emb, profiles, writer)
+    report.update(status=FINISHED, effects=list(model.effects), device=str(model.device),
+                  train=model.train_info, neighbors=model.neighbor_stats,
+                  final_epoch=model.history[-1] if model.history else None,
+                  output={"wells": emb.n_wells, "dimensions": emb.n_features})
 
 
 def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _RunWriter) -> dict[str, Any]:
@@ -250,15 +309,97 @@ def _describe_input(x: Any) -> Any:
     return [str(p) for p in x]
 
 
-@dataclass
 class Run:
-    """A run directory read back: settings, report, progress, train log; embedding and model on demand."""
+    """One run directory, end to end: created here, written by :meth:`correct`, read back by everyone.
 
-    path: Path
-    config: dict[str, Any]
-    report: dict[str, Any]
-    progress: dict[str, Any]
-    train_log: pd.DataFrame | None
+    Nobody outside this module knows a run's file names: the CLI, the dashboard's jobs and pages go
+    through these methods. Settings, report, progress and the training log are read once, when first
+    asked for (:meth:`open` gives a fresh snapshot).
+
+    Examples
+    --------
+    >>> from cpdistiller_core.runs import Run, RunSpec
+    >>> with Run.create("runs/demo") as run:                          # doctest: +SKIP
+    ...     run.correct(profiles, RunSpec.build(effects="batch,row,column"))
+    >>> run = Run.open("runs/demo")                                    # doctest: +SKIP
+    >>> run.status, run.verdict().status                               # doctest: +SKIP
+    ('finished', 'good')
+    >>> spaces = run.spaces()        # {'uncorrected': input, 'cpDistiller': embedding, references…}  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock: RunLock | None = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ----- creating and writing ------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path | None = None, *, root: Path | None = None, overwrite: bool = False) -> Run:
+        """A new run directory, locked by this process until :meth:`close` (or the ``with`` block ends).
+
+        ``path=None``: a fresh, uniquely named directory under ``root`` (the app's runs folder by
+        default). A given path must be new or empty unless ``overwrite`` (see :func:`prepare_run_dir`)."""
+        if path is None:
+            from .jobs import new_run_dir
+
+            path = new_run_dir(root)
+        run = cls(path)
+        run._lock = prepare_run_dir(path, overwrite=overwrite)
+        return run
+
+    def close(self) -> None:
+        """Release the lock taken by :meth:`create`."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def correct(self, profiles: Profiles | str | Path | Sequence[str | Path], spec: RunSpec | None = None,
+                progress: ProgressCallback | None = None, *, extractor: Profiles | None = None) -> Run:
+        """Run a correction into this directory (:func:`run_correction`); returns a fresh read of it."""
+        run_correction(profiles, self.path, spec, progress, extractor=extractor)
+        return Run.open(self.path)
+
+    # ----- reading ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """A run directory (finished, running or failed); an error when ``path`` is not one."""
+        run = cls(path)
+        if not (run.path / CONFIG_FILE).is_file() and not (run.path / PROGRESS_FILE).is_file():
+            raise CpDistillerError(f"{run.path}: not a cpDistiller run directory (no {CONFIG_FILE}).")
+        return run
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """The settings the run was started with (model config, effects, preprocessing, input)."""
+        return _read_json(self.path / CONFIG_FILE)
+
+    @functools.cached_property
+    def report(self) -> dict[str, Any]:
+        """Status, timings, device, versions, neighbour statistics (written when the run ends)."""
+        return _read_json(self.path / REPORT_FILE)
+
+    @functools.cached_property
+    def progress(self) -> dict[str, Any]:
+        """The writer's latest progress record (status, stage, epoch, elapsed, eta, losses)."""
+        return _read_json(self.path / PROGRESS_FILE)
+
+    @functools.cached_property
+    def train_log(self) -> pd.DataFrame | None:
+        """One row per epoch (losses, lambda, temperature, discriminator accuracies), or None."""
+        path = self.path / TRAIN_LOG_FILE
+        return pd.read_csv(path) if path.is_file() and path.stat().st_size else None
+
+    @property
+    def effects(self) -> list[str]:
+        return list(self.config.get("effects") or self.report.get("effects") or [])
 
     @property
     def status(self) -> str:
@@ -274,17 +415,40 @@ class Run:
             return "the run's process ended without finishing (killed, out of memory or the machine restarted)."
         return self.report.get("error") or self.progress.get("error")
 
-    def embedding(self) -> Embedding:
-        path = self.path / EMBEDDING_FILE
-        if not path.is_file():
-            raise CpDistillerError(f"{self.path}: no embedding (run status: {self.status}).")
-        from .io import read_profiles
+    @property
+    def model_dir(self) -> Path:
+        """The saved model (weights, settings and the preprocessing to apply to new plates)."""
+        return self.path / MODEL_DIR
 
-        emb = read_profiles(path)
-        if not isinstance(emb, Embedding):
-            emb = Embedding(meta=emb.meta, X=emb.X, features=emb.features, roles=emb.roles, source=emb.source,
-                            method="cpDistiller", provenance={"run_dir": str(self.path)})
-        return emb
+    def model(self, device: str | None = None) -> CpDistiller:
+        return CpDistiller.load(self.model_dir, device=device)
+
+    def preprocessing(self) -> Any:
+        """The run's fitted preprocessing (``preprocess.PreprocessReport``), or None when it had none."""
+        from .preprocess import PreprocessReport
+
+        path = self.model_dir / PREPROCESS_FILE
+        return PreprocessReport.load(path) if path.is_file() else None
+
+    def embedding(self) -> Embedding:
+        """The corrected embedding: every input metadata column + cpd_0 … cpd_{latent-1}."""
+        return _read_embedding(self.path / EMBEDDING_FILE, "cpDistiller", self)
+
+    def input(self) -> Profiles:
+        """The profiles the model was trained on (after the run's preprocessing), as saved by the run.
+
+        Runs written before the input was saved are rebuilt: the dashboard job's copy of the raw
+        profiles, with the run's preprocessing applied again."""
+        path = self.path / INPUT_FILE
+        if path.is_file():
+            from .io import read_profiles
+
+            return read_profiles(path)
+        from .jobs import load_input
+
+        raw = load_input(self.path, JOB_INPUT_NAME)
+        prep = self.preprocessing()
+        return prep.apply(raw) if prep is not None else raw
 
     def verdict(self) -> Any:
         """The run's "did it help?" verdict (``verdict.Verdict``), or None for runs without one."""
@@ -293,8 +457,115 @@ class Run:
         data = _read_json(self.path / VERDICT_FILE)
         return Verdict.from_dict(data) if data else None
 
-    def model(self, device: str | None = None) -> CpDistiller:
-        return CpDistiller.load(self.path / MODEL_DIR, device=device)
+    # ----- reference methods and the one rule for "what to compare" --------------------------------
+    def reference_names(self) -> list[str]:
+        """The reference methods computed for this run (without reading them)."""
+        return [p.stem for p in self._reference_files()]
+
+    def references(self) -> dict[str, Embedding]:
+        """Reference embeddings computed for this run (:meth:`add_reference`), by method name."""
+        return {p.stem: _read_embedding(p, p.stem, self) for p in self._reference_files()}
+
+    def add_reference(self, method: str, effects: Sequence[str] | None = None, seed: int = 0) -> Path:
+        """Run a reference method (``baselines.BASELINES``) on the run's input and save it with the run."""
+        from .baselines import BASELINES, run_baseline
+        from .io import write_profiles
+
+        if method not in BASELINES:
+            raise CpDistillerError(f"unknown reference method {method!r}; choose from {', '.join(BASELINES)}.")
+        profiles = self.input()
+        wanted = effects or self.effects or ("batch", "row", "column")
+        usable = [e for e in wanted if not (e == "batch" and profiles.batch is None)]
+        emb = run_baseline(method, profiles, usable or ("row", "column"), seed=seed)
+        return write_profiles(emb, self.path / REFERENCES_DIR / f"{method}.parquet")
+
+    def spaces(self, references: bool = True) -> dict[str, Profiles]:
+        """What to compare, aligned on the same wells in the same order.
+
+        ``uncorrected`` (the model's input profiles), ``cpDistiller`` (the embedding) and, with
+        ``references``, every reference method by name; the ``uncorrected`` reference (PCA-50 of the
+        input) is listed as ``uncorrected (PCA-50)``. Every page and command that compares uses this."""
+        from .platemap import align
+
+        before, after = align(self.input(), self.embedding())
+        out: dict[str, Profiles] = {"uncorrected": before, "cpDistiller": after}
+        if references:
+            for method, emb in self.references().items():
+                out[UNCORRECTED_PCA if method == "uncorrected" else method] = align(before, emb)[1]
+        return out
+
+    def stamp(self) -> tuple:
+        """Names and modification times of the run's embeddings: changes when one is added or rewritten."""
+        files = [self.path / EMBEDDING_FILE, self.path / INPUT_FILE, *self._reference_files()]
+        return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
+
+    def _reference_files(self) -> list[Path]:
+        return sorted((self.path / REFERENCES_DIR).glob("*.parquet"))
+
+    def write_h5ad(self) -> Path:
+        """RUN_DIR/embedding.h5ad: metadata in .obs, the model's input features in X, the embedding in
+        .obsm['X_cpdistiller'] (AnnData)."""
+        from .io import write_profiles
+        from .platemap import align
+
+        before, after = align(self.input(), self.embedding())
+        return write_profiles(after, self.path / "embedding.h5ad", input_profiles=before)
+
+    def scores(self) -> Any:
+        """The scorecard saved with the run (``metrics.Scorecard``), or None."""
+        from .metrics import Scorecard
+
+        path = self.path / SCORES_FILE
+        if not path.is_file():
+            return None
+        return Scorecard(pd.read_csv(path, keep_default_na=False, na_values=[""]))
+
+    def save_scores(self, card: Any) -> Path:
+        """Keep a scorecard (``metrics.Scorecard``) with the run, replacing the previous one."""
+        atomic_write_text(self.path / SCORES_FILE, card.scores.to_csv(index=False))
+        return self.path / SCORES_FILE
+
+    def model_archive(self) -> bytes:
+        """The saved model directory as a zip archive (to download and ``apply`` elsewhere)."""
+        if not self.model_dir.is_dir():
+            raise CpDistillerError(f"{self.path}: the run saved no model (status: {self.status}).")
+        return zip_directory(self.model_dir)
+
+    def files(self) -> list[str]:
+        """Every file the run wrote, relative to its directory (for listings after a failure)."""
+        return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
+
+
+def _read_embedding(path: Path, method: str, run: Run) -> Embedding:
+    if not path.is_file():
+        raise CpDistillerError(f"{run.path}: no {path.name} (run status: {run.status}).")
+    from .io import read_profiles
+
+    emb = read_profiles(path)
+    if not isinstance(emb, Embedding):
+        emb = Embedding(meta=emb.meta, X=emb.X, features=emb.features, roles=emb.roles, source=emb.source,
+                        method=method, provenance={"run_dir": str(run.path)})
+    return emb
+
+
+def add_references(run: str | Path, methods: Sequence[str], seed: int = 0,
+                   progress: ProgressCallback = no_progress) -> list[str]:
+    """Compute several reference methods for a run (the dashboard runs this as a background job).
+
+    Every method is tried; those that fail are named together in one error after the others are saved."""
+    target = Run.open(run)
+    written, failed = [], []
+    for i, method in enumerate(methods):
+        progress(i / max(1, len(methods)), f"{method}…")
+        try:
+            target.add_reference(method, seed=seed)
+            written.append(method)
+        except CpDistillerError as exc:
+            failed.append(f"{method}: {exc}")
+    progress(1.0, "done")
+    if failed:
+        raise CpDistillerError("; ".join(failed) + (f" (computed: {', '.join(written)})" if written else ""))
+    return written
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -307,14 +578,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (finished, running or failed)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file() and not (run_dir / PROGRESS_FILE).is_file():
-        raise CpDistillerError(f"{run_dir}: not a cpDistiller run directory (no {CONFIG_FILE}).")
-    log_path = run_dir / TRAIN_LOG_FILE
-    log = pd.read_csv(log_path) if log_path.is_file() and log_path.stat().st_size else None
-    return Run(run_dir, _read_json(run_dir / CONFIG_FILE), _read_json(run_dir / REPORT_FILE),
-               _read_json(run_dir / PROGRESS_FILE), log)
+    """Read a run directory (finished, running or failed): ``Run.open``."""
+    return Run.open(run_dir)
 
 
 # ----- status, lock and output directory --------------------------------------------------------------

@@ -206,9 +206,11 @@ def _resolve_model(model: Any, preprocess: bool) -> tuple[CpDistiller | None, Pr
     if model is None:
         return None, None
     if isinstance(model, (str, Path)):
+        from .runs import Run
+
         d = Path(model)
-        if (d / "model").is_dir():  # a run directory
-            d = d / "model"
+        if Run(d).model_dir.is_dir():  # a run directory
+            d = Run(d).model_dir
         loaded = CpDistiller.load(d)
         prep = PreprocessReport.load(d / PREPROCESS_FILE) if (d / PREPROCESS_FILE).is_file() else None
         loaded.preprocess_report = prep

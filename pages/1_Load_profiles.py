@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.access import DATA_ROOT_ENV, data_root
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.plots.plates import plate_layout_thumbnails
 from cpdistiller_core.preprocess import FEATURE_OPERATIONS, PreprocessConfig
+from dashboard import state as ds
 
 NONE = "(none)"
 

@@ -10,28 +10,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core import jobs
 from cpdistiller_core.baselines import BASELINES
-from cpdistiller_core.config import ADVERSARY_WELLS, SPHERING, CpDistillerConfig
+from cpdistiller_core.config import CpDistillerConfig
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.plots.training import training_curves
-from cpdistiller_core.runs import load_run
+from cpdistiller_core.preprocess import PreprocessConfig
+from cpdistiller_core.runs import Run
+from dashboard import state as ds
+from dashboard.widgets import format_seconds, settings_form, verdict_panel
 
 POLL_SECONDS = 1.0
-
-
-def _choice(col, label: str, options, default: str, key: str, help: str) -> str:
-    """A selectbox whose initial value is the engine's default."""
-    options = list(options)
-    return col.selectbox(label, options, index=options.index(default), key=key, help=help)
-
-
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 @st.cache_resource
@@ -40,28 +29,28 @@ def _gpu() -> tuple[bool, str]:
 
 
 @st.cache_data(show_spinner="Preparing the download…", max_entries=16)
-def _export(run_dir: str, fmt: str, stamp: float) -> bytes:
-    emb = load_run(Path(run_dir)).embedding()
+def _export(run_dir: str, fmt: str, stamp: tuple) -> bytes:
+    emb = Run.open(run_dir).embedding()
     with tempfile.TemporaryDirectory() as tmp:
         return ds.export_embedding(emb, fmt, Path(tmp))
 
 
 @st.cache_data(show_spinner="Zipping the model…", max_entries=8)
-def _model_zip(run_dir: str, stamp: float) -> bytes:
-    return ds.zip_directory(Path(run_dir) / "model")
+def _model_zip(run_dir: str, stamp: tuple) -> bytes:
+    return Run.open(run_dir).model_archive()
 
 
 st.title("Correct")
 dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
 session_id: str | None = st.session_state.get(ds.SESSION_ID_KEY)
-defaults = CpDistillerConfig()
 
 if dataset is None:
     st.info("Load a dataset first (or the built-in demo) to start a correction. Past runs are listed below.")
     st.page_link("pages/1_Load_profiles.py", label="Load profiles", icon=":material/upload_file:")
 else:
     st.caption(f"Dataset **{dataset.name}**: {dataset.raw.n_wells:,} wells, {dataset.raw.n_features} features; "
-               + ("preprocessing: " + ("custom settings from the Load page" if dataset.preprocess_config else "defaults")
+               + ("preprocessing: " + ("custom settings from the Load page"
+                                  if dataset.preprocess_config not in (None, PreprocessConfig()) else "defaults")
                   if dataset.preprocess_enabled else "no preprocessing"))
     gpu, gpu_msg = _gpu()
     (st.success if gpu else st.info)(f"GPU: {gpu_msg}" if gpu else gpu_msg, icon=":material/memory:")
@@ -70,63 +59,15 @@ else:
         options = (["batch"] if has_batch else []) + ["row", "column"]
         effects = st.multiselect("Effects to remove", options, default=options, key="correct_effects",
                                  help="Batch needs a batch column (set it on the Load page).")
-        c = st.columns(5)
-        epochs = c[0].number_input("Epochs", 1, 2000, defaults.epochs, key="correct_epochs")
-        batch_size = c[1].number_input("Batch size", 2, 65536, defaults.batch_size, key="correct_batch_size")
-        lr = c[2].number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%.4f", key="correct_lr")
-        latent = c[3].number_input("Latent dimensions", 2, 1024, defaults.latent_dim, key="correct_latent")
-        seed = c[4].number_input("Seed", 0, 2**31 - 1, defaults.seed, key="correct_seed")
-        devices = ["auto", "cpu"] + (["cuda"] if gpu else [])
-        device = st.selectbox("Device", devices, key="correct_device",
-                              help="auto uses the GPU when torch sees one.")
-        with st.expander("More settings (paper defaults)"):
-            c = st.columns(5)
-            hidden = c[0].number_input("Hidden units", 8, 8192, defaults.hidden_dim, key="correct_hidden")
-            k = c[1].number_input("Mixture components", 1, 100, defaults.n_components, key="correct_k")
-            margin = c[2].number_input("Triplet margin", 0.0, 1000.0, float(defaults.triplet_margin), key="correct_margin")
-            k_knn = c[3].number_input("KNN (within)", 1, 200, defaults.k_knn, key="correct_knn")
-            k_mnn = c[4].number_input("MNN (across)", 1, 200, defaults.k_mnn, key="correct_mnn")
-        with st.expander("Departures from the paper (options; docs/model.md)"):
-            c = st.columns(4)
-            sphering = _choice(c[0], "Sphere input on negative controls", SPHERING, defaults.sphering,
-                               "correct_sphering", "none = the paper")
-            adversary = _choice(c[1], "Discriminators learn from", ADVERSARY_WELLS, defaults.adversary_wells,
-                                "correct_adversary", "negcon: negative controls only; all = the paper (also "
-                                "removes biology where the layout ties perturbations to positions)")
-            hide = _choice(c[2], "Hide batch/position from", ("all", "same"), defaults.adversary_encoder,
-                           "correct_adversary_encoder", "with controls-trained discriminators: every well (all) "
-                           "or the controls only (same; lets the encoder collapse the controls)")
-            min_steps = c[3].number_input("Minimum training steps", 0, 1_000_000, defaults.min_steps,
-                                          key="correct_min_steps", help="0 = the paper's epochs only")
+        config = settings_form(CpDistillerConfig, "correct", choices={"device": ["auto", "cpu"] + (["cuda"] if gpu else [])})
         launch = st.form_submit_button("Start correction", type="primary")
     if launch:
-        config = defaults.to_dict() | {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-                                       "latent_dim": int(latent), "seed": int(seed), "device": device,
-                                       "hidden_dim": int(hidden), "n_components": int(k),
-                                       "triplet_margin": float(margin), "k_knn": int(k_knn), "k_mnn": int(k_mnn),
-                                       "sphering": sphering, "adversary_wells": adversary,
-                                       "adversary_encoder": hide, "min_steps": int(min_steps)}
         try:
             run_dir = ds.launch_correction(dataset, config, effects, session_id=session_id)
             st.session_state[ds.RUN_KEY] = str(run_dir)
             st.toast(f"Started {run_dir.name}")
         except CpDistillerError as exc:
             st.error(str(exc))
-
-
-def verdict_panel(verdict) -> None:
-    """"Did it help?": the run against the uncorrected profiles, worst problem first."""
-    st.subheader("Did it help?")
-    show = {"good": st.success, "warn": st.warning, "bad": st.error}
-    problems = verdict.problems()
-    if problems:
-        show[problems[0].status]("Did it help? " + " ".join(c.sentence for c in problems))
-    else:
-        show["good"]("Did it help? Corrected vs uncorrected: no check got worse.")
-    st.dataframe(verdict.table(), hide_index=True, width="stretch",
-                 column_config={"corrected": st.column_config.NumberColumn(format="%.3f"),
-                                "uncorrected": st.column_config.NumberColumn(format="%.3f")})
-    st.caption("Full scorecard: the Retrieval page, or `cpdistiller evaluate RUN_DIR --baseline PROFILES`.")
 
 
 def run_panel(run_dir: Path) -> None:
@@ -138,19 +79,19 @@ def run_panel(run_dir: Path) -> None:
         return
     run = None
     try:
-        run = load_run(run_dir)
+        run = Run.open(run_dir)
     except CpDistillerError:
         pass  # the child has not written config.json yet
     prog = run.progress if run else {}
     epoch, n_epochs = prog.get("epoch") or 0, prog.get("epochs") or (jobs.job_spec(run_dir).get("kwargs") or {}).get(
-        "config", {}).get("epochs")
+        "spec", {}).get("config", {}).get("epochs")
     elapsed = prog.get("elapsed_s") if prog.get("elapsed_s") is not None else state.elapsed
     eta = prog.get("eta_s") if not state.finished else 0
     fraction = 1.0 if state.status == jobs.DONE else float(prog.get("fraction", state.fraction) or 0.0)
     stage = prog.get("stage") or state.message
     st.markdown(f"**{run_dir.name}** · {state.status}")
-    st.progress(min(1.0, fraction), text=f"{stage} · epoch {epoch}/{n_epochs or '?'} · elapsed {_fmt_s(elapsed)}"
-                                         f" · remaining {_fmt_s(eta) if eta is not None else '—'}")
+    st.progress(min(1.0, fraction), text=f"{stage} · epoch {epoch}/{n_epochs or '?'} · elapsed {format_seconds(elapsed)}"
+                                         f" · remaining {format_seconds(eta) if eta is not None else '—'}")
     if not state.finished:
         if st.button("Cancel run", key=f"cancel_{run_dir.name}", icon=":material/stop_circle:"):
             jobs.cancel(run_dir)
@@ -169,13 +110,14 @@ def run_panel(run_dir: Path) -> None:
     if state.status in (jobs.FAILED, jobs.CANCELLED, jobs.INTERRUPTED):
         with st.expander("Log and files written", expanded=state.status == jobs.FAILED):
             st.code(jobs.read_log(run_dir, 6000) or "(empty log)", language="text")
-            st.write(sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()))
+            st.write(Run(run_dir).files())
     if state.status == jobs.DONE:
-        st.success(f"Finished in {_fmt_s(elapsed)}. Open the Embedding explorer or Plate maps to look at it.")
+        st.success(f"Finished in {format_seconds(elapsed)}. Open the Embedding explorer or Plate maps to look at it.")
         verdict = run.verdict() if run is not None else None
         if verdict is not None:
+            st.subheader("Did it help?")
             verdict_panel(verdict)
-        stamp = (run_dir / "embedding.parquet").stat().st_mtime if (run_dir / "embedding.parquet").exists() else 0.0
+        stamp = run.stamp() if run is not None else ()
         c = st.columns(4)
         for i, fmt in enumerate(("parquet", "csv", "h5ad")):  # files are built when the button is clicked
             c[i].download_button(f"Embedding ({fmt})", partial(_export, str(run_dir), fmt, stamp),
@@ -206,7 +148,7 @@ else:
 
     if current_status == jobs.DONE:
         st.markdown("##### Reference methods")
-        have = sorted(p.stem for p in (current / ds.REFERENCES_DIR).glob("*.parquet"))
+        have = Run(current).reference_names()
         st.caption("Computed on the same preprocessed input, for side-by-side comparison in the explorer. "
                    + (f"Available: {', '.join(have)}." if have else "None computed yet."))
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
@@ -232,7 +174,7 @@ else:
                 st.error(f"Reference methods: {exc}")
                 return
             if not state.finished:
-                st.progress(state.fraction, text=f"Reference methods: {state.message} (elapsed {_fmt_s(state.elapsed)})")
+                st.progress(state.fraction, text=f"Reference methods: {state.message} (elapsed {format_seconds(state.elapsed)})")
             elif state.status in (jobs.FAILED, jobs.INTERRUPTED):
                 st.error(f"Reference methods: {state.error}")
             seen = st.session_state.setdefault("correct_ref_seen", {})

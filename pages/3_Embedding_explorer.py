@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core import jobs
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.plots.embedding import available_colorings, embedding_figure
 from cpdistiller_core.reduce import UMAP_DEFAULTS, ReduceParams, cache_key, is_cached, reduce
+from dashboard import state as ds
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -29,12 +29,8 @@ spaces: dict[str, object] = {}
 base = None
 try:
     if run_dir and jobs.status(Path(run_dir)).status == jobs.DONE:
-        view = ds.cached_run_view(run_dir)
-        base = view.uncorrected
-        spaces = {"uncorrected": view.uncorrected, "cpDistiller": view.corrected}
-        spaces.update({m: e for m, e in view.references.items() if m != "uncorrected" and e.n_wells == base.n_wells})
-        if "uncorrected" in view.references:  # the PCA-50 reference of the same input
-            spaces["uncorrected (PCA-50)"] = view.references["uncorrected"]
+        spaces = ds.run_spaces(run_dir)
+        base = spaces["uncorrected"]
         st.caption(f"Run **{Path(run_dir).name}**: {base.n_wells:,} wells.")
     elif dataset is not None:
         base = dataset.current

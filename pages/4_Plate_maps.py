@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core import jobs, platemap
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.plots.plates import plate_heatmaps, position_profile_figure, variance_bars
 from cpdistiller_core.reduce import content_hash
+from cpdistiller_core.runs import UNCORRECTED_PCA, Run
+from dashboard import state as ds
 
 KINDS = {"feature": "A feature (uncorrected)", "dimension": "An embedding dimension (corrected)",
          "pc": "A principal component", "control_distance": "Distance to the plate's negative-control centroid",
@@ -37,10 +38,8 @@ sides: dict = {}
 token = ""
 try:
     if run_dir and jobs.status(Path(run_dir)).status == jobs.DONE:
-        view = ds.cached_run_view(run_dir)
-        sides = {"uncorrected": view.uncorrected, "cpDistiller": view.corrected}
-        sides.update({m: e for m, e in view.references.items() if m != "uncorrected"})
-        token = f"{run_dir}:{ds.run_stamp(Path(run_dir))}"
+        sides = {k: v for k, v in ds.run_spaces(run_dir).items() if k != UNCORRECTED_PCA}
+        token = f"{run_dir}:{Run(run_dir).stamp()}"
         st.caption(f"Run **{Path(run_dir).name}**")
     elif dataset is not None:
         sides = {"uncorrected": dataset.current}

@@ -3,36 +3,19 @@ enrichment per cluster and ARCHS4 co-expression groups, corrected vs uncorrected
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.analysis import archs4, enrichment
 from cpdistiller_core.analysis.clustering import LINKAGES, METRICS, gene_clusters
 from cpdistiller_core.analysis.consensus import select_type
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.net import OfflineError
 from cpdistiller_core.plots import genes as gp
+from dashboard import state as ds
+from dashboard.widgets import source_picker
 
 STATE = "genes_results"
-
-
-def _spaces() -> tuple[dict, str]:
-    """Embeddings to analyse ({'cpDistiller': …, 'uncorrected': …}) for the chosen source."""
-    dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
-    runs = ds.finished_runs(st.session_state.get(ds.SESSION_ID_KEY))
-    options = [r["run_dir"] for r in runs] + (["dataset"] if dataset is not None else [])
-    if not options:
-        return {}, ""
-    current = st.session_state.get(ds.RUN_KEY)
-    label = {r["run_dir"]: f"run {r['run_id']}" for r in runs} | {"dataset": "loaded dataset (uncorrected only)"}
-    pick = st.selectbox("Source", options, index=options.index(current) if current in options else 0,
-                        format_func=label.get, key="genes_source")
-    if pick == "dataset":
-        return {"uncorrected": dataset.current}, dataset.name
-    return ds.run_spaces(pick, references=False), f"run {Path(pick).name}"
 
 
 def _download_figure(fig, name: str, key: str) -> None:
@@ -58,7 +41,7 @@ st.caption("Consensus profile per perturbation → active screen against the neg
            "of the controls' own distances to their centroid) → hierarchical clustering of the top-N active ones, each cluster "
            "tested against 1,000 random sets of the same size → gene-set enrichment per cluster.")
 try:
-    spaces, source = _spaces()
+    spaces, source, _ = source_picker("genes_source", references=False)
 except CpDistillerError as exc:
     st.error(str(exc))
     st.stop()

@@ -8,32 +8,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.analysis import retrieval
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.metrics import SCORE_COLUMNS, EvaluationConfig, Scorecard, evaluate
-from cpdistiller_core.paths import atomic_write_text
 from cpdistiller_core.plots import genes as gp
 from cpdistiller_core.plots.scores import map_scatter, scorecard_bars, summary_bars
+from cpdistiller_core.runs import Run
+from dashboard import state as ds
+from dashboard.widgets import source_picker
 
 STATE = "retrieval_results"
 CARD = "retrieval_scorecard"
-
-
-def _spaces() -> tuple[dict, str, Path | None]:
-    """Embeddings to compare ({'cpDistiller': …, 'uncorrected': …, references…}), a label, the run dir."""
-    dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
-    runs = ds.finished_runs(st.session_state.get(ds.SESSION_ID_KEY))
-    options = [r["run_dir"] for r in runs] + (["dataset"] if dataset is not None else [])
-    if not options:
-        return {}, "", None
-    current = st.session_state.get(ds.RUN_KEY)
-    label = {r["run_dir"]: f"run {r['run_id']}" for r in runs} | {"dataset": "loaded dataset (uncorrected only)"}
-    pick = st.selectbox("Source", options, index=options.index(current) if current in options else 0,
-                        format_func=label.get, key="retrieval_source")
-    if pick == "dataset":
-        return {"uncorrected": dataset.current}, dataset.name, None
-    return ds.run_spaces(pick), f"run {Path(pick).name}", Path(pick)
 
 
 def _none_or_column(columns: list[str], words: tuple[str, ...]) -> int:
@@ -44,7 +29,7 @@ def _none_or_column(columns: list[str], words: tuple[str, ...]) -> int:
 
 st.title("Retrieval")
 try:
-    spaces, source, run_dir = _spaces()
+    spaces, source, run_dir = source_picker("retrieval_source")
 except CpDistillerError as exc:
     st.error(str(exc))
     st.stop()
@@ -70,9 +55,8 @@ pairs_col = None if pairs_col == none else pairs_col
 # ----- scorecard ---------------------------------------------------------------------------------
 st.subheader("Scorecard of methods")
 card: Scorecard | None = st.session_state.get(CARD, {}).get(source)
-saved = run_dir / "scores.csv" if run_dir else None
-if card is None and saved is not None and saved.is_file():
-    card = Scorecard(pd.read_csv(saved, keep_default_na=False, na_values=[""]))
+if card is None and run_dir is not None:
+    card = Run(run_dir).scores()
 c = st.columns([2, 1, 1])
 path = c[0].text_input("…or open a scores.csv (e.g. from `cpdistiller benchmark --out DIR`)", key="retrieval_scores_path")
 if c[1].button("Open", key="retrieval_scores_open") and path:
@@ -107,8 +91,8 @@ if c[2].button("Compute scorecard", key="retrieval_scores_go",
         status.update(label="Scored", state="complete")
     card = Scorecard.concat(cards)
     st.session_state.setdefault(CARD, {})[source] = card
-    if saved is not None:
-        atomic_write_text(saved, card.scores.to_csv(index=False))
+    if run_dir is not None:
+        Run(run_dir).save_scores(card)
 if card is None:
     st.caption("No scorecard yet for this source.")
 else:

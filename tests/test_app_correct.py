@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core import jobs
 from cpdistiller_core.config import CpDistillerConfig
 from cpdistiller_core.profiles import Profiles, Roles
+from cpdistiller_core.runs import Run, add_references
+from cpdistiller_core.settings import settings_of
+from dashboard import state as ds
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 CORRECT, EXPLORER, PLATES = "pages/2_Correct.py", "pages/3_Embedding_explorer.py", "pages/4_Plate_maps.py"
@@ -52,13 +54,15 @@ def _short_run() -> tuple[AppTest, Path]:
     at.switch_page(CORRECT).run()
     assert not at.exception
     assert any("GPU" in x.value or "CPU" in x.value for x in list(at.info) + list(at.success))
+    for s in settings_of(CpDistillerConfig):  # the form is generated from the settings schema: one widget each
+        assert at.session_state[f"correct_{s.name}"] == s.default, s.name
     assert at.number_input(key="correct_epochs").value == 50  # the paper's defaults are offered
     assert at.number_input(key="correct_batch_size").value == 256
     at.number_input(key="correct_epochs").set_value(2)
     at.multiselect(key="correct_effects").set_value(["batch", "row", "column"])
-    assert at.selectbox(key="correct_adversary").value == CpDistillerConfig().adversary_wells
+    assert at.selectbox(key="correct_adversary_wells").value == CpDistillerConfig().adversary_wells
     assert at.selectbox(key="correct_adversary_encoder").value == CpDistillerConfig().adversary_encoder
-    at.selectbox(key="correct_adversary").set_value("auto")
+    at.selectbox(key="correct_adversary_wells").set_value("auto")
     at.button(key=START).click().run()
     assert not at.exception and not _errors(at)
     run_dir = Path(at.session_state[ds.RUN_KEY])
@@ -74,8 +78,9 @@ def test_a_run_goes_through_the_job_runner_and_shows_results(finished):
     assert not at.exception and not _errors(at)
     spec = jobs.job_spec(run_dir)
     assert spec["target"] == ds.CORRECTION_TARGET
-    assert spec["kwargs"]["config"]["epochs"] == 2 and spec["kwargs"]["effects"] == ["batch", "row", "column"]
-    assert spec["kwargs"]["config"]["adversary_wells"] == "auto"
+    run_spec = spec["kwargs"]["spec"]
+    assert run_spec["config"]["epochs"] == 2 and run_spec["effects"] == ["batch", "row", "column"]
+    assert run_spec["config"]["adversary_wells"] == "auto"
     state = jobs.status(run_dir)
     assert state.pid != __import__("os").getpid()  # trained in another process
     for name in ("config.json", "progress.json", "train_log.csv", "embedding.parquet", "report.json"):
@@ -130,9 +135,9 @@ def test_explorer_switches_colourings_and_highlights(finished):
     # PCA coordinates were cached on disk, keyed by content + parameters
     from cpdistiller_core.reduce import ReduceParams, is_cached
 
-    view = ds.load_run_view(run_dir)
-    assert is_cached(view.corrected.X, ReduceParams(method="pca"))
-    assert not is_cached(view.corrected.X, ReduceParams(method="umap"))
+    corrected = Run.open(run_dir).spaces()["cpDistiller"]
+    assert is_cached(corrected.X, ReduceParams(method="pca"))
+    assert not is_cached(corrected.X, ReduceParams(method="umap"))
 
 
 def test_plate_maps_render_every_value_kind_and_variance(finished):
@@ -221,7 +226,7 @@ def test_downloads_round_trip_the_embedding_and_zip_the_model(finished, tmp_path
             back = read_profiles(str(path))
         assert back.features == emb.features
         np.testing.assert_allclose(back.X, emb.X, rtol=1e-5, atol=1e-6)
-    names = zipfile.ZipFile(io.BytesIO(ds.zip_directory(run_dir / "model"))).namelist()
+    names = zipfile.ZipFile(io.BytesIO(Run.open(run_dir).model_archive())).namelist()
     assert names and all(n.startswith("model/") for n in names)
     assert {Path(n).name for n in names} >= {p.name for p in (run_dir / "model").iterdir() if p.is_file()}
 
@@ -231,6 +236,6 @@ def test_reference_jobs_report_failed_methods_and_keep_the_others(finished):
     with pytest.raises(ds.CpDistillerError, match="launch|choose reference methods"):
         ds.launch_references(run_dir, ["no_such_method"])
     with pytest.raises(ds.CpDistillerError) as info:
-        ds.compute_references(str(run_dir), ["sphering", "no_such_method"])
+        add_references(str(run_dir), ["sphering", "no_such_method"])
     assert "no_such_method" in str(info.value) and "computed: sphering" in str(info.value)
     assert (run_dir / "references" / "sphering.parquet").is_file()

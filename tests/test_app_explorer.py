@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.profiles import Profiles, Roles
 from cpdistiller_core.reduce import ReduceParams, is_cached
+from dashboard import state as ds
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

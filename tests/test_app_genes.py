@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cpdistiller_core import dashboard_state as ds
+from dashboard import state as ds
 
 ROOT = Path(__file__).resolve().parents[1]
 GENES_PAGE = "pages/5_Gene_clusters.py"

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.paths import app_data_dir
+from dashboard import state as ds
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 LOAD = "pages/1_Load_profiles.py"

@@ -13,7 +13,7 @@ from cpdistiller_core.api import CpDistiller
 from cpdistiller_core.cli import main
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.io import read_profiles
-from cpdistiller_core.runs import load_run, run_correction
+from cpdistiller_core.runs import RunSpec, load_run, run_correction
 
 FAST = ["--epochs", "2", "--batch-size", "64", "--device", "cpu", "--quiet"]
 
@@ -64,8 +64,8 @@ def test_cli_writes_a_complete_run_dir(screen_csv, tmp_path, capsys):
 
 def test_run_with_preprocessing_stores_its_parameters(screen_csv, tmp_path):
     _, p = screen_csv
-    out = run_correction(p, tmp_path / "run", {"epochs": 1, "batch_size": 64, "hidden_dim": 16, "device": "cpu", "min_steps": 0},
-                         "row,column")
+    out = run_correction(p, tmp_path / "run", RunSpec.build(
+        {"epochs": 1, "batch_size": 64, "hidden_dim": 16, "device": "cpu", "min_steps": 0}, "row,column"))
     run = load_run(out)
     assert run.status == "finished"
     assert (out / "model" / "preprocess.json").is_file()
@@ -77,7 +77,8 @@ def test_failed_run_records_its_error(screen_csv, tmp_path, capsys):
     _, p = screen_csv
     one_plate = p.subset(rows=p.plate == "P0")
     with pytest.raises(CpDistillerError):
-        run_correction(one_plate, tmp_path / "bad", {"epochs": 1, "device": "cpu", "min_steps": 0}, "batch", preprocess=False)
+        run_correction(one_plate, tmp_path / "bad",
+                       RunSpec.build({"epochs": 1, "device": "cpu", "min_steps": 0}, "batch", preprocess=False))
     run = load_run(tmp_path / "bad")
     assert run.status == "failed" and "nothing to correct" in run.error
     assert run.progress["status"] == "failed" and "nothing to correct" in run.progress["error"]
@@ -99,6 +100,7 @@ def test_load_run_rejects_other_directories(tmp_path):
 
 def test_run_dir_model_is_a_cpdistiller(screen_csv, tmp_path):
     _, p = screen_csv
-    out = run_correction(p, tmp_path / "r", {"epochs": 1, "batch_size": 64, "hidden_dim": 16, "device": "cpu", "min_steps": 0},
-                         ("row", "column"), preprocess=False)
+    out = run_correction(p, tmp_path / "r", RunSpec.build(
+        {"epochs": 1, "batch_size": 64, "hidden_dim": 16, "device": "cpu", "min_steps": 0}, ("row", "column"),
+        preprocess=False))
     assert isinstance(load_run(out).model(), CpDistiller)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
 
 from cpdistiller_core import jobs
-from cpdistiller_core.reduce import content_hash
+from cpdistiller_core.reduce import content_hash, reduce
 
 
 def test_runs_a_core_function_in_another_process_and_records_its_result(tmp_path):
     X = np.arange(30, dtype=np.float32).reshape(10, 3)
-    run_dir = jobs.submit("cpdistiller_core.reduce:content_hash", jobs.new_run_dir(tmp_path), objects={"X": X},
+    run_dir = jobs.submit(content_hash, jobs.new_run_dir(tmp_path), objects={"X": X},
                           meta={"dataset": "toy"})
     state = jobs.wait(run_dir, timeout=120)
     assert state.status == jobs.DONE, jobs.read_log(run_dir)
@@ -28,7 +29,7 @@ def test_runs_a_core_function_in_another_process_and_records_its_result(tmp_path
 
 def test_progress_callback_and_run_dir_are_passed_when_the_target_takes_them(tmp_path):
     X = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
-    run_dir = jobs.submit("cpdistiller_core.reduce:reduce", jobs.new_run_dir(tmp_path), objects={"X": X},
+    run_dir = jobs.submit(reduce, jobs.new_run_dir(tmp_path), objects={"X": X},
                           kwargs={"cache_root": str(tmp_path / "cache")})
     state = jobs.wait(run_dir, timeout=120)
     assert state.status == jobs.DONE, jobs.read_log(run_dir)
@@ -39,7 +40,7 @@ def test_progress_callback_and_run_dir_are_passed_when_the_target_takes_them(tmp
 def test_a_user_error_fails_the_job_with_its_message_and_keeps_the_log(tmp_path):
     X = np.ones((10, 3), dtype=np.float32)
     X[2, 1] = np.nan
-    run_dir = jobs.submit("cpdistiller_core.reduce:reduce", jobs.new_run_dir(tmp_path), objects={"X": X})
+    run_dir = jobs.submit(reduce, jobs.new_run_dir(tmp_path), objects={"X": X})
     state = jobs.wait(run_dir, timeout=120)
     assert state.status == jobs.FAILED
     assert "NaN" in state.error and "preprocess" in state.error
@@ -48,7 +49,7 @@ def test_a_user_error_fails_the_job_with_its_message_and_keeps_the_log(tmp_path)
 
 
 def test_an_unexpected_exception_keeps_its_traceback(tmp_path):
-    run_dir = jobs.submit("json:loads", jobs.new_run_dir(tmp_path), args=["{not json"])
+    run_dir = jobs.submit(json.loads, jobs.new_run_dir(tmp_path), args=["{not json"])
     state = jobs.wait(run_dir, timeout=60)
     assert state.status == jobs.FAILED
     assert state.error.startswith("JSONDecodeError")
@@ -56,12 +57,11 @@ def test_an_unexpected_exception_keeps_its_traceback(tmp_path):
 
 
 def test_cancel_terminates_the_process_and_marks_the_run_cancelled(tmp_path):
-    run_dir = jobs.submit("time:sleep", jobs.new_run_dir(tmp_path), args=[300])
+    run_dir = jobs.submit(time.sleep, jobs.new_run_dir(tmp_path), args=[300])
     # wait until the child is really running
     for _ in range(600):
         if jobs.status(run_dir).status == jobs.RUNNING:
             break
-        import time
 
         time.sleep(0.05)
     pid = jobs.status(run_dir).pid
@@ -74,9 +74,8 @@ def test_cancel_terminates_the_process_and_marks_the_run_cancelled(tmp_path):
 
 def test_a_killed_process_is_reported_interrupted_not_running_forever(tmp_path):
     import signal
-    import time
 
-    run_dir = jobs.submit("time:sleep", jobs.new_run_dir(tmp_path), args=[300])
+    run_dir = jobs.submit(time.sleep, jobs.new_run_dir(tmp_path), args=[300])
     while jobs.status(run_dir).status != jobs.RUNNING:
         time.sleep(0.05)
     os.killpg(jobs.status(run_dir).pid, signal.SIGKILL)
@@ -86,20 +85,24 @@ def test_a_killed_process_is_reported_interrupted_not_running_forever(tmp_path):
 
 
 def test_two_sessions_get_separate_run_dirs_and_do_not_clobber(tmp_path):
-    a = jobs.submit("cpdistiller_core.reduce:content_hash", jobs.new_run_dir(tmp_path),
+    a = jobs.submit(content_hash, jobs.new_run_dir(tmp_path),
                     objects={"X": np.zeros((4, 2), np.float32)})
-    b = jobs.submit("cpdistiller_core.reduce:content_hash", jobs.new_run_dir(tmp_path),
+    b = jobs.submit(content_hash, jobs.new_run_dir(tmp_path),
                     objects={"X": np.ones((4, 2), np.float32)})
     assert a != b and a.parent == b.parent
     ra, rb = jobs.wait(a, timeout=120), jobs.wait(b, timeout=120)
     assert ra.extra["result"] == content_hash(np.zeros((4, 2), np.float32))
     assert rb.extra["result"] == content_hash(np.ones((4, 2), np.float32))
     with pytest.raises(jobs.CpDistillerError):
-        jobs.submit("time:sleep", a, args=[1])  # a run directory holds one job
+        jobs.submit(time.sleep, a, args=[1])  # a run directory holds one job
 
 
 def test_bad_targets_fail_in_the_caller(tmp_path):
+    """Jobs take the function itself; a string, a lambda or a method cannot be imported by the child."""
     with pytest.raises(jobs.CpDistillerError):
-        jobs.submit("no_colon_here", jobs.new_run_dir(tmp_path))
+        jobs.submit("json:loads", jobs.new_run_dir(tmp_path))
     with pytest.raises(jobs.CpDistillerError):
-        jobs.submit("json:not_a_function", jobs.new_run_dir(tmp_path))
+        jobs.submit(lambda: 1, jobs.new_run_dir(tmp_path))
+    with pytest.raises(jobs.CpDistillerError):
+        jobs.submit(jobs.JobState.to_dict, jobs.new_run_dir(tmp_path))
+    assert jobs.target_name(json.loads) == "json:loads"

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.jump import PROFILE_KEY, JumpClient
 from cpdistiller_core.net import OfflineError
+from dashboard import state as ds
 
 SOURCE, BATCH = "source_4", "2021_04_26_Batch1"
 PLATES = ["BR00117035", "BR00117036"]

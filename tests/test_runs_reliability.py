@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from engine_screens import small_screen
 
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core import jobs
 from cpdistiller_core.cli import main
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.runs import LOCK_FILE, RunLock, load_run, prepare_run_dir
+from dashboard import state as ds
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "2", "--batch-size", "64", "--device", "cpu", "--quiet", "--no-preprocess", "--min-steps", "0"]
@@ -168,7 +168,7 @@ def test_a_running_status_with_a_dead_or_reused_pid_is_interrupted(tmp_path):
 
 
 def test_unreadable_state_files_are_listed_not_fatal(tmp_path):
-    good = jobs.submit("json:loads", jobs.new_run_dir(tmp_path), args=["1"])
+    good = jobs.submit(json.loads, jobs.new_run_dir(tmp_path), args=["1"])
     jobs.wait(good, timeout=120)
     truncated, schemaless, listy, nojob = (jobs.new_run_dir(tmp_path) for _ in range(4))
     for d in (truncated, schemaless, listy):

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 
 from cpdistiller_core import access, jobs
-from cpdistiller_core import dashboard_state as ds
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.io import write_profiles
 from cpdistiller_core.profiles import Embedding, Profiles, Roles
+from cpdistiller_core.runs import JOB_INPUT_NAME, Run
+from dashboard import state as ds
 
 REPO = Path(__file__).resolve().parents[1]
 WELLS = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
@@ -49,9 +50,9 @@ def _old_layout_run(tmp_path: Path) -> tuple[Path, Path]:
     marker = tmp_path / "pwned"
     run_dir = tmp_path / "runs" / "run-old"
     (run_dir / jobs.INPUTS_DIR).mkdir(parents=True)
-    (run_dir / jobs.INPUTS_DIR / f"{ds.INPUT_OBJECT}.pkl").write_bytes(pickle.dumps(_Exploit(marker)))
+    (run_dir / jobs.INPUTS_DIR / f"{JOB_INPUT_NAME}.pkl").write_bytes(pickle.dumps(_Exploit(marker)))
     (run_dir / jobs.JOB_FILE).write_text(json.dumps({"target": ds.CORRECTION_TARGET, "args": [], "kwargs": {},
-                                                     "objects": [ds.INPUT_OBJECT], "meta": {}}))
+                                                     "objects": [JOB_INPUT_NAME], "meta": {}}))
     (run_dir / jobs.STATE_FILE).write_text(json.dumps({"run_dir": str(run_dir), "status": "done"}))
     emb = Embedding(meta=_profiles().meta, X=np.random.default_rng(1).normal(size=(96, 3)),
                     features=["cpd_0", "cpd_1", "cpd_2"], roles=_profiles().roles, method="cpDistiller")
@@ -64,7 +65,8 @@ def _old_layout_run(tmp_path: Path) -> tuple[Path, Path]:
 
 # ----- 1. no pickle ---------------------------------------------------------------------------------
 def test_no_pickle_in_the_package_or_the_pages():
-    sources = [*REPO.joinpath("cpdistiller_core").rglob("*.py"), REPO / "app.py", *REPO.joinpath("pages").glob("*.py")]
+    sources = [*REPO.joinpath("cpdistiller_core").rglob("*.py"), REPO / "app.py", *REPO.joinpath("pages").glob("*.py"),
+               *REPO.joinpath("dashboard").glob("*.py")]
     for path in sources:
         text = path.read_text(encoding="utf-8")
         assert "import pickle" not in text and "pickle.load" not in text and "joblib" not in text, path
@@ -76,11 +78,11 @@ def test_no_pickle_in_the_package_or_the_pages():
 def test_job_inputs_are_parquet_and_read_back_exactly(tmp_path):
     raw = _profiles()
     run_dir = jobs.new_run_dir(tmp_path)
-    entry = jobs.save_input(run_dir, ds.INPUT_OBJECT, raw)
-    (run_dir / jobs.JOB_FILE).write_text(json.dumps({"inputs": {ds.INPUT_OBJECT: entry}}))
-    path = run_dir / jobs.INPUTS_DIR / f"{ds.INPUT_OBJECT}.parquet"
+    entry = jobs.save_input(run_dir, JOB_INPUT_NAME, raw)
+    (run_dir / jobs.JOB_FILE).write_text(json.dumps({"inputs": {JOB_INPUT_NAME: entry}}))
+    path = run_dir / jobs.INPUTS_DIR / f"{JOB_INPUT_NAME}.parquet"
     assert path.read_bytes()[:4] == b"PAR1" and not list(run_dir.rglob("*.pkl"))
-    back = jobs.load_input(run_dir, ds.INPUT_OBJECT)
+    back = jobs.load_input(run_dir, JOB_INPUT_NAME)
     assert back.X.dtype == np.float64 and np.array_equal(back.X, raw.X)  # full precision kept
     assert back.roles == raw.roles and back.source == "screen.csv"
     pd.testing.assert_frame_equal(back.meta, raw.meta)
@@ -91,9 +93,9 @@ def test_job_inputs_are_parquet_and_read_back_exactly(tmp_path):
 def test_a_planted_pickle_is_never_loaded_and_the_old_layout_is_named(tmp_path):
     run_dir, marker = _old_layout_run(tmp_path)
     with pytest.raises(CpDistillerError, match="old layout"):
-        ds.run_input(run_dir)  # what the Explorer, Plate maps, Gene clusters and Retrieval pages read
+        Run.open(run_dir).input()  # what the Explorer, Plate maps, Gene clusters and Retrieval pages read
     with pytest.raises(CpDistillerError, match="old layout"):
-        ds.load_run_view(run_dir)
+        Run.open(run_dir).spaces()
     # the job runner's child side does not unpickle it either
     done = subprocess.run([sys.executable, "-m", "cpdistiller_core.jobs", str(run_dir)], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -296,7 +298,7 @@ def test_concurrent_jobs_are_capped(monkeypatch):
     monkeypatch.setenv("CPDISTILLER_MAX_JOBS", "1")
     monkeypatch.setenv("CPDISTILLER_MAX_JOBS_PER_SESSION", "1")
     ds.check_job_capacity(a)
-    run = jobs.submit("time:sleep", jobs.new_run_dir(ds.session_runs_root(a)), args=[120])
+    run = jobs.submit(time.sleep, jobs.new_run_dir(ds.session_runs_root(a)), args=[120])
     try:
         with pytest.raises(CpDistillerError, match="this session already runs 1 job"):
             ds.check_job_capacity(a)
@@ -352,7 +354,7 @@ def test_a_dashboard_correction_reads_its_parquet_input_back(tmp_path):
     assert run_dir.parent == ds.session_runs_root(sid)
     state = jobs.wait(run_dir, timeout=600)
     assert state.status == jobs.DONE, jobs.read_log(run_dir)
-    assert sorted(p.name for p in (run_dir / jobs.INPUTS_DIR).iterdir()) == [f"{ds.INPUT_OBJECT}.parquet"]
-    view = ds.load_run_view(run_dir)
-    assert view.uncorrected.n_wells == view.corrected.n_wells == raw.n_wells
+    assert sorted(p.name for p in (run_dir / jobs.INPUTS_DIR).iterdir()) == [f"{JOB_INPUT_NAME}.parquet"]
+    spaces = Run.open(run_dir).spaces()
+    assert spaces["uncorrected"].n_wells == spaces["cpDistiller"].n_wells == raw.n_wells
     assert [r["run_dir"] for r in ds.finished_runs(sid)] == [str(run_dir)]

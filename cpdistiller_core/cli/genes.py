@@ -129,18 +129,18 @@ def load_pair(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         out["input"], _ = preprocess(make_demo_screen(args.demo_seed).profiles, PreprocessConfig())
         desc = f"demo screen (seed {args.demo_seed}), preprocessed, uncorrected"
     elif len(inputs) == 1 and Path(inputs[0]).is_dir():
-        from ..baselines import uncorrected
-        from ..dashboard_state import load_references, run_input
-        from ..runs import load_run
+        from ..runs import Run
 
-        run_dir = Path(inputs[0])
-        out["corrected"] = _with_role_flags(load_run(run_dir).embedding(), args)
-        refs = load_references(run_dir)
-        if "uncorrected" in refs and not args.uncorrected:
-            out["uncorrected"] = refs["uncorrected"]
-        else:  # PCA-50 of the run's input (or of --uncorrected files) after the run's preprocessing
-            out["uncorrected"] = uncorrected(_run_input(run_dir, run_input, args), seed=args.seed)
-        desc = f"run {run_dir.name}"
+        run = Run.open(inputs[0])
+        spaces = run.spaces(references=False) if not args.uncorrected else {"cpDistiller": run.embedding()}
+        out["corrected"] = _with_role_flags(spaces["cpDistiller"], args)
+        if args.uncorrected:  # the given files, with the run's preprocessing applied
+            prep = run.preprocessing()
+            raw = _read(args, list(args.uncorrected))
+            out["uncorrected"] = prep.apply(raw) if prep is not None else raw
+        else:
+            out["uncorrected"] = spaces["uncorrected"]
+        desc = f"run {run.path.name}"
     else:
         emb = _read(args, inputs)
         if isinstance(emb, Embedding):
@@ -169,32 +169,6 @@ def _with_role_flags(profiles, args: argparse.Namespace):
     if not spec:
         return profiles
     return profiles.replace(roles=Roles.from_dict({**profiles.roles.to_dict(), **spec}))
-
-
-def _run_input(run_dir: Path, run_input, args: argparse.Namespace):
-    """The run's preprocessed input: --uncorrected files, else the dashboard job's copy, else the file(s)
-    named in config.json (read with this command's column options), with the run's preprocessing."""
-    first: CpDistillerError | None = None
-    if not args.uncorrected:
-        try:
-            return run_input(run_dir)
-        except CpDistillerError as exc:
-            first = exc
-    from ..runs import load_run
-
-    src = (load_run(run_dir).config.get("input") or {}).get("source")
-    files = list(args.uncorrected or []) or ([src] if isinstance(src, str) else list(src or []))
-    if not files or not all(isinstance(f, str) and Path(f).is_file() for f in files):
-        if first is not None and "old layout" in str(first):
-            raise first
-        raise CpDistillerError(f"{run_dir}: cannot find the run's input ({src!r}); pass --uncorrected FILE...")
-    raw = _read(args, files)
-    prep = run_dir / "model" / "preprocess.json"
-    if prep.is_file():
-        from ..preprocess import PreprocessReport
-
-        return PreprocessReport.load(prep).apply(raw)
-    return raw
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""What the dashboard holds between pages, and the core calls behind its buttons (no Streamlit here).
+"""What the dashboard holds between pages, and the calls behind its buttons (no widgets here).
 
 Session-state keys are named here so every page (including other developers' pages) reads the same:
 
@@ -12,8 +12,8 @@ lists only its own runs. The workspace has a size quota, uploads older than a da
 the number of jobs running at once is capped (:class:`cpdistiller_core.access.Limits`). Server paths
 are read only under the data root (:func:`cpdistiller_core.access.under_data_root`), and errors about
 those files never quote their cells. A correction is one job (``jobs.submit``) running
-``runs.run_correction`` in a separate process; reference methods are written next to it in
-``RUN_DIR/references/<method>.parquet``.
+``runs.run_correction`` in a separate process; reference methods are added to the run by another job
+(``runs.add_references``). Everything about a run directory goes through ``runs.Run``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import jobs
-from .access import Limits, under_data_root
-from .errors import CpDistillerError, hide_cell_values
-from .paths import app_data_dir, atomic_write_bytes
-from .profiles import Embedding, Profiles
-from .progress import ProgressCallback, no_progress
+from cpdistiller_core import jobs
+from cpdistiller_core.access import Limits, under_data_root
+from cpdistiller_core.errors import CpDistillerError, hide_cell_values
+from cpdistiller_core.paths import app_data_dir, atomic_write_bytes
+from cpdistiller_core.profiles import Profiles
+from cpdistiller_core.runs import JOB_INPUT_NAME, Run, RunSpec, add_references, run_correction
 
 DATASET_KEY = "cpd_dataset"
 RUN_KEY = "cpd_run_dir"
@@ -43,10 +43,8 @@ SESSION_ID_KEY = "cpd_session_id"
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".parquet", ".pq", ".h5ad")
 MAX_UPLOAD_MB = 1024  # keep in sync with server.maxUploadSize in .streamlit/config.toml
-CORRECTION_TARGET = "cpdistiller_core.runs:run_correction"
-REFERENCE_TARGET = "cpdistiller_core.dashboard_state:compute_references"
-INPUT_OBJECT = "input_profiles"
-REFERENCES_DIR = "references"
+CORRECTION_TARGET = jobs.target_name(run_correction)
+REFERENCE_TARGET = jobs.target_name(add_references)
 ROLE_FIELDS = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
 
 
@@ -278,7 +276,7 @@ def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *,
     """Read profile files (roles auto-detected, ``roles`` overrides applied) into a Dataset.
 
     ``feature_regex`` chooses the feature columns when they are not CellProfiler-named."""
-    from .io import read_profiles_with_report
+    from cpdistiller_core.io import read_profiles_with_report
 
     paths = [Path(p) for p in paths]
     try:
@@ -301,7 +299,7 @@ def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *,
 
 def jump_client(metadata_dir: str | None = None) -> Any:
     """The Cell Painting Gallery client with the app's cache (network only when something is missing)."""
-    from .jump import JumpClient
+    from cpdistiller_core.jump import JumpClient
 
     folder = under_data_root(metadata_dir, "dir") if metadata_dir else None
     return JumpClient(metadata_dir=folder)
@@ -309,8 +307,8 @@ def jump_client(metadata_dir: str | None = None) -> Any:
 
 def load_jump(client: Any, plates: pd.DataFrame, progress: Any = None) -> Dataset:
     """Fetch (or reuse cached) JUMP plates chosen from ``client.list_plates()`` rows into a Dataset."""
-    from .io import validate
-    from .jump import ROLES
+    from cpdistiller_core.io import validate
+    from cpdistiller_core.jump import ROLES
 
     if plates.empty:
         raise CpDistillerError("choose at least one JUMP plate.")
@@ -327,8 +325,8 @@ def load_jump(client: Any, plates: pd.DataFrame, progress: Any = None) -> Datase
 
 def load_demo(seed: int = 0) -> Dataset:
     """The built-in simulated screen (known batch, row and column effects)."""
-    from .datasets import load_demo as cached_demo
-    from .io import validate
+    from cpdistiller_core.datasets import load_demo as cached_demo
+    from cpdistiller_core.io import validate
 
     demo = cached_demo(seed=seed)
     profiles = demo.profiles
@@ -340,7 +338,7 @@ def load_demo(seed: int = 0) -> Dataset:
 
 def with_roles(dataset: Dataset, overrides: Mapping[str, Any]) -> Dataset:
     """Re-resolve the roles of a loaded dataset with the user's overrides (preprocessing is reset)."""
-    from .io import resolve_roles, validate
+    from cpdistiller_core.io import resolve_roles, validate
 
     roles, reasons = resolve_roles(dataset.raw.meta, dict(overrides), dataset.raw.source or None,
                                    stored=dataset.raw.roles)
@@ -351,7 +349,7 @@ def with_roles(dataset: Dataset, overrides: Mapping[str, Any]) -> Dataset:
 
 def apply_preprocessing(dataset: Dataset, config: Any) -> Dataset:
     """Run the core preprocessing (or none when ``config`` is None) and keep its report."""
-    from .preprocess import preprocess
+    from cpdistiller_core.preprocess import preprocess
 
     if config is None:
         return Dataset(**{**dataset.__dict__, "preprocess_enabled": False, "preprocess_config": None,
@@ -371,100 +369,56 @@ def launch_correction(dataset: Dataset, config: Mapping[str, Any], effects: Sequ
     model's preprocessing and can be re-run), not the already-preprocessed copy. With ``session_id``
     the run goes to that session's workspace, within its quota and the server's job limits.
     """
-    from .config import CpDistillerConfig, parse_effects
+    from cpdistiller_core.config import CpDistillerConfig
+    from cpdistiller_core.preprocess import PreprocessConfig
 
-    cfg = CpDistillerConfig.from_dict(dict(config))  # validate here: errors show before a process starts
-    eff = list(parse_effects(list(effects)))
-    if not eff:
+    if not list(effects):
         raise CpDistillerError("choose at least one effect to correct (batch, row or column).")
-    if "batch" in eff and dataset.raw.batch is None:
+    preprocess = (dataset.preprocess_config or PreprocessConfig()) if dataset.preprocess_enabled else False
+    # validated here: errors show before a process starts
+    spec = RunSpec.build(CpDistillerConfig.from_dict(dict(config)), list(effects), preprocess)
+    if "batch" in spec.effects and dataset.raw.batch is None:
         raise CpDistillerError("no batch column: set the 'batch' role on the Load page or do not correct batch.")
-    pcfg = None
-    if dataset.preprocess_enabled:
-        from .preprocess import PreprocessConfig
-
-        pcfg = dataset.preprocess_config or PreprocessConfig()
-    kwargs = {"config": cfg.to_dict(), "effects": eff, "preprocess": pcfg is not None,
-              "preprocess_config": None if pcfg is None else pcfg.to_dict()}
-    meta = {"dataset": dataset.name, "effects": ",".join(eff), "epochs": cfg.epochs,
+    meta = {"dataset": dataset.name, "effects": ",".join(spec.effects), "epochs": spec.config.epochs,
             "wells": dataset.raw.n_wells, "features": dataset.raw.n_features}
     check_size(dataset.raw)
     if session_id:
         check_quota(session_id, dataset.raw.X.nbytes)
         root = root or session_runs_root(session_id)
     check_job_capacity(session_id)
-    return jobs.submit(CORRECTION_TARGET, jobs.new_run_dir(root), kwargs=kwargs,
-                       objects={INPUT_OBJECT: dataset.raw}, meta=meta)
+    return jobs.submit(run_correction, jobs.new_run_dir(root), kwargs={"spec": spec.to_dict()},
+                       objects={JOB_INPUT_NAME: dataset.raw}, meta=meta)
 
 
-@dataclass
-class RunView:
-    """A finished run's uncorrected input (after its preprocessing) and corrected embedding, aligned."""
+def launch_references(run_dir: Path, methods: Sequence[str], root: Path | None = None,
+                      session_id: str | None = None) -> Path:
+    """Start ``runs.add_references`` for a finished run in a separate process; returns the job directory."""
+    from cpdistiller_core.baselines import BASELINES
 
-    run_dir: Path
-    uncorrected: Profiles
-    corrected: Embedding
-    references: dict[str, Embedding]
-
-
-def run_input(run_dir: Path) -> Profiles:
-    """The profiles the model was trained on: the job's raw input with the run's preprocessing re-applied."""
-    raw = jobs.load_input(run_dir, INPUT_OBJECT)
-    prep = Path(run_dir) / "model" / "preprocess.json"
-    if prep.is_file():
-        from .preprocess import PreprocessReport
-
-        return PreprocessReport.load(prep).apply(raw)
-    return raw
-
-
-def load_run_view(run_dir: Path) -> RunView:
-    """Read a finished run (and its reference embeddings) for the Explorer and Plate maps."""
-    from .platemap import align
-    from .runs import load_run
-
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown or not methods:
+        raise CpDistillerError(f"choose reference methods among {', '.join(BASELINES)} (got {list(methods)}).")
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    corrected = run.embedding()
-    before, after = align(run_input(run_dir), corrected)
-    refs = {}
-    for method, emb in load_references(run_dir).items():
-        _, refs[method] = align(before, emb)
-    return RunView(run_dir, before, after, refs)
-
-
-def load_references(run_dir: Path) -> dict[str, Embedding]:
-    from .io import read_profiles
-
-    out: dict[str, Embedding] = {}
-    for path in sorted((Path(run_dir) / REFERENCES_DIR).glob("*.parquet")):
-        emb = read_profiles(str(path))
-        if not isinstance(emb, Embedding):
-            emb = Embedding(meta=emb.meta, X=emb.X, features=emb.features, roles=emb.roles, method=path.stem)
-        out[path.stem] = emb
-    return out
-
-
-def guess_column(columns: Sequence[str], words: Sequence[str]) -> int | None:
-    """Position of the first column whose name contains one of ``words`` (case-insensitive), else None."""
-    return next((i for i, c in enumerate(columns) if any(w in c.lower() for w in words)), None)
-
-
-def run_stamp(run_dir: Path) -> tuple:
-    """Names and modification times of a run's embeddings: changes when a reference is added."""
-    run_dir = Path(run_dir)
-    files = [run_dir / "embedding.parquet", *sorted((run_dir / REFERENCES_DIR).glob("*.parquet"))]
-    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
+    if session_id:
+        check_quota(session_id)
+        root = root or session_runs_root(session_id)
+    check_job_capacity(session_id)
+    return jobs.submit(add_references, jobs.new_run_dir(root, prefix="ref"),
+                       kwargs={"run": str(run_dir), "methods": list(methods)},
+                       meta={"run": run_dir.name, "methods": ",".join(methods)})
 
 
 @functools.lru_cache(maxsize=4)
-def _run_view(run_dir: str, stamp: tuple) -> RunView:
-    return load_run_view(Path(run_dir))
+def _spaces(run_dir: str, stamp: tuple) -> dict[str, Profiles]:
+    return Run.open(run_dir).spaces()
 
 
-def cached_run_view(run_dir: Path | str) -> RunView:
-    """:func:`load_run_view`, read again only when the run's embeddings change (a few kept in memory)."""
-    return _run_view(str(run_dir), run_stamp(Path(run_dir)))
+def run_spaces(run_dir: Path | str, references: bool = True) -> dict[str, Profiles]:
+    """``Run.spaces`` of a run, read again only when its embeddings change (a few runs kept in memory)."""
+    spaces = _spaces(str(run_dir), Run(run_dir).stamp())
+    if references:
+        return dict(spaces)
+    return {k: spaces[k] for k in ("uncorrected", "cpDistiller")}
 
 
 def session_runs(session_id: str | None) -> list[dict[str, Any]]:
@@ -478,71 +432,14 @@ def finished_runs(session_id: str | None = None) -> list[dict[str, Any]]:
     return [r for r in session_runs(session_id) if r["status"] == jobs.DONE]
 
 
-def run_spaces(run_dir: Path | str, references: bool = True) -> dict[str, Profiles]:
-    """A run's embeddings by name: cpDistiller, uncorrected (PCA-50) and, optionally, reference methods."""
-    view = cached_run_view(run_dir)
-    spaces: dict[str, Profiles] = {"cpDistiller": view.corrected,
-                                   "uncorrected": view.references.get("uncorrected", view.uncorrected)}
-    if references:
-        spaces.update({m: e for m, e in view.references.items() if m != "uncorrected"})
-    return spaces
-
-
-def compute_reference(run_dir: Path, method: str, effects: Sequence[str] | None = None, seed: int = 0) -> Path:
-    """Run a reference method on the run's input and write it to ``RUN_DIR/references/<method>.parquet``."""
-    from .baselines import run_baseline
-    from .io import write_profiles
-
-    run_dir = Path(run_dir)
-    if effects is None:
-        effects = (jobs.job_spec(run_dir).get("kwargs") or {}).get("effects") or ("batch", "row", "column")
-    profiles = run_input(run_dir)
-    usable = [e for e in effects if not (e == "batch" and profiles.batch is None)]
-    emb = run_baseline(method, profiles, usable or ("row", "column"), seed=seed)
-    return write_profiles(emb, run_dir / REFERENCES_DIR / f"{sanitize_filename(method)}.parquet")
-
-
-def compute_references(run: str, methods: Sequence[str], seed: int = 0,
-                       progress: ProgressCallback = no_progress) -> list[str]:
-    """Compute several reference methods for a run (a background job); returns the methods written.
-
-    Every method is tried; those that fail are named together in one error after the others are saved.
-    """
-    written, failed = [], []
-    for i, method in enumerate(methods):
-        progress(i / max(1, len(methods)), f"{method}…")
-        try:
-            compute_reference(Path(run), method, seed=seed)
-            written.append(method)
-        except CpDistillerError as exc:
-            failed.append(f"{method}: {exc}")
-    progress(1.0, "done")
-    if failed:
-        raise CpDistillerError("; ".join(failed) + (f" (computed: {', '.join(written)})" if written else ""))
-    return written
-
-
-def launch_references(run_dir: Path, methods: Sequence[str], root: Path | None = None,
-                      session_id: str | None = None) -> Path:
-    """Start ``compute_references`` for a finished run in a separate process; returns the job directory."""
-    from .baselines import BASELINES
-
-    unknown = [m for m in methods if m not in BASELINES]
-    if unknown or not methods:
-        raise CpDistillerError(f"choose reference methods among {', '.join(BASELINES)} (got {list(methods)}).")
-    run_dir = Path(run_dir)
-    if session_id:
-        check_quota(session_id)
-        root = root or session_runs_root(session_id)
-    check_job_capacity(session_id)
-    return jobs.submit(REFERENCE_TARGET, jobs.new_run_dir(root, prefix="ref"),
-                       kwargs={"run": str(run_dir), "methods": list(methods)},
-                       meta={"run": run_dir.name, "methods": ",".join(methods)})
+def guess_column(columns: Sequence[str], words: Sequence[str]) -> int | None:
+    """Position of the first column whose name contains one of ``words`` (case-insensitive), else None."""
+    return next((i for i, c in enumerate(columns) if any(w in c.lower() for w in words)), None)
 
 
 def export_embedding(emb: Profiles, fmt: str, tmp_dir: Path) -> bytes:
     """The embedding as Parquet, CSV or h5ad bytes (through io.write_profiles)."""
-    from .io import write_profiles
+    from cpdistiller_core.io import write_profiles
 
     fmt = fmt.lower()
     if fmt not in ("parquet", "csv", "h5ad"):
@@ -552,24 +449,8 @@ def export_embedding(emb: Profiles, fmt: str, tmp_dir: Path) -> bytes:
     return path.read_bytes()
 
 
-def zip_directory(path: Path) -> bytes:
-    """A zip archive (bytes) of a directory, e.g. the run's model/."""
-    import io
-    import zipfile
-
-    path = Path(path)
-    if not path.is_dir():
-        raise CpDistillerError(f"{path}: no such directory (the run saved no model).")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(path.rglob("*")):
-            if f.is_file():
-                zf.write(f, arcname=str(Path(path.name) / f.relative_to(path)))
-    return buf.getvalue()
-
-
 def cuda_available() -> tuple[bool, str]:
-    """Whether torch sees a CUDA GPU, and its name."""
+    """Whether torch sees a CUDA GPU, and its name (or what training will use instead)."""
     try:
         import torch
 
@@ -577,7 +458,7 @@ def cuda_available() -> tuple[bool, str]:
             return True, torch.cuda.get_device_name(0)
     except Exception as exc:  # a broken CUDA install is reported, not fatal
         return False, f"CUDA check failed: {exc}"
-    from .train import cpu_has_bf16
+    from cpdistiller_core.train import cpu_has_bf16
 
     precision = "bf16 autocast: this CPU has native bf16" if cpu_has_bf16() else "float32"
     return False, f"no CUDA GPU visible to torch; training runs on the CPU ({precision})"

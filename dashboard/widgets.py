@@ -1,0 +1,96 @@
+"""Widgets shared by the pages: the settings form (from the settings schema), the verdict panel, the
+run picker. Pages call these and lay them out; the engine (``cpdistiller_core``) knows nothing of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from cpdistiller_core.settings import GROUPS, Setting, settings_of
+
+from . import state as ds
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``1m05s`` / ``2h03m``; an em dash when unknown."""
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def setting_input(container: Any, s: Setting, key_prefix: str, choices: Sequence[Any] | None = None) -> Any:
+    """One widget for one setting: a select box (choices), a checkbox (on/off) or a number box (range)."""
+    key, help_text = f"{key_prefix}_{s.name}", f"{s.help} ({s.describe_default()})"
+    options = list(choices if choices is not None else s.choices or ())
+    if options:
+        index = options.index(s.default) if s.default in options else 0
+        return container.selectbox(s.label, options, index=index, key=key, help=help_text)
+    if s.type is bool:
+        return container.checkbox(s.label, value=bool(s.default), key=key, help=help_text)
+    lo, hi = s.range or (None, None)
+    cast = float if s.type is float else int
+    value = container.number_input(s.label, None if lo is None else cast(lo), None if hi is None else cast(hi),
+                                   cast(s.default), key=key, help=help_text, format=s.fmt)
+    return cast(value)
+
+
+def settings_form(config_cls: type, key_prefix: str, columns: int = 5,
+                  choices: dict[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+    """Every setting of ``config_cls``, grouped as the schema says (main settings first, then two
+    expanders); returns {name: value}. Call inside ``st.form``. ``choices`` narrows a setting's options
+    (e.g. the devices this server has)."""
+    values: dict[str, Any] = {}
+    by_group: dict[str, list[Setting]] = {}
+    for s in settings_of(config_cls):
+        by_group.setdefault(s.group, []).append(s)
+    for group in GROUPS:
+        items = by_group.get(group, [])
+        if not items:
+            continue
+        box = st.container() if group == "basic" else st.expander(GROUPS[group])
+        with box:
+            for start in range(0, len(items), columns):
+                cols = st.columns(columns)
+                for col, s in zip(cols, items[start:start + columns]):
+                    values[s.name] = setting_input(col, s, key_prefix, (choices or {}).get(s.name))
+    return values
+
+
+def verdict_panel(verdict: Any, link_scorecard: bool = True) -> None:
+    """"Did it help?": the run against the uncorrected profiles, worst problem first."""
+    show = {"good": st.success, "warn": st.warning, "bad": st.error}
+    problems = verdict.problems()
+    if problems:
+        show[problems[0].status]("Did it help? " + " ".join(c.sentence for c in problems))
+    else:
+        show["good"]("Did it help? Corrected vs uncorrected: no check got worse.")
+    st.dataframe(verdict.table(), hide_index=True, width="stretch",
+                 column_config={"corrected": st.column_config.NumberColumn(format="%.3f"),
+                                "uncorrected": st.column_config.NumberColumn(format="%.3f")})
+    if link_scorecard:
+        st.page_link("pages/6_Retrieval.py", label="Full scorecard (Retrieval page)", icon=":material/leaderboard:")
+
+
+def source_picker(key: str, references: bool = True) -> tuple[dict[str, Any], str, Path | None]:
+    """A "Source" select box over the session's finished runs and the loaded dataset.
+
+    Returns the embeddings to compare (``Run.spaces``; the loaded dataset gives its uncorrected
+    profiles only), a label for captions, and the run directory (None for the dataset)."""
+    dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
+    runs = ds.finished_runs(st.session_state.get(ds.SESSION_ID_KEY))
+    options = [r["run_dir"] for r in runs] + (["dataset"] if dataset is not None else [])
+    if not options:
+        return {}, "", None
+    current = st.session_state.get(ds.RUN_KEY)
+    label = {r["run_dir"]: r["run_id"] for r in runs} | {"dataset": "loaded dataset (uncorrected only)"}
+    pick = st.selectbox("Source", options, index=options.index(current) if current in options else 0,
+                        format_func=label.get, key=key)
+    if pick == "dataset":
+        return {"uncorrected": dataset.current}, dataset.name, None
+    return ds.run_spaces(pick, references=references), Path(pick).name, Path(pick)

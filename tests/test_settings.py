@@ -1,0 +1,65 @@
+"""The settings schema: CLI flags and the dashboard form come from the config dataclass's declarations."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from cpdistiller_core.cli.correct import config_from_args
+from cpdistiller_core.cli.correct import register as register_correct
+from cpdistiller_core.config import CpDistillerConfig
+from cpdistiller_core.errors import CpDistillerError
+from cpdistiller_core.runs import RunSpec
+from cpdistiller_core.settings import add_arguments, changes_from_args, settings_of
+
+
+def _correct_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    register_correct(parser.add_subparsers())
+    return parser
+
+
+def test_every_declared_setting_is_a_flag_with_its_default_and_choices_in_the_help():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, CpDistillerConfig)
+    help_text = " ".join(parser.format_help().split())
+    for s in settings_of(CpDistillerConfig):
+        assert s.flag in help_text, s.name
+        assert f"default {s.default if not isinstance(s.default, bool) else ('on' if s.default else 'off')}" \
+            in help_text, s.name
+        for choice in s.choices or ():
+            assert str(choice) in help_text, (s.name, choice)
+        assert s.default == getattr(CpDistillerConfig(), s.name)  # the declaration is the dataclass default
+
+
+def test_flags_change_only_what_was_given_and_validate_through_the_config():
+    args = _correct_parser().parse_args(["correct", "x.csv", "--out", "r", "--epochs", "7", "--sphering", "negcon",
+                                         "--no-amp", "--no-pair-gradients", "--lr", "0.01"])
+    cfg = config_from_args(args)
+    changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(CpDistillerConfig(), f.name)}
+    assert changed == {"epochs", "sphering", "amp", "pair_gradients", "lr"}
+    assert (cfg.epochs, cfg.sphering, cfg.amp, cfg.pair_gradients, cfg.lr) == (7, "negcon", False, False, 0.01)
+    assert changes_from_args(_correct_parser().parse_args(["correct", "x.csv", "--out", "r"]), CpDistillerConfig) == {}
+    with pytest.raises(SystemExit):  # argparse refuses a value outside the declared choices
+        _correct_parser().parse_args(["correct", "x.csv", "--out", "r", "--sphering", "zca"])
+    args = _correct_parser().parse_args(["correct", "x.csv", "--out", "r", "--epochs", "0"])
+    with pytest.raises(CpDistillerError, match="epochs must be >= 1"):
+        config_from_args(args)
+
+
+def test_the_paper_value_is_stated_for_departures():
+    by_name = {s.name: s for s in settings_of(CpDistillerConfig)}
+    assert by_name["sphering"].describe_default() == "default none = the paper"
+    assert by_name["triplet_controls"].describe_default() == "default auto; the paper: paper"
+    assert {s.group for s in settings_of(CpDistillerConfig)} == {"basic", "more", "departure"}
+
+
+def test_run_spec_round_trips_and_names_bad_settings():
+    spec = RunSpec.build({"epochs": 3, "sphering": "negcon"}, "batch,col", {"clip": 20.0}, roles={"plate": "P"})
+    assert spec.effects == ("batch", "column") and spec.preprocess.clip == 20.0
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    assert RunSpec.build(preprocess=False).preprocess is None
+    with pytest.raises(CpDistillerError, match="unknown setting"):
+        RunSpec.from_dict({"config": {"epochz": 3}})
