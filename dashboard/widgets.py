@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 
+from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.settings import GROUPS, Setting, settings_of
 
 from . import state as ds
@@ -81,16 +82,23 @@ def source_picker(key: str, references: bool = True) -> tuple[dict[str, Any], st
     """A "Source" select box over the session's finished runs and the loaded dataset.
 
     Returns the embeddings to compare (``Run.spaces``; the loaded dataset gives its uncorrected
-    profiles only), a label for captions, and the run directory (None for the dataset)."""
+    profiles only), a label for captions, and the run directory (None for the dataset). With nothing
+    to show, or a run that cannot be read, it says so and stops the page."""
     dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
     runs = ds.finished_runs(st.session_state.get(ds.SESSION_ID_KEY))
     options = [r["run_dir"] for r in runs] + (["dataset"] if dataset is not None else [])
     if not options:
-        return {}, "", None
+        st.info("Load a dataset (or the demo) and, ideally, run a correction first.")
+        st.page_link("pages/1_Load_profiles.py", label="Load profiles", icon=":material/upload_file:")
+        st.stop()
     current = st.session_state.get(ds.RUN_KEY)
     label = {r["run_dir"]: r["run_id"] for r in runs} | {"dataset": "loaded dataset (uncorrected only)"}
     pick = st.selectbox("Source", options, index=options.index(current) if current in options else 0,
                         format_func=label.get, key=key)
     if pick == "dataset":
         return {"uncorrected": dataset.current}, dataset.name, None
-    return ds.run_spaces(pick, references=references), Path(pick).name, Path(pick)
+    try:
+        return ds.run_spaces(pick, references=references), Path(pick).name, Path(pick)
+    except CpDistillerError as exc:
+        st.error(str(exc))
+        st.stop()

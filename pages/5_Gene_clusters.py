@@ -40,15 +40,7 @@ st.title("Gene clusters")
 st.caption("Consensus profile per perturbation → active screen against the negative controls (95th percentile "
            "of the controls' own distances to their centroid) → hierarchical clustering of the top-N active ones, each cluster "
            "tested against 1,000 random sets of the same size → gene-set enrichment per cluster.")
-try:
-    spaces, source, _ = source_picker("genes_source", references=False)
-except CpDistillerError as exc:
-    st.error(str(exc))
-    st.stop()
-if not spaces:
-    st.info("Load a dataset (or the demo) and, ideally, run a correction first.")
-    st.page_link("pages/1_Load_profiles.py", label="Load profiles", icon=":material/upload_file:")
-    st.stop()
+spaces, source, _ = source_picker("genes_source", references=False)
 base = next(iter(spaces.values()))
 meta_cols = [c for c in base.meta.columns]
 few = [c for c in meta_cols if 1 < base.meta[c].nunique(dropna=True) <= 20]

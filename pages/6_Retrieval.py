@@ -28,15 +28,7 @@ def _none_or_column(columns: list[str], words: tuple[str, ...]) -> int:
 
 
 st.title("Retrieval")
-try:
-    spaces, source, run_dir = source_picker("retrieval_source")
-except CpDistillerError as exc:
-    st.error(str(exc))
-    st.stop()
-if not spaces:
-    st.info("Load a dataset (or the demo) and, ideally, run a correction first.")
-    st.page_link("pages/1_Load_profiles.py", label="Load profiles", icon=":material/upload_file:")
-    st.stop()
+spaces, source, run_dir = source_picker("retrieval_source")
 base = next(iter(spaces.values()))
 cols = list(base.meta.columns)
 none = "(none)"
