@@ -499,6 +499,39 @@ def mine_neighbors(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: in
 def _mine(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int, k_mnn: int, n_pcs: int,
           combine: str, method: str, seed: int, progress: ProgressCallback | None) -> NeighborGraph:
     t_start = time.perf_counter()
+    X, n = _check_mining(X, k_knn, k_mnn, combine, method)
+    effects, dropped = _effect_codes(labels, n)
+    stats: dict[str, Any] = {
+        "n": n, "k_knn": k_knn, "k_mnn": k_mnn, "combine": combine, "method": method,
+        "effects_used": list(effects), "effects_dropped": dropped, "effects": {},
+        "indexes": {"exact": 0, "approx": 0}, "timings_s": {},
+    }
+    if progress:
+        progress(0.0, "neighbours: PCA")
+    t0 = time.perf_counter()
+    Z = embed_for_neighbors(X, n_pcs=n_pcs, seed=seed)
+    stats["n_pcs"] = int(Z.shape[1])
+    stats["timings_s"]["pca"] = time.perf_counter() - t0
+    resolved = _resolve(method, n)
+    stats["method_used"] = resolved
+    knn_sets, mnn_sets = _search_effects(Z, effects, k_knn, k_mnn, resolved, seed, stats, progress)
+    t0 = time.perf_counter()
+    if progress:
+        progress(0.95, "neighbours: combining effects")
+    knn, mnn = _combine_effects(Z, n, knn_sets, mnn_sets, k_knn, k_mnn, combine, resolved, stats)
+    del knn_sets, mnn_sets
+    graph = _build_graph(knn, mnn, n, stats)
+    stats["timings_s"]["combine"] = time.perf_counter() - t0
+    stats["timings_s"]["total"] = time.perf_counter() - t_start
+    has = graph.has_positive()
+    stats.update(pairs=graph.n_pairs, knn_entries=int(len(knn)), mnn_entries=int(len(mnn)),
+                 anchors_with_positive=int(has.sum()), anchors_without_positive=int((~has).sum()))
+    if progress:
+        progress(1.0, f"neighbours: {graph.n_pairs} pairs, {int(has.sum())}/{n} wells with a positive")
+    return graph
+
+
+def _check_mining(X: np.ndarray, k_knn: int, k_mnn: int, combine: str, method: str) -> tuple[np.ndarray, int]:
     _check_method(method)
     if combine not in _COMBINES:
         raise CpDistillerError(f"unknown combine rule {combine!r}; use one of {list(_COMBINES)}.")
@@ -508,7 +541,12 @@ def _mine(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int, k_mnn:
     n = int(X.shape[0]) if X.ndim == 2 else 0
     if n < 2:
         raise CpDistillerError(f"need at least 2 wells to mine neighbours, got {n}.")
+    return X, n
 
+
+def _effect_codes(labels: Mapping[str, np.ndarray], n: int
+                  ) -> tuple[dict[str, tuple[np.ndarray, int]], dict[str, str]]:
+    """Integer codes and level counts of the effects with 2+ levels; the others, with the reason."""
     effects: dict[str, tuple[np.ndarray, int]] = {}
     dropped: dict[str, str] = {}
     for name, lab in labels.items():
@@ -517,22 +555,14 @@ def _mine(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int, k_mnn:
             dropped[name] = "single level"
         else:
             effects[name] = (codes, n_levels)
+    return effects, dropped
 
-    stats: dict[str, Any] = {
-        "n": n, "k_knn": k_knn, "k_mnn": k_mnn, "combine": combine, "method": method,
-        "effects_used": list(effects), "effects_dropped": dropped, "effects": {},
-        "indexes": {"exact": 0, "approx": 0}, "timings_s": {},
-    }
 
-    if progress:
-        progress(0.0, "neighbours: PCA")
-    t0 = time.perf_counter()
-    Z = embed_for_neighbors(X, n_pcs=n_pcs, seed=seed)
-    stats["n_pcs"] = int(Z.shape[1])
-    stats["timings_s"]["pca"] = time.perf_counter() - t0
-
-    resolved = _resolve(method, n)
-    stats["method_used"] = resolved
+def _search_effects(Z: np.ndarray, effects: Mapping[str, tuple[np.ndarray, int]], k_knn: int, k_mnn: int,
+                    resolved: str, seed: int, stats: dict[str, Any], progress: ProgressCallback | None
+                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """KNN within and MNN across the levels of each effect: one key set of each per effect."""
+    n = Z.shape[0]
     n_blocks = len(_blocks(n, MNN_BLOCK, seed)) if resolved == "approx" else 1
     stats["mnn_blocks"] = n_blocks
     # work units: one per level (KNN) + one per pair of levels and block (MNN)
@@ -566,15 +596,16 @@ def _mine(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int, k_mnn:
             "levels": n_levels, "knn_pairs": int(len(kkeys)), "mnn_pairs": int(len(mkeys) // 2),
             "index_s": round(t_index - t0, 3), "knn_s": round(t1 - t_index, 3), "mnn_s": round(t2 - t1, 3),
         }
-    stats["timings_s"]["index"] = t_build
-    stats["timings_s"]["knn"] = t_knn
-    stats["timings_s"]["mnn"] = t_mnn
+    stats["timings_s"].update(index=t_build, knn=t_knn, mnn=t_mnn)
+    return knn_sets, mnn_sets
 
-    t0 = time.perf_counter()
-    if progress:
-        progress(0.95, "neighbours: combining effects")
+
+def _combine_effects(Z: np.ndarray, n: int, knn_sets: list[np.ndarray], mnn_sets: list[np.ndarray], k_knn: int,
+                     k_mnn: int, combine: str, resolved: str, stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One KNN and one MNN key set over all effects (intersection with per-anchor fallback, or union);
+    plain KNN over all wells when no effect has two levels."""
     fallback = "none"
-    if not effects:
+    if not knn_sets:
         indexes, used = _build_indexes(Z, [np.arange(n)], resolved)
         kkeys = _knn_keys(Z, indexes, k_knn if k_knn > 0 else k_mnn)
         stats["indexes"]["exact"] += used["exact"]
@@ -584,35 +615,25 @@ def _mine(X: np.ndarray, labels: Mapping[str, np.ndarray], *, k_knn: int, k_mnn:
         fallback = "plain_knn"
         stats.update(knn_anchors_paper=0, knn_anchors_fallback=_n_anchors(knn, n),
                      mnn_anchors_paper=0, mnn_anchors_fallback=0)
+    elif combine == "union":
+        knn = _symmetric(_union_all(knn_sets), n)
+        mnn = _union_all(mnn_sets)
+        stats.update(knn_anchors_paper=_n_anchors(knn, n), knn_anchors_fallback=0,
+                     mnn_anchors_paper=_n_anchors(mnn, n), mnn_anchors_fallback=0)
     else:
-        if combine == "union":
-            knn = _symmetric(_union_all(knn_sets), n)
-            mnn = _union_all(mnn_sets)
-            stats.update(knn_anchors_paper=_n_anchors(knn, n), knn_anchors_fallback=0,
-                         mnn_anchors_paper=_n_anchors(mnn, n), mnn_anchors_fallback=0)
-        else:
-            paper_knn = _symmetric(_intersect_all(knn_sets), n)
-            paper_mnn = _intersect_all(mnn_sets)
-            stats.update(knn_pairs_paper=int(len(paper_knn)), mnn_pairs_paper=int(len(paper_mnn) // 2))
-            knn, a_knn, f_knn = _fill_empty_anchors(paper_knn, knn_sets, n)
-            del paper_knn
-            mnn, a_mnn, f_mnn = _fill_empty_anchors(paper_mnn, mnn_sets, n)
-            del paper_mnn
-            stats.update(knn_anchors_paper=a_knn, knn_anchors_fallback=f_knn,
-                         mnn_anchors_paper=a_mnn, mnn_anchors_fallback=f_mnn)
-            if f_knn or f_mnn:
-                fallback = "union_per_anchor"
-        del knn_sets, mnn_sets, kkeys, mkeys
+        paper_knn = _symmetric(_intersect_all(knn_sets), n)
+        paper_mnn = _intersect_all(mnn_sets)
+        stats.update(knn_pairs_paper=int(len(paper_knn)), mnn_pairs_paper=int(len(paper_mnn) // 2))
+        knn, a_knn, f_knn = _fill_empty_anchors(paper_knn, knn_sets, n)
+        del paper_knn
+        mnn, a_mnn, f_mnn = _fill_empty_anchors(paper_mnn, mnn_sets, n)
+        del paper_mnn
+        stats.update(knn_anchors_paper=a_knn, knn_anchors_fallback=f_knn,
+                     mnn_anchors_paper=a_mnn, mnn_anchors_fallback=f_mnn)
+        if f_knn or f_mnn:
+            fallback = "union_per_anchor"
     stats["fallback"] = fallback
-    graph = _build_graph(knn, mnn, n, stats)
-    stats["timings_s"]["combine"] = time.perf_counter() - t0
-    stats["timings_s"]["total"] = time.perf_counter() - t_start
-    has = graph.has_positive()
-    stats.update(pairs=graph.n_pairs, knn_entries=int(len(knn)), mnn_entries=int(len(mnn)),
-                 anchors_with_positive=int(has.sum()), anchors_without_positive=int((~has).sum()))
-    if progress:
-        progress(1.0, f"neighbours: {graph.n_pairs} pairs, {int(has.sum())}/{n} wells with a positive")
-    return graph
+    return knn, mnn
 
 
 def _union_all(sets: list[np.ndarray]) -> np.ndarray:

@@ -294,6 +294,50 @@ def _direction(F: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return v / np.sqrt(np.mean(v**2))
 
 
+DEMO_ROLES = Roles(plate="Metadata_Plate", well="Metadata_Well", batch="Metadata_Batch",
+                   perturbation="Metadata_pert_iname", control="Metadata_pert_type",
+                   negative_values=("negcon",), positive_values=("poscon",), annotation="Metadata_pathway",
+                   plate_format=384)
+
+
+def _edge_map() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column index of every well of a 384-well plate, and the edge-effect strength per well
+    (outer ring 1, corners 1.6, second ring 0.3)."""
+    well_row = np.repeat(np.arange(N_ROWS), N_COLS)
+    well_col = np.tile(np.arange(N_COLS), N_ROWS)
+    edge = ((well_row == 0) | (well_row == N_ROWS - 1)).astype(float) + (
+        (well_col == 0) | (well_col == N_COLS - 1)).astype(float)  # 2 at corners
+    edge = np.where(edge > 0, 1.0 + 0.6 * (edge - 1), 0.0)
+    inner = ((well_row == 1) | (well_row == N_ROWS - 2) | (well_col == 1) | (well_col == N_COLS - 2)) & (edge == 0)
+    return well_row, well_col, edge + 0.3 * inner
+
+
+def _batch_technical(F: np.ndarray, p: int, rng: np.random.Generator, row_dirs: list[np.ndarray],
+                     col_dirs: list[np.ndarray], edge_dir: np.ndarray,
+                     positions: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     strengths: tuple[float, float, float, float]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One batch's technical effects: shift, per-feature scale, well-position effect (wells x features)
+    and the cell-count effect per well. The order of random draws is part of the demo's definition."""
+    well_row, well_col, edge = positions
+    batch_effect, row_effect, column_effect, edge_effect = strengths
+    shift = batch_effect * 0.9 * _direction(F, rng)
+    scale = np.exp(batch_effect * rng.normal(0, 0.12, p))
+    r1, r2 = _gradient(N_ROWS, rng)
+    c1, c2 = _gradient(N_COLS, rng)
+    amp = rng.uniform(0.8, 1.25, 5)
+    tech_pos = (
+        row_effect * (amp[0] * 1.0 * np.outer(r1[well_row], _unit_rms(row_dirs[0] + 0.3 * _direction(F, rng)))
+                      + amp[1] * 0.5 * np.outer(r2[well_row], _unit_rms(row_dirs[1] + 0.3 * _direction(F, rng))))
+        + column_effect * (amp[2] * 1.1 * np.outer(c1[well_col], _unit_rms(col_dirs[0] + 0.3 * _direction(F, rng)))
+                           + amp[3] * 0.5 * np.outer(c2[well_col], _unit_rms(col_dirs[1] + 0.3 * _direction(F, rng))))
+        + edge_effect * amp[4] * np.outer(edge, edge_dir)
+    )
+    count_tech = 0.1 * batch_effect * rng.normal() - 0.25 * edge_effect * edge + 0.06 * row_effect * r1[well_row] \
+        + 0.06 * column_effect * c1[well_col]
+    return shift, scale, tech_pos, count_tech
+
+
 def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 4, n_features: int = 300,
                      n_layouts: int | None = None, effect_size: float = 3.0, row_effect: float = 0.8,
                      column_effect: float = 0.8, edge_effect: float = 0.8, batch_effect: float = 1.0,
@@ -323,13 +367,7 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     table, effects, count_effects = _library(F, programs, rng, effect_size)
     layouts = [_plate_map(table, rng, negcon_fraction, i) for i in range(n_layouts)]
     n_wells = N_ROWS * N_COLS
-    well_row = np.repeat(np.arange(N_ROWS), N_COLS)
-    well_col = np.tile(np.arange(N_COLS), N_ROWS)
-    edge = ((well_row == 0) | (well_row == N_ROWS - 1)).astype(float) + (
-        (well_col == 0) | (well_col == N_COLS - 1)).astype(float)  # 2 at corners
-    edge = np.where(edge > 0, 1.0 + 0.6 * (edge - 1), 0.0)
-    inner = ((well_row == 1) | (well_row == N_ROWS - 2) | (well_col == 1) | (well_col == N_COLS - 2)) & (edge == 0)
-    edge = edge + 0.3 * inner
+    well_row, well_col, edge = _edge_map()
 
     # raw scale of each feature
     lo_hi = np.array([_RAW_RANGE[f] for f in feats["family"]])
@@ -352,20 +390,9 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     plate_no = 0
     for b in range(n_batches):
         batch = f"Batch{b + 1}"
-        shift = batch_effect * 0.9 * _direction(F, rng)
-        scale = np.exp(batch_effect * rng.normal(0, 0.12, p))
-        r1, r2 = _gradient(N_ROWS, rng)
-        c1, c2 = _gradient(N_COLS, rng)
-        amp = rng.uniform(0.8, 1.25, 5)
-        tech_pos = (
-            row_effect * (amp[0] * 1.0 * np.outer(r1[well_row], _unit_rms(row_dirs[0] + 0.3 * _direction(F, rng)))
-                          + amp[1] * 0.5 * np.outer(r2[well_row], _unit_rms(row_dirs[1] + 0.3 * _direction(F, rng))))
-            + column_effect * (amp[2] * 1.1 * np.outer(c1[well_col], _unit_rms(col_dirs[0] + 0.3 * _direction(F, rng)))
-                               + amp[3] * 0.5 * np.outer(c2[well_col], _unit_rms(col_dirs[1] + 0.3 * _direction(F, rng))))
-            + edge_effect * amp[4] * np.outer(edge, edge_dir)
-        )
-        count_tech = 0.1 * batch_effect * rng.normal() - 0.25 * edge_effect * edge + 0.06 * row_effect * r1[well_row] \
-            + 0.06 * column_effect * c1[well_col]
+        shift, scale, tech_pos, count_tech = _batch_technical(
+            F, p, rng, row_dirs, col_dirs, edge_dir, (well_row, well_col, edge),
+            (batch_effect, row_effect, column_effect, edge_effect))
         for j in range(plates_per_batch):
             layout_id = plate_no % n_layouts
             pert = layouts[layout_id]
@@ -385,10 +412,7 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
             plate_no += 1
     meta = pd.concat(meta_parts, ignore_index=True)
     names = feats["feature"].tolist()
-    roles = Roles(plate="Metadata_Plate", well="Metadata_Well", batch="Metadata_Batch",
-                  perturbation="Metadata_pert_iname", control="Metadata_pert_type",
-                  negative_values=("negcon",), positive_values=("poscon",), annotation="Metadata_pathway",
-                  plate_format=384)
+    roles = DEMO_ROLES
     profiles = Profiles(meta, np.vstack(meas_parts), names, roles, source="cpDistiller demo screen")
     truth = Profiles(meta, np.vstack(truth_parts), names, roles, source="cpDistiller demo screen (ground truth)")
     params = {"seed": seed, "n_batches": n_batches, "plates_per_batch": plates_per_batch,

@@ -184,96 +184,30 @@ def extract_plate(manifest: Manifest, out_dir: str | Path, weights: WeightsSpec,
     final = plate_file(out_dir, plate)
     summary = {"plate": plate, "path": str(final)}
     if final.is_file():
-        old = json.loads(pq.read_schema(final).metadata.get(b"cpdistiller", b"{}"))
-        if old.get("config") == config:
-            progress(1.0, f"{plate}: already extracted")
-            return {**summary, "skipped": True, "wells": pq.read_metadata(final).num_rows, "wells_computed": 0,
-                    "tiles": 0, "seconds": 0.0, "resumed_wells": 0}
-        raise CpDistillerError(f"{final}: exists with different extraction settings or weights; "
-                               "use another output folder or remove it.")
-    partial = out_dir / ".partial" / final.stem
-    partial.mkdir(parents=True, exist_ok=True)
-    cfg_path = partial / "config.json"
-    if cfg_path.is_file() and json.loads(cfg_path.read_text()) != config:
-        raise CpDistillerError(f"{partial}: an interrupted run with different settings or weights is there; "
-                               "remove that folder or use another output folder.")
-    _atomic_json(cfg_path, config)
-
-    chunks = sorted(partial.glob("chunk_*.parquet"))
+        return _already_extracted(final, config, summary, progress)
+    partial = _partial_dir(out_dir, final, config)
     done: set[str] = set()
-    for c in chunks:
+    for c in sorted(partial.glob("chunk_*.parquet")):
         done.update(pd.read_parquet(c, columns=[manifest.well])[manifest.well].astype(str))
     wells = manifest.wells()
     todo = [w for w in wells if w[1] not in done]
     t0 = time.perf_counter()
+    extractor = None
     if todo:
         model = model if model is not None else load_model(weights)
         extractor = Extractor(model, settings, resolve_device(device))
-    else:
-        extractor = None
-    rows: list[dict] = []
-    vectors: list[np.ndarray] = []
-    next_chunk = len(chunks)
-    site_len: int | None = None
+        writer = _ChunkWriter(partial, config, n_sites, checkpoint_every)
 
-    def load(item: tuple[str, str, pd.DataFrame]) -> list[np.ndarray]:
-        _, _, r = item
-        out = []
-        for idx in r.index:
-            paths = {c: manifest.paths.at[idx, c] for c in CHANNELS}
-            illum = None if manifest.illum is None else {c: manifest.illum.at[idx, c] for c in CHANNELS}
-            out.append(prepare_site(paths, illum))
-        return out
-
-    def flush() -> None:
-        nonlocal next_chunk, rows, vectors
-        if not rows:
-            return
-        names = feature_names(n_sites, site_len or 0)
-        df = pd.concat([pd.DataFrame(rows), pd.DataFrame(np.stack(vectors), columns=names)], axis=1)
-        _write_parquet(df, partial / f"chunk_{next_chunk:05d}.parquet", {"config": config})
-        next_chunk += 1
-        rows, vectors = [], []
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        # Pre-process up to 2 * workers wells ahead of the network.
-        window = max(2, 2 * workers)
-        futures = [pool.submit(load, w) for w in todo[:window]]
-        for i, item in enumerate(todo):
-            if i + window < len(todo):
-                futures.append(pool.submit(load, todo[i + window]))
-            images = futures[i].result()
-            futures[i] = None  # free memory
-            site_vecs = extractor.sites_features(images)  # type: ignore[union-attr]
-            vec = well_vector(site_vecs)
-            if site_len is None:
-                site_len = site_vecs[0].shape[0]
-            elif site_vecs[0].shape[0] != site_len:
-                raise CpDistillerError(f"{plate}/{item[1]}: site images differ in size from earlier wells.")
-            meta = well_metadata(item[2])
-            meta[WEIGHTS_COLUMN] = stamp
-            meta[SITES_COLUMN] = n_sites
-            rows.append(meta)
-            vectors.append(vec)
+        def report(i: int, well: str) -> None:
             if on_well is not None:
-                on_well(item[1])
-            if len(rows) >= checkpoint_every:
-                flush()
-            progress((len(done) + i + 1) / len(wells), f"{plate}: {item[1]}")
-        flush()
+                on_well(well)
+            progress((len(done) + i + 1) / len(wells), f"{plate}: {well}")
 
-    parts = [pd.read_parquet(c) for c in sorted(partial.glob("chunk_*.parquet"))]
-    df = pd.concat(parts, ignore_index=True)
-    order = {w: k for k, (_, w, _) in enumerate(wells)}
-    df = df.iloc[np.argsort(df[manifest.well].astype(str).map(order).to_numpy(), kind="stable")]
-    df = df.reset_index(drop=True)
-    if df.shape[0] != len(wells):
-        raise CpDistillerError(f"{plate}: {df.shape[0]} wells extracted but {len(wells)} expected; "
-                               f"remove {partial} and run again.")
-    seconds = time.perf_counter() - t0
+        _extract_wells(manifest, todo, extractor, writer, stamp, n_sites, workers, plate, report)
+    df = _assemble(partial, manifest, wells, plate)
     tiles = extractor.tiles_seen if extractor is not None else 0
     summary.update({"skipped": False, "wells": int(df.shape[0]), "wells_computed": len(todo),
-                    "resumed_wells": len(done), "tiles": int(tiles), "seconds": round(seconds, 3),
+                    "resumed_wells": len(done), "tiles": int(tiles), "seconds": round(time.perf_counter() - t0, 3),
                     "n_features": int(sum(1 for c in df.columns if c.startswith("mesmer_")))})
     _write_parquet(df, final, {"config": config, "summary": summary})
     _atomic_json(final.with_suffix(".json"), {"config": config, "summary": summary})
@@ -284,6 +218,103 @@ def extract_plate(manifest: Manifest, out_dir: str | Path, weights: WeightsSpec,
         pass
     progress(1.0, f"{plate}: done")
     return summary
+
+
+def _already_extracted(final: Path, config: dict, summary: dict, progress: ProgressCallback) -> dict:
+    """The summary of a plate extracted before with the same settings; an error if they differ."""
+    old = json.loads(pq.read_schema(final).metadata.get(b"cpdistiller", b"{}"))
+    if old.get("config") != config:
+        raise CpDistillerError(f"{final}: exists with different extraction settings or weights; "
+                               "use another output folder or remove it.")
+    progress(1.0, f"{summary['plate']}: already extracted")
+    return {**summary, "skipped": True, "wells": pq.read_metadata(final).num_rows, "wells_computed": 0,
+            "tiles": 0, "seconds": 0.0, "resumed_wells": 0}
+
+
+def _partial_dir(out_dir: Path, final: Path, config: dict) -> Path:
+    """``out_dir/.partial/<plate>``: the chunks of an interrupted run, resumed only with the same settings."""
+    partial = out_dir / ".partial" / final.stem
+    partial.mkdir(parents=True, exist_ok=True)
+    cfg_path = partial / "config.json"
+    if cfg_path.is_file() and json.loads(cfg_path.read_text()) != config:
+        raise CpDistillerError(f"{partial}: an interrupted run with different settings or weights is there; "
+                               "remove that folder or use another output folder.")
+    _atomic_json(cfg_path, config)
+    return partial
+
+
+class _ChunkWriter:
+    """Collects well vectors and writes them as ``chunk_NNNNN.parquet`` every ``every`` wells."""
+
+    def __init__(self, partial: Path, config: dict, n_sites: int, every: int) -> None:
+        self.partial, self.config, self.n_sites, self.every = partial, config, n_sites, every
+        self.next_chunk = len(list(partial.glob("chunk_*.parquet")))
+        self.rows: list[dict] = []
+        self.vectors: list[np.ndarray] = []
+        self.site_len: int | None = None
+
+    def add(self, meta: dict, vector: np.ndarray) -> None:
+        self.rows.append(meta)
+        self.vectors.append(vector)
+
+    def flush_if_full(self) -> None:
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        names = feature_names(self.n_sites, self.site_len or 0)
+        df = pd.concat([pd.DataFrame(self.rows), pd.DataFrame(np.stack(self.vectors), columns=names)], axis=1)
+        _write_parquet(df, self.partial / f"chunk_{self.next_chunk:05d}.parquet", {"config": self.config})
+        self.next_chunk += 1
+        self.rows, self.vectors = [], []
+
+
+def _extract_wells(manifest: Manifest, todo: list, extractor: Extractor, writer: _ChunkWriter, stamp: str,
+                   n_sites: int, workers: int, plate: str, report: Callable[[int, str], None]) -> None:
+    """Run the network over the wells still to do; ``workers`` threads decode and pre-process ahead."""
+    def load(item: tuple[str, str, pd.DataFrame]) -> list[np.ndarray]:
+        out = []
+        for idx in item[2].index:
+            paths = {c: manifest.paths.at[idx, c] for c in CHANNELS}
+            illum = None if manifest.illum is None else {c: manifest.illum.at[idx, c] for c in CHANNELS}
+            out.append(prepare_site(paths, illum))
+        return out
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        window = max(2, 2 * workers)  # pre-process up to 2 * workers wells ahead of the network
+        futures = [pool.submit(load, w) for w in todo[:window]]
+        for i, item in enumerate(todo):
+            if i + window < len(todo):
+                futures.append(pool.submit(load, todo[i + window]))
+            images = futures[i].result()
+            futures[i] = None  # free memory
+            site_vecs = extractor.sites_features(images)
+            if writer.site_len is None:
+                writer.site_len = site_vecs[0].shape[0]
+            elif site_vecs[0].shape[0] != writer.site_len:
+                raise CpDistillerError(f"{plate}/{item[1]}: site images differ in size from earlier wells.")
+            meta = well_metadata(item[2])
+            meta[WEIGHTS_COLUMN] = stamp
+            meta[SITES_COLUMN] = n_sites
+            writer.add(meta, well_vector(site_vecs))
+            report(i, item[1])  # before the flush: a well whose callback fails is computed again on resume
+            writer.flush_if_full()
+        writer.flush()
+
+
+def _assemble(partial: Path, manifest: Manifest, wells: list, plate: str) -> pd.DataFrame:
+    """Every chunk of the plate, in the manifest's well order; an error if a well is missing."""
+    parts = [pd.read_parquet(c) for c in sorted(partial.glob("chunk_*.parquet"))]
+    df = pd.concat(parts, ignore_index=True)
+    order = {w: k for k, (_, w, _) in enumerate(wells)}
+    df = df.iloc[np.argsort(df[manifest.well].astype(str).map(order).to_numpy(), kind="stable")]
+    df = df.reset_index(drop=True)
+    if df.shape[0] != len(wells):
+        raise CpDistillerError(f"{plate}: {df.shape[0]} wells extracted but {len(wells)} expected; "
+                               f"remove {partial} and run again.")
+    return df
 
 
 def read_features(out_dir: str | Path, plates: list[str] | None = None):
