@@ -269,7 +269,7 @@ def embedding_figure(panels: Mapping[str, np.ndarray], profiles: Profiles, color
             _scatter_by_group(fig, xy, c, p, row, col, point_size)
         if proxies and p == 0:
             for g in c.groups:  # legend entries only: the points are all in the shuffled trace
-                fig.add_trace(c.trace(x=[None], y=[None], mode="markers", name=g, legendgroup=g,
+                fig.add_trace(c.trace(x=[None], y=[None], mode="markers", name=g, legendgroup=g, showlegend=True,
                                       marker=dict(size=point_size * 2, color=c.colors[g])), row=row, col=col)
         _highlights(fig, xy, c, p, row, col, point_size)
         if marginals:
