@@ -254,7 +254,12 @@ def embedding_figure(panels: Mapping[str, np.ndarray], profiles: Profiles, color
     else:
         fig = make_subplots(rows=1, cols=n, horizontal_spacing=0.04)
     marginal_groups = c.groups if len(c.groups) <= MAX_MARGINAL_GROUPS else []
-    proxies = kind == "scatter" and perm is not None and c.legend and not c.dim
+    # legend-only entries: the shuffled trace has no per-group traces to list (markers; a click could not
+    # hide the points, so clicks are off); with highlights the points are grey and lines name the colours
+    # of the marginal curves (a click hides a group's curves and, drawn by group, its points)
+    proxies = None
+    if kind == "scatter" and c.legend:
+        proxies = "lines" if c.dim and marginals else "markers" if perm is not None and not c.dim else None
 
     for p, (title, xy) in enumerate(panels.items()):
         xy = np.asarray(xy, dtype=np.float64)
@@ -268,8 +273,9 @@ def embedding_figure(panels: Mapping[str, np.ndarray], profiles: Profiles, color
         else:
             _scatter_by_group(fig, xy, c, p, row, col, point_size)
         if proxies and p == 0:
-            for g in c.groups:  # legend entries only: the points are all in the shuffled trace
-                fig.add_trace(c.trace(x=[None], y=[None], mode="markers", name=g, legendgroup=g, showlegend=True,
+            for g in c.groups:
+                fig.add_trace(c.trace(x=[None], y=[None], mode=proxies, name=g,
+                                      legendgroup=g, showlegend=True, line=dict(color=c.colors[g], width=2),
                                       marker=dict(size=point_size * 2, color=c.colors[g])), row=row, col=col)
         _highlights(fig, xy, c, p, row, col, point_size)
         if marginals:
@@ -284,8 +290,8 @@ def embedding_figure(panels: Mapping[str, np.ndarray], profiles: Profiles, color
                       plot_bgcolor="white", hoverlabel=dict(namelength=-1), uirevision=color_by,
                       legend=dict(itemsizing="constant", title=color_by, orientation="v",
                                   # proxies cannot hide their points: clicking them would mislead
-                                  itemclick=False if proxies else "toggle",
-                                  itemdoubleclick=False if proxies else "toggleothers"),
+                                  itemclick=False if proxies == "markers" else "toggle",
+                                  itemdoubleclick=False if proxies == "markers" else "toggleothers"),
                       legend2=dict(title="highlighted", orientation="h", x=0, xanchor="left", y=-0.04,
                                    yanchor="top", itemsizing="constant"))
     return fig
@@ -320,7 +326,7 @@ def _scatter_by_group(fig: go.Figure, xy: np.ndarray, c: _Colouring, p: int, row
             m = base & (c.svalues == g)
             if m.any():
                 fig.add_trace(c.trace(
-                    x=xy[m, 0], y=xy[m, 1], mode="markers", name=g, legendgroup=g, showlegend=p == 0,
+                    x=xy[m, 0], y=xy[m, 1], mode="markers", name=g, legendgroup=g, showlegend=p == 0 and not c.dim,
                     customdata=c.custom[m], hovertemplate=c.hover,
                     marker=dict(size=size, color="#c8c8c8" if c.dim else c.colors[g], opacity=0.35 if c.dim else 0.8)),
                     row=row, col=col)
@@ -354,7 +360,7 @@ def _density_panel(fig: go.Figure, xy: np.ndarray, c: _Colouring, ranges: Sequen
             if m.sum() < 5:
                 continue
             counts, _, _ = np.histogram2d(xy[m, 0], xy[m, 1], bins=edges)
-            mass = _hdr_mass(gaussian_filter(counts, sigma=1.5))
+            mass = _hdr_mass(gaussian_filter(counts, sigma=_bandwidth_bins(xy[m], edges)))
             fig.add_trace(go.Contour(
                 x=centers[0], y=centers[1], z=mass.T, name=g, legendgroup=g, showlegend=p == 0, showscale=False,
                 colorscale=[[0, c.colors[g]], [1, c.colors[g]]], line=dict(width=1.6),
@@ -362,6 +368,9 @@ def _density_panel(fig: go.Figure, xy: np.ndarray, c: _Colouring, ranges: Sequen
                               size=HDR_LEVELS[1] - HDR_LEVELS[0]),
                 hovertemplate=f"{g}: densest %{{z:.0%}} of its wells<extra></extra>"), row=row, col=col)
         return
+    bins = int(np.clip(np.sqrt(len(xy) / 5), 20, DENSITY_BINS))  # ~5+ wells per bin where the data are
+    edges = [np.linspace(lo, hi, bins + 1) for lo, hi in ranges]
+    centers = [(e[:-1] + e[1:]) / 2 for e in edges]
     counts, _, _ = np.histogram2d(xy[:, 0], xy[:, 1], bins=edges)
     if c.continuous:
         sums, _, _ = np.histogram2d(xy[:, 0], xy[:, 1], bins=edges, weights=c.values.astype(np.float64))
@@ -373,6 +382,16 @@ def _density_panel(fig: go.Figure, xy: np.ndarray, c: _Colouring, ranges: Sequen
     fig.add_trace(go.Heatmap(x=centers[0], y=centers[1], z=z.T, colorscale=scale, zmin=lo, zmax=hi,
                              showscale=p == 0, colorbar=dict(title=title, len=0.6, y=0.4, thickness=12),
                              hovertemplate=f"{title}: %{{z:.3g}}<extra></extra>"), row=row, col=col)
+
+
+def _bandwidth_bins(xy: np.ndarray, edges: Sequence[np.ndarray]) -> list[float]:
+    """Scott's rule (robust spread x n^-1/6) per axis, in bins: smooth contours for small groups too."""
+    out = []
+    for i, e in enumerate(edges):
+        q25, q75 = np.percentile(xy[:, i], [25, 75])
+        spread = min(float(np.std(xy[:, i])), float(q75 - q25) / 1.349) or float(np.std(xy[:, i]))
+        out.append(max(1.0, spread * len(xy) ** (-1 / 6) / float(e[1] - e[0])))
+    return out
 
 
 def _hdr_mass(density: np.ndarray) -> np.ndarray:
@@ -401,7 +420,8 @@ def _frame_panel(fig: go.Figure, xy: np.ndarray, ranges: Sequence[tuple[float, f
         xa, ya = sub.xaxis.plotly_name.replace("axis", ""), sub.yaxis.plotly_name.replace("axis", "")
         fig.add_annotation(text=f"{outside:,} well{'s' if outside > 1 else ''} outside the view (double-click twice "
                                 "to show all)", xref=f"{xa} domain", yref=f"{ya} domain", x=1, y=0, xanchor="right",
-                           yanchor="bottom", showarrow=False, font=dict(size=10, color="#666"))
+                           yanchor="bottom", showarrow=False, font=dict(size=10, color="#666"),
+                           bgcolor="rgba(255,255,255,0.8)")
 
 
 def _add_marginals(fig: go.Figure, xy: np.ndarray, svalues: np.ndarray, groups: Sequence[str],

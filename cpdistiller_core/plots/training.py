@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 SCHEDULE = ("lambda", "temperature", "lr")
 SKIP = ("epoch", "triplets", "seconds")
 PALETTE = qualitative.Plotly + qualitative.D3
+LABEL_GAP = 0.075  # least distance between chance labels, in accuracy units (axis 0..1.05)
 PLURALS = {"batch": "batches", "plate": "plates", "row": "rows", "column": "columns", "col": "columns"}
 
 
@@ -59,27 +60,30 @@ def training_curves(log: pd.DataFrame, levels: Mapping[str, int | Sequence[objec
     for c in accs + (["lambda"] if "lambda" in log else []):
         fig.add_trace(go.Scatter(x=x, y=log[c], mode="lines+markers", name=c, marker=dict(size=4),
                                  line=dict(dash="dot" if c == "lambda" else "solid", color=colors[c])), row=1, col=2)
-    _chance_lines(fig, accs, levels or {}, colors)
+    labelled = _chance_lines(fig, accs, levels or {}, colors)
     if losses and (log[losses] > 0).all().all():
         fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=2)
     fig.update_xaxes(title_text="epoch", dtick=1 if len(log) <= 20 else None)
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
+    fig.update_layout(height=320, margin=dict(l=10, r=125 if labelled else 10, t=30, b=10), plot_bgcolor="white",
                       legend=dict(orientation="h", y=-0.25), hoverlabel=dict(namelength=-1))
     return fig
 
 
 def _chance_lines(fig: go.Figure, accs: Sequence[str], levels: Mapping[str, int | Sequence[object]],
-                  colors: Mapping[str, str]) -> None:
-    """One dashed line at 1 / levels per accuracy column whose effect has a known level count."""
-    drawn = 0
+                  colors: Mapping[str, str]) -> bool:
+    """One dashed line at 1 / levels per accuracy column whose effect has a known level count, labelled
+    right of the panel (labels of close lines, 1/16 and 1/24, are nudged apart). Whether any was drawn."""
+    chance = []
     for c in accs:
         effect = c[len("acc_"):]
         n = _level_count(levels[effect]) if effect in levels else 0
-        if n < 2:
-            continue
-        # labels alternate ends so close lines (1/16 and 1/24) do not print over each other
-        fig.add_hline(y=1.0 / n, row=1, col=2, line=dict(dash="dash", width=1.2, color=colors[c]),
-                      annotation=dict(text=chance_label(effect, n), font=dict(size=10, color=colors[c])),
-                      annotation_position="top right" if drawn % 2 == 0 else "top left")
-        drawn += 1
+        if n >= 2:
+            chance.append((1.0 / n, c, chance_label(effect, n)))
+    label_y = -1.0
+    for y, c, text in sorted(chance):
+        fig.add_hline(y=y, row=1, col=2, line=dict(dash="dash", width=1.2, color=colors[c]))
+        label_y = max(y, label_y + LABEL_GAP)
+        fig.add_annotation(text=text, x=1.0, xref="x2 domain", xanchor="left", y=label_y, yref="y2",
+                           yanchor="middle", showarrow=False, font=dict(size=10, color=colors[c]))
+    return bool(chance)
