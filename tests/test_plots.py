@@ -190,8 +190,22 @@ def test_names_are_never_cut():
     assert titles == [long.format(0), long.format(1)]
     assert all("<br>" in a.text for a in thumbs.layout.annotations)  # wrapped, not overflowing
     grid = np.zeros((16, 24))
-    heat = plate_plots.plate_heatmaps({"uncorrected (PCA-50)": {"P0": grid}}, p.geometry)
+    heat = plate_plots.plate_heatmaps({"uncorrected (PCA-50)": {long.format(0): grid}}, p.geometry)
     assert heat.layout.hoverlabel.namelength == -1  # <extra> names would be cut after 15 characters
+    assert heat.layout.annotations[0].text.replace("<br>", "") == f"uncorrected (PCA-50) · {long.format(0)}"
     table = pd.DataFrame({"side": ["cpDistiller (warm start)"], "effect": ["batch"], "variance_explained": [0.1]})
     assert plate_plots.variance_bars(table).layout.hoverlabel.namelength == -1
     assert training_curves(_log()).layout.hoverlabel.namelength == -1
+
+
+def test_with_highlights_the_legend_names_the_marginal_colours_once():
+    p = _screen(2)
+    xy = np.random.default_rng(0).normal(size=(p.n_wells, 2))
+    for order in ("random", "group"):
+        fig = emb.embedding_figure({"u": xy, "v": xy}, p, color_by="batch", highlight=["cmpd3"], order=order)
+        entries = [t for t in fig.data if t.showlegend and t.legend != "legend2"]
+        assert sorted(t.name for t in entries) == ["B0", "B1"], order  # one entry per batch, not per panel
+        assert all(t.mode == "lines" for t in entries)  # points are grey: the colour is the curves'
+        curves = {t.line.color for t in fig.data if t.mode == "lines" and t.legendgroup == "B1" and not t.showlegend}
+        assert curves == {next(t.line.color for t in entries if t.name == "B1")}
+        assert fig.layout.legend.itemclick == "toggle"  # a click hides that batch's curves

@@ -36,7 +36,7 @@ def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: Plat
     plates = list(dict.fromkeys(p for side in sides for p in grids[side]))
     fig = make_subplots(rows=len(plates), cols=len(sides), horizontal_spacing=0.03 if standardise else 0.14,
                         vertical_spacing=min(0.15, 0.35 / max(1, len(plates))),
-                        subplot_titles=[f"{side} · {plate}" for plate in plates for side in sides])
+                        subplot_titles=[wrap_name(f"{side} · {plate}", 40) for plate in plates for side in sides])
     ylabels = [row_letters(r) for r in range(geometry.n_rows)]
     xlabels = [str(c + 1) for c in range(geometry.n_cols)]
     bar_len = min(1.0, 0.9 / max(1, len(plates)) * 2)
