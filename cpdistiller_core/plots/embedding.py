@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -169,6 +170,11 @@ class _Colouring:
     pert: np.ndarray
     trace: type = go.Scattergl
 
+    @cached_property
+    def codes(self) -> np.ndarray:
+        """Group index per well (position in ``groups``)."""
+        return pd.Categorical(self.svalues, categories=self.groups).codes.astype(np.int64)
+
     @property
     def legend(self) -> bool:
         return len(self.groups) <= MAX_GROUPS_WITH_LEGEND and not self.continuous
@@ -310,7 +316,7 @@ def _scatter_shuffled(fig: go.Figure, xy: np.ndarray, c: _Colouring, perm: np.nd
                       colorbar=dict(title=c.color_by, len=0.6, y=0.4, thickness=12))
     else:
         palette = [c.colors[g] for g in c.groups] if len(c.groups) <= len(PALETTE) else list(PALETTE)
-        codes = pd.Categorical(c.svalues[idx], categories=c.groups).codes % len(palette)
+        codes = c.codes[idx] % len(palette)
         marker.update(color=codes.astype(np.int16), colorscale=_discrete_scale(palette), cmin=-0.5,
                       cmax=len(palette) - 0.5, showscale=False)
     fig.add_trace(c.trace(x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=c.color_by, showlegend=False,
