@@ -273,7 +273,7 @@ def embedding_figure(panels: Mapping[str, np.ndarray], profiles: Profiles, color
         row = 2 if marginals else 1
         ranges = [robust_range(xy[:, i]) if axis_range == "robust" else _full_range(xy[:, i]) for i in (0, 1)]
         if kind == "density":
-            _density_panel(fig, xy, c, ranges, p, row, col, point_size)
+            _density_panel(fig, xy, c, ranges, p, row, col)
         elif perm is not None:
             _scatter_shuffled(fig, xy, c, perm, p, row, col, point_size)
         else:
@@ -293,7 +293,8 @@ def embedding_figure(panels: Mapping[str, np.ndarray], profiles: Profiles, color
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=60 if c.highlight else 10),
-                      plot_bgcolor="white", hoverlabel=dict(namelength=-1), uirevision=color_by,
+                      plot_bgcolor="white", hoverlabel=dict(namelength=-1),
+                      uirevision=f"{color_by}|{projection}|{kind}",  # a user's zoom lasts until the view changes
                       legend=dict(itemsizing="constant", title=color_by, orientation="v",
                                   # proxies cannot hide their points: clicking them would mislead
                                   itemclick=False if proxies == "markers" else "toggle",
@@ -354,7 +355,7 @@ def _highlights(fig: go.Figure, xy: np.ndarray, c: _Colouring, p: int, row: int,
 
 
 def _density_panel(fig: go.Figure, xy: np.ndarray, c: _Colouring, ranges: Sequence[tuple[float, float]], p: int,
-                   row: int, col: int, size: float) -> None:
+                   row: int, col: int) -> None:
     """Binned view: contour lines per group, or one map of the mean colour value / well count per bin."""
     from scipy.ndimage import gaussian_filter
 
