@@ -104,17 +104,55 @@ def reduce(X: np.ndarray, params: ReduceParams | None = None, cache: bool = True
             pass  # unreadable cache entry: recompute and overwrite it
     progress(0.0, f"computing {params.method.upper()} of {X.shape[0]} x {X.shape[1]}")
     if params.method == "pca":
-        out, _ = pca(X, params.n_components)
+        out, ratios = pca(X, params.n_components)
         if out.shape[1] < params.n_components:  # a 1-feature matrix: pad so plots keep two axes
             out = np.hstack([out, np.zeros((out.shape[0], params.n_components - out.shape[1]), np.float32)])
+        if cache:
+            _save_npy(_variance_path(path), _padded(ratios, params.n_components))
     else:
         out = _umap(X, params)
     if cache:
-        buf = io.BytesIO()
-        np.save(buf, out.astype(np.float32), allow_pickle=False)
-        atomic_write_bytes(path, buf.getvalue())
+        _save_npy(path, out.astype(np.float32))
     progress(1.0, "done")
     return out.astype(np.float32)
+
+
+def _variance_path(coords_path: Path) -> Path:
+    return coords_path.with_name(coords_path.stem + "-variance.npy")
+
+
+def _padded(ratios: np.ndarray, k: int) -> np.ndarray:
+    """Ratios padded with zeros to ``k`` (the padded axes of a 1-feature PCA explain nothing)."""
+    return np.concatenate([ratios, np.zeros(max(0, k - len(ratios)), np.float32)]).astype(np.float32)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def explained_variance(X: np.ndarray, n_components: int = 2, cache: bool = True,
+                       cache_root: Path | None = None) -> np.ndarray:
+    """Fraction of the variance of ``X`` along each axis of ``reduce(X, ReduceParams("pca", n_components))``.
+
+    Read from the disk cache that ``reduce`` fills when it computes a PCA (keyed like the coordinates);
+    computed (and cached) otherwise. Use it to label PCA axes: 'PC1 (23.4 % variance)'.
+    """
+    X = _check_matrix(X)
+    path = _variance_path(_cache_path(cache_key(X, ReduceParams(method="pca", n_components=n_components)),
+                                      cache_root))
+    if cache and path.exists():
+        try:
+            out = np.load(path, allow_pickle=False)
+            if out.shape == (n_components,):
+                return out
+        except (OSError, ValueError):
+            pass  # unreadable cache entry: recompute and overwrite it
+    out = _padded(pca(X, n_components)[1], n_components)
+    if cache:
+        _save_npy(path, out)
+    return out
 
 
 def _umap(X: np.ndarray, params: ReduceParams) -> np.ndarray:

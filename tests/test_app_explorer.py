@@ -80,7 +80,7 @@ def test_explorer_umap_is_computed_once_and_cached_on_disk():
     assert is_cached(dataset.raw.X, params)
     assert (params.n_neighbors, params.min_dist, params.random_state) == (15, 0.1, 9000)
     spec = at.get("plotly_chart")[0].proto.spec
-    assert "scattergl" in spec and "plate %{customdata[0]}" in spec
+    assert '"type":"scatter' in spec.replace(" ", "") and "plate %{customdata[0]}" in spec  # SVG below 5k wells
     at.selectbox(key="explorer_color").set_value("row").run()
     assert not at.exception and not at.error
     spec = at.get("plotly_chart")[0].proto.spec.replace(" ", "")

@@ -91,7 +91,7 @@ def test_embedding_figure_panels_colourings_hover_and_highlight():
     p = _profiles()
     xy = np.random.default_rng(0).normal(size=(p.n_wells, 2))
     assert available_colorings(p) == ["batch", "row", "column", "plate", "perturbation", "control"]
-    fig = embedding_figure({"uncorrected": xy, "cpDistiller": xy * 2}, p, color_by="batch")
+    fig = embedding_figure({"uncorrected": xy, "cpDistiller": xy * 2}, p, color_by="batch", order="group", webgl=True)
     scatters = [t for t in fig.data if t.type == "scattergl"]
     assert len(scatters) == 4  # 2 batches x 2 panels, all WebGL
     assert sorted(t.name for t in scatters if t.showlegend) == ["B0", "B1"]
@@ -106,14 +106,15 @@ def test_embedding_figure_panels_colourings_hover_and_highlight():
     top = [t for t in densities if t.yaxis != scatters[0].yaxis and t.xaxis != main_x][0]
     assert fig.layout[top.xaxis.replace("x", "xaxis")].matches == main_x
 
-    col = embedding_figure({"u": xy}, p, color_by="column")
+    col = embedding_figure({"u": xy}, p, color_by="column", webgl=True)
     main = [t for t in col.data if t.type == "scattergl"][0]
     assert main.marker.colorscale is not None and max(main.marker.color) == 12  # continuous 1-based columns
     assert len([t for t in col.data if t.type == "scatter"]) == 2 * 12  # one density per column
 
     hl = embedding_figure({"u": xy}, p, color_by="plate", highlight=["cmpd3"])
-    star = [t for t in hl.data if t.name == "★ cmpd3"]
+    star = [t for t in hl.data if t.name == "cmpd3"]
     assert len(star) == 1 and len(star[0].x) == int((p.perturbation == "cmpd3").sum())
+    assert star[0].marker.symbol == "star" and star[0].legend == "legend2"
     with pytest.raises(CpDistillerError):
         embedding_figure({"u": xy[:5]}, p)
     with pytest.raises(CpDistillerError):

@@ -36,7 +36,7 @@ def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: Plat
     plates = list(dict.fromkeys(p for side in sides for p in grids[side]))
     fig = make_subplots(rows=len(plates), cols=len(sides), horizontal_spacing=0.03 if standardise else 0.14,
                         vertical_spacing=min(0.15, 0.35 / max(1, len(plates))),
-                        subplot_titles=[f"{side} · {plate}" for plate in plates for side in sides])
+                        subplot_titles=[wrap_name(f"{side} · {plate}", 40) for plate in plates for side in sides])
     ylabels = [row_letters(r) for r in range(geometry.n_rows)]
     xlabels = [str(c + 1) for c in range(geometry.n_cols)]
     bar_len = min(1.0, 0.9 / max(1, len(plates)) * 2)
@@ -73,19 +73,52 @@ def plate_heatmaps(grids: Mapping[str, Mapping[str, np.ndarray]], geometry: Plat
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=8))
     fig.update_xaxes(tickfont=dict(size=8), side="bottom", dtick=1 if geometry.n_cols <= 24 else 2)
     fig.update_layout(height=max(320, height_per_plate * len(plates)), margin=dict(l=10, r=40, t=40, b=10),
-                      plot_bgcolor="white")
+                      plot_bgcolor="white", hoverlabel=dict(namelength=-1))
     return fig
 
 
-def plate_layout_thumbnails(profiles: Profiles, max_plates: int = 24, per_row: int = 4) -> go.Figure:
-    """Small maps of every plate's layout: empty / treatment / negative control / positive control."""
+def axis_ticks(n: int, letters: bool = False, max_labels: int = 16) -> list[str]:
+    """Labels to print on a plate axis of ``n`` rows (letters: A…P, AA…AF) or columns (1…48).
+
+    All of them when they fit (``max_labels``), else the first, every k-th and the last
+    (1, 4, 8, … 24), so the plate's edges are always named.
+    """
+    name = row_letters if letters else (lambda i: str(i + 1))
+    if n <= max_labels:
+        return [name(i) for i in range(n)]
+    step = int(np.ceil(n / (max_labels - 1) / 2) * 2)  # even steps: 4, 8 land on 4, 8, 12…
+    keep = sorted({0, n - 1, *range(step - 1, n, step)})
+    return [name(i) for i in keep]
+
+
+def wrap_name(name: str, width: int = 22) -> str:
+    """A long plate name split over lines (at '_', '-', '.' or ' ' where possible) instead of overflowing."""
+    lines, rest = [], str(name)
+    while len(rest) > width:
+        cut = max(rest.rfind(ch, 0, width + 1) for ch in "_-. ")
+        cut = cut + 1 if cut > width // 3 else width
+        lines.append(rest[:cut])
+        rest = rest[cut:]
+    return "<br>".join(lines + [rest])
+
+
+def plate_layout_thumbnails(profiles: Profiles, max_plates: int = 24, per_row: int = 4,
+                            tick_labels: bool = True) -> go.Figure:
+    """Small maps of every plate's layout: empty / treatment / negative control / positive control.
+
+    With ``tick_labels`` the axes name rows (A…P; AA…AF on 1536-well plates) and columns (1…24),
+    thinned to every k-th label plus the last when they would not fit. Long plate names wrap.
+    """
     from ..platemap import layout_grid
 
     plates = list(pd.unique(profiles.plate))[:max_plates]
     rows = int(np.ceil(len(plates) / per_row))
     cols = min(per_row, len(plates))
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[str(p) for p in plates],
-                        horizontal_spacing=0.03, vertical_spacing=0.12 / max(1, rows) + 0.04)
+    titles = [wrap_name(p) for p in plates]
+    lines = max((t.count("<br>") + 1 for t in titles), default=1)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
+                        horizontal_spacing=0.05 if tick_labels else 0.03,
+                        vertical_spacing=(0.12 + 0.05 * lines) / max(1, rows) + 0.04)
     geo = profiles.geometry
     n = len(LAYOUT_CODES)
     scale = []
@@ -102,9 +135,15 @@ def plate_layout_thumbnails(profiles: Profiles, max_plates: int = 24, per_row: i
             hovertemplate=f"{plate} %{{y}}%{{x}}: %{{text}}<extra></extra>",
             colorbar=dict(tickvals=list(range(n)), ticktext=[names[k] for k in range(n)], thickness=10, len=0.8)),
             row=i // per_row + 1, col=i % per_row + 1)
-    fig.update_yaxes(autorange="reversed", showticklabels=False)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_layout(height=170 * rows + 40, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white")
+    fig.update_annotations(font=dict(size=11))  # the subplot titles (plate names)
+    if tick_labels:
+        ys, xs = axis_ticks(geo.n_rows, letters=True), axis_ticks(geo.n_cols, max_labels=12)
+        fig.update_yaxes(tickmode="array", tickvals=ys, ticktext=ys, tickfont=dict(size=7), ticklen=0)
+        fig.update_xaxes(tickmode="array", tickvals=xs, ticktext=xs, tickfont=dict(size=7), ticklen=0)
+    fig.update_yaxes(autorange="reversed", showticklabels=tick_labels, type="category")
+    fig.update_xaxes(showticklabels=tick_labels, type="category")
+    fig.update_layout(height=(200 + 14 * lines) * rows + 40, margin=dict(l=10, r=10, t=30 + 12 * lines, b=10),
+                      plot_bgcolor="white")
     return fig
 
 
@@ -139,7 +178,8 @@ def position_profile_figure(profiles_by_side: Mapping[str, pd.DataFrame], axis: 
             i += 1
     fig.update_layout(xaxis_title=axis, yaxis_title=f"{value_label}{' (standardised)' if standardise else ''}",
                       height=340, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
-                      legend=dict(orientation="h", y=1.12), xaxis=dict(type="category"))
+                      legend=dict(orientation="h", y=1.12), xaxis=dict(type="category"),
+                      hoverlabel=dict(namelength=-1))
     fig.update_yaxes(gridcolor="#eee", zerolinecolor="#ccc")
     return fig
 
@@ -157,5 +197,5 @@ def variance_bars(table: pd.DataFrame, sides: Sequence[str] | None = None) -> go
     top = float(table["variance_explained"].max()) if len(table) else 1.0
     fig.update_layout(barmode="group", yaxis=dict(title="fraction of variance (top PCs)", range=[0, min(1.0, top * 1.25 + 0.02)]),
                       height=320, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
-                      legend=dict(orientation="h", y=1.15))
+                      legend=dict(orientation="h", y=1.15), hoverlabel=dict(namelength=-1))
     return fig
