@@ -88,18 +88,33 @@ def home() -> None:
         if not run_dir:
             st.info("No correction run selected.")
         else:
-            try:
-                state = jobs.status(Path(run_dir))
-                st.markdown(f"**{Path(run_dir).name}** — {state.status}")
-                st.progress(state.fraction, text=state.message or state.status)
-                verdict = Run.open(run_dir).verdict() if state.status == jobs.DONE else None
-                if verdict is not None:
-                    verdict_panel(verdict)
-            except CpDistillerError as exc:
-                st.error(str(exc))
+            run_summary(Path(run_dir))
         st.page_link("pages/2_Correct.py", label="Correct", icon=":material/tune:")
         st.page_link("pages/3_Embedding_explorer.py", label="Embedding explorer", icon=":material/scatter_plot:")
         st.page_link("pages/4_Plate_maps.py", label="Plate maps", icon=":material/grid_on:")
+
+
+def run_summary(run_dir: Path) -> None:
+    """The selected run: status and progress (refreshed every second while it runs), then its verdict."""
+    try:
+        state = jobs.status(run_dir)
+    except CpDistillerError as exc:
+        st.error(str(exc))
+        return
+    st.markdown(f"**{run_dir.name}** — {state.status}")
+    if not state.finished:
+        st.fragment(run_every=1.0)(_progress_bar)(run_dir)
+        return
+    verdict = Run.open(run_dir).verdict() if state.status == jobs.DONE else None
+    if verdict is not None:
+        verdict_panel(verdict)
+
+
+def _progress_bar(run_dir: Path) -> None:
+    state = jobs.status(run_dir)
+    st.progress(state.fraction, text=state.message or state.status)
+    if state.finished:
+        st.rerun()  # show the verdict
 
 
 def _title(path: Path) -> str:
@@ -205,8 +220,10 @@ def main() -> None:
         title = _title(path)
         pages.append(st.Page(str(path.relative_to(ROOT)), title=title, icon=ICONS.get(title)))
     nav = st.navigation(pages)
-    sidebar_status()
-    nav.run()
+    try:
+        nav.run()
+    finally:  # after the page, so a dataset or run chosen on it shows at once (also when it stops early)
+        sidebar_status()
 
 
 main()

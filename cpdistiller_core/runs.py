@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .api import CpDistiller, package_versions
@@ -81,6 +82,8 @@ class _RunWriter:
                                       "host": socket.gethostname()}
         self._last_write = 0.0
         self.history: list[dict[str, Any]] = []
+        self.epoch_seconds: list[float] = []
+        self.last_epoch_end = self.t0
 
     def write(self, force: bool = False) -> None:
         now = time.time()
@@ -100,14 +103,25 @@ class _RunWriter:
         """A callback mapping a step's [0, 1] onto [lo, hi] of the whole run."""
         def cb(fraction: float, message: str) -> None:
             f = lo + (hi - lo) * max(0.0, min(1.0, fraction))
-            elapsed = time.time() - self.t0
-            self.state.update(fraction=round(f, 4), message=message,
-                              eta_s=round(elapsed * (1 - f) / f, 1) if f > 0.02 else None)
+            self.state.update(fraction=round(f, 4), message=message, eta_s=self.eta())
             self.outer(f, message)
             self.write()
         return cb
 
+    def eta(self) -> float | None:
+        """Seconds left: the median of the last epochs' measured times (the first epoch, which also
+        mines neighbours and warms up, left out once there are others) times the epochs to go, counted
+        from the end of the last epoch. None until an epoch has finished: no guess from the fraction."""
+        if not self.epoch_seconds or not self.state.get("epochs"):
+            return None
+        recent = self.epoch_seconds[1:][-5:] or self.epoch_seconds
+        left = (self.state["epochs"] - len(self.epoch_seconds)) * float(np.median(recent))
+        return round(max(0.0, left - (time.time() - self.last_epoch_end)), 1)
+
     def on_epoch(self, record: dict[str, Any], _ema: Any) -> None:
+        now = time.time()
+        self.epoch_seconds.append(now - self.last_epoch_end)
+        self.last_epoch_end = now
         self.history.append(dict(record))
         self.state.update(epoch=record["epoch"], losses={k: v for k, v in record.items() if k != "epoch"})
         buf = io.StringIO()
@@ -268,7 +282,9 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
         timings["preprocess_s"] = round(time.perf_counter() - t, 3)
         report["preprocess"] = prep_report.summary()
     write_profiles(profiles, run_dir / INPUT_FILE)
+    writer.state["levels"] = report["levels"] = _levels(profiles, spec.effects)
     writer.stage("training", 0.08)
+    writer.last_epoch_end = time.time()  # epoch times are measured from here
     model = CpDistiller(spec.config)
     model.fit(profiles, effects=spec.effects, progress=writer.progress(0.08, 0.95), warm_start=spec.warm_start,
               extractor=extractor, on_epoch=writer.on_epoch, checkpoint_dir=run_dir / CHECKPOINTS_DIR)
@@ -299,6 +315,17 @@ def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _R
     for check in verdict.problems():
         warnings.warn(f"did it help? {check.name}: {check.sentence}", CpDistillerWarning, stacklevel=2)
     return {"status": verdict.status, "problems": [c.name for c in verdict.problems()]}
+
+
+def _levels(profiles: Profiles, effects: Sequence[str]) -> dict[str, int]:
+    """Number of levels of each effect (a discriminator's chance accuracy is 1 / levels)."""
+    out = {}
+    for e in effects:
+        try:
+            out[e] = int(len(pd.unique(profiles.labels(e).astype(str))))
+        except CpDistillerError:  # no batch column: fit() says so
+            continue
+    return out
 
 
 def _describe_input(x: Any) -> Any:
@@ -400,6 +427,11 @@ class Run:
     @property
     def effects(self) -> list[str]:
         return list(self.config.get("effects") or self.report.get("effects") or [])
+
+    @property
+    def levels(self) -> dict[str, int]:
+        """Levels of each corrected effect (e.g. {"batch": 3, "row": 16}), known once training started."""
+        return dict(self.report.get("levels") or self.progress.get("levels") or {})
 
     @property
     def status(self) -> str:

@@ -91,13 +91,13 @@ def run_panel(run_dir: Path) -> None:
     stage = prog.get("stage") or state.message
     st.markdown(f"**{run_dir.name}** · {state.status}")
     st.progress(min(1.0, fraction), text=f"{stage} · epoch {epoch}/{n_epochs or '?'} · elapsed {format_seconds(elapsed)}"
-                                         f" · remaining {format_seconds(eta) if eta is not None else '—'}")
+                                         f" · remaining {format_seconds(eta) if eta is not None else 'estimated after the first epoch'}")
     if not state.finished:
         if st.button("Cancel run", key=f"cancel_{run_dir.name}", icon=":material/stop_circle:"):
             jobs.cancel(run_dir)
             st.rerun()
     if run is not None and run.train_log is not None:
-        st.plotly_chart(training_curves(run.train_log), width="stretch", key=f"curves_{run_dir.name}")
+        st.plotly_chart(training_curves(run.train_log, levels=run.levels), width="stretch", key=f"curves_{run_dir.name}")
         if prog.get("losses"):
             st.caption("Latest: " + " · ".join(f"{k} {v:.3g}" for k, v in prog["losses"].items()
                                                 if isinstance(v, (int, float)) and k not in ("seconds", "triplets")))
@@ -186,17 +186,25 @@ else:
         if ref_job:
             st.fragment(run_every=POLL_SECONDS if busy else None)(ref_panel)(Path(ref_job))
 
+def history_table(session_id: str | None, columns: list[str]) -> None:
+    """The session's runs; re-read every two seconds while one of them is queued or running."""
+    table = pd.DataFrame(ds.session_runs(session_id))
+    table["error"] = table["error"].fillna("")
+    table["started"] = pd.to_datetime(table["created"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
+    table["elapsed"] = table["elapsed"].map(format_seconds)
+    st.dataframe(table[[c for c in columns if c in table]].rename(columns=lambda c: c.replace("meta.", "")),
+                 hide_index=True, width="stretch")
+
+
 st.subheader("Run history")
 rows = ds.session_runs(session_id)  # this session's runs only; unreadable ones are listed with their reason
 if not rows:
     st.caption("No runs yet.")
 else:
     table = pd.DataFrame(rows)
-    table["error"] = table["error"].fillna("")
-    table["started"] = pd.to_datetime(table["created"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
-    show = [c for c in ("run_id", "status", "started", "meta.dataset", "meta.effects", "meta.epochs", "error")
-            if c in table]
-    st.dataframe(table[show].rename(columns=lambda c: c.replace("meta.", "")), hide_index=True, width="stretch")
+    show = ["run_id", "status", "started", "elapsed", "meta.dataset", "meta.effects", "meta.epochs", "error"]
+    busy_runs = bool((~table["status"].isin([*jobs.TERMINAL, jobs.UNREADABLE])).any())
+    st.fragment(run_every=POLL_SECONDS * 2 if busy_runs else None)(history_table)(session_id, show)
     ids = table["run_id"].tolist()
     pick = st.selectbox("Open a run", ids, index=ids.index(Path(current).name) if current and Path(current).name in ids
                         else 0, key="correct_open")

@@ -11,7 +11,14 @@ import streamlit as st
 from cpdistiller_core import jobs
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.plots.embedding import available_colorings, embedding_figure
-from cpdistiller_core.reduce import UMAP_DEFAULTS, ReduceParams, cache_key, is_cached, reduce
+from cpdistiller_core.reduce import (
+    UMAP_DEFAULTS,
+    ReduceParams,
+    cache_key,
+    explained_variance,
+    is_cached,
+    reduce,
+)
 from dashboard import state as ds
 
 
@@ -43,7 +50,7 @@ if base is None:
     st.page_link("pages/1_Load_profiles.py", label="Load profiles", icon=":material/upload_file:")
     st.stop()
 
-c = st.columns([1, 1, 2, 1])
+c = st.columns([1, 1, 2, 1, 1])
 method = c[0].radio("Projection", ["PCA", "UMAP"], horizontal=True, key="explorer_method",
                     help="UMAP (umap-learn; n_neighbors 15, min_dist 0.1, random_state 9000) is computed once per "
                          "embedding and cached on disk. The first UMAP in a fresh server also compiles umap-learn, "
@@ -53,6 +60,9 @@ color_by = c[1].selectbox("Colour by", colorings, index=0, key="explorer_color")
 names = list(spaces)
 shown = c[2].multiselect("Panels", names, default=names[:3], key="explorer_panels")
 marginals = c[3].checkbox("Marginal densities", value=True, key="explorer_marginals")
+kind = c[4].radio("Draw", ["points", "density"], index=1 if base.n_wells > 50_000 else 0, key="explorer_kind",
+                  help="points: every well, in a random order so no group hides the others; density: contours "
+                       "per group (or a binned map), readable on large screens")
 perts = sorted(set(base.perturbation.astype(str)))
 highlight = st.multiselect("Highlight perturbations (type to search)", perts, key="explorer_highlight",
                            max_selections=12)
@@ -78,10 +88,13 @@ try:
         panels[name] = _coords(cache_key(X, params), X, params)
     if progress is not None:
         progress.empty()
-    fig = embedding_figure(panels, base, color_by=color_by, highlight=highlight, marginals=marginals)
+    variance = ({name: explained_variance(spaces[name].X) for name in panels} if params.method == "pca" else None)
+    fig = embedding_figure(panels, base, color_by=color_by, highlight=highlight, marginals=marginals,
+                           kind="density" if kind == "density" else "scatter", projection=method, variance=variance)
     st.plotly_chart(fig, width="stretch", key="explorer_fig")
     st.caption(f"{method} computed once per embedding and cached on disk (key: content hash + parameters). "
                "Rows and columns use a continuous colour scale so gradients show; curves above and right of each "
-               "panel are the densities per group.")
+               "panel are the densities per group. Axes cover 99 % of the wells; double-click a panel to see "
+               "the outliers too.")
 except CpDistillerError as exc:
     st.error(str(exc))
