@@ -143,3 +143,19 @@ def position_confounding(perturbation: np.ndarray, level: np.ndarray, include: n
     if not replicated.any():
         return float("nan")
     return float(size[replicated & (distinct == 1)].sum() / size[replicated].sum())
+
+
+def same_map_share(plate: np.ndarray, well: np.ndarray, perturbation: np.ndarray,
+                   include: np.ndarray | None = None) -> float:
+    """Share of well positions (used on 2+ plates, among ``include``) that hold the same perturbation on
+    every plate: ~1 when every plate uses one plate map, ~0 with shuffled maps. NaN with one plate."""
+    frame = pd.DataFrame({"plate": np.asarray(plate, dtype=object), "well": np.asarray(well, dtype=object),
+                          "p": np.asarray(perturbation, dtype=object)})
+    if include is not None:
+        frame = frame[np.asarray(include, dtype=bool)]
+    groups = frame.groupby("well", sort=False)
+    plates, perts = groups["plate"].nunique(), groups["p"].nunique(dropna=False)
+    shared = plates >= 2
+    if not shared.any():
+        return float("nan")
+    return float((perts[shared] == 1).mean())

@@ -189,6 +189,44 @@ def variance_table(sides: dict[str, Profiles], effects: Sequence[str] = EFFECT_O
     return pd.DataFrame(rows, columns=["side", "effect", "variance_explained"])
 
 
+def default_wells(profiles: Profiles, min_controls: int = 3, threshold: float = 0.5) -> tuple[str, str]:
+    """Which wells plate maps should show by default, and why, in one sentence.
+
+    ``"negative"`` when the layout ties treatments to positions (``layout.position_confounding`` of
+    row or column >= ``threshold`` among treated wells) and there are at least ``min_controls``
+    negative controls: there, a row or column difference among all wells is partly biology, and only
+    the controls show the technical effect. ``"all"`` otherwise."""
+    from .layout import position_confounding, same_map_share
+
+    neg = profiles.negative_mask
+    if int(neg.sum()) < min_controls:
+        return "all", "all wells: fewer than 3 negative controls to look at on their own."
+    tied = {}
+    for axis in ("row", "column"):
+        share = position_confounding(profiles.perturbation, profiles.labels(axis), ~neg)
+        if np.isfinite(share) and share >= threshold:
+            tied[axis] = share
+    same_map = same_map_share(profiles.plate, profiles.well, profiles.perturbation, ~neg)
+    if tied:
+        which = " and ".join(f"{a} ({v:.0%} of treated wells)" for a, v in tied.items())
+        reason = f"the layout ties treatments to their {which}"
+    elif np.isfinite(same_map) and same_map >= 0.9:
+        reason = f"every plate uses the same plate map ({same_map:.0%} of positions hold the same treatment)"
+    else:
+        return "all", "all wells: treatments move between positions from plate to plate."
+    return "negative", (f"negative controls: {reason}, so among all wells a position difference is partly "
+                        "biology; the controls show the technical effect alone.")
+
+
+def restrict_values(profiles: Profiles, values: np.ndarray, wells: str) -> np.ndarray:
+    """``values`` with every well outside ``wells`` ('all' or 'negative') set to NaN (left blank on maps)."""
+    if wells == "all":
+        return values
+    if wells != "negative":
+        raise CpDistillerError(f"wells must be 'all' or 'negative' (got {wells!r}).")
+    return np.where(profiles.negative_mask, np.asarray(values, np.float64), np.nan)
+
+
 def align(before: Profiles, after: Profiles) -> tuple[Profiles, Profiles]:
     """Match two profiles of the same wells (e.g. input vs embedding read back from disk).
 

@@ -53,6 +53,11 @@ if not sides:
     st.stop()
 
 base = sides["uncorrected"]
+default, why = platemap.default_wells(base)
+wells = st.radio("Wells", ["all", "negative"], index=["all", "negative"].index(default), horizontal=True,
+                 key=f"plates_wells_{default}", format_func={"all": "all wells", "negative": "negative controls"}.get,
+                 help="Every plot on this page uses these wells.")
+st.caption(f"Default: {why}")
 c = st.columns([3, 2, 3])
 kinds = [k for k in KINDS if k != "dimension" or len(sides) > 1]
 labels = [KINDS[k] for k in kinds]
@@ -87,7 +92,8 @@ standardise = st.toggle("Standardise each side (robust z-score, one colour scale
 label = f"PC{int(which) + 1}" if kind == "pc" else "distance to control centroid" if kind == "control_distance" \
     else str(which)
 try:
-    values = {side: _values(token, side, prof, kind, which) for side, prof in use.items()}
+    values = {side: platemap.restrict_values(prof, _values(token, side, prof, kind, which), wells)
+              for side, prof in use.items()}
     if chosen:
         grids = {side: {p: platemap.plate_grid(use[side], v, p) for p in chosen} for side, v in values.items()}
         st.plotly_chart(plate_heatmaps(grids, base.geometry, label, standardise=standardise), width="stretch",
@@ -95,8 +101,8 @@ try:
     else:
         st.info("Choose plates to map.")
     st.markdown("#### Row and column profiles")
-    st.caption("Mean ± standard deviation of the value per row and per column over all plates; a slope or a "
-               "curve is a position gradient. Sides are standardised to be comparable.")
+    st.caption(f"Mean ± standard deviation of the value per row and per column over all plates ({wells} wells); "
+               "a slope or a curve is a position gradient. Sides are standardised to be comparable.")
     left, right = st.columns(2)
     for col, axis in ((left, "row"), (right, "column")):
         profs = {side: platemap.position_profile(use[side], v, axis) for side, v in values.items()}
@@ -109,17 +115,14 @@ except CpDistillerError as exc:
     st.error(str(exc))
 
 st.markdown("#### Variance explained by technical labels")
-c = st.columns([1, 1, 3])
-wells = c[0].radio("Wells", ["all", "negative"], horizontal=True, key="plates_var_wells",
-                   help="negative: negative controls only, where technical effects are not mixed with treatments.")
-n_pcs = int(c[1].number_input("Top PCs", 2, 100, 30, key="plates_var_pcs"))
+n_pcs = int(st.columns([1, 4])[0].number_input("Top PCs", 2, 100, 30, key="plates_var_pcs"))
 try:
     table = _variance(token, sides, wells, n_pcs)
     if table.empty:
         st.info("No technical label with two or more levels among these wells.")
     else:
         st.plotly_chart(variance_bars(table), width="stretch", key="plates_variance")
-        st.caption("Fraction of the variance of the top principal components explained by each label "
-                   "(between-group sum of squares / total). Lower after correction = effect removed.")
+        st.caption(f"Fraction of the variance of the top principal components explained by each label among "
+                   f"{wells} wells (between-group sum of squares / total). Lower after correction = effect removed.")
 except CpDistillerError as exc:
     st.error(str(exc))

@@ -143,3 +143,26 @@ def test_standardised_heatmaps_colour_by_z_but_hover_the_value():
     z = np.asarray(heat[0].z, dtype=float)
     assert abs(np.nanmedian(z)) < 1e-6 and np.nanmax(np.abs(z)) < 50
     assert heat[0].text[0][0] == f"{grid[0, 0]:.3g}" and heat[1].text[0][0] == f"{2 * grid[0, 0]:.3g}"
+
+
+def test_plate_maps_default_to_controls_only_when_the_layout_ties_treatments_to_positions():
+    from cpdistiller_core.datasets import make_demo_screen
+
+    shuffled = make_demo_screen(seed=1, n_batches=1, plates_per_batch=4, n_features=40).profiles  # two maps
+    locked = make_demo_screen(seed=1, n_batches=1, plates_per_batch=2, n_features=40, n_layouts=1).profiles
+    assert platemap.default_wells(shuffled)[0] == "all"
+    wells, why = platemap.default_wells(locked)
+    assert wells == "negative" and "same plate map" in why
+    no_controls = locked.replace(roles=Roles.from_dict({**locked.roles.to_dict(), "control": None}))
+    assert platemap.default_wells(no_controls)[0] == "all"
+    v = np.arange(locked.n_wells, dtype=float)
+    kept = platemap.restrict_values(locked, v, "negative")
+    assert np.array_equal(np.isfinite(kept), locked.negative_mask) and kept[locked.negative_mask].tolist() == \
+        v[locked.negative_mask].tolist()
+    assert platemap.restrict_values(locked, v, "all") is v
+    # treatments fixed to one row (cell_injury's layout): named as such
+    tied = locked.meta.copy()
+    tied[locked.roles.perturbation] = np.where(locked.negative_mask, tied[locked.roles.perturbation],
+                                               "row_" + pd.Series(locked.row).astype(str))
+    wells, why = platemap.default_wells(locked.replace(meta=tied))
+    assert wells == "negative" and "ties treatments to their row (100% of treated wells)" in why
