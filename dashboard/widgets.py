@@ -63,6 +63,17 @@ def settings_form(config_cls: type, key_prefix: str, columns: int = 5,
     return values
 
 
+def offline_message(exc: Exception) -> str:
+    """A network error in the dashboard's words: the engine's command-line hints become the page's options."""
+    from cpdistiller_core.analysis import archs4, enrichment
+
+    text = str(exc).replace(enrichment.OFFLINE_HINT, "").replace(archs4.OFFLINE_HINT, "").strip()
+    text = text.replace(" Genes already in the ARCHS4 cache work with --offline.", "")
+    return (f"{text} Working offline: choose **Demo gene sets** or **Local .gmt files / library folder** for "
+            "gene sets, and **My table** for co-expression groups. Libraries and ARCHS4 genes fetched once are "
+            "cached and work without a network.")
+
+
 def verdict_panel(verdict: Any, link_scorecard: bool = True) -> None:
     """"Did it help?": the run against the uncorrected profiles, worst problem first."""
     show = {"good": st.success, "warn": st.warning, "bad": st.error}

@@ -13,9 +13,27 @@ from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.net import OfflineError
 from cpdistiller_core.plots import genes as gp
 from dashboard import state as ds
-from dashboard.widgets import source_picker
+from dashboard.widgets import offline_message, source_picker
 
 STATE = "genes_results"
+
+
+def _gene_sets(choice: str, sources: list[str], libraries: list[str], local: str) -> dict | None:
+    """The gene sets chosen in the form (demo, Enrichr libraries, local files under the data root) or None."""
+    if choice == sources[0]:
+        return enrichment.resolve_gene_sets([], [enrichment.DEMO_GMT])
+    if choice == sources[1]:
+        return enrichment.resolve_gene_sets(libraries)
+    if choice == sources[2]:
+        items = [s.strip() for s in local.splitlines() if s.strip()]
+        if not items:
+            raise CpDistillerError("give at least one .gmt file or library folder in the box above.")
+        paths = [ds.under_data_root(item, "any") for item in items]  # only under the data root
+        gmts = [p for p in paths if p.is_file()]
+        dirs = [p for p in paths if p.is_dir()]
+        return ds.read_server_file(items[0], lambda _: enrichment.resolve_gene_sets(
+            libraries if dirs else [], gmts, dirs[0] if dirs else None, offline=True), "any")
+    return None
 
 
 def _download_figure(fig, name: str, key: str) -> None:
@@ -92,22 +110,12 @@ with st.form("genes_form"):
     go = st.form_submit_button("Run analysis", type="primary", key="genes_go")
 
 if go:
+    st.session_state.pop(STATE, None)  # results on screen are always those of the settings above
     results: dict[str, dict] = {}
     try:
-        sets = None
-        if gs_source == sources[0]:
-            sets = enrichment.resolve_gene_sets([], [enrichment.DEMO_GMT])
-        elif gs_source == sources[1]:
-            sets = enrichment.resolve_gene_sets(libraries)
-        elif gs_source == sources[2]:
-            items = [s.strip() for s in local.splitlines() if s.strip()]
-            if not items:
-                raise CpDistillerError("give at least one .gmt file or library folder.")
-            paths = [ds.under_data_root(item, "any") for item in items]  # only under the data root
-            gmts = [p for p in paths if p.is_file()]
-            dirs = [p for p in paths if p.is_dir()]
-            sets = ds.read_server_file(items[0], lambda _: enrichment.resolve_gene_sets(
-                libraries if dirs else [], gmts, dirs[0] if dirs else None, offline=True), "any")
+        if group_source.startswith("ARCHS4"):
+            archs4.require_archs4()  # network first: fail in seconds, before any clustering
+        sets = _gene_sets(gs_source, sources, libraries, local)
         with st.status("Clustering…", expanded=False) as status:
             for name in compare:
                 emb = spaces[name]
@@ -119,23 +127,23 @@ if go:
                                     top_n=int(top_n), percentile=float(percentile),
                                     n_clusters=int(n_clusters), n_permutations=int(n_perm), seed=int(seed),
                                     progress=lambda f, m, bar=bar, name=name: bar.progress(min(f, 1.0), f"{name}: {m}"))
-                out: dict = {"result": res}
-                if sets is not None:
-                    out["enrichment"] = enrichment.enrich_clusters(res.gene_lists(), res.background, sets)
-                if group_source != "None":
-                    edges = (ds.read_server_file(table_path, archs4.read_gene_groups) if group_source == "My table"
-                             else archs4.archs4_edges(res.clustering.labels, threshold=float(threshold)))
-                    out["groups"] = archs4.gene_groups(edges, res.clustering.labels)
-                    out["coexpression"] = archs4.coexpression_by_cluster(res.clustering.assignments(), edges)
-                results[name] = out
-            status.update(label="Done", state="complete")
-        st.session_state[STATE] = {"source": source, "results": results}
+                results[name] = {"result": res}
+            status.update(label="Clustered", state="complete")
+        for out in results.values():  # annotation: a failure here keeps the clustering
+            res = out["result"]
+            if sets is not None:
+                out["enrichment"] = enrichment.enrich_clusters(res.gene_lists(), res.background, sets)
+            if group_source != "None":
+                edges = (ds.read_server_file(table_path, archs4.read_gene_groups) if group_source == "My table"
+                         else archs4.archs4_edges(res.clustering.labels, threshold=float(threshold)))
+                out["groups"] = archs4.gene_groups(edges, res.clustering.labels)
+                out["coexpression"] = archs4.coexpression_by_cluster(res.clustering.assignments(), edges)
     except OfflineError as exc:
-        st.error(str(exc))
-        st.info("Working offline: choose **Demo gene sets** or **Local .gmt files / library folder** above "
-                "(or **My table** for co-expression groups). Libraries and ARCHS4 genes fetched once are cached.")
+        st.error(offline_message(exc))
     except CpDistillerError as exc:
         st.error(str(exc))
+    if results:
+        st.session_state[STATE] = {"source": source, "results": results}
 
 saved = st.session_state.get(STATE)
 if not saved:

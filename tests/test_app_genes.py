@@ -82,9 +82,22 @@ def test_gene_clusters_page_offline_enrichr_says_how_to_use_local_sets(demo_data
     at.button(key="genes_go").click()
     at.run()
     assert not at.exception
-    assert any("cannot reach Enrichr" in e.value and "--gmt" in e.value for e in at.error)
-    assert any("Local .gmt files" in i.value for i in at.info)
-    assert "genes_results" not in at.session_state
+    errors = [e.value for e in at.error]
+    assert any("cannot reach Enrichr" in e and "Local .gmt files" in e for e in errors)
+    assert not any("--" in e for e in errors)  # the page's words, not the command line's flags
+    assert "genes_results" not in at.session_state  # checked before clustering: nothing computed
+
+
+def test_gene_clusters_page_checks_archs4_before_clustering_and_drops_old_results(demo_dataset, monkeypatch):
+    monkeypatch.setenv("CPDISTILLER_ARCHS4_URL", f"http://127.0.0.1:{_closed_port()}/matrixapi/coltop")
+    at = _page(GENES_PAGE, demo_dataset)
+    at.session_state["genes_results"] = {"source": "an earlier run", "results": {}}
+    at.radio(key="genes_group_source").set_value("ARCHS4 (online, cached per gene)")
+    at.button(key="genes_go").click()
+    at.run()
+    assert not at.exception
+    assert any("cannot reach ARCHS4" in e.value and "My table" in e.value for e in at.error)
+    assert "genes_results" not in at.session_state  # the earlier results are not shown as if current
 
 
 def test_retrieval_page_pairs_scores_and_query(demo_dataset):
