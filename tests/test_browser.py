@@ -1,6 +1,7 @@
 """The real app in a real browser: start `streamlit run app.py` on 127.0.0.1, drive Debian's Chromium with
-Playwright through the demo flow (Home -> Load -> Correct -> Explorer -> Plate maps) and save a screenshot
-of every page under test-artifacts/."""
+Playwright through the demo flow (Home -> Load -> Correct -> verdict -> Explorer -> Plate maps (controls) ->
+Gene clusters -> Retrieval) and the cell_injury upload flow, and save a screenshot of every step under
+test-artifacts/browser/."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts"
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CELL_INJURY = REPO.parent / "shared" / "data" / "cell_injury" / "fs_plate_holdout.csv.gz"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -78,7 +80,7 @@ def _idle(page, timeout: float = 120_000) -> None:
 
 def _shot(page, name: str) -> Path:
     """Screenshot the whole page: Streamlit scrolls inside its main block, so grow the viewport to fit it."""
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.mouse.move(5, 995)  # no tooltip over the content
     height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
@@ -121,11 +123,20 @@ def test_demo_flow_in_chromium(app_url):
         page.get_by_role("button", name="Start correction").click()
         expect(page.get_by_text("Finished in")).to_be_visible(timeout=240_000)
         _idle(page)
-        _shot(page, "3_correct")
+        # the verdict: corrected vs uncorrected, in words
+        expect(page.get_by_text("Did it help?").first).to_be_visible(timeout=60_000)
+        assert page.locator('[data-testid="stAlert"]').filter(has_text="Did it help?").count() >= 1
+        _shot(page, "3_correct_verdict")
         assert page.get_by_role("button", name="Embedding (parquet)").is_visible()
         page.get_by_role("button", name="Compute").click()  # reference methods (uncorrected PCA, Harmony)
         expect(page.get_by_text("Available: harmony, uncorrected.")).to_be_visible(timeout=120_000)
         _idle(page)
+
+        page.get_by_role("link", name="Home").first.click()
+        expect(page.locator('[data-testid="stAlert"]').filter(has_text="Did it help?").first).to_be_visible(
+            timeout=60_000)
+        _idle(page)
+        _shot(page, "3b_home_verdict")
 
         page.get_by_role("link", name="Embedding explorer").first.click()
         expect(page.get_by_text("Colour by")).to_be_visible(timeout=60_000)
@@ -145,7 +156,65 @@ def test_demo_flow_in_chromium(app_url):
         _idle(page)
         page.wait_for_timeout(1500)
         assert page.locator(".js-plotly-plot").count() >= 3
+        expect(page.get_by_text("Default: all wells: treatments move between positions")).to_be_visible()
         _shot(page, "5_plate_maps")
+        page.get_by_text("negative controls", exact=True).first.click()  # the switch every plot follows
+        _idle(page)
+        expect(page.get_by_text("(negative wells)").first).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1000)
+        _shot(page, "5b_plate_maps_negative_controls")
+
+        page.get_by_role("link", name="Gene clusters").first.click()
+        expect(page.get_by_role("button", name="Run analysis")).to_be_visible(timeout=60_000)
+        perms = page.get_by_label("Permutations")
+        perms.fill("100")
+        perms.press("Tab")
+        page.get_by_role("button", name="Run analysis").click()
+        expect(page.get_by_text("Results for").first).to_be_visible(timeout=300_000)
+        _idle(page, 300_000)
+        page.wait_for_timeout(1500)
+        _shot(page, "6_gene_clusters")
+
+        page.get_by_role("link", name="Retrieval").first.click()
+        expect(page.get_by_text("Scorecard of methods")).to_be_visible(timeout=60_000)
+        _idle(page)
+        page.wait_for_timeout(1000)
+        _shot(page, "7_retrieval")
+        assert not page.get_by_text("Traceback").count()
+        browser.close()
+    assert not errors, errors
+
+
+def test_cell_injury_upload_defaults_plate_maps_to_controls(app_url):
+    """A real screen whose layout ties treatments to rows: uploaded through the Load page, its plate maps
+    open on the negative controls and say why."""
+    if not CELL_INJURY.is_file():
+        pytest.skip(f"{CELL_INJURY} is absent (the shared data sets live beside the repository)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{app_url}/Load_profiles", wait_until="networkidle")
+        expect(page.get_by_role("heading", name="Load profiles")).to_be_visible(timeout=60_000)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(CELL_INJURY))
+        expect(page.get_by_text("fs_plate_holdout.csv.gz").first).to_be_visible(timeout=60_000)
+        _idle(page)
+        page.get_by_role("button", name="Read uploaded files").click()
+        expect(page.get_by_text("Quality summary")).to_be_visible(timeout=120_000)
+        _idle(page)
+        expect(page.get_by_text("fs_plate_holdout.csv.gz").first).to_be_visible()
+        _shot(page, "8_cell_injury_load")
+        page.get_by_role("link", name="Plate maps").first.click()
+        expect(page.get_by_text("Default: negative controls: the layout ties treatments to their row")).to_be_visible(
+            timeout=60_000)
+        _idle(page)
+        page.wait_for_timeout(1000)
+        _shot(page, "9_cell_injury_plate_maps")
         assert not page.get_by_text("Traceback").count()
         browser.close()
     assert not errors, errors
