@@ -312,13 +312,19 @@ class CpDistiller:
         self.history = result.history
         self.timings["train_s"] = result.seconds
         self.timings["fit_s"] = time.perf_counter() - t_start
-        self.train_info = {"steps": result.steps, "device": result.device, "amp_dtype": result.amp_dtype,
-                           "n_wells": profiles.n_wells, "n_features": len(self.features),
-                           "sphered": self.input_transform.whitening is not None,
-                           "adversary_wells": self.adversary_wells,
-                           "position_confounding": confounding,
-                           "warm_start": None if warm_start is None else str(warm_start)}
+        self.train_info = self._train_info(result, profiles, confounding, warm_start)
         return self
+
+    def _train_info(self, result: TrainResult, profiles: Profiles, confounding: Mapping[str, float | None],
+                    warm_start: str | Path | None) -> dict[str, Any]:
+        """What a fit records about its training (saved in model.json, shown in provenance)."""
+        assert self.input_transform is not None
+        return {"steps": result.steps, "device": result.device, "amp_dtype": result.amp_dtype,
+                "n_wells": profiles.n_wells, "n_features": len(self.features),
+                "sphered": self.input_transform.whitening is not None,
+                "adversary_wells": self.adversary_wells,
+                "position_confounding": dict(confounding),
+                "warm_start": None if warm_start is None else str(warm_start)}
 
     def _warm_base(self, profiles: Profiles, warm_start: str | Path | None,
                    extractor: Profiles | None) -> CpDistiller | None:
