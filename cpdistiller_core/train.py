@@ -1,7 +1,9 @@
-"""The training loop: mini-batches indexed from one device tensor, streamed triplets, GRL schedule,
+"""The training plan: mini-batches indexed from one device tensor, streamed triplets, GRL schedule,
 Gumbel temperature annealing, EMA of weights, device choice and mixed precision.
 
-The loop knows nothing about files; ``runs.py`` writes logs and checkpoints through ``on_epoch``.
+The loss itself is ``CorrectionModule.loss`` (``model/loss.py``); the data come prepared as
+``TrainData`` (``training_data.py``). The loop knows nothing about files; ``runs.py`` writes logs and
+checkpoints through ``on_epoch``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ GMVAE (K mixture components, latent z):
     p(z|y)    learned mean and variance (Softplus) per component, linear in y
     p(x|z)    two LeakyReLU layers -> x_hat (MSE reconstruction)
 ELBO per well = sum_features (x - x_hat)^2 + KL(q(z|x,y) || p(z|y)) + KL(q(y|x) || Uniform(K)).
+
+``CorrectionModule.loss`` assembles the training objective (terms and weights: ``model/loss.py``).
 """
 
 from __future__ import annotations
