@@ -23,17 +23,16 @@ from . import __version__
 from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning, example_values, where
 from .model.bounds import check_architecture
-from .model.discriminators import ordinal_soft_labels, smooth_labels
 from .model.gmvae import CorrectionModule
 from .paths import atomic_write_bytes, atomic_write_text, json_default
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
-from .train import EMA, TrainData, TrainResult, ema_state, seed_everything, select_device, train
+from .train import EMA, TrainResult, ema_state, seed_everything, select_device, train
+from .training_data import ORDERED_EFFECTS, TrainData, _check_finite, align_extractor
 
 WEIGHTS_FILE = "weights.pt"
 MODEL_FILE = "model.json"
 FORMAT_VERSION = 1
-ORDERED_EFFECTS = ("row", "column")
 
 
 # ----- the model's own input transform -------------------------------------------------------------
@@ -157,62 +156,6 @@ def _chunked_affine(X: np.ndarray, center: np.ndarray, whitening: ZCAWhitening |
 
 
 # ----- helpers -------------------------------------------------------------------------------------
-def _zscored(X: np.ndarray) -> np.ndarray:
-    """Per-feature z-scored float32 copy (the unsphered space for neighbour mining)."""
-    return InputTransform.fit(X, None, "none", 0.0).apply(X)
-
-
-def _level_codes(values: np.ndarray, effect: str) -> tuple[np.ndarray, list[Any]]:
-    """Codes 0..L-1; row/column levels sorted by plate position so code distance is positional order."""
-    if effect in ORDERED_EFFECTS:
-        levels = sorted({int(v) for v in values})
-        codes = np.searchsorted(np.asarray(levels), values.astype(np.int64))
-        return codes.astype(np.int64), levels
-    levels = sorted({str(v) for v in values})
-    lookup = {v: i for i, v in enumerate(levels)}
-    return np.fromiter((lookup[str(v)] for v in values), dtype=np.int64, count=len(values)), levels
-
-
-def _check_finite(profiles: Profiles, what: str = "features") -> None:
-    bad = ~np.isfinite(profiles.X)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        cols = [profiles.features[j] for j in np.flatnonzero(bad.any(axis=0))]
-        raise CpDistillerError(
-            f"{where(profiles.source or None)}{what} contain NaN/inf in {len(rows)} well(s) "
-            f"(rows {', '.join(str(profiles.meta.index[i]) for i in rows[:5])}; columns "
-            f"{example_values(cols)}): preprocess the profiles first (cpdistiller preprocess)."
-        )
-
-
-def _well_keys(p: Profiles) -> np.ndarray:
-    return np.char.add(np.char.add(p.plate.astype(str), "\x1f"), p.well.astype(str))
-
-
-def align_extractor(profiles: Profiles, extractor: Profiles) -> np.ndarray:
-    """Image features in the row order of ``profiles``, joined on plate + well."""
-    keys = _well_keys(extractor)
-    uniq, first = np.unique(keys, return_index=True)
-    if len(uniq) != len(keys):
-        dup = keys[np.setdiff1d(np.arange(len(keys)), first)]
-        raise CpDistillerError(
-            f"{where(extractor.source or None)}image features list some wells twice "
-            f"({example_values([k.replace(chr(31), ' ') for k in dup])}); give one row per plate and well."
-        )
-    want = _well_keys(profiles)
-    pos = np.searchsorted(uniq, want)
-    pos = np.clip(pos, 0, len(uniq) - 1)
-    found = uniq[pos] == want
-    if not found.all():
-        miss = want[~found]
-        raise CpDistillerError(
-            f"{where(extractor.source or None)}no image features for {len(miss)} well(s) of the profiles "
-            f"({example_values([k.replace(chr(31), ' ') for k in miss])}); join on plate and well failed."
-        )
-    _check_finite(extractor, "image features")
-    return extractor.X[first[pos]]
-
-
 def resolve_adversary_wells(profiles: Profiles, effects: Sequence[str], config: CpDistillerConfig) -> str:
     """The wells the discriminators learn from, "all" or "negcon", with ``config.adversary_wells`` resolved.
 
@@ -340,110 +283,82 @@ class CpDistiller:
         ``checkpoint_dir``: with ``config.checkpoint_every = k``, the EMA model is saved every k epochs to
         ``checkpoint_dir/epoch_NNN`` (a model directory: loadable, usable as ``warm_start``).
         """
-        from .neighbors import TripletSampler, mine_neighbors
-
         progress = progress or no_progress
-        cfg = self.config
         t_start = time.perf_counter()
         src = profiles.source or None
         _check_finite(profiles)
         if profiles.n_wells < 2:
             raise CpDistillerError(f"{where(src)}need at least 2 wells to train, got {profiles.n_wells}.")
-        effects = self._usable_effects(profiles, parse_effects(effects))
-        self.adversary_wells = resolve_adversary_wells(profiles, effects, cfg)  # fail before any work
-        confounding = _confounding(profiles, effects)
-        _warn_locked_layout(profiles, confounding, effects, self.adversary_wells)
-        seed_everything(cfg.seed)  # before any module is built: same seed, same initial weights
-        base = CpDistiller.load(warm_start, device=cfg.device) if warm_start is not None else None
-        if base is not None:
-            self._check_features(profiles, base.features, "the warm-start model")
-            if (extractor is None) != (base.extractor_features is None):
-                raise CpDistillerError("the warm-start model and this fit disagree on image features "
-                                       "(one uses an extractor table, the other not).")
-            self.features = list(base.features)
-            self.input_transform = base.input_transform
-            arch = {k: getattr(base.config, k) for k in ("hidden_dim", "latent_dim", "n_components",
-                                                         "discriminator_hidden")}
-            cfg = self.config = cfg.replace(**arch)
-        else:
+        self.effects = self._usable_effects(profiles, parse_effects(effects))
+        self.adversary_wells = resolve_adversary_wells(profiles, self.effects, self.config)  # fail before any work
+        confounding = _confounding(profiles, self.effects)
+        _warn_locked_layout(profiles, confounding, self.effects, self.adversary_wells)
+        seed_everything(self.config.seed)  # before any module is built: same seed, same initial weights
+        base = self._warm_base(profiles, warm_start, extractor)
+        cfg = self.config
+        if base is None:
             self.features = list(profiles.features)
-            neg = profiles.negative_mask
-            self.input_transform = InputTransform.fit(profiles.X, neg, cfg.sphering,
+            self.input_transform = InputTransform.fit(profiles.X, profiles.negative_mask, cfg.sphering,
                                                       cfg.sphering_regularization, src, cfg.sphering_min_controls)
-        X = self.input_transform.apply(profiles.subset(features=self.features).X
-                                       if base is not None else profiles.X)
-        self.effects = effects
-        codes, self.levels = {}, {}
-        soft = {}
-        for e in effects:
-            codes[e], self.levels[e] = _level_codes(profiles.labels(e), e)
-            n = len(self.levels[e])
-            table = ordinal_soft_labels(n, cfg.soft_label_alpha) if e in ORDERED_EFFECTS else \
-                smooth_labels(n, cfg.soft_label_alpha)
-            soft[e] = torch.tensor(table, dtype=torch.float32)
-
-        E = None
-        joint = None
-        if extractor is not None:
-            E = align_extractor(profiles, extractor).astype(np.float32)
-            joint = self._make_joint(E, base)
-            self.extractor_features = list(extractor.features)
-        check_architecture(cfg, X.shape[1], {e: len(self.levels[e]) for e in effects})
-        self.module = CorrectionModule(
-            X.shape[1], {e: len(self.levels[e]) for e in effects}, cfg.hidden_dim, cfg.latent_dim,
-            cfg.n_components, cfg.discriminator_hidden, joint=joint, decoder_levels=self._decoder_levels())
-        if base is not None:
-            self._load_warm(base)
-
-        # Neighbours for the contrastive term (sparse; mined on the model's input space).
-        t0 = time.perf_counter()
-        progress(0.0, "mining neighbours")
-        X_mine = X if cfg.neighbor_space == "input" else _zscored(profiles.subset(features=self.features).X)
-        graph = mine_neighbors(X_mine, {e: profiles.labels(e) for e in effects}, k_knn=cfg.k_knn,
-                               k_mnn=cfg.k_mnn, n_pcs=cfg.neighbor_pcs, combine=cfg.neighbor_combine,
-                               method=cfg.neighbor_method, seed=cfg.seed,
-                               progress=lambda f, m: progress(0.05 * f, m))
-        self.neighbor_stats = dict(getattr(graph, "stats", {}) or {})
-        self.neighbor_stats.setdefault("anchors_with_positive", int(graph.has_positive().sum()))
-        del X_mine
-        # "neutral": no well is treated as a control, so no control is pulled onto the others.
-        rule = cfg.triplet_controls if cfg.triplet_controls != "auto" else \
-            ("paper" if self.adversary_wells == "all" else "neutral")
-        triplet_controls = profiles.negative_mask if rule == "paper" else np.zeros(profiles.n_wells, dtype=bool)
-        self.neighbor_stats["triplet_controls"] = rule
-        sampler = TripletSampler(graph, triplet_controls, seed=cfg.seed)
-        n_anchor = len(sampler.anchors()) if hasattr(sampler, "anchors") else int(graph.has_positive().sum())
-        self.neighbor_stats["triplet_anchors"] = n_anchor
-        if not n_anchor:
-            sampler = None
-            warnings.warn("no well has a positive neighbour: training without the contrastive term.",
-                          CpDistillerWarning, stacklevel=2)
-        self.timings["neighbors_s"] = time.perf_counter() - t0
-
-        dev = self.device
-        data = TrainData(
-            X=torch.from_numpy(X).to(dev),
-            labels={e: torch.from_numpy(codes[e]).to(dev) for e in effects},
-            soft_targets={e: soft[e].to(dev) for e in effects},
-            E=None if E is None else torch.from_numpy(E).to(dev),
-            triplets=sampler,
-            adversary_weight=(torch.from_numpy(profiles.negative_mask.astype(np.float32)).to(dev)
-                              if self.adversary_wells == "negcon" else None),
-        )
-        result: TrainResult = train(self.module, data, cfg, dev,
+        X = self.input_transform.apply(profiles.subset(features=self.features).X if base is not None else profiles.X)
+        data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary_wells,
+                                       features=self.features, extractor=extractor, device=self.device,
+                                       progress=lambda f, m: progress(0.05 * f, m))
+        self._build_module(data, extractor, base)
+        result: TrainResult = train(self.module, data, cfg, self.device,
                                     progress=lambda f, m: progress(0.05 + 0.95 * f, m),
                                     on_epoch=self._epoch_hook(on_epoch, checkpoint_dir))
         del data
         self.history = result.history
         self.timings["train_s"] = result.seconds
         self.timings["fit_s"] = time.perf_counter() - t_start
-        self.train_info = {"steps": result.steps, "device": result.device, "amp_dtype": result.amp_dtype,
-                           "n_wells": profiles.n_wells, "n_features": len(self.features),
-                           "sphered": self.input_transform.whitening is not None,
-                           "adversary_wells": self.adversary_wells,
-                           "position_confounding": confounding,
-                           "warm_start": None if warm_start is None else str(warm_start)}
+        self.train_info = self._train_info(result, profiles, confounding, warm_start)
         return self
+
+    def _train_info(self, result: TrainResult, profiles: Profiles, confounding: Mapping[str, float | None],
+                    warm_start: str | Path | None) -> dict[str, Any]:
+        """What a fit records about its training (saved in model.json, shown in provenance)."""
+        assert self.input_transform is not None
+        return {"steps": result.steps, "device": result.device, "amp_dtype": result.amp_dtype,
+                "n_wells": profiles.n_wells, "n_features": len(self.features),
+                "sphered": self.input_transform.whitening is not None,
+                "adversary_wells": self.adversary_wells,
+                "position_confounding": dict(confounding),
+                "warm_start": None if warm_start is None else str(warm_start)}
+
+    def _warm_base(self, profiles: Profiles, warm_start: str | Path | None,
+                   extractor: Profiles | None) -> CpDistiller | None:
+        """The warm-start model, or None; its features, input transform and sizes become this fit's."""
+        if warm_start is None:
+            return None
+        base = CpDistiller.load(warm_start, device=self.config.device)
+        self._check_features(profiles, base.features, "the warm-start model")
+        if (extractor is None) != (base.extractor_features is None):
+            raise CpDistillerError("the warm-start model and this fit disagree on image features "
+                                   "(one uses an extractor table, the other not).")
+        self.features = list(base.features)
+        self.input_transform = base.input_transform
+        arch = {k: getattr(base.config, k) for k in ("hidden_dim", "latent_dim", "n_components",
+                                                     "discriminator_hidden")}
+        self.config = self.config.replace(**arch)
+        return base
+
+    def _build_module(self, data: TrainData, extractor: Profiles | None, base: CpDistiller | None) -> None:
+        """The correction network for ``data``'s levels (and image features), warm-started from ``base``."""
+        cfg = self.config
+        self.levels = data.levels
+        self.neighbor_stats = data.neighbor_stats
+        self.timings["neighbors_s"] = data.neighbor_seconds
+        joint = None
+        if extractor is not None:
+            assert data.E is not None
+            joint = self._make_joint(data.E.cpu().numpy(), base)
+            self.extractor_features = list(extractor.features)
+        self.module = CorrectionModule(
+            data.X.shape[1], {e: len(self.levels[e]) for e in self.effects}, cfg.hidden_dim, cfg.latent_dim,
+            cfg.n_components, cfg.discriminator_hidden, joint=joint, decoder_levels=self._decoder_levels())
+        if base is not None:
+            self._load_warm(base)
 
     def _epoch_hook(self, on_epoch: Callable[[dict[str, Any], EMA], None] | None,
                     checkpoint_dir: str | Path | None) -> Callable[[dict[str, Any], EMA], None] | None:

@@ -1,18 +1,19 @@
-"""The training loop: mini-batches indexed from one device tensor, streamed triplets, GRL schedule,
+"""The training plan: mini-batches indexed from one device tensor, streamed triplets, GRL schedule,
 Gumbel temperature annealing, EMA of weights, device choice and mixed precision.
 
-The loop knows nothing about files; ``runs.py`` writes logs and checkpoints through ``on_epoch``.
+The loss itself is ``CorrectionModule.loss`` (``model/loss.py``); the data come prepared as
+``TrainData`` (``training_data.py``). The loop knows nothing about files; ``runs.py`` writes logs and
+checkpoints through ``on_epoch``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,13 +21,11 @@ from torch import Tensor, nn
 
 from .config import CpDistillerConfig
 from .errors import CpDistillerError
-from .model.discriminators import grad_reverse, grl_lambda, soft_label_cross_entropy
+from .model.discriminators import grl_lambda
 from .model.gmvae import CorrectionModule
+from .model.loss import LossBatch, LossContext, LossOutput
 from .progress import ProgressCallback
-
-
-class TripletSource(Protocol):
-    def sample(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+from .training_data import TrainData
 
 
 # ----- device and precision ------------------------------------------------------------------------
@@ -109,22 +108,6 @@ class EMA:
 
 # ----- the loop ------------------------------------------------------------------------------------
 @dataclass
-class TrainData:
-    """Everything the loop reads, already on the device."""
-
-    X: Tensor                          # [n, d] model input (scaled / sphered)
-    labels: Mapping[str, Tensor]       # effect -> [n] int64 codes
-    soft_targets: Mapping[str, Tensor]  # effect -> [levels, levels] target table
-    E: Tensor | None = None            # [n, f] image features for the joint module
-    triplets: TripletSource | None = None
-    adversary_weight: Tensor | None = None  # [n] float 0/1: wells the discriminators learn from (None: all)
-
-    @property
-    def n(self) -> int:
-        return int(self.X.shape[0])
-
-
-@dataclass
 class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -155,145 +138,29 @@ def _batches(n: int, steps: int, batch_size: int, rng: np.random.Generator) -> l
 def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, device: torch.device,
           progress: ProgressCallback | None = None,
           on_epoch: Callable[[dict[str, Any], EMA], None] | None = None) -> TrainResult:
-    """Train ``module`` in place; on return it holds the EMA weights. ``on_epoch(record, ema)`` per epoch."""
+    """Train ``module`` in place; on return it holds the EMA weights. ``on_epoch(record, ema)`` per epoch.
+
+    The plan: AdamW (one lr for the representation, one for the discriminators) with a cosine schedule,
+    autocast where the device has fast low precision, the GRL lambda ramp per step, the Gumbel
+    temperature per epoch, an EMA of the weights per epoch; ``module.loss`` per mini-batch.
+    """
     seed_everything(config.seed)
-    rng = np.random.default_rng(config.seed)
-    module.to(device).train()
-    n = data.n
-    d_in = module.n_gmvae_input
-    w_elbo, w_dis, w_con = config.loss_weights(d_in)
-    effects = list(module.discriminators.keys())
-    rep_params = [p for m in module.representation_modules() for p in m.parameters()]
-    dis_params = list(module.discriminators.parameters())
-    groups = [{"params": rep_params, "lr": config.lr}]
-    if dis_params:
-        groups.append({"params": dis_params, "lr": config.lr_discriminator})
-    optimizer = _adamw(groups, config, device)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    amp_dtype, use_scaler = amp_settings(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    loop = _Loop(module, data, config, device)
     ema = EMA(module.representation_modules())
-    ema_decay = config.ema_alpha
-    triplet_loss = nn.TripletMarginLoss(margin=config.triplet_margin, p=2.0)
-    # adversary_encoder "all": discriminators learn from the weighted wells on a detached z, and
-    # _hide_from pushes the encoder on every well through the frozen discriminators.
-    hide_all = data.adversary_weight is not None and config.adversary_encoder == "all"
-    spe = steps_per_epoch(n, config)
-    total_steps = spe * config.epochs
-    position = np.empty(n, dtype=np.int64)  # well index -> position in the current batch
-    result = TrainResult(device=str(device), amp_dtype=None if amp_dtype is None else str(amp_dtype))
+    result = TrainResult(device=str(device), amp_dtype=None if loop.amp_dtype is None else str(loop.amp_dtype))
     t0 = time.perf_counter()
-    step = 0
     report = progress or (lambda f, m: None)
     for epoch in range(config.epochs):
         t_epoch = time.perf_counter()
         tau = temperature_at(config, epoch)
         module.gmvae.temperature.fill_(tau)
-        sums: dict[str, Tensor] = {}
-        correct = {e: torch.zeros((), device=device) for e in effects}
-        n_adv = torch.zeros((), device=device)
-        n_seen, n_triplets = 0, 0
-        lam = 0.0
-        for batch in _batches(n, spe, config.batch_size, rng):
-            lam = grl_lambda(step / total_steps, config.grl_gamma)
-            b = len(batch)
-            anchors = pos = neg = None
-            if data.triplets is not None and w_con > 0:
-                anchors, pos, neg = data.triplets.sample(batch)
-                if len(anchors):
-                    position[batch] = np.arange(b)
-                    anchors = position[anchors]
-                    n_triplets += len(anchors)
-                else:
-                    anchors = None
-            detach_pairs = anchors is not None and not config.pair_gradients
-            idx = batch if anchors is None or detach_pairs else np.concatenate([batch, pos, neg])
-            idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
-            x = data.X.index_select(0, idx_t)
-            e = data.E.index_select(0, idx_t) if data.E is not None else None
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-            with ctx:
-                x_in, joint_recon = module.gmvae_input(x, e)
-                enc = module.gmvae.encode(x_in, tau)
-                levels = {ef: data.labels[ef].index_select(0, idx_t[:b]) for ef in module.gmvae.decoder_covariates}
-                x_hat = module.gmvae.decode(enc.z[:b], levels)
-            if detach_pairs:
-                pair_t = torch.from_numpy(np.concatenate([pos, neg])).to(device, non_blocking=True)
-                with torch.no_grad(), ctx:
-                    xp, _ = module.gmvae_input(data.X.index_select(0, pair_t),
-                                               None if data.E is None else data.E.index_select(0, pair_t))
-                    z_pairs = module.gmvae.encode(xp, tau).z
-            batch_enc = _slice(enc, b)
-            # Reconstruct z_e as a fixed target: the joint module learns from its own reconstruction,
-            # not by shrinking z_e to make the GMVAE's job easier.
-            target = x_in[:b] if joint_recon is None else torch.cat([x[:b], x_in[:b, module.n_cp:].detach()], 1)
-            recon, kl_z, kl_y = module.gmvae.elbo_terms(target, batch_enc, x_hat)
-            elbo = (recon + kl_z + kl_y).mean()
-            loss = w_elbo * elbo
-            terms = {"recon": recon.mean().detach(), "kl_z": kl_z.mean().detach(), "kl_y": kl_y.mean().detach(),
-                     "elbo": elbo.detach()}
-            if joint_recon is not None:
-                jr = joint_recon[:b].float().mean() * module.joint.n_pooled  # summed over features like the ELBO
-                loss = loss + w_elbo * jr
-                terms["joint_recon"] = jr.detach()
-            if effects:
-                with ctx:
-                    z_rev = batch_enc.z.detach() if hide_all else grad_reverse(batch_enc.z, lam)
-                    logits = {ef: module.discriminators[ef](z_rev) for ef in effects}
-                dis = torch.zeros((), device=device)
-                w = None if data.adversary_weight is None else data.adversary_weight.index_select(0, idx_t[:b])
-                for ef in effects:
-                    target_ef = data.labels[ef].index_select(0, idx_t[:b])
-                    per_well = soft_label_cross_entropy(logits[ef], target_ef, data.soft_targets[ef],
-                                                        config.soft_label_eps, reduction="none")
-                    hit = (logits[ef].detach().argmax(dim=1) == target_ef).float()
-                    if w is None:
-                        dis = dis + per_well.mean()
-                        correct[ef] += hit.sum()
-                    else:
-                        dis = dis + (per_well * w).sum() / w.sum().clamp_min(1.0)
-                        correct[ef] += (hit * w).sum()
-                    if hide_all:
-                        dis = dis + _hide_from(module.discriminators[ef], batch_enc.z, lam, target_ef,
-                                               data.soft_targets[ef], config.soft_label_eps, ctx)
-                n_adv += b if w is None else w.sum()
-                loss = loss + w_dis * dis
-                terms["discriminator"] = dis.detach()
-            if anchors is not None:
-                m = len(pos)
-                with ctx:
-                    h = module.head(enc.z if not detach_pairs else torch.cat([enc.z, z_pairs]))
-                tl = triplet_loss(h[torch.from_numpy(anchors).to(device)].float(),
-                                  h[b:b + m].float(), h[b + m:].float())
-                loss = loss + w_con * tl
-                terms["triplet"] = tl.detach() * (m / b)  # weighted by triplets so the epoch mean is per anchor
-            terms["loss"] = loss.detach()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v * b
-            n_seen += b
-            step += 1
-        scheduler.step()
-        ema.update(ema_decay if epoch > 0 or config.epochs == 1 else 0.0)
-        # One host sync per epoch for the log.
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        stacked = torch.stack([sums[k].float() for k in sums]).cpu().numpy() / max(n_seen, 1)
-        record.update({k: float(v) for k, v in zip(sums, stacked)})
-        if "triplet" in record and n_triplets:
-            record["triplet"] = record["triplet"] * n_seen / n_triplets
-        n_adv_epoch = float(n_adv.item())
-        for ef in effects:  # accuracy over the wells the discriminators learn from
-            record[f"acc_{ef}"] = float(correct[ef].item()) / max(n_adv_epoch, 1.0)
-        record.update({"lambda": lam, "temperature": tau, "lr": scheduler.get_last_lr()[0],
-                       "triplets": n_triplets, "seconds": time.perf_counter() - t_epoch})
-        if not all(math.isfinite(v) for k, v in record.items() if isinstance(v, float)):
-            raise CpDistillerError(
-                f"training diverged at epoch {epoch + 1} (non-finite loss): check the input for extreme "
-                "values or lower the learning rate."
-            )
+        stats = loop.epoch(tau)
+        loop.scheduler.step()
+        ema.update(config.ema_alpha if epoch > 0 or config.epochs == 1 else 0.0)
+        record = stats.record(epoch + 1)  # one host sync per epoch for the log
+        record.update({"lambda": loop.lam, "temperature": tau, "lr": loop.scheduler.get_last_lr()[0],
+                       "triplets": stats.n_triplets, "seconds": time.perf_counter() - t_epoch})
+        _check_finite_record(record)
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record, ema)
@@ -303,17 +170,120 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
     ema.copy_to()
     module.eval()
     result.seconds = time.perf_counter() - t0
-    result.steps = step
+    result.steps = loop.step
     return result
 
 
-def _hide_from(discriminator: nn.Module, z: Tensor, lam: float, target: Tensor, soft: Tensor, eps: float,
-               ctx: Any) -> Tensor:
-    """Reversed-gradient loss of a *frozen* discriminator over every well: only the encoder learns from it."""
-    frozen = {k: v.detach() for k, v in discriminator.named_parameters()}
-    with ctx:
-        logits = torch.func.functional_call(discriminator, frozen, (grad_reverse(z, lam),))
-    return soft_label_cross_entropy(logits, target, soft, eps, reduction="none").mean()
+def _check_finite_record(record: dict[str, Any]) -> None:
+    if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
+        raise CpDistillerError(
+            f"training diverged at epoch {record['epoch']} (non-finite loss): check the input for extreme "
+            "values or lower the learning rate."
+        )
+
+
+class _Loop:
+    """One training run's optimiser, schedules and mini-batch stream; ``epoch`` runs one pass of steps."""
+
+    def __init__(self, module: CorrectionModule, data: TrainData, config: CpDistillerConfig,
+                 device: torch.device) -> None:
+        self.module, self.data, self.config, self.device = module, data, config, device
+        self.rng = np.random.default_rng(config.seed)
+        module.to(device).train()
+        w_elbo, w_dis, w_con = config.loss_weights(module.n_gmvae_input)
+        rep_params = [p for m in module.representation_modules() for p in m.parameters()]
+        dis_params = list(module.discriminators.parameters())
+        groups = [{"params": rep_params, "lr": config.lr}]
+        if dis_params:
+            groups.append({"params": dis_params, "lr": config.lr_discriminator})
+        self.optimizer = _adamw(groups, config, device)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+        self.amp_dtype, use_scaler = amp_settings(device, config.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.context = LossContext(w_elbo=w_elbo, w_dis=w_dis, w_con=w_con, soft_label_eps=config.soft_label_eps,
+                                   triplet_margin=config.triplet_margin, adversary_encoder=config.adversary_encoder,
+                                   amp_dtype=self.amp_dtype)
+        self.use_triplets = data.triplets is not None and w_con > 0
+        self.steps_per_epoch = steps_per_epoch(data.n, config)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.position = np.empty(data.n, dtype=np.int64)  # well index -> position in the current batch
+        self.step = 0
+        self.lam = 0.0
+
+    def epoch(self, tau: float) -> _EpochStats:
+        stats = _EpochStats(list(self.module.discriminators.keys()), self.device)
+        self.lam = 0.0
+        for batch in _batches(self.data.n, self.steps_per_epoch, self.config.batch_size, self.rng):
+            self.lam = grl_lambda(self.step / self.total_steps, self.config.grl_gamma)
+            out = self.module.loss(self._loss_batch(batch), replace(self.context, lam=self.lam, temperature=tau))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            stats.add(out)
+            self.step += 1
+        return stats
+
+    def _loss_batch(self, batch: np.ndarray) -> LossBatch:
+        """The batch's rows, its triplets' anchors, and the pairs' rows, gathered on the device."""
+        data, device, b = self.data, self.device, len(batch)
+        anchors = pos = neg = None
+        if self.use_triplets:
+            anchors, pos, neg = data.triplets.sample(batch)
+            if len(anchors):
+                self.position[batch] = np.arange(b)
+                anchors = self.position[anchors]
+            else:
+                anchors = None
+        detach_pairs = anchors is not None and not self.config.pair_gradients
+        idx = batch if anchors is None or detach_pairs else np.concatenate([batch, pos, neg])
+        idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
+        rows = idx_t[:b]
+        pair_t = torch.from_numpy(np.concatenate([pos, neg])).to(device, non_blocking=True) if detach_pairs else None
+        return LossBatch(
+            x=data.X.index_select(0, idx_t), n=b,
+            labels={ef: codes.index_select(0, rows) for ef, codes in data.labels.items()},
+            soft_targets=data.soft_targets,
+            e=None if data.E is None else data.E.index_select(0, idx_t),
+            adversary_weight=None if data.adversary_weight is None else data.adversary_weight.index_select(0, rows),
+            anchors=None if anchors is None else torch.from_numpy(anchors).to(device),
+            pair_x=None if pair_t is None else data.X.index_select(0, pair_t),
+            pair_e=None if pair_t is None or data.E is None else data.E.index_select(0, pair_t),
+        )
+
+
+class _EpochStats:
+    """Running, well-weighted sums of the logged terms over one epoch, kept on the device."""
+
+    def __init__(self, effects: list[str], device: torch.device) -> None:
+        self.effects = effects
+        self.sums: dict[str, Tensor] = {}
+        self.correct = {e: torch.zeros((), device=device) for e in effects}
+        self.n_adv = torch.zeros((), device=device)
+        self.n_seen = 0
+        self.n_triplets = 0
+
+    def add(self, out: LossOutput) -> None:
+        for ef, hits in out.correct.items():
+            self.correct[ef] += hits
+        if out.discriminator is not None:
+            self.n_adv += out.n_adversary
+        self.n_triplets += out.n_triplets
+        for k, v in out.log_terms().items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * out.n
+        self.n_seen += out.n
+
+    def record(self, epoch: int) -> dict[str, Any]:
+        """Epoch means (triplet: per anchor) and discriminator accuracies over the wells they learn from."""
+        record: dict[str, Any] = {"epoch": epoch}
+        stacked = torch.stack([self.sums[k].float() for k in self.sums]).cpu().numpy() / max(self.n_seen, 1)
+        record.update({k: float(v) for k, v in zip(self.sums, stacked)})
+        if "triplet" in record and self.n_triplets:
+            record["triplet"] = record["triplet"] * self.n_seen / self.n_triplets
+        n_adv = float(self.n_adv.item())
+        for ef in self.effects:
+            record[f"acc_{ef}"] = float(self.correct[ef].item()) / max(n_adv, 1.0)
+        return record
 
 
 def _adamw(groups: list[dict[str, Any]], config: CpDistillerConfig, device: torch.device) -> torch.optim.AdamW:
@@ -323,10 +293,6 @@ def _adamw(groups: list[dict[str, Any]], config: CpDistillerConfig, device: torc
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
-
-
-def _slice(enc: Any, b: int) -> Any:
-    return type(enc)(**{k: v[:b] for k, v in vars(enc).items()})
 
 
 def ema_state(module: CorrectionModule, ema: EMA) -> dict[str, Tensor]:

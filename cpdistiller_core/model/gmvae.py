@@ -6,6 +6,8 @@ GMVAE (K mixture components, latent z):
     p(z|y)    learned mean and variance (Softplus) per component, linear in y
     p(x|z)    two LeakyReLU layers -> x_hat (MSE reconstruction)
 ELBO per well = sum_features (x - x_hat)^2 + KL(q(z|x,y) || p(z|y)) + KL(q(y|x) || Uniform(K)).
+
+``CorrectionModule.loss`` assembles the training objective (terms and weights: ``model/loss.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from .discriminators import Discriminator
 from .heads import ProjectionHead
+from .loss import LossBatch, LossContext, LossOutput, adversarial_loss, triplet_loss
 
 _VAR_EPS = 1e-6
 
@@ -34,6 +37,10 @@ class Encoding:
     mu: Tensor       # [B, L]
     var: Tensor      # [B, L]
     z: Tensor        # [B, L] reparameterised sample
+
+    def first(self, n: int) -> Encoding:
+        """The encoding of the first ``n`` rows."""
+        return Encoding(**{k: v[:n] for k, v in vars(self).items()})
 
 
 def _mlp(n_in: int, hidden: int) -> nn.Sequential:
@@ -156,3 +163,42 @@ class CorrectionModule(nn.Module):
         """The corrected embedding: posterior mean of z."""
         x_in, _ = self.gmvae_input(x, e)
         return self.gmvae.posterior_mean(x_in)
+
+    def loss(self, batch: LossBatch, context: LossContext | None = None) -> LossOutput:
+        """The training loss of one mini-batch and its parts (``model.loss`` documents the sum).
+
+        Random draws, in order: the batch's Gumbel and z noise, then the detached pairs' (if any).
+        """
+        context = context or LossContext()
+        n = batch.n
+        amp = context.autocast(batch.x.device.type)
+        with amp:
+            x_in, joint_recon = self.gmvae_input(batch.x, batch.e)
+            enc = self.gmvae.encode(x_in, context.temperature)
+            x_hat = self.gmvae.decode(enc.z[:n], {ef: batch.labels[ef] for ef in self.gmvae.decoder_covariates})
+        z_pairs = None
+        if batch.pair_x is not None:
+            with torch.no_grad(), amp:
+                z_pairs = self.gmvae.encode(self.gmvae_input(batch.pair_x, batch.pair_e)[0], context.temperature).z
+        batch_enc = enc.first(n)
+        # Reconstruct z_e as a fixed target: the joint module learns from its own reconstruction,
+        # not by shrinking z_e to make the GMVAE's job easier.
+        target = x_in[:n] if joint_recon is None else torch.cat([batch.x[:n], x_in[:n, self.n_cp:].detach()], 1)
+        recon, kl_z, kl_y = self.gmvae.elbo_terms(target, batch_enc, x_hat)
+        elbo = (recon + kl_z + kl_y).mean()
+        out = LossOutput(loss=context.w_elbo * elbo, n=n, recon=recon.mean().detach(), kl_z=kl_z.mean().detach(),
+                         kl_y=kl_y.mean().detach(), elbo=elbo.detach())
+        if joint_recon is not None:
+            jr = joint_recon[:n].float().mean() * self.joint.n_pooled  # summed over features like the ELBO
+            out.loss = out.loss + context.w_elbo * jr
+            out.joint_recon = jr.detach()
+        if len(self.discriminators):
+            out.loss = out.loss + context.w_dis * adversarial_loss(self.discriminators, batch_enc.z, batch,
+                                                                   context, out)
+        if batch.anchors is not None:
+            with amp:
+                h = self.head(enc.z if z_pairs is None else torch.cat([enc.z, z_pairs]))
+            tl = triplet_loss(h, batch.anchors, n, context.triplet_margin)
+            out.loss = out.loss + context.w_con * tl
+            out.triplet, out.n_triplets = tl.detach(), len(batch.anchors)
+        return out
