@@ -35,7 +35,6 @@ class CombineReport:
         return dataclasses.asdict(self)
 
 
-
 def combine(profiles: Sequence[Profiles], batch_from_file: bool = False,
             batch_column: str = "Metadata_Batch", *, notes: list[str] | None = None
             ) -> tuple[Profiles, CombineReport]:

@@ -19,7 +19,6 @@ _IMAGE_NON_FEATURES = re.compile(
 )
 
 
-
 def feature_columns(columns: Iterable[str], features: Sequence[str] | None = None,
                     feature_regex: str | None = None, source: str | None = None) -> list[str]:
     """Which columns are features: the given list, those matching the regex, or CellProfiler names."""

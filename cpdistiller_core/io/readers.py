@@ -21,6 +21,7 @@ from .sniff import _SEPARATORS, TextDialect, _ragged_error, _ragged_row, _raw_he
 # (metadata, feature matrix, feature names, what cpDistiller stored with the file or None)
 Parts = tuple[pd.DataFrame, np.ndarray, list[str], dict | None]
 
+
 def _read_delimited(handle: Any, name: str, options: ReadOptions, notes: list[str] | None,
                     compression: str | None = None, *, default_sep: str) -> Parts:
     """Delimited text; ``default_sep`` is the format's separator (',' for CSV, tab for TSV)."""

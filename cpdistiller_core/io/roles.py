@@ -66,14 +66,12 @@ JUMP_POSITIVE_CONTROLS = frozenset({
 _COLUMN_ROLES = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
 
 
-
 @dataclass
 class RoleDetection:
     """Detected roles and, per role, a sentence saying why that column (or nothing) was chosen."""
 
     roles: Roles
     reasons: dict[str, str]
-
 
 
 def detect_roles(df: pd.DataFrame, source: str | None = None) -> Roles:
