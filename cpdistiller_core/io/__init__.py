@@ -25,7 +25,7 @@ from __future__ import annotations
 from .combine import CombineReport, combine
 from .common import H5AD_STORE_KEY, SIDECAR_SUFFIX, InputLike, PathLike, ReadOptions
 from .features import FEATURE_PREFIXES, feature_columns, is_cellprofiler_feature
-from .formats import FORMATS, FileFormat, format_of, get_format
+from .formats import FORMATS, SUFFIXES, FileFormat, file_stem, format_of, get_format, split_suffix
 from .formats import format_of as _format_of  # the name cli/prep.py imports
 from .read import LoadReport, read_mapping, read_profiles, read_profiles_with_report
 from .readers import _in_memory_kind
@@ -56,10 +56,10 @@ __all__ = [
     "ANNOTATION_NAMES", "BATCH_NAMES", "COLUMN_NAMES", "CONTROL_NAMES", "FEATURE_PREFIXES", "FORMATS",
     "H5AD_STORE_KEY", "JUMP_NEGATIVE_CONTROLS", "JUMP_POSITIVE_CONTROLS", "NEGATIVE_VALUES",
     "PERTURBATION_NAMES", "PLATE_NAMES", "POSITIVE_VALUES", "ROW_NAMES", "SIDECAR_SUFFIX", "WELL_NAMES",
-    "CombineReport", "FileFormat", "InputLike", "LoadReport", "PathLike", "ReadOptions", "RoleDetection",
+    "SUFFIXES", "CombineReport", "FileFormat", "InputLike", "LoadReport", "PathLike", "ReadOptions", "RoleDetection",
     "TextDialect", "check_duplicates", "combine", "detect_encoding", "detect_roles", "explain_roles",
-    "feature_columns", "format_of", "get_format", "is_cellprofiler_feature", "read_mapping", "read_profiles",
-    "read_profiles_with_report", "resolve_roles", "sniff_content", "sniff_dialect", "validate",
+    "feature_columns", "file_stem", "format_of", "get_format", "is_cellprofiler_feature", "read_mapping", "read_profiles",
+    "read_profiles_with_report", "resolve_roles", "sniff_content", "sniff_dialect", "split_suffix", "validate",
     "write_profiles",
     # used by other engine modules (profiles.py, tools.py, cli/prep.py)
     "_format_of", "_in_memory_kind", "_store_info", "_writable_meta",

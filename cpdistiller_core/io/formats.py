@@ -70,14 +70,20 @@ def get_format(name: str) -> FileFormat | None:
     return next((f for f in FORMATS if low == f.name or low in f.aliases), None)
 
 
-def file_stem(name: str) -> str:
-    """The file name without its format suffix: 'a/plate1.csv.gz' -> 'plate1'."""
-    base = Path(name).name
-    low = base.lower()
+def split_suffix(name: str) -> tuple[str, str]:
+    """(name without its format suffix, the suffix as written): 'a/x.CSV.gz' -> ('a/x', '.CSV.gz');
+    ('a/x.xyz', '') when no format's suffix ends the name."""
+    low = name.lower()
     for suffix, _ in _SUFFIXES:
         if low.endswith(suffix):
-            return base[: -len(suffix)]
-    return Path(base).stem
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ""
+
+
+def file_stem(name: str) -> str:
+    """The file name without its format suffix: 'a/plate1.csv.gz' -> 'plate1'."""
+    stem, suffix = split_suffix(Path(name).name)
+    return stem if suffix else Path(stem).stem
 
 
 def _or_list(items: list[str]) -> str:
