@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -215,31 +216,53 @@ def _no_controls_message(profiles: Profiles, by: str) -> str:
             "shifted reference (name the controls with --control-col/--negative to use them).")
 
 
-def _warn_all_samples(by: str) -> str:
-    msg = (f"normalising against all wells of each {by}, not negative controls: plates with many strong or "
-           "unevenly placed perturbations get a shifted reference.")
-    warnings.warn(msg, CpDistillerWarning, stacklevel=3)
-    return msg
+def _all_samples_message(by: str) -> str:
+    return (f"normalising against all wells of each {by}, not negative controls: plates with many strong or "
+            "unevenly placed perturbations get a shifted reference.")
 
 
-def mad_normalize(profiles: Profiles, by: str = "plate", samples: str = "negcon",
-                  eps: float = 1e-18) -> Profiles:
+def _warn(message: str) -> None:
+    warnings.warn(message, CpDistillerWarning, stacklevel=3)  # points at the caller of the step function
+
+
+@dataclass
+class MadStats:
+    """What :func:`mad_normalize` did: the reference wells actually used (``"all"`` when ``"negcon"``
+    found no negative control) and, per group, a boolean mask of features whose reference MAD is 0."""
+
+    samples: str
+    zero_mad: dict[Any, np.ndarray]
+
+
+@overload
+def mad_normalize(profiles: Profiles, by: str = ..., samples: str = ..., eps: float = ..., *,
+                  warn: Callable[[str], None] | None = ..., return_stats: Literal[False] = ...) -> Profiles: ...
+@overload
+def mad_normalize(profiles: Profiles, by: str = ..., samples: str = ..., eps: float = ..., *,
+                  warn: Callable[[str], None] | None = ..., return_stats: Literal[True]) -> tuple[Profiles, MadStats]: ...
+def mad_normalize(profiles: Profiles, by: str = "plate", samples: str = "negcon", eps: float = 1e-18, *,
+                  warn: Callable[[str], None] | None = None,
+                  return_stats: bool = False) -> Profiles | tuple[Profiles, MadStats]:
     """Robust MAD normalisation per ``by`` group against its reference wells (pycytominer ``mad_robustize``).
 
-    Computed in float64, stored as float32 like every Profiles. Raises naming the plates without
-    reference wells; ``samples="all"`` (every well) warns, and so does ``"negcon"`` on profiles with
-    no negative control at all, which then normalises against all wells.
+    Computed in float64, stored as float32 like every Profiles; infinite inputs count as missing.
+    Raises naming the plates without reference wells; ``samples="all"`` (every well) warns, and so
+    does ``"negcon"`` on profiles with no negative control at all, which then normalises against all
+    wells. ``warn`` receives the warnings instead of :func:`warnings.warn`; ``return_stats`` also
+    returns a :class:`MadStats`.
     """
-    groups = _group_labels(profiles, by)
+    say = warn or _warn
     if samples == "negcon" and not profiles.negative_mask.any():
-        warnings.warn(_no_controls_message(profiles, by), CpDistillerWarning, stacklevel=2)
+        say(_no_controls_message(profiles, by))
         samples = "all"
     elif samples == "all":
-        _warn_all_samples(by)
+        say(_all_samples_message(by))
+    groups = _group_labels(profiles, by)
     ref = reference_mask(profiles, samples)
     _check_references(profiles, groups, ref, by, samples)
-    Z, _ = mad_normalize_array(_finite_or_nan(profiles.X), groups, ref, eps, dtype=np.float32)
-    return profiles.with_features(Z, profiles.features)
+    Z, zero_mad = mad_normalize_array(_finite_or_nan(profiles.X), groups, ref, eps, dtype=np.float32)
+    out = profiles.with_features(Z, profiles.features)
+    return (out, MadStats(samples, zero_mad)) if return_stats else out
 
 
 def _finite_or_nan(X: np.ndarray) -> np.ndarray:
@@ -495,14 +518,32 @@ def select_features(profiles: Profiles, operations: Sequence[str] = FEATURE_OPER
 
 
 # ----- clipping and scaling --------------------------------------------------------------------------
-def clip_outliers(profiles: Profiles, clip: float = 30.0) -> Profiles:
-    """Clip every value to ``[-clip, clip]`` (after normalisation, so in MAD units)."""
-    return profiles.with_features(np.clip(profiles.X, -clip, clip), profiles.features)
+@overload
+def clip_outliers(profiles: Profiles, clip: float = ..., *, copy: bool = ...,
+                  return_count: Literal[False] = ...) -> Profiles: ...
+@overload
+def clip_outliers(profiles: Profiles, clip: float = ..., *, copy: bool = ...,
+                  return_count: Literal[True]) -> tuple[Profiles, int]: ...
+def clip_outliers(profiles: Profiles, clip: float = 30.0, *, copy: bool = True,
+                  return_count: bool = False) -> Profiles | tuple[Profiles, int]:
+    """Clip every value to ``[-clip, clip]`` (after normalisation, so in MAD units).
+
+    ``copy=False`` clips the profiles' own matrix in place; ``return_count`` also returns how many
+    values were changed.
+    """
+    X = profiles.X
+    n = int(np.count_nonzero(X > clip) + np.count_nonzero(X < -clip)) if return_count else 0
+    out = profiles.with_features(np.clip(X, -clip, clip, out=None if copy else X), profiles.features)
+    return (out, n) if return_count else out
 
 
-def zscore(profiles: Profiles, mean: np.ndarray | None = None, std: np.ndarray | None = None
+def zscore(profiles: Profiles, mean: np.ndarray | Sequence[float] | None = None,
+           std: np.ndarray | Sequence[float] | None = None, *, copy: bool = True
            ) -> tuple[Profiles, np.ndarray, np.ndarray]:
-    """Standardise each feature; fits mean/std (float64, ddof=0) over all wells unless given."""
+    """Standardise each feature; fits mean/std (float64, ddof=0) over all wells unless given.
+
+    ``copy=False`` standardises the profiles' own matrix in place.
+    """
     X = profiles.X
     if mean is None or std is None:
         mean, std = _mean_std(X)
@@ -510,7 +551,8 @@ def zscore(profiles: Profiles, mean: np.ndarray | None = None, std: np.ndarray |
     if mean.shape != (X.shape[1],) or std.shape != (X.shape[1],):
         raise CpDistillerError(f"z-score parameters for {mean.shape} features, data have {X.shape[1]}.")
     safe = np.where(std > 0, std, 1.0)  # constant features are centred only (feature selection drops them)
-    Z = (X - mean.astype(np.float32)) / safe.astype(np.float32)
+    Z = np.subtract(X, mean.astype(np.float32), out=None if copy else X)
+    np.divide(Z, safe.astype(np.float32), out=Z)
     return profiles.with_features(Z, profiles.features), mean, std
 
 
@@ -667,15 +709,18 @@ def preprocess(profiles: Profiles, config: PreprocessConfig | None = None,
 def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallback | None, *, select: bool,
          zscore_params: tuple[Sequence[float] | None, Sequence[float] | None] | None
          ) -> tuple[Profiles, PreprocessReport]:
+    """The pipeline: the step functions in order, each reporting into one PreprocessReport."""
     progress = progress or no_progress
     t0 = time.perf_counter()
     src = profiles.source or None
     report = PreprocessReport(config=config, input_features=list(profiles.features),
                               kept_features=list(profiles.features), n_wells_in=profiles.n_wells)
 
-    def warn(msg: str) -> None:
+    base = _stack_depth()
+
+    def warn(msg: str) -> None:  # from any step: blamed on the line that called preprocess / apply
         report.warnings.append(msg)
-        warnings.warn(msg, CpDistillerWarning, stacklevel=4)
+        warnings.warn(msg, CpDistillerWarning, stacklevel=_stack_depth() - base + 3)
 
     if profiles.n_features == 0:
         raise CpDistillerError(f"{where(src)}no feature columns to preprocess.")
@@ -688,122 +733,133 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
     cur = profiles.with_features(X, profiles.features)
     dropped_feats: list[dict[str, str]] = []
 
-    # 1. normalisation
     progress(0.02, "normalising")
-    if config.normalize == "mad_robustize" and config.normalize_samples == "negcon" and not cur.negative_mask.any():
-        # as the load warning promised: no negative control anywhere -> every well is the reference
-        config = dataclasses.replace(config, normalize_samples="all")
-        report.config = config
-        warn(_no_controls_message(cur, config.normalize_by))
-    elif config.normalize == "mad_robustize" and config.normalize_samples == "all":
-        report.warnings.append(_warn_all_samples(config.normalize_by))
     if config.normalize == "mad_robustize":
-        groups = _group_labels(cur, config.normalize_by)
-        ref = reference_mask(cur, config.normalize_samples)
-        _check_references(cur, groups, ref, config.normalize_by, config.normalize_samples)
-        Z, zero_mad = mad_normalize_array(cur.X, groups, ref, config.mad_epsilon, dtype=np.float32)
-        zero = np.zeros(cur.n_features, dtype=bool)
-        for m in zero_mad.values():
-            zero |= m
-        if zero.any():
-            names = cur.features
-            if config.drop_zero_mad and select:
-                all_nan = np.isnan(cur.X).all(axis=0)
-                for j in np.flatnonzero(zero & ~all_nan):
-                    plates = [str(g) for g, m in zero_mad.items() if m[j]]
-                    dropped_feats.append({"feature": names[j], "step": "normalize",
-                                          "reason": f"MAD 0 among reference wells of {config.normalize_by}(s) "
-                                                    f"{example_values(plates, 3)}"})
-                keep = ~zero | all_nan  # all-NaN features are reported by drop_na_columns
-                Z = Z[:, keep]
-                cur = cur.with_features(Z, [f for f, k in zip(names, keep) if k])
-            else:
-                bad = [names[j] for j in np.flatnonzero(zero)]
-                warn(f"{len(bad)} feature(s) have MAD 0 among reference wells on some {config.normalize_by}(s) "
-                     f"and take extreme values there: {example_values(bad)}.")
-                cur = cur.with_features(Z, names)
-        else:
-            cur = cur.with_features(Z, cur.features)
-        with np.errstate(over="ignore"):
-            over = np.isinf(cur.X)  # beyond float32 range (or eps=0 with MAD 0)
-        if over.any():
-            X = cur.X.copy()
-            X[over] = np.nan
-            cur = cur.with_features(X, cur.features)
-            warn(f"{int(over.sum())} normalised value(s) are infinite in float32 and are treated as missing.")
-        del Z, over
+        cur = _normalize_step(cur, report, warn, dropped_feats, select)
+        config = report.config
     if cur.X.dtype != np.float32:  # full-precision input without normalisation: store like every output
         cur = cur.with_features(cur.X.astype(np.float32), cur.features)
 
-    # 2. NaN-heavy features, then incomplete wells, then the remaining selection
     progress(0.3, "selecting features")
-    ops = list(config.operations) if select else []
-    if "drop_na_columns" in ops:
-        cur, d = select_features(cur, ["drop_na_columns"], na_cutoff=config.na_cutoff)
-        dropped_feats += d
-        ops.remove("drop_na_columns")
-    elif select and n_all_nan:
-        all_nan = np.isnan(cur.X).all(axis=0)
-        dropped_feats += [{"feature": f, "step": "drop_na_columns", "reason": "all values NaN"}
-                          for f, a in zip(cur.features, all_nan) if a]
-        cur = cur.subset(features=[f for f, a in zip(cur.features, all_nan) if not a])
     if select:
-        # selection is fitted on complete wells; wells incomplete in a kept feature are handled after
-        complete = np.isfinite(cur.X).all(axis=1)
-        fit = cur if complete.all() else cur.subset(rows=complete)
-        if fit.n_wells < 2:
-            raise CpDistillerError(
-                f"{where(src)}fewer than 2 wells are complete after dropping NaN-heavy features; "
-                "raise na_cutoff or fix the missing values."
-            )
-        before_const = _constant_features(fit)
-        fit, d = select_features(fit, ops, min_variance=config.min_variance, freq_cut=config.freq_cut,
-                                 unique_cut=config.unique_cut, corr_threshold=config.corr_threshold,
-                                 blocklist=config.blocklist,
-                                 progress=lambda f, m: progress(0.3 + 0.6 * f, m))
-        dropped_feats += d
-        kept = set(fit.features)
-        left_const = [f for f in before_const if f in kept]
-        if left_const:  # constant features carry nothing and break z-scoring; never keep them silently
-            dropped_feats += [{"feature": f, "step": "constant", "reason": "constant (variance 0)"}
-                              for f in left_const]
-            kept -= set(left_const)
-        if not kept:
-            raise CpDistillerError(
-                f"{where(src)}preprocessing dropped every feature ({len(dropped_feats)} dropped); "
-                "loosen the configuration (e.g. fewer operations)."
-            )
-        del fit
-        cur = cur.subset(features=[f for f in cur.features if f in kept])
+        cur = _select_step(cur, config, dropped_feats, n_all_nan, progress)
     cur = _handle_incomplete_rows(cur, config, report, warn)
     report.dropped_features = dropped_feats
     report.kept_features = list(cur.features)
 
-    # 3. clip and z-score
     progress(0.92, "clipping and scaling")
     # from here on, work in place on a matrix this function owns (saves two copies of the data)
-    X = cur.X if not np.may_share_memory(cur.X, profiles.X) else cur.X.copy()
-    if config.clip is not None:
-        report.n_clipped_values = int(np.count_nonzero(X > config.clip) + np.count_nonzero(X < -config.clip))
-        np.clip(X, -config.clip, config.clip, out=X)
-        if report.n_clipped_values > 0.01 * X.size:
-            warn(f"clipping to ±{config.clip:g} changed {report.n_clipped_values / X.size:.1%} of all values; "
-                 "are the profiles normalised? (clip=None disables clipping)")
-    if config.zscore:
-        if zscore_params is None:
-            mean, std = _mean_std(X)
-        else:
-            if zscore_params[0] is None or zscore_params[1] is None:
-                raise CpDistillerError("this preprocessing report has no z-score parameters to apply.")
-            mean, std = np.asarray(zscore_params[0], np.float64), np.asarray(zscore_params[1], np.float64)
-        X -= mean.astype(np.float32)
-        X /= np.where(std > 0, std, 1.0).astype(np.float32)
-        report.zscore_mean, report.zscore_std = mean.tolist(), std.tolist()
-    cur = cur.with_features(X, cur.features)
+    if np.may_share_memory(cur.X, profiles.X):
+        cur = cur.with_features(cur.X.copy(), cur.features)
+    cur = _scale_step(cur, config, report, warn, zscore_params)
     report.n_wells_out = cur.n_wells
     report.seconds = time.perf_counter() - t0
     progress(1.0, "preprocessing done")
     return cur, report
+
+
+def _normalize_step(cur: Profiles, report: PreprocessReport, warn: Callable[[str], None],
+                    dropped: list[dict[str, str]], select: bool) -> Profiles:
+    """:func:`mad_normalize`, then the pipeline's policies: features with MAD 0 are dropped (or
+    warned about), values beyond float32 range become missing. Sets ``report.config`` to the
+    settings used (``normalize_samples="all"`` when there is no negative control at all)."""
+    config = report.config
+    normed, stats = mad_normalize(cur, config.normalize_by, config.normalize_samples, config.mad_epsilon,
+                                  warn=warn, return_stats=True)
+    if stats.samples != config.normalize_samples:  # as the load warning promised: all wells are the reference
+        report.config = dataclasses.replace(config, normalize_samples=stats.samples)
+    zero = np.zeros(cur.n_features, dtype=bool)
+    for m in stats.zero_mad.values():
+        zero |= m
+    names = cur.features
+    if zero.any() and config.drop_zero_mad and select:
+        all_nan = np.isnan(cur.X).all(axis=0)  # of the input: all-NaN features are reported by drop_na_columns
+        for j in np.flatnonzero(zero & ~all_nan):
+            plates = [str(g) for g, m in stats.zero_mad.items() if m[j]]
+            dropped.append({"feature": names[j], "step": "normalize",
+                            "reason": f"MAD 0 among reference wells of {config.normalize_by}(s) "
+                                      f"{example_values(plates, 3)}"})
+        keep = ~zero | all_nan
+        normed = normed.with_features(normed.X[:, keep], [f for f, k in zip(names, keep) if k])
+    elif zero.any():
+        bad = [names[j] for j in np.flatnonzero(zero)]
+        warn(f"{len(bad)} feature(s) have MAD 0 among reference wells on some {config.normalize_by}(s) "
+             f"and take extreme values there: {example_values(bad)}.")
+    with np.errstate(over="ignore"):
+        over = np.isinf(normed.X)  # beyond float32 range (or eps=0 with MAD 0)
+    if over.any():
+        X = normed.X.copy()
+        X[over] = np.nan
+        normed = normed.with_features(X, normed.features)
+        warn(f"{int(over.sum())} normalised value(s) are infinite in float32 and are treated as missing.")
+    return normed
+
+
+def _select_step(cur: Profiles, config: PreprocessConfig, dropped: list[dict[str, str]], n_all_nan: int,
+                 progress: ProgressCallback) -> Profiles:
+    """NaN-heavy features first, then :func:`select_features` fitted on the complete wells; constant
+    features are never kept. Wells incomplete in a kept feature are handled afterwards."""
+    src = cur.source or None
+    ops = list(config.operations)
+    if "drop_na_columns" in ops:
+        cur, d = select_features(cur, ["drop_na_columns"], na_cutoff=config.na_cutoff)
+        dropped += d
+        ops.remove("drop_na_columns")
+    elif n_all_nan:
+        all_nan = np.isnan(cur.X).all(axis=0)
+        dropped += [{"feature": f, "step": "drop_na_columns", "reason": "all values NaN"}
+                    for f, a in zip(cur.features, all_nan) if a]
+        cur = cur.subset(features=[f for f, a in zip(cur.features, all_nan) if not a])
+    complete = np.isfinite(cur.X).all(axis=1)
+    fit = cur if complete.all() else cur.subset(rows=complete)
+    if fit.n_wells < 2:
+        raise CpDistillerError(
+            f"{where(src)}fewer than 2 wells are complete after dropping NaN-heavy features; "
+            "raise na_cutoff or fix the missing values."
+        )
+    before_const = _constant_features(fit)
+    fit, d = select_features(fit, ops, min_variance=config.min_variance, freq_cut=config.freq_cut,
+                             unique_cut=config.unique_cut, corr_threshold=config.corr_threshold,
+                             blocklist=config.blocklist, progress=lambda f, m: progress(0.3 + 0.6 * f, m))
+    dropped += d
+    kept = set(fit.features)
+    left_const = [f for f in before_const if f in kept]
+    if left_const:  # constant features carry nothing and break z-scoring; never keep them silently
+        dropped += [{"feature": f, "step": "constant", "reason": "constant (variance 0)"} for f in left_const]
+        kept -= set(left_const)
+    if not kept:
+        raise CpDistillerError(
+            f"{where(src)}preprocessing dropped every feature ({len(dropped)} dropped); "
+            "loosen the configuration (e.g. fewer operations)."
+        )
+    return cur.subset(features=[f for f in cur.features if f in kept])
+
+
+def _scale_step(cur: Profiles, config: PreprocessConfig, report: PreprocessReport, warn: Callable[[str], None],
+                zscore_params: tuple[Sequence[float] | None, Sequence[float] | None] | None) -> Profiles:
+    """:func:`clip_outliers` and :func:`zscore` in place on ``cur``'s matrix (the caller owns it)."""
+    if config.clip is not None:
+        cur, report.n_clipped_values = clip_outliers(cur, config.clip, copy=False, return_count=True)
+        if report.n_clipped_values > 0.01 * cur.X.size:
+            warn(f"clipping to ±{config.clip:g} changed {report.n_clipped_values / cur.X.size:.1%} of all values; "
+                 "are the profiles normalised? (clip=None disables clipping)")
+    if config.zscore:
+        mean = std = None
+        if zscore_params is not None:
+            mean, std = zscore_params
+            if mean is None or std is None:
+                raise CpDistillerError("this preprocessing report has no z-score parameters to apply.")
+        cur, fitted_mean, fitted_std = zscore(cur, mean, std, copy=False)
+        report.zscore_mean, report.zscore_std = fitted_mean.tolist(), fitted_std.tolist()
+    return cur
+
+
+def _stack_depth() -> int:
+    """How many frames are above the caller's (so that warnings from nested steps point at one place)."""
+    frame, n = sys._getframe(1), 0
+    while frame is not None:
+        frame, n = frame.f_back, n + 1
+    return n
 
 
 def _constant_features(p: Profiles) -> list[str]:

@@ -24,7 +24,7 @@ from cpdistiller_core.io import (
     validate,
     write_profiles,
 )
-from cpdistiller_core.profiles import NEGATIVE, POSITIVE, TREATMENT, Embedding, Roles
+from cpdistiller_core.profiles import NEGATIVE, POSITIVE, TREATMENT, Embedding, Profiles, Roles
 
 FEATURES = ["Cells_AreaShape_Area", "Nuclei_Intensity_MeanIntensity_DNA", "Cytoplasm_Texture_Contrast_AGP",
             "Image_Granularity_1_Mito"]
@@ -546,3 +546,64 @@ def test_concurrent_loads_keep_their_own_warnings(tmp_path: Path) -> None:
         else:
             assert any("infinite" in w for w in report.warnings)
             assert not any("single plate" in w for w in report.warnings)
+
+
+# ----- the format table -------------------------------------------------------------------------------
+def test_every_format_in_the_table_round_trips_through_its_own_suffixes(tmp_path: Path) -> None:
+    from cpdistiller_core.io import FORMATS, format_of
+
+    make_frame().to_csv(tmp_path / "in.csv", index=False)
+    p = read_profiles(tmp_path / "in.csv")
+    for fmt in FORMATS:
+        for suffix in fmt.suffixes:
+            assert format_of(f"plate{suffix.upper()}") == fmt.name
+            back = read_profiles(write_profiles(p, tmp_path / f"out_{fmt.name}{suffix}"))
+            assert back.features == p.features and np.array_equal(back.X, p.X), suffix
+            assert list(back.meta.columns) == list(p.meta.columns) and back.roles == p.roles
+
+
+def test_format_messages_and_file_stems_come_from_the_table(tmp_path: Path) -> None:
+    from cpdistiller_core.io import FORMATS
+    from cpdistiller_core.io.formats import file_stem
+
+    (tmp_path / "plates.xyz").write_text("Metadata_Plate,Cells_A\nP1,1\n")
+    with pytest.raises(CpDistillerError) as read_err:
+        read_profiles(tmp_path / "plates.xyz")
+    make_frame().to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(CpDistillerError) as write_err:
+        write_profiles(read_profiles(tmp_path / "in.csv"), tmp_path / "out.xyz")
+    for fmt in FORMATS:
+        assert fmt.shown in str(read_err.value) and fmt.name in str(write_err.value)
+        assert all(file_stem(f"dir/plate_1{s}") == "plate_1" for s in fmt.suffixes)
+    assert file_stem("plate.v2.unknown") == "plate.v2"
+
+
+def test_notes_go_to_the_given_list_instead_of_warnings(tmp_path: Path) -> None:
+    from cpdistiller_core.io import resolve_roles
+
+    a, b = make_frame(plates=("P1",)), make_frame(plates=("P2",)).drop(columns=["Cells_AreaShape_Area"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CpDistillerWarning)
+        pa_, pb = Profiles.from_frame(a, source="a.csv"), Profiles.from_frame(b, source="b.csv")
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CpDistillerWarning)  # nothing may be warned when a list is given
+        combine([pa_, pb], notes=notes)
+        resolve_roles(a, {"negative_values": ["control", "Mock"]}, source="a", notes=notes)
+    assert any("kept the 3 features shared" in n for n in notes)
+    assert any("'Mock'" in n and "do not occur" in n for n in notes)
+    with pytest.warns(CpDistillerWarning, match="do not occur"):
+        resolve_roles(a, {"negative_values": ["control", "Mock"]}, source="a")
+
+
+def test_read_options_reach_every_reader(tmp_path: Path) -> None:
+    df = make_frame()
+    df.to_csv(tmp_path / "semi.csv", sep=";", decimal=",", index=False)
+    df.to_parquet(tmp_path / "p.parquet")
+    as_text = pd.read_csv(tmp_path / "semi.csv", sep=";", decimal=",")  # the float32 values' decimal text
+    for path, want in ((tmp_path / "semi.csv", as_text), (tmp_path / "p.parquet", df)):
+        p = quiet_read(path, dtype=np.float64, feature_regex="^Cells_")
+        assert p.X.dtype == np.float64 and p.full_precision and p.features == ["Cells_AreaShape_Area"]
+        np.testing.assert_array_equal(p.X[:, 0], want["Cells_AreaShape_Area"].to_numpy(np.float64))
+    given = quiet_read(tmp_path / "semi.csv", sep="semicolon", decimal=",")
+    assert given.X.dtype == np.float32 and given.features == FEATURES

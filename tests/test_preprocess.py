@@ -335,3 +335,49 @@ def test_clipping_unnormalised_data_warns():
     prof = _toy()  # raw values around 0-50 with scales up to 5x
     with pytest.warns(CpDistillerWarning, match="are the profiles normalised"):
         preprocess(prof, PreprocessConfig(normalize=None, clip=1.0))
+
+
+# ----- the pipeline composes the public steps -------------------------------------------------------------
+def test_pipeline_equals_the_public_steps_composed():
+    prof = _toy()
+    X = prof.X.astype(np.float32)
+    X[3, 2] = 1e4  # something to clip
+    prof = prof.with_features(X, prof.features)
+    out, rep = preprocess(prof, PreprocessConfig(operations=(), clip=5.0))
+    normed = mad_normalize(prof)
+    clipped, n_clipped = clip_outliers(normed, 5.0, return_count=True)
+    z, mean, std = zscore(clipped)
+    assert np.array_equal(out.X, z.X) and out.features == z.features
+    assert rep.n_clipped_values == n_clipped == int((np.abs(normed.X) > 5.0).sum()) > 0
+    assert rep.zscore_mean == mean.tolist() and rep.zscore_std == std.tolist()
+
+
+def test_step_options_copy_and_stats():
+    prof = _toy()
+    prof = prof.with_features(prof.X.astype(np.float32), prof.features)
+    X = prof.X.copy()
+    clipped, n = clip_outliers(prof, 2.0, copy=False, return_count=True)
+    assert clipped.X is prof.X and np.array_equal(prof.X, np.clip(X, -2.0, 2.0))
+    assert n == int((np.abs(X) > 2.0).sum())
+    fresh = prof.with_features(prof.X.copy(), prof.features)
+    copied, m1, s1 = zscore(prof)
+    inplace, m2, s2 = zscore(fresh, copy=False)
+    assert inplace.X is fresh.X and np.array_equal(inplace.X, copied.X)
+    assert np.array_equal(m1, m2) and np.array_equal(s1, s2)
+
+
+def test_mad_normalize_stats_and_warning_sink():
+    prof = _toy(p=4)
+    X = prof.X.copy()
+    on_p1 = prof.meta["Metadata_Plate"].to_numpy() == "P1"
+    X[on_p1 & prof.negative_mask, 1] = 7.0  # MAD 0 among P1's controls
+    prof = prof.with_features(X, prof.features)
+    out, stats = mad_normalize(prof, return_stats=True)
+    assert stats.samples == "negcon" and stats.zero_mad["P1"].tolist() == [False, True, False, False]
+    assert not stats.zero_mad["P0"].any() and np.array_equal(out.X, mad_normalize(prof).X)
+    heard: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CpDistillerWarning)
+        no_ctrl = prof.replace(roles=Roles(plate="Metadata_Plate", well="Metadata_Well"))
+        _, stats = mad_normalize(no_ctrl, warn=heard.append, return_stats=True)
+    assert stats.samples == "all" and len(heard) == 1 and "no negative controls" in heard[0]

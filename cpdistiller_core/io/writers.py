@@ -1,0 +1,101 @@
+"""One writer per format; each stores roles, features and dtypes with the data (see ``_store_info``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..paths import json_default
+from ..profiles import Embedding, Profiles
+from .common import _STORE_KEY, _STORE_VERSION, SIDECAR_SUFFIX
+
+
+def _store_info(profiles: Profiles) -> dict[str, Any]:
+    """What is stored with the data so that reading back restores roles, features and dtypes."""
+    info: dict[str, Any] = {
+        "format": "cpdistiller-profiles", "version": _STORE_VERSION,
+        "kind": "embedding" if isinstance(profiles, Embedding) else "profiles",
+        "roles": profiles.roles.to_dict(), "features": list(profiles.features),
+        "metadata_columns": [str(c) for c in profiles.meta.columns],
+        "metadata_dtypes": {str(c): str(t) for c, t in profiles.meta.dtypes.items()},
+        "source": profiles.source,
+    }
+    if isinstance(profiles, Embedding):
+        info["method"] = profiles.method
+        info["provenance"] = json.loads(json.dumps(profiles.provenance, default=json_default))
+    return info
+
+
+def _writable_meta(meta: pd.DataFrame, nested: str = "json") -> pd.DataFrame:
+    """Object columns mixing types (e.g. int and str plates after combining) become text. Columns of
+    lists / dicts (Parquet list or struct columns) stay as they are (``nested="keep"``, Parquet) or
+    become JSON text (``"json"``: CSV, h5ad)."""
+    out = meta.copy(deep=False)
+    out.columns = [str(c) for c in out.columns]
+    for c in out.columns:
+        if out[c].dtype != object:
+            continue
+        if _is_nested(out[c]):
+            if nested == "json":
+                out[c] = out[c].map(_nested_text).astype(object)
+            continue
+        kind = pd.api.types.infer_dtype(out[c], skipna=True)
+        if kind not in ("string", "empty"):
+            out[c] = out[c].map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+    return out
+
+
+_NESTED_TYPES = (list, tuple, dict, np.ndarray)
+
+
+def _is_nested(s: pd.Series) -> bool:
+    return any(isinstance(v, _NESTED_TYPES) for v in s.to_numpy())
+
+
+def _nested_text(v: Any) -> Any:
+    if isinstance(v, _NESTED_TYPES):
+        return json.dumps(v, default=json_default)
+    return v if v is None or pd.isna(v) else str(v)
+
+
+def _write_delimited(profiles: Profiles, tmp: Path, path: Path, info: dict[str, Any],
+                     input_profiles: Profiles | None = None, *, sep: str) -> None:
+    """CSV/TSV (gzipped when ``path`` ends in .gz) and the ``<file>.cpdistiller.json`` sidecar next to it."""
+    comp = "gzip" if path.name.lower().endswith(".gz") else None
+    frame = pd.concat([_writable_meta(profiles.meta).reset_index(drop=True),
+                       pd.DataFrame(profiles.X, columns=profiles.features)], axis=1)
+    frame.to_csv(tmp, sep=sep, index=False, compression=comp)
+    side = path.with_name(path.name + SIDECAR_SUFFIX)
+    side_tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+    side_tmp.write_text(json.dumps(info, indent=1, default=json_default), encoding="utf-8")
+    os.replace(side_tmp, side)
+
+
+def _write_parquet(profiles: Profiles, tmp: Path, path: Path, info: dict[str, Any],
+                   input_profiles: Profiles | None = None) -> None:
+    """Parquet; ``info`` goes into the schema metadata (nested metadata columns stay nested)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = _writable_meta(profiles.meta, nested="keep").reset_index(drop=True)
+    feats = pd.DataFrame(profiles.X, columns=profiles.features)
+    table = pa.Table.from_pandas(pd.concat([meta, feats], axis=1), preserve_index=False)
+    schema_meta = dict(table.schema.metadata or {})
+    schema_meta[_STORE_KEY.encode()] = json.dumps(info, default=json_default).encode("utf-8")
+    pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+
+
+def _write_h5ad(profiles: Profiles, tmp: Path, path: Path, info: dict[str, Any],
+                input_profiles: Profiles | None = None) -> None:
+    """Profiles: X = features. Embedding: the embedding in ``.obsm["X_cpdistiller"]`` (or
+    ``X_<method>``) and X = the input features when ``input_profiles`` are given (see to_anndata)."""
+    if isinstance(profiles, Embedding):
+        adata = profiles.to_anndata(input_profiles)
+    else:
+        adata = profiles.to_anndata()
+    adata.write_h5ad(tmp)
