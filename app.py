@@ -24,6 +24,7 @@ from cpdistiller_core import access, jobs
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.runs import Run
 from dashboard import state as ds
+from dashboard.gate import VIA_APP_KEY
 from dashboard.widgets import verdict_panel
 
 ROOT = Path(__file__).resolve().parent
@@ -220,9 +221,11 @@ def main() -> None:
         title = _title(path)
         pages.append(st.Page(str(path.relative_to(ROOT)), title=title, icon=ICONS.get(title)))
     nav = st.navigation(pages)
+    st.session_state[VIA_APP_KEY] = True  # the pages' gate: this run passed the access check above
     try:
         nav.run()
     finally:  # after the page, so a dataset or run chosen on it shows at once (also when it stops early)
+        st.session_state.pop(VIA_APP_KEY, None)
         sidebar_status()
 
 

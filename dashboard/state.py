@@ -33,6 +33,7 @@ import pandas as pd
 from cpdistiller_core import jobs
 from cpdistiller_core.access import Limits, under_data_root
 from cpdistiller_core.errors import CpDistillerError, hide_cell_values
+from cpdistiller_core.io.formats import SUFFIXES, readable_hint
 from cpdistiller_core.paths import app_data_dir, atomic_write_bytes
 from cpdistiller_core.profiles import Profiles
 from cpdistiller_core.runs import JOB_INPUT_NAME, Run, RunSpec, add_references, run_correction
@@ -41,7 +42,9 @@ DATASET_KEY = "cpd_dataset"
 RUN_KEY = "cpd_run_dir"
 SESSION_ID_KEY = "cpd_session_id"
 
-SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".parquet", ".pq", ".h5ad")
+SUPPORTED_SUFFIXES = SUFFIXES  # io.formats.FORMATS: the one table of profile formats
+UPLOAD_TYPES = sorted({s.rsplit(".", 1)[-1] for s in SUFFIXES})  # what the browser's file picker offers
+EXPORT_FORMATS = ("parquet", "csv", "h5ad")  # the embedding downloads offered (all written by io.write_profiles)
 MAX_UPLOAD_MB = 1024  # keep in sync with server.maxUploadSize in .streamlit/config.toml
 CORRECTION_TARGET = jobs.target_name(run_correction)
 REFERENCE_TARGET = jobs.target_name(add_references)
@@ -219,7 +222,7 @@ def save_uploads(files: Iterable[tuple[str, bytes]], session_id: str) -> list[Pa
         safe = sanitize_filename(name)
         if not has_supported_suffix(safe):
             raise CpDistillerError(
-                f"{name!r}: unsupported file type; upload CSV, CSV.gz, TSV, Parquet or h5ad files."
+                f"{name!r}: unsupported file type; upload {readable_hint()} files."
             )
         stem, n = safe, 1
         while safe in used:
@@ -245,7 +248,7 @@ def server_paths(text: str, kind: str = "file") -> list[Path]:
     for item in items:
         p = under_data_root(item, kind)
         if kind == "file" and not has_supported_suffix(p.name):
-            raise CpDistillerError(f"{item}: unsupported file type; use CSV, CSV.gz, TSV, Parquet or h5ad.")
+            raise CpDistillerError(f"{item}: unsupported file type; use {readable_hint()}.")
         paths.append(p)
     return paths
 
@@ -442,8 +445,8 @@ def export_embedding(emb: Profiles, fmt: str, tmp_dir: Path) -> bytes:
     from cpdistiller_core.io import write_profiles
 
     fmt = fmt.lower()
-    if fmt not in ("parquet", "csv", "h5ad"):
-        raise CpDistillerError(f"unknown export format {fmt!r}; use parquet, csv or h5ad.")
+    if fmt not in EXPORT_FORMATS:
+        raise CpDistillerError(f"unknown export format {fmt!r}; use {', '.join(EXPORT_FORMATS)}.")
     path = Path(tmp_dir) / f"embedding.{fmt}"
     write_profiles(emb, path, format=fmt)
     return path.read_bytes()

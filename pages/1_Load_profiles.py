@@ -7,9 +7,13 @@ import streamlit as st
 
 from cpdistiller_core.access import DATA_ROOT_ENV, data_root
 from cpdistiller_core.errors import CpDistillerError
+from cpdistiller_core.io.formats import readable_hint
 from cpdistiller_core.plots.plates import plate_layout_thumbnails
 from cpdistiller_core.preprocess import FEATURE_OPERATIONS, PreprocessConfig
 from dashboard import state as ds
+from dashboard.gate import through_app
+
+through_app()
 
 NONE = "(none)"
 
@@ -42,10 +46,10 @@ regex = st.text_input("Feature columns (regular expression, optional)", key="loa
 tab_upload, tab_path, tab_jump, tab_demo = st.tabs(["Upload", "Server path", "From JUMP", "Demo"])
 
 with tab_upload:
-    st.markdown(f"CSV, CSV.gz, TSV, Parquet or h5ad; several files at once; **up to {ds.MAX_UPLOAD_MB} MB per file**. "
+    st.markdown(f"{readable_hint()}; several files at once; **up to {ds.MAX_UPLOAD_MB} MB per file**. "
                 "Uploads stay in this session's workspace and are deleted after a day.")
     files = st.file_uploader("Profile files", accept_multiple_files=True, key="load_files",
-                             type=["csv", "gz", "tsv", "txt", "parquet", "pq", "h5ad"])
+                             type=ds.UPLOAD_TYPES)
     per_file = st.checkbox("Each file is one batch", key="load_batch_from_file_upload",
                            help="Adds a batch column named after the file (e.g. two imaging batches in two files).")
     if st.button("Read uploaded files", type="primary", disabled=not files, key="load_read_upload"):

@@ -18,7 +18,10 @@ from cpdistiller_core.plots.training import training_curves
 from cpdistiller_core.preprocess import PreprocessConfig
 from cpdistiller_core.runs import Run
 from dashboard import state as ds
+from dashboard.gate import through_app
 from dashboard.widgets import format_seconds, settings_form, verdict_panel
+
+through_app()
 
 POLL_SECONDS = 1.0
 
@@ -119,7 +122,7 @@ def run_panel(run_dir: Path) -> None:
             verdict_panel(verdict)
         stamp = run.stamp() if run is not None else ()
         c = st.columns(4)
-        for i, fmt in enumerate(("parquet", "csv", "h5ad")):  # files are built when the button is clicked
+        for i, fmt in enumerate(ds.EXPORT_FORMATS):  # files are built when the button is clicked
             c[i].download_button(f"Embedding ({fmt})", partial(_export, str(run_dir), fmt, stamp),
                                  file_name=f"{run_dir.name}_embedding.{fmt}", key=f"dl_{fmt}_{run_dir.name}",
                                  on_click="ignore", icon=":material/download:")

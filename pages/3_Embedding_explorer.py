@@ -20,6 +20,9 @@ from cpdistiller_core.reduce import (
     reduce,
 )
 from dashboard import state as ds
+from dashboard.gate import through_app
+
+through_app()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

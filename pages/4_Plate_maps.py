@@ -15,6 +15,9 @@ from cpdistiller_core.plots.plates import plate_heatmaps, position_profile_figur
 from cpdistiller_core.reduce import content_hash
 from cpdistiller_core.runs import UNCORRECTED_PCA, Run
 from dashboard import state as ds
+from dashboard.gate import through_app
+
+through_app()
 
 KINDS = {"feature": "A feature (uncorrected)", "dimension": "An embedding dimension (corrected)",
          "pc": "A principal component", "control_distance": "Distance to the plate's negative-control centroid",

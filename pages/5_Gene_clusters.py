@@ -13,7 +13,10 @@ from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.net import OfflineError
 from cpdistiller_core.plots import genes as gp
 from dashboard import state as ds
+from dashboard.gate import through_app
 from dashboard.widgets import offline_message, source_picker
+
+through_app()
 
 STATE = "genes_results"
 

@@ -15,7 +15,10 @@ from cpdistiller_core.plots import genes as gp
 from cpdistiller_core.plots.scores import map_scatter, scorecard_bars, summary_bars
 from cpdistiller_core.runs import Run
 from dashboard import state as ds
+from dashboard.gate import through_app
 from dashboard.widgets import source_picker
+
+through_app()
 
 STATE = "retrieval_results"
 CARD = "retrieval_scorecard"

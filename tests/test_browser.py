@@ -68,7 +68,7 @@ def app_url(tmp_path_factory):
 
 
 RUNNING = ('[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"], '
-           '[data-testid="stSpinner"]')
+           '[data-testid="stSpinner"], [data-testid="stSkeleton"]')
 
 
 def _idle(page, timeout: float = 120_000) -> None:
@@ -86,7 +86,7 @@ def _shot(page, name: str) -> Path:
     height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
                            " return m ? m.scrollHeight : document.body.scrollHeight; }")
     page.set_viewport_size({"width": 1440, "height": int(min(max(height, 1000) + 40, 7000))})
-    page.wait_for_timeout(800)
+    page.wait_for_timeout(2000)  # tables draw on a canvas after the resize
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": 1440, "height": 1000})
     return path
@@ -117,7 +117,7 @@ def test_demo_flow_in_chromium(app_url):
 
         page.get_by_role("link", name="Correct").first.click()
         expect(page.get_by_role("button", name="Start correction")).to_be_visible(timeout=60_000)
-        epochs = page.get_by_label("Epochs")
+        epochs = page.get_by_role("spinbutton", name="Epochs")
         epochs.fill("3")
         epochs.press("Tab")
         page.get_by_role("button", name="Start correction").click()
@@ -166,7 +166,7 @@ def test_demo_flow_in_chromium(app_url):
 
         page.get_by_role("link", name="Gene clusters").first.click()
         expect(page.get_by_role("button", name="Run analysis")).to_be_visible(timeout=60_000)
-        perms = page.get_by_label("Permutations")
+        perms = page.get_by_role("spinbutton", name="Permutations")
         perms.fill("100")
         perms.press("Tab")
         page.get_by_role("button", name="Run analysis").click()
@@ -199,10 +199,13 @@ def test_cell_injury_upload_defaults_plate_maps_to_controls(app_url):
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{app_url}/Load_profiles", wait_until="networkidle")
+        page.goto(app_url, wait_until="networkidle")
+        expect(page.get_by_role("heading", name="cpDistiller")).to_be_visible(timeout=60_000)
+        _idle(page)
+        page.get_by_role("link", name="Load profiles").first.click()
         expect(page.get_by_role("heading", name="Load profiles")).to_be_visible(timeout=60_000)
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(CELL_INJURY))
-        expect(page.get_by_text("fs_plate_holdout.csv.gz").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("button", name="Read uploaded files")).to_be_enabled(timeout=60_000)
         _idle(page)
         page.get_by_role("button", name="Read uploaded files").click()
         expect(page.get_by_text("Quality summary")).to_be_visible(timeout=120_000)

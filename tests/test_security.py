@@ -208,6 +208,17 @@ def test_the_app_stops_on_an_open_address_and_asks_for_the_password(monkeypatch)
         restore()
 
 
+@pytest.mark.parametrize("page", sorted(p.name for p in (REPO / "pages").glob("*.py")))
+def test_a_page_opened_directly_draws_nothing_without_passing_through_app(page):
+    """Streamlit runs a pages/ file on its own when its address is opened directly; the gate sends it
+    to app.py (and its access check) before anything of the page is drawn."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "pages" / page), default_timeout=120)
+    at.run()
+    assert not at.title and not at.button and not at.text_input and not at.selectbox and not at.dataframe
+
+
 # ----- 3. server paths, echoed cells, workspaces, quotas, job caps ---------------------------------------
 def test_server_paths_only_under_the_data_root(tmp_path, monkeypatch):
     root = tmp_path / "data"

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import CpDistillerError
 from ..io import LoadReport, read_mapping, read_profiles_with_report
+from ..io.formats import readable_hint
 from ..profiles import Profiles
 
 # Role name -> argparse destination of its column flag.
@@ -31,7 +32,7 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, positional: bool = T
     """Add the profile input arguments: FILE... (``args.inputs``) and the column-mapping options."""
     if positional:
         parser.add_argument("inputs", nargs="+", metavar="FILE",
-                            help="profile file(s): CSV, CSV.gz, TSV, Parquet or .h5ad; several files "
+                            help=f"profile file(s): {readable_hint()}; several files "
                                  "are combined on their shared features")
     g = parser.add_argument_group(
         "input columns", "auto-detected from pycytominer/JUMP names when omitted; a column flag set to "

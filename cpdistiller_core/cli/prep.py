@@ -13,8 +13,6 @@ import numpy as np
 from ..errors import CpDistillerError
 from ..paths import atomic_write_bytes, check_output_file
 
-_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv", ".parquet", ".pq", ".h5ad")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from .common import add_input_arguments
@@ -132,21 +130,20 @@ def _read_settings(path: str) -> dict[str, Any]:
 
 def _stem(path: Path) -> tuple[Path, str]:
     """(path without its profile suffix, the suffix) — 'a/x.csv.gz' -> ('a/x', '.csv.gz')."""
-    name = path.name
-    for suf in _SUFFIXES:
-        if name.lower().endswith(suf):
-            return path.with_name(name[: -len(suf)]), name[-len(suf):]
-    return path, ""
+    from ..io.formats import split_suffix
+
+    stem, suffix = split_suffix(path.name)
+    return path.with_name(stem), suffix
 
 
 def check_output_profiles(path: Path) -> None:
     """A profiles output path: a known format (by its extension) in a writable place."""
-    from ..io import _format_of
+    from ..io.formats import format_of, readable_hint
 
     check_output_file(path)
-    if Path(path).suffix and _format_of(Path(path).name) not in ("parquet", "csv", "tsv", "h5ad"):
+    if Path(path).suffix and format_of(Path(path).name) is None:
         raise CpDistillerError(f"{path}: unknown output format {''.join(Path(path).suffixes)!r}; "
-                               "use .parquet, .csv, .csv.gz, .tsv or .h5ad.")
+                               f"use {readable_hint()}.")
 
 
 def report_path(output: str | Path) -> Path:
