@@ -13,23 +13,20 @@ works in its own workspace (uploads and runs).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from pathlib import Path
 
 import streamlit as st
 
-from cpdistiller_core import access, jobs
+from cpdistiller_core import jobs
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.runs import Run
 from dashboard import state as ds
-from dashboard.gate import VIA_APP_KEY
+from dashboard.gate import VIA_APP_KEY, configure_page, require_access, session_workspace
 from dashboard.widgets import verdict_panel
 
 ROOT = Path(__file__).resolve().parent
-PAGE_ICON = ROOT / "assets" / "icon.png"  # served by this app: no icon fetched from a font CDN
-AUTH_KEY = "cpd_authenticated"
 ICONS = {"Load profiles": ":material/upload_file:", "Correct": ":material/tune:",
          "Embedding explorer": ":material/scatter_plot:", "Plate maps": ":material/grid_on:",
          "Gene clusters": ":material/hub:", "Retrieval": ":material/travel_explore:"}
@@ -136,72 +133,8 @@ def sidebar_status() -> None:
                 st.caption(f"Run: {Path(run_dir).name}")
 
 
-def _secrets() -> dict:
-    """secrets.toml as Streamlit sees it ({} when there is none)."""
-    try:
-        return st.secrets.to_dict()
-    except Exception:  # noqa: BLE001 - no secrets file: Streamlit raises on access
-        return {}
-
-
-def require_access() -> None:
-    """Stop the script unless this session may use the app (see the module docstring)."""
-    secrets = _secrets()
-    mode = access.auth_mode(secrets)
-    address = st.get_option("server.address")
-    if mode is None:
-        if not access.is_loopback(address):
-            st.error(f"This dashboard is bound to {address or 'every interface'} without authentication, so it "
-                     "refuses to run. Set CPDISTILLER_PASSWORD or configure a login (docs/deployment.md).")
-            st.stop()
-        return
-    if mode == "oidc":
-        if not st.user.is_logged_in:
-            st.title("cpDistiller")
-            provider = access.login_provider(secrets)
-            st.button("Log in", on_click=st.login, args=(provider,) if provider else (), type="primary",
-                      key="auth_login")
-            st.stop()
-        return
-    if st.session_state.get(AUTH_KEY):
-        return
-    st.title("cpDistiller")
-    with st.form("auth_form"):
-        given = st.text_input("Password", type="password", key="auth_password")
-        ok = st.form_submit_button("Enter", type="primary")
-    if ok and access.password_matches(given, access.configured_password(secrets)):
-        st.session_state[AUTH_KEY] = True
-        st.session_state.pop("auth_password", None)
-        st.rerun()
-    if ok:
-        st.error("Wrong password.")
-    st.stop()
-
-
-def session_workspace() -> str:
-    """This session's workspace id: from the logged-in identity, else carried in the URL (?ws=) so a
-    reload keeps the session's uploads and runs."""
-    if st.session_state.get(ds.SESSION_ID_KEY):
-        return st.session_state[ds.SESSION_ID_KEY]
-    sid = None
-    try:
-        if st.user.is_logged_in:
-            who = str(st.user.get("sub") or st.user.get("email") or "")
-            sid = hashlib.sha256(who.encode()).hexdigest()[:32] if who else None
-    except Exception:  # noqa: BLE001 - no identity provider configured
-        sid = None
-    if sid is None:
-        given = st.query_params.get("ws")
-        sid = given if ds.valid_session_id(given) else ds.new_session_id()
-        st.query_params["ws"] = sid
-    st.session_state[ds.SESSION_ID_KEY] = sid
-    ds.cleanup_old_uploads()
-    return sid
-
-
 def main() -> None:
-    st.set_page_config(page_title="cpDistiller", page_icon=str(PAGE_ICON) if PAGE_ICON.is_file() else None,
-                       layout="wide")
+    configure_page()
     require_access()
     css = ROOT / "assets" / "style.css"
     if css.is_file():

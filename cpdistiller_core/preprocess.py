@@ -903,3 +903,29 @@ def _json_scalar(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v if isinstance(v, (int, float, str)) else str(v)
+
+
+def looks_normalized(profiles: Profiles, sample: int = 5000, seed: int = 0) -> str | None:
+    """A sentence when the features already look normalised, else None.
+
+    Normalised profiles (pycytominer's normalised or feature-selected outputs) have every feature
+    centred near 0 relative to its spread, and spreads on one common scale. Raw CellProfiler features
+    sit far from 0 relative to their spread (an area of 900 ± 150, an intensity of 0.12 ± 0.02) on
+    scales spanning orders of magnitude. Judged on up to ``sample`` wells and every feature."""
+    X = profiles.X
+    if X.shape[0] > sample:
+        X = X[np.sort(np.random.default_rng(seed).choice(X.shape[0], sample, replace=False))]
+    X = np.asarray(X, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        med = np.nanmedian(X, axis=0)
+        spread = 1.4826 * np.nanmedian(np.abs(X - med), axis=0)
+    ok = np.isfinite(med) & np.isfinite(spread) & (spread > 0)
+    if ok.sum() < 5:
+        return None
+    centred = float(np.mean(np.abs(med[ok]) <= 1.5 * spread[ok]))
+    lo, hi = np.percentile(spread[ok], [10, 90])
+    if centred < 0.9 or hi > 20 * lo:
+        return None
+    return (f"these profiles look already normalised: {centred:.0%} of the features are centred near 0 and "
+            "their spreads share one scale. Normalising them again changes little but clips their tails; "
+            "consider turning preprocessing off.")

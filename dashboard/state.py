@@ -66,6 +66,7 @@ class Dataset:
     preprocessed: Profiles | None = None
     preprocess_report: Any = None
     truth: Any = None                      # the demo's ground truth, when known
+    already_normalized: str | None = None  # preprocess.looks_normalized's sentence, when it fires
 
     @property
     def current(self) -> Profiles:
@@ -295,9 +296,12 @@ def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *,
         if origin != "path":
             raise
         raise CpDistillerError(f"{', '.join(p.name for p in paths)}: cannot read ({type(exc).__name__}).") from None
+    from cpdistiller_core.preprocess import looks_normalized
+
     label = name or (paths[0].name if len(paths) == 1 else f"{len(paths)} files")
     return Dataset(name=label, raw=profiles, origin=origin, files=[str(p) for p in paths],
-                   role_reasons=dict(report.role_reasons), warnings=list(report.warnings))
+                   role_reasons=dict(report.role_reasons), warnings=list(report.warnings),
+                   already_normalized=looks_normalized(profiles))
 
 
 def jump_client(metadata_dir: str | None = None) -> Any:
@@ -347,7 +351,8 @@ def with_roles(dataset: Dataset, overrides: Mapping[str, Any]) -> Dataset:
                                    stored=dataset.raw.roles)
     raw = dataset.raw.replace(roles=roles)
     return Dataset(name=dataset.name, raw=raw, origin=dataset.origin, files=dataset.files,
-                   role_reasons={**dataset.role_reasons, **reasons}, warnings=validate(raw), truth=dataset.truth)
+                   role_reasons={**dataset.role_reasons, **reasons}, warnings=validate(raw), truth=dataset.truth,
+                   already_normalized=dataset.already_normalized)
 
 
 def apply_preprocessing(dataset: Dataset, config: Any) -> Dataset:

@@ -223,6 +223,8 @@ st.markdown("#### Preprocessing")
 st.caption("Plate-wise robust (MAD) normalisation to the negative controls, pycytominer feature selection, "
            "clipping and z-scoring (the paper's pipeline). Skip it for profiles that are already normalised.")
 defaults = PreprocessConfig()
+if dataset.already_normalized:
+    st.info(dataset.already_normalized[0].upper() + dataset.already_normalized[1:], icon=":material/info:")
 with st.form("load_preprocess"):
     enabled = st.checkbox("Preprocess before correction", value=dataset.preprocess_enabled, key="load_pp_enabled")
     c = st.columns(4)
@@ -261,6 +263,10 @@ if report is not None:
     m[1].metric("Wells kept", f"{s['wells_out']} / {s['wells_in']}")
     m[2].metric("Clipped values", s["clipped_values"])
     m[3].metric("Imputed values", s["imputed_values"])
+    if s["clipped_values"]:
+        share = s["clipped_values"] / max(1, s["wells_out"] * s["features_kept"])
+        st.warning(f"Clipping to ±{report.config.clip:g} changed {s['clipped_values']:,} values ({share:.2%}); "
+                   "raise the limit, or set it to 0 to keep every value.")
     for w in report.warnings:
         st.warning(w)
     t1, t2 = st.tabs(["Dropped features", "Dropped wells"])

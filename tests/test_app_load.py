@@ -80,6 +80,7 @@ def test_server_path_detects_and_remaps_roles_on_cell_injury(shared_data, monkey
     assert not at.exception and not _errors(at)
     raw = at.session_state[ds.DATASET_KEY].raw
     assert raw.n_wells == 1948 and raw.roles.plate == "Plate" and raw.roles.well == "Well"
+    assert any("look already normalised" in i.value for i in at.info)  # a normalised, feature-selected file
     frame = pd.read_csv(path, usecols=["Control Type", "Compound Name", "injury_type"])
     # remap: annotation off, perturbation = compound class, negatives = the 'Negative' control type
     at.selectbox(key="load_role_annotation").set_value("(none)")

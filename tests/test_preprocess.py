@@ -381,3 +381,16 @@ def test_mad_normalize_stats_and_warning_sink():
         no_ctrl = prof.replace(roles=Roles(plate="Metadata_Plate", well="Metadata_Well"))
         _, stats = mad_normalize(no_ctrl, warn=heard.append, return_stats=True)
     assert stats.samples == "all" and len(heard) == 1 and "no negative controls" in heard[0]
+
+
+def test_already_normalised_profiles_are_recognised_and_raw_ones_are_not():
+    from cpdistiller_core.datasets import demo_profiles
+    from cpdistiller_core.preprocess import looks_normalized
+
+    raw = demo_profiles()
+    assert looks_normalized(raw) is None  # CellProfiler scales: far from 0, spreads over orders of magnitude
+    normalised, _ = preprocess(raw, PreprocessConfig())
+    sentence = looks_normalized(normalised)
+    assert sentence is not None and "preprocessing off" in sentence
+    shifted = normalised.replace(X=normalised.X + 50.0)  # same spreads, no longer centred
+    assert looks_normalized(shifted) is None

@@ -209,14 +209,18 @@ def test_the_app_stops_on_an_open_address_and_asks_for_the_password(monkeypatch)
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in (REPO / "pages").glob("*.py")))
-def test_a_page_opened_directly_draws_nothing_without_passing_through_app(page):
-    """Streamlit runs a pages/ file on its own when its address is opened directly; the gate sends it
-    to app.py (and its access check) before anything of the page is drawn."""
+def test_a_page_opened_by_its_address_asks_for_the_password_too(page, monkeypatch):
+    """Streamlit runs a pages/ file on its own when its address is opened directly, skipping app.py;
+    the page's gate runs the same access check, so nothing of the page is drawn before the password."""
     from streamlit.testing.v1 import AppTest
 
+    monkeypatch.setenv(access.PASSWORD_ENV, "open sesame")
     at = AppTest.from_file(str(REPO / "pages" / page), default_timeout=120)
     at.run()
-    assert not at.title and not at.button and not at.text_input and not at.selectbox and not at.dataframe
+    assert not at.exception
+    assert [t.key for t in at.text_input] == ["auth_password"]
+    assert [t.value for t in at.title] == ["cpDistiller"]  # the password screen, not the page
+    assert not at.selectbox and not at.dataframe and not any(b.key != "FormSubmitter:auth_form-Enter" for b in at.button)
 
 
 # ----- 3. server paths, echoed cells, workspaces, quotas, job caps ---------------------------------------
