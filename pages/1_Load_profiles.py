@@ -206,13 +206,14 @@ m[2].metric("Features", summary["features"])
 m[3].metric("Negative controls", summary["negative_controls"])
 m[4].metric("NaN values", f"{summary['nan_values']:,}")
 m[5].metric("Inf values", f"{summary['inf_values']:,}")
-left, right = st.columns([1, 3])
+left, right = st.columns([2, 5])
 with left:
     per_plate = pd.DataFrame({"plate": list(summary["negative_controls_per_plate"]),
                               "negative controls": list(summary["negative_controls_per_plate"].values())})
     wells = pd.Series(raw.plate).value_counts()
     per_plate["wells"] = per_plate["plate"].map(wells).fillna(0).astype(int)
-    st.dataframe(per_plate, hide_index=True, width="stretch")
+    st.dataframe(per_plate.rename(columns={"negative controls": "neg. controls"}), hide_index=True, width="stretch",
+                 column_config={"plate": st.column_config.TextColumn(width="medium")})
     st.caption(f"{summary['plate_format']}-well plates · batches: {summary['batches'] or '—'} · "
                f"perturbations: {summary['perturbations']}")
 with right:

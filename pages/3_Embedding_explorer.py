@@ -3,6 +3,7 @@ coloured by a technical or biological label, with marginal densities, search and
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,10 +85,15 @@ panels: dict[str, np.ndarray] = {}
 try:
     todo = [n for n in shown if not is_cached(spaces[n].X, params)]
     progress = st.progress(0.0, text="Computing projections…") if todo else None
-    for i, name in enumerate(shown):
+    t0 = time.perf_counter()
+    for name in shown:
         X = spaces[name].X
-        if progress is not None:
-            progress.progress(i / len(shown), text=f"{method} of {name} ({X.shape[0]:,} × {X.shape[1]})…")
+        if progress is not None and name in todo:
+            done = todo.index(name)
+            progress.progress(done / len(todo), text=f"{method} {done + 1} of {len(todo)}: {name} "
+                              f"({X.shape[0]:,} wells × {X.shape[1]}) · {time.perf_counter() - t0:.0f} s so far"
+                              + (" · the first UMAP in a fresh server also compiles umap-learn (about a minute)"
+                                 if params.method == "umap" and done == 0 else ""))
         panels[name] = _coords(cache_key(X, params), X, params)
     if progress is not None:
         progress.empty()

@@ -153,8 +153,8 @@ if not saved:
     st.stop()
 results = saved["results"]
 st.caption(f"Results for {saved['source']}: {', '.join(results)}.")
-cols = st.columns(len(results))
-for col, (name, out) in zip(cols, results.items()):
+tabs = st.tabs(list(results))  # one full-width tab per embedding: cluster members are long lists
+for col, (name, out) in zip(tabs, results.items()):
     res = out["result"]
     with col:
         st.subheader(name)
@@ -171,7 +171,8 @@ for col, (name, out) in zip(cols, results.items()):
                                 .rename(columns={"fraction": "coexpressed_fraction", "p_value": "coexpression_p"}),
                                 on="cluster", how="left")
         st.markdown("**Clusters** (permutation p-value: rank of the cluster's merge height among random sets)")
-        st.dataframe(table, hide_index=True, key=f"genes_table_{name}")
+        st.dataframe(table, hide_index=True, key=f"genes_table_{name}", width="stretch",
+                     column_config={"members": st.column_config.TextColumn(width="large")})
         _csv(table, "Cluster table (CSV)", f"clusters_{name}", f"genes_csv_clusters_{name}")
         _csv(res.clustering.assignments(), "Assignments (CSV)", f"assignments_{name}", f"genes_csv_assign_{name}")
         enr = out.get("enrichment")

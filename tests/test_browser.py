@@ -92,16 +92,22 @@ def _shot(page, name: str) -> Path:
     return path
 
 
+def _open(playwright):
+    """Debian's Chromium, headless, one page; JavaScript errors on the page are collected."""
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                         args=["--headless", "--no-sandbox", "--disable-gpu",
+                                               "--disable-background-networking"])
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return browser, page, errors
+
+
 def test_demo_flow_in_chromium(app_url):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                                          "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        browser, page, errors = _open(p)
         page.goto(app_url, wait_until="networkidle")
         expect(page.get_by_role("heading", name="cpDistiller")).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Load the built-in demo screen").click()
@@ -193,12 +199,7 @@ def test_cell_injury_upload_defaults_plate_maps_to_controls(app_url):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                                          "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        browser, page, errors = _open(p)
         page.goto(app_url, wait_until="networkidle")
         expect(page.get_by_role("heading", name="cpDistiller")).to_be_visible(timeout=60_000)
         _idle(page)
