@@ -343,7 +343,7 @@ def test_enrichr_library_names_cannot_leave_the_cache(tmp_path, monkeypatch):
 def test_the_page_icon_is_served_locally():
     from PIL import Image
 
-    text = (REPO / "app.py").read_text()
+    text = (REPO / "dashboard" / "gate.py").read_text()  # where app.py and the pages set the page config
     assert 'page_icon=":material' not in text and "PAGE_ICON" in text
     with Image.open(REPO / "assets" / "icon.png") as icon:
         assert icon.size == (64, 64)
