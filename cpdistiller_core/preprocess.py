@@ -49,6 +49,10 @@ FEATURE_OPERATIONS = (
 _NORMALIZE_METHODS = ("mad_robustize",)
 _NAN_ROW_POLICIES = ("drop", "zero")
 
+# The name a saved model directory keeps its fitted preprocessing under (run directories and
+# ``cpd.correct(save_model=...)`` both write it, ``PreprocessReport.load`` reads it back).
+MODEL_PREPROCESS_FILE = "preprocess.json"
+
 
 @dataclass
 class PreprocessConfig:

@@ -46,13 +46,14 @@ from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning
 from .jobs import pid_alive, process_start_time
 from .paths import atomic_write_text, ensure_output_dir, zip_directory
-from .preprocess import PreprocessConfig
+from .preprocess import MODEL_PREPROCESS_FILE, PreprocessConfig
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
 
 CONFIG_FILE, PROGRESS_FILE, REPORT_FILE = "config.json", "progress.json", "report.json"
 TRAIN_LOG_FILE, EMBEDDING_FILE, MODEL_DIR = "train_log.csv", "embedding.parquet", "model"
-PREPROCESS_FILE, LOCK_FILE, VERDICT_FILE = "preprocess.json", ".lock", "verdict.json"
+LOCK_FILE, VERDICT_FILE = ".lock", "verdict.json"
+PREPROCESS_FILE = MODEL_PREPROCESS_FILE
 INPUT_FILE, REFERENCES_DIR, CHECKPOINTS_DIR = "input.parquet", "references", "checkpoints"
 SCORES_FILE = "scores.csv"
 JOB_INPUT_NAME = "input_profiles"           # the dashboard job's copy of the raw profiles (jobs.save_input)

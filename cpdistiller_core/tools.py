@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CpDistillerError, CpDistillerWarning
+from .preprocess import MODEL_PREPROCESS_FILE as PREPROCESS_FILE
 from .profiles import Embedding, Profiles, Roles
 from .progress import ProgressCallback
 
@@ -32,7 +33,6 @@ DEFAULT_KEY = "X_cpdistiller"
 UNS_KEY = "cpdistiller"
 USED_COLUMN = "cpdistiller_used"  # .obs column of an AnnData
 FRAME_USED_COLUMN = "Metadata_cpdistiller_used"  # DataFrame column (pycytominer: metadata prefix)
-PREPROCESS_FILE = "preprocess.json"
 DEFAULT_EFFECTS = "batch,row,column"
 
 
