@@ -41,6 +41,7 @@ from .errors import CpDistillerError, CpDistillerWarning, example_rows, example_
 from .paths import atomic_write_bytes, json_default
 from .profiles import Profiles
 from .progress import ProgressCallback, no_progress
+from .settings import config_from_dict, setting
 
 MAD_SCALE = 1.4826  # makes the MAD a consistent estimator of the standard deviation (normal data)
 FEATURE_OPERATIONS = (
@@ -77,21 +78,32 @@ class PreprocessConfig:
     zscore: standardise each kept feature over all wells (mean/std kept in the report).
     """
 
-    normalize: str | None = "mad_robustize"
-    normalize_by: str = "plate"
-    normalize_samples: str = "negcon"
-    mad_epsilon: float = 1e-18
-    drop_zero_mad: bool = True
-    operations: tuple[str, ...] = FEATURE_OPERATIONS
-    na_cutoff: float = 0.05
-    min_variance: float = 1e-6
-    freq_cut: float = 0.05
-    unique_cut: float = 0.01
-    corr_threshold: float = 0.9
+    normalize: str | None = setting("mad_robustize", "normalisation (none: skip it)", label="Normalisation",
+                                    group="basic", choices=("mad_robustize", None))
+    normalize_by: str = setting("plate", "normalise per plate, batch, or a metadata column", label="Normalise per",
+                                group="basic")
+    normalize_samples: str = setting("negcon", "reference wells: negcon, all, or a pandas query such as "
+                                     "\"Metadata_node_type == 'NC'\"", label="Reference wells", group="basic")
+    mad_epsilon: float = setting(1e-18, "pycytominer's mad_robustize_epsilon", label="MAD epsilon", fmt="%.1e",
+                                 range=(0.0, 1.0))
+    drop_zero_mad: bool = setting(True, "drop features whose control MAD is 0 on some plate (they take extreme "
+                                  "values)", label="Drop zero-MAD features")
+    operations: tuple[str, ...] = setting(FEATURE_OPERATIONS, "feature selection, in this order", group="basic",
+                                          label="Feature selection", choices=FEATURE_OPERATIONS, multiple=True)
+    na_cutoff: float = setting(0.05, "drop features NaN in more than this share of wells",
+                               label="Max NaN fraction per feature", range=(0.0, 1.0), fmt="%.2f")
+    min_variance: float = setting(1e-6, "variance cut", label="Minimum variance", range=(0.0, 1e6), fmt="%.1e")
+    freq_cut: float = setting(0.05, "2nd / 1st most common value ratio cut", label="Frequency cut",
+                              range=(0.0, 1.0), fmt="%.2f")
+    unique_cut: float = setting(0.01, "unique values / wells cut", label="Unique cut", range=(0.0, 1.0), fmt="%.2f")
+    corr_threshold: float = setting(0.9, "Pearson correlation cut", label="Correlation threshold",
+                                    range=(0.0, 1.0), fmt="%.2f")
     blocklist: tuple[str, ...] | None = None  # None: pycytominer's packaged default blocklist
-    nan_rows: str = "drop"
-    clip: float | None = 30.0
-    zscore: bool = True
+    nan_rows: str = setting("drop", "wells with missing values in kept features: drop them or set them to 0",
+                            label="Wells still with NaN", choices=_NAN_ROW_POLICIES)
+    clip: float | None = setting(30.0, "clip normalised values to [-C, C] (none: no clipping)",
+                                 label="Clip at ± (0 = off)", range=(0.0, 1000.0), off=0.0)
+    zscore: bool = setting(True, "z-score every kept feature over all wells", label="z-score features")
 
     def __post_init__(self) -> None:
         self.operations = tuple(self.operations)
@@ -118,12 +130,8 @@ class PreprocessConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise CpDistillerError(f"unknown preprocessing setting(s) {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**dict(d))
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> PreprocessConfig:
+        return config_from_dict(cls, d, source)
 
 
 # ----- normalisation ---------------------------------------------------------------------------------

@@ -32,16 +32,21 @@ T = TypeVar("T")
 
 
 def setting(default: Any, help: str, *, label: str, group: str = "more", choices: Sequence[Any] | None = None,
-            range: tuple[float, float] | None = None, paper: Any = _NO_PAPER, fmt: str | None = None) -> Any:
+            range: tuple[float, float] | None = None, paper: Any = _NO_PAPER, fmt: str | None = None,
+            multiple: bool = False, off: float | None = None) -> Any:
     """A dataclass field carrying its user-facing description (the schema of one setting).
 
     ``group``: where the setting appears (``basic``, ``more`` or ``departure``); ``paper``: the
     paper's value when it differs from ours or when the setting is a departure; ``fmt``: a printf
-    format for the dashboard's number box (e.g. ``"%.4f"``)."""
+    format for the dashboard's number box (e.g. ``"%.4f"``). ``multiple``: a tuple of ``choices``
+    (comma-separated on the command line, ``none`` for an empty one). ``off``: for a number that may be
+    None, the value of the dashboard's number box that means None (e.g. 0 for "no clipping"); on the
+    command line None is written ``none``."""
     if group not in GROUPS:
         raise ValueError(f"unknown settings group {group!r}")
     meta = {"help": help, "label": label, "group": group, "choices": tuple(choices) if choices else None,
-            "range": range, "paper": paper, "fmt": fmt}
+            "range": range, "paper": paper, "fmt": fmt, "multiple": multiple, "off": off}
+    default = tuple(default) if isinstance(default, list) else default
     return dataclasses.field(default=default, metadata={"setting": meta})
 
 
@@ -59,6 +64,9 @@ class Setting:
     range: tuple[float, float] | None
     paper: Any
     fmt: str | None
+    multiple: bool = False
+    off: float | None = None
+    optional: bool = False   # None is a valid value
 
     @property
     def flag(self) -> str:
@@ -80,7 +88,9 @@ class Setting:
 
 
 def _show(value: Any) -> str:
-    return "on" if value is True else "off" if value is False else str(value)
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return "on" if value is True else "off" if value is False else "none" if value is None else str(value)
 
 
 def settings_of(cls: type) -> list[Setting]:
@@ -90,39 +100,73 @@ def settings_of(cls: type) -> list[Setting]:
     for f in dataclasses.fields(cls):
         meta = f.metadata.get("setting")
         if meta:
-            out.append(Setting(f.name, hints[f.name], f.default, **meta))
+            kind, optional = hints[f.name]
+            out.append(Setting(f.name, kind, f.default, **meta, optional=optional))
     return out
 
 
-def _field_types(cls: type) -> dict[str, type]:
+def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """name -> (the value type: str for ``tuple[str, ...]`` and ``str | None``; whether None is allowed)."""
     import typing
 
-    hints = typing.get_type_hints(cls)
-    plain = {}
-    for name, hint in hints.items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        plain[name] = args[0] if args and typing.get_origin(hint) is not None else hint
-    return plain
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        plain = [a for a in args if a is not type(None) and a is not Ellipsis]
+        out[name] = (plain[0] if plain and typing.get_origin(hint) is not None else hint, optional)
+    return out
+
+
+def parse_value(s: Setting, text: str) -> Any:
+    """A command-line value of a setting: ``none`` for None (or an empty list), comma lists for
+    ``multiple`` settings, else the setting's type; a value that is not of that type is a
+    ``CpDistillerError`` naming the flag. Choices are checked by the configuration."""
+    word = text.strip()
+    if s.multiple:
+        return () if word.lower() == "none" else tuple(w.strip() for w in word.split(",") if w.strip())
+    if s.optional and word.lower() in ("none", "off"):
+        return None
+    try:
+        return s.type(word)
+    except ValueError:
+        kind = {int: "a whole number", float: "a number"}.get(s.type, s.type.__name__)
+        raise CpDistillerError(f"{s.flag} expects {kind}" + (" or 'none'" if s.optional else "")
+                               + f" (got {text!r}).") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, title: str | None = None) -> None:
     """One flag per setting of ``cls``: ``--name`` (``--name/--no-name`` for on/off settings).
 
-    Flags default to None so that only the ones given change a configuration (see
-    :func:`changes_from_args`)."""
+    A flag not given leaves no attribute, so only the flags given change a configuration (see
+    :func:`changes_from_args`, which also converts and checks the values)."""
     group = parser.add_argument_group(title) if title else parser
     for s in settings_of(cls):
         if s.type is bool:
-            group.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
+            group.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=s.cli_help())
+        elif s.choices and not (s.multiple or s.optional):
+            group.add_argument(s.flag, dest=s.name, type=s.type, choices=s.choices, default=argparse.SUPPRESS,
                                help=s.cli_help())
         else:
-            group.add_argument(s.flag, dest=s.name, type=s.type, choices=s.choices, default=None,
-                               metavar=None if s.choices else s.name.upper(), help=s.cli_help())
+            words = [str(c) for c in s.choices or () if c is not None] + (["none"] if s.optional else [])
+            metavar = ("{" + ",".join(words) + "}" if s.choices and not s.multiple
+                       else "OP[,OP]" if s.multiple else s.name.upper())
+            extra = f"; any of {', '.join(map(str, s.choices))}" if s.multiple and s.choices else ""
+            group.add_argument(s.flag, dest=s.name, default=argparse.SUPPRESS, metavar=metavar,
+                               help=s.cli_help()[:-1] + extra + ")")
 
 
 def changes_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The settings of ``cls`` that were given on the command line."""
-    return {s.name: getattr(args, s.name) for s in settings_of(cls) if getattr(args, s.name, None) is not None}
+    """The settings of ``cls`` given on the command line, converted to their types."""
+    given = vars(args)
+    return {s.name: _converted(s, given[s.name]) for s in settings_of(cls) if s.name in given}
+
+
+def _converted(s: Setting, value: Any) -> Any:
+    if isinstance(value, str) and (s.multiple or s.optional or s.type is not str):
+        return parse_value(s, value)
+    return value
 
 
 def config_from_dict(cls: type[T], d: Mapping[str, Any], source: str | None = None) -> T:

@@ -26,26 +26,34 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def setting_input(container: Any, s: Setting, key_prefix: str, choices: Sequence[Any] | None = None) -> Any:
-    """One widget for one setting: a select box (choices), a checkbox (on/off) or a number box (range)."""
+    """One widget for one setting: a multiselect (several choices), a select box (choices), a checkbox
+    (on/off), a number box (range; its ``off`` value means None) or a text box."""
     key, help_text = f"{key_prefix}_{s.name}", f"{s.help} ({s.describe_default()})"
     options = list(choices if choices is not None else s.choices or ())
+    if s.multiple:
+        return tuple(container.multiselect(s.label, options, default=list(s.default), key=key, help=help_text))
     if options:
         index = options.index(s.default) if s.default in options else 0
-        return container.selectbox(s.label, options, index=index, key=key, help=help_text)
+        return container.selectbox(s.label, options, index=index, key=key, help=help_text,
+                                   format_func=lambda v: "none" if v is None else str(v))
     if s.type is bool:
         return container.checkbox(s.label, value=bool(s.default), key=key, help=help_text)
+    if s.type is str:
+        return container.text_input(s.label, value=s.default, key=key, help=help_text)
     lo, hi = s.range or (None, None)
     cast = float if s.type is float else int
-    value = container.number_input(s.label, None if lo is None else cast(lo), None if hi is None else cast(hi),
-                                   cast(s.default), key=key, help=help_text, format=s.fmt)
-    return cast(value)
+    start = s.off if s.default is None else s.default
+    value = cast(container.number_input(s.label, None if lo is None else cast(lo), None if hi is None else cast(hi),
+                                        cast(start), key=key, help=help_text, format=s.fmt))
+    return None if s.off is not None and value == s.off else value
 
 
 def settings_form(config_cls: type, key_prefix: str, columns: int = 5,
-                  choices: dict[str, Sequence[Any]] | None = None) -> dict[str, Any]:
-    """Every setting of ``config_cls``, grouped as the schema says (main settings first, then two
-    expanders); returns {name: value}. Call inside ``st.form``. ``choices`` narrows a setting's options
-    (e.g. the devices this server has)."""
+                  choices: dict[str, Sequence[Any]] | None = None,
+                  titles: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every setting of ``config_cls``, grouped as the schema says (main settings first, then
+    expanders); returns {name: value}. Call inside ``st.form``. ``choices`` narrows or sets a
+    setting's options (e.g. the devices this server has); ``titles`` renames the expanders."""
     values: dict[str, Any] = {}
     by_group: dict[str, list[Setting]] = {}
     for s in settings_of(config_cls):
@@ -54,12 +62,16 @@ def settings_form(config_cls: type, key_prefix: str, columns: int = 5,
         items = by_group.get(group, [])
         if not items:
             continue
-        box = st.container() if group == "basic" else st.expander(GROUPS[group])
+        box = st.container() if group == "basic" else st.expander((titles or {}).get(group, GROUPS[group]))
+        single = [s for s in items if not s.multiple]
         with box:
-            for start in range(0, len(items), columns):
+            for start in range(0, len(single), columns):
                 cols = st.columns(columns)
-                for col, s in zip(cols, items[start:start + columns]):
+                for col, s in zip(cols, single[start:start + columns]):
                     values[s.name] = setting_input(col, s, key_prefix, (choices or {}).get(s.name))
+            for s in items:  # lists of choices get a row of their own
+                if s.multiple:
+                    values[s.name] = setting_input(st, s, key_prefix, (choices or {}).get(s.name))
     return values
 
 

@@ -9,9 +9,10 @@ from cpdistiller_core.access import DATA_ROOT_ENV, data_root
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.io.formats import readable_hint
 from cpdistiller_core.plots.plates import plate_layout_thumbnails
-from cpdistiller_core.preprocess import FEATURE_OPERATIONS, PreprocessConfig
+from cpdistiller_core.preprocess import PreprocessConfig
 from dashboard import state as ds
 from dashboard.gate import through_app
+from dashboard.widgets import settings_form
 
 through_app()
 
@@ -223,33 +224,18 @@ with right:
 st.markdown("#### Preprocessing")
 st.caption("Plate-wise robust (MAD) normalisation to the negative controls, pycytominer feature selection, "
            "clipping and z-scoring (the paper's pipeline). Skip it for profiles that are already normalised.")
-defaults = PreprocessConfig()
 if dataset.already_normalized:
     st.info(dataset.already_normalized[0].upper() + dataset.already_normalized[1:], icon=":material/info:")
 with st.form("load_preprocess"):
     enabled = st.checkbox("Preprocess before correction", value=dataset.preprocess_enabled, key="load_pp_enabled")
-    c = st.columns(4)
     by_options = ["plate"] + (["batch"] if raw.batch is not None else [])
-    normalize_by = c[0].selectbox("Normalise per", by_options, key="load_pp_by")
-    samples = c[1].selectbox("Reference wells", ["negcon", "all"], key="load_pp_samples",
-                             help="negcon: the negative controls of each plate; all: every well.")
-    normalize = c[2].checkbox("MAD normalisation", value=True, key="load_pp_normalize")
-    zscore = c[3].checkbox("z-score features", value=defaults.zscore, key="load_pp_zscore")
-    ops = st.multiselect("Feature selection", list(FEATURE_OPERATIONS), default=list(defaults.operations),
-                         key="load_pp_ops")
-    c = st.columns(4)
-    corr = c[0].number_input("Correlation threshold", 0.0, 1.0, defaults.corr_threshold, 0.01, key="load_pp_corr")
-    na_cut = c[1].number_input("Max NaN fraction per feature", 0.0, 1.0, defaults.na_cutoff, 0.01, key="load_pp_na")
-    clip = c[2].number_input("Clip at ± (0 = off)", 0.0, 1000.0, float(defaults.clip or 0), 1.0, key="load_pp_clip")
-    nan_rows = c[3].selectbox("Wells still with NaN", ["drop", "zero"], key="load_pp_nanrows")
+    settings = settings_form(PreprocessConfig, "load_pp", columns=4,
+                             choices={"normalize_by": by_options, "normalize_samples": ["negcon", "all"]},
+                             titles={"more": "More settings (pycytominer's defaults)"})
     submitted = st.form_submit_button("Run preprocessing", type="primary")
 if submitted:
     try:
-        config = None
-        if enabled:
-            config = PreprocessConfig(normalize="mad_robustize" if normalize else None, normalize_by=normalize_by,
-                                      normalize_samples=samples, operations=tuple(ops), corr_threshold=corr,
-                                      na_cutoff=na_cut, clip=clip or None, nan_rows=nan_rows, zscore=zscore)
+        config = PreprocessConfig.from_dict(settings) if enabled else None
         with st.spinner("Preprocessing…"):
             _set_dataset(ds.apply_preprocessing(dataset, config))
         dataset = st.session_state[ds.DATASET_KEY]

@@ -57,10 +57,16 @@ def test_load_page_shows_roles_qc_and_preprocessing_for_the_demo():
     assert metrics["Plates"] == str(len(set(raw.plate)))
     assert metrics["Negative controls"] == str(int(raw.negative_mask.sum()))
     assert len(at.get("plotly_chart")) == 1  # plate-layout thumbnails
+    from cpdistiller_core.preprocess import PreprocessConfig
+    from cpdistiller_core.settings import settings_of
+
+    for s in settings_of(PreprocessConfig):  # the form comes from the settings schema, defaults included
+        assert f"load_pp_{s.name}" in at.session_state, s.name
     at.button(key="FormSubmitter:load_preprocess-Run preprocessing").click().run()
     assert not at.exception and not _errors(at)
     dataset = at.session_state[ds.DATASET_KEY]
     assert dataset.preprocessed is not None and dataset.preprocess_report is not None
+    assert dataset.preprocess_config == PreprocessConfig()  # untouched form = the defaults
     kept = {m.label: m.value for m in at.metric}["Features kept"]
     assert kept == f"{dataset.preprocessed.n_features} / {raw.n_features}"
     # switching preprocessing off is remembered for the correction

@@ -63,3 +63,23 @@ def test_run_spec_round_trips_and_names_bad_settings():
     assert RunSpec.build(preprocess=False).preprocess is None
     with pytest.raises(CpDistillerError, match="unknown setting"):
         RunSpec.from_dict({"config": {"epochz": 3}})
+
+
+def test_preprocessing_flags_come_from_the_same_schema_with_none_and_lists():
+    from cpdistiller_core.cli.prep import config_from_args
+    from cpdistiller_core.cli.prep import register as register_prep
+    from cpdistiller_core.preprocess import PreprocessConfig
+
+    parser = argparse.ArgumentParser()
+    register_prep(parser.add_subparsers())
+    base = ["preprocess", "x.csv", "out.parquet"]
+    assert config_from_args(parser.parse_args(base)) == PreprocessConfig()
+    cfg = config_from_args(parser.parse_args([*base, "--normalize", "none", "--clip", "none", "--no-zscore",
+                                              "--operations", "variance_threshold,blocklist", "--keep-zero-mad",
+                                              "--nan-rows", "zero", "--corr-threshold", "0.8"]))
+    assert (cfg.normalize, cfg.clip, cfg.zscore, cfg.drop_zero_mad, cfg.nan_rows, cfg.corr_threshold) == \
+        (None, None, False, False, "zero", 0.8)
+    assert cfg.operations == ("variance_threshold", "blocklist")
+    assert config_from_args(parser.parse_args([*base, "--operations", "none"])).operations == ()
+    with pytest.raises(CpDistillerError, match="unknown feature-selection operation"):
+        config_from_args(parser.parse_args([*base, "--operations", "pca"]))

@@ -12,6 +12,8 @@ import numpy as np
 
 from ..errors import CpDistillerError
 from ..paths import atomic_write_bytes, check_output_file
+from ..preprocess import PreprocessConfig
+from ..settings import add_arguments, changes_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,27 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="FILE", help="report path (default: OUT without extension + .report.json)")
     p.add_argument("--apply", metavar="REPORT",
                    help="apply a saved preprocessing report (same kept features, stored z-score) instead of fitting")
-    g = p.add_argument_group("preprocessing settings (defaults: the paper's)")
+    g = p.add_argument_group("preprocessing settings (PreprocessConfig; defaults: the paper's)")
     g.add_argument("--config", metavar="FILE", help="YAML/JSON file of settings; the flags below override it")
-    g.add_argument("--normalize", choices=("mad_robustize", "none"), help="normalisation (default mad_robustize)")
-    g.add_argument("--normalize-samples", metavar="WHICH",
-                   help="reference wells: negcon (default), all, or a pandas query such as "
-                        "\"Metadata_node_type == 'NC'\"")
-    g.add_argument("--normalize-by", metavar="ROLE", help="normalise per plate (default), batch, or a column")
-    g.add_argument("--operations", metavar="OP[,OP]",
-                   help="feature selection, in order (default drop_na_columns,variance_threshold,"
-                        "frequency_threshold,correlation_threshold,blocklist); 'none' for no selection")
-    g.add_argument("--na-cutoff", type=float, metavar="F", help="drop features NaN in more than this share (0.05)")
-    g.add_argument("--corr-threshold", type=float, metavar="R", help="Pearson correlation cut (0.9)")
-    g.add_argument("--min-variance", type=float, metavar="V", help="variance cut (1e-6)")
-    g.add_argument("--freq-cut", type=float, metavar="F", help="2nd/1st most common value ratio cut (0.05)")
-    g.add_argument("--unique-cut", type=float, metavar="F", help="unique values / wells cut (0.01)")
-    g.add_argument("--keep-zero-mad", action="store_true",
-                   help="keep features whose control MAD is 0 on some plate (they take extreme values)")
-    g.add_argument("--nan-rows", choices=("drop", "zero"),
-                   help="wells with missing values in kept features: drop them (default) or set them to 0")
-    g.add_argument("--clip", metavar="C", help="clip normalised values to [-C, C] (30); 'none' disables")
-    g.add_argument("--no-zscore", action="store_true", help="do not z-score the kept features")
+    add_arguments(g, PreprocessConfig)
+    g.add_argument("--keep-zero-mad", dest="drop_zero_mad", action="store_false", default=argparse.SUPPRESS,
+                   help="the same as --no-drop-zero-mad")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_preprocess)
 
@@ -74,42 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ----- preprocess --------------------------------------------------------------------------------------
 def config_from_args(args: argparse.Namespace) -> Any:
     """PreprocessConfig from --config and the flags (flags win)."""
-    from ..preprocess import PreprocessConfig
-
     settings: dict[str, Any] = {}
     if args.config:
         settings.update(_read_settings(args.config))
-    if args.normalize:
-        settings["normalize"] = None if args.normalize == "none" else args.normalize
-    for flag, key in (("normalize_samples", "normalize_samples"), ("normalize_by", "normalize_by"),
-                      ("na_cutoff", "na_cutoff"), ("corr_threshold", "corr_threshold"),
-                      ("min_variance", "min_variance"), ("freq_cut", "freq_cut"), ("unique_cut", "unique_cut"),
-                      ("nan_rows", "nan_rows")):
-        value = getattr(args, flag)
-        if value is not None:
-            settings[key] = value
-    if args.operations:
-        ops = [o.strip() for o in args.operations.split(",") if o.strip()]
-        settings["operations"] = [] if ops == ["none"] else ops
-    if args.keep_zero_mad:
-        settings["drop_zero_mad"] = False
-    if args.clip is not None:
-        settings["clip"] = _clip_value(args.clip)
-    if args.no_zscore:
-        settings["zscore"] = False
-    try:
-        return PreprocessConfig.from_dict(settings)
-    except TypeError as exc:
-        raise CpDistillerError(f"invalid preprocessing settings: {exc}") from exc
-
-
-def _clip_value(text: str) -> float | None:
-    if text.strip().lower() in ("none", "off", "no"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise CpDistillerError(f"--clip expects a number or 'none' (got {text!r}).") from None
+    settings.update(changes_from_args(args, PreprocessConfig))
+    return PreprocessConfig.from_dict(settings, source=args.config)
 
 
 def _read_settings(path: str) -> dict[str, Any]:
