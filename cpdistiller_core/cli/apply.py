@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(input.parquet, embedding.parquet with every input metadata column + cpd_*, "
                     "verdict.json, a copy of model/; config.json records applied_from), so `evaluate`, "
                     "the dashboard and a later `apply` read it as any run.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (or its model/ folder's run)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (written by `correct` or `apply`)")
     add_input_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT", help="run directory to write (new or empty, "
                    "unless --overwrite)")
