@@ -43,7 +43,7 @@ import pandas as pd
 
 from .api import CpDistiller, package_versions
 from .config import CpDistillerConfig, parse_effects
-from .errors import CpDistillerError, CpDistillerWarning
+from .errors import CpDistillerError, CpDistillerWarning, example_values, where
 from .jobs import pid_alive, process_start_time
 from .paths import atomic_write_text, ensure_output_dir, zip_directory
 from .preprocess import MODEL_PREPROCESS_FILE, PreprocessConfig
@@ -224,23 +224,38 @@ def run_correction(input_profiles: Profiles | str | Path | Sequence[str | Path],
 
 def _run_correction(input_profiles: Any, run_dir: Path, spec: RunSpec, progress: ProgressCallback | None,
                     extractor: Profiles | None) -> None:
+    settings = {"config": spec.config.to_dict(), "effects": list(spec.effects),
+                "preprocess": None if spec.preprocess is None else spec.preprocess.to_dict(),
+                "input": _describe_input(input_profiles), "warm_start": spec.warm_start,
+                "extractor": _describe_extractor(extractor)}
+
+    def stages(writer: _RunWriter, report: dict[str, Any]) -> None:
+        _correct_stages(input_profiles, run_dir, spec, extractor, writer, report)
+    _record_run(run_dir, settings, stages, progress, epochs=spec.config.epochs)
+
+
+def _describe_extractor(extractor: Profiles | None) -> str | None:
+    """What config.json records about the image features: their source (file or folder)."""
+    return None if extractor is None else extractor.source or "in-memory table"
+
+
+def _record_run(run_dir: Path, settings: dict[str, Any], stages: Any, progress: ProgressCallback | None,
+                epochs: int | None = None) -> None:
+    """Write config.json, run ``stages(writer, report)`` and record how it ended (progress.json,
+    report.json: finished / failed / interrupted, timings, warnings); errors are re-raised."""
     writer = _RunWriter(run_dir, progress or no_progress)
     report: dict[str, Any] = {"status": RUNNING, "started": _now(), "run_dir": str(run_dir),
                               "versions": package_versions(), "timings": {}, "warnings": []}
     t_all = time.perf_counter()
     caught: list[warnings.WarningMessage] = []
     try:
-        writer.state["epochs"] = spec.config.epochs
-        settings = {"config": spec.config.to_dict(), "effects": list(spec.effects),
-                    "preprocess": None if spec.preprocess is None else spec.preprocess.to_dict(),
-                    "input": _describe_input(input_profiles), "warm_start": spec.warm_start,
-                    "extractor": None if extractor is None else extractor.source or "in-memory table"}
+        writer.state["epochs"] = epochs
         atomic_write_text(run_dir / CONFIG_FILE, _dump(settings))
         report["settings"] = settings
         writer.write(force=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _correct_stages(input_profiles, run_dir, spec, extractor, writer, report)
+            stages(writer, report)
     except BaseException as exc:
         ended = INTERRUPTED if isinstance(exc, (KeyboardInterrupt, SystemExit)) else FAILED
         report.update(status=ended, error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, CpDistillerError)
@@ -275,6 +290,12 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
     timings["read_s"] = round(time.perf_counter() - t, 3)
     report["input"] = {"wells": profiles.n_wells, "features": profiles.n_features,
                        "plates": int(len(set(profiles.plate))), "source": profiles.source}
+    if extractor is not None:  # unmatched wells are named before any preprocessing or training
+        from .training_data import align_extractor
+
+        align_extractor(profiles, extractor)
+        report["extractor"] = {"wells": extractor.n_wells, "features": extractor.n_features,
+                               "source": extractor.source}
     prep_report = None
     if spec.preprocess is not None:
         writer.stage("preprocessing", 0.02)
@@ -316,6 +337,127 @@ def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _R
     for check in verdict.problems():
         warnings.warn(f"did it help? {check.name}: {check.sentence}", CpDistillerWarning, stacklevel=2)
     return {"status": verdict.status, "problems": [c.name for c in verdict.problems()]}
+
+
+# ----- incremental correction: a fitted model applied to new plates --------------------------------
+def model_directory(path: str | Path) -> Path:
+    """The saved-model folder of a run directory (RUN_DIR/model), or ``path`` itself when it is one."""
+    path = Path(path)
+    return path / MODEL_DIR if (path / MODEL_DIR).is_dir() else path
+
+
+IMAGE_FEATURE_REGEX = "^mesmer_"  # the extractor's per-well feature columns (cpdistiller extract)
+IMAGE_FEATURE_ROLES = {"plate": "Metadata_Plate", "well": "Metadata_Well"}
+
+
+def read_image_features(path: str | Path, feature_regex: str = IMAGE_FEATURE_REGEX) -> Profiles:
+    """Per-well image features written by ``cpdistiller extract``: one Parquet file, or a folder of them
+    (one per plate), with Metadata_Plate, Metadata_Well and ``mesmer_*`` columns.
+
+    Read with ``io.read_profiles`` so well names are normalised as the profiles' are (A1 = A01); the
+    join to the profiles on plate + well is ``training_data.align_extractor``."""
+    from .io import read_profiles_with_report
+
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise CpDistillerError(f"{path}: no image-feature files (*.parquet) in this folder; "
+                               "write them with `cpdistiller extract`.")
+    if not all(f.is_file() for f in files):
+        raise CpDistillerError(f"{path}: image-feature file not found.")
+    features, _ = read_profiles_with_report([str(f) for f in files], dict(IMAGE_FEATURE_ROLES),
+                                            feature_regex=feature_regex, emit_warnings=False)
+    return features.replace(source=str(path))
+
+
+def load_fitted(path: str | Path, device: str | None = None) -> CpDistiller:
+    """A saved model (a run directory or its model/ folder) with its stored preprocessing attached as
+    ``model.preprocess_report`` (``preprocess.PreprocessReport``; None when the run had none)."""
+    from .preprocess import PreprocessReport
+
+    directory = model_directory(path)
+    model = CpDistiller.load(directory, device=device)
+    prep = directory / PREPROCESS_FILE
+    model.preprocess_report = PreprocessReport.load(prep) if prep.is_file() else None
+    return model
+
+
+def apply_model(model: CpDistiller, profiles: Profiles, *, extractor: Profiles | None = None,
+                preprocess: bool = True) -> tuple[Profiles, Embedding]:
+    """New plates through a fitted model: its stored preprocessing (``model.preprocess_report``, see
+    :func:`load_fitted`), then ``transform``. Returns (the preprocessed profiles, the embedding).
+
+    Features the preprocessing or the model needs and ``profiles`` lack are refused by name; a model
+    trained with image features needs ``extractor`` (the same extractor's columns, joined on plate + well).
+    """
+    prep = getattr(model, "preprocess_report", None) if preprocess else None
+    pp = prep.apply(profiles) if prep is not None else profiles
+    return pp, model.transform(pp, extractor=_model_image_features(model, extractor))
+
+
+def _model_image_features(model: CpDistiller, extractor: Profiles | None) -> Profiles | None:
+    """``extractor`` restricted to the image features the model was trained on, in its order."""
+    names = model.extractor_features
+    if names is None:
+        if extractor is not None:
+            raise CpDistillerError("this model was trained without image features: leave out the image "
+                                   "features (--image-features) or retrain with them.")
+        return None
+    if extractor is None:
+        raise CpDistillerError(
+            f"this model was trained with {len(names)} image features ({example_values(names)}): give the "
+            "same extractor's features for these plates (--image-features FILE|DIR; `cpdistiller extract`).")
+    have = set(extractor.features)
+    missing = [f for f in names if f not in have]
+    if missing:
+        raise CpDistillerError(f"{where(extractor.source or None)}{len(missing)} of the {len(names)} image features "
+                               f"the model was trained on are missing ({example_values(missing)}).")
+    return extractor if list(extractor.features) == list(names) else extractor.subset(features=names)
+
+
+def run_apply(source: str | Path, input_profiles: Profiles | str | Path | Sequence[str | Path],
+              run_dir: str | Path, progress: ProgressCallback | None = None, *,
+              extractor: Profiles | None = None, roles: Mapping[str, Any] | None = None) -> Path:
+    """Apply the model of run ``source`` (with its stored preprocessing) to new plates, writing a run
+    directory like :func:`run_correction`'s: input.parquet (the new plates after the stored
+    preprocessing), embedding.parquet, verdict.json, a copy of model/, and ``applied_from`` in
+    config.json. :meth:`Run.spaces` and every page read it as any run. Returns its path."""
+    src = Run.open(source)
+    run = Run(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    settings = {**{k: src.config.get(k) for k in ("config", "effects", "preprocess")},
+                "applied_from": str(src.path.resolve()), "input": _describe_input(input_profiles),
+                "extractor": _describe_extractor(extractor)}
+
+    def stages(writer: _RunWriter, report: dict[str, Any]) -> None:
+        _apply_stages(src, input_profiles, run.path, extractor, roles, writer, report)
+    with RunLock(run.path):
+        _record_run(run.path, settings, stages, progress)
+    return run.path
+
+
+def _apply_stages(src: Run, input_profiles: Any, run_dir: Path, extractor: Profiles | None,
+                  roles: Mapping[str, Any] | None, writer: _RunWriter, report: dict[str, Any]) -> None:
+    from .io import write_profiles
+
+    timings = report["timings"]
+    writer.stage("reading input", 0.0)
+    profiles = _read_input(input_profiles, roles)
+    report["input"] = {"wells": profiles.n_wells, "features": profiles.n_features,
+                       "plates": int(len(set(profiles.plate))), "source": profiles.source}
+    writer.stage("applying the saved model", 0.1)
+    t = time.perf_counter()
+    model = load_fitted(src.path)
+    pp, emb = apply_model(model, profiles, extractor=extractor)
+    timings["apply_s"] = round(time.perf_counter() - t, 3)
+    write_profiles(pp, run_dir / INPUT_FILE)
+    write_profiles(emb, run_dir / EMBEDDING_FILE)
+    shutil.copytree(model_directory(src.path), run_dir / MODEL_DIR, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(LOCK_FILE))
+    report["verdict"] = _write_verdict(run_dir, emb, pp, writer)
+    report.update(status=FINISHED, applied_from=str(src.path.resolve()), effects=list(model.effects),
+                  device=str(model.device), dropped_wells=profiles.n_wells - pp.n_wells,
+                  output={"wells": emb.n_wells, "dimensions": emb.n_features})
 
 
 def _levels(profiles: Profiles, effects: Sequence[str]) -> dict[str, int]:
@@ -395,6 +537,11 @@ class Run:
         run_correction(profiles, self.path, spec, progress, extractor=extractor)
         return Run.open(self.path)
 
+    def apply(self, profiles: Profiles, *, extractor: Profiles | None = None) -> Embedding:
+        """The embedding of new plates by this run's model, after this run's stored preprocessing
+        (:func:`apply_model`); every metadata column of ``profiles`` is kept."""
+        return apply_model(load_fitted(self.path), profiles, extractor=extractor)[1]
+
     # ----- reading ---------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path) -> Run:
@@ -424,6 +571,11 @@ class Run:
         """One row per epoch (losses, lambda, temperature, discriminator accuracies), or None."""
         path = self.path / TRAIN_LOG_FILE
         return pd.read_csv(path) if path.is_file() and path.stat().st_size else None
+
+    @property
+    def applied_from(self) -> str | None:
+        """The run whose model made this run's embedding (``cpdistiller apply``), None for a trained run."""
+        return self.config.get("applied_from")
 
     @property
     def effects(self) -> list[str]:

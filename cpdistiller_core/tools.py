@@ -201,20 +201,13 @@ def _config(config: dict[str, Any]) -> Any:
 def _resolve_model(model: Any, preprocess: bool) -> tuple[CpDistiller | None, PreprocessReport | None]:
     """(fitted model or None to fit one, the preprocessing to apply with it)."""
     from .api import CpDistiller
-    from .preprocess import PreprocessReport
 
     if model is None:
         return None, None
     if isinstance(model, (str, Path)):
-        from .runs import Run
+        from .runs import load_fitted
 
-        d = Path(model)
-        if Run(d).model_dir.is_dir():  # a run directory
-            d = Run(d).model_dir
-        loaded = CpDistiller.load(d)
-        prep = PreprocessReport.load(d / PREPROCESS_FILE) if (d / PREPROCESS_FILE).is_file() else None
-        loaded.preprocess_report = prep
-        model = loaded
+        model = load_fitted(model)  # a run directory or a model directory, with its preprocessing
     if not isinstance(model, CpDistiller):
         raise CpDistillerError(f"model= must be a CpDistiller or a saved model directory, not {type(model).__name__}.")
     if model.module is None:

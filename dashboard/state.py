@@ -36,7 +36,15 @@ from cpdistiller_core.errors import CpDistillerError, hide_cell_values
 from cpdistiller_core.io.formats import SUFFIXES, readable_hint
 from cpdistiller_core.paths import app_data_dir, atomic_write_bytes
 from cpdistiller_core.profiles import Profiles
-from cpdistiller_core.runs import JOB_INPUT_NAME, Run, RunSpec, add_references, run_correction
+from cpdistiller_core.runs import (
+    JOB_INPUT_NAME,
+    Run,
+    RunSpec,
+    add_references,
+    read_image_features,
+    run_apply,
+    run_correction,
+)
 
 DATASET_KEY = "cpd_dataset"
 RUN_KEY = "cpd_run_dir"
@@ -48,6 +56,8 @@ EXPORT_FORMATS = ("parquet", "csv", "h5ad")  # the embedding downloads offered (
 MAX_UPLOAD_MB = 1024  # keep in sync with server.maxUploadSize in .streamlit/config.toml
 CORRECTION_TARGET = jobs.target_name(run_correction)
 REFERENCE_TARGET = jobs.target_name(add_references)
+APPLY_TARGET = jobs.target_name(run_apply)
+EXTRACTOR_INPUT_NAME = "extractor"  # the job's copy of the image features (run_correction's extractor=)
 ROLE_FIELDS = ("plate", "well", "row", "column", "batch", "perturbation", "control", "annotation")
 
 
@@ -369,13 +379,38 @@ def apply_preprocessing(dataset: Dataset, config: Any) -> Dataset:
 
 
 # ----- runs ---------------------------------------------------------------------------------------
+def load_image_features(path_text: str | None = None, upload: tuple[str, bytes] | None = None,
+                        session_id: str | None = None) -> Profiles | None:
+    """Per-well image features (``cpdistiller extract`` output) from a server path under the data root
+    (a Parquet file or a folder of them) or an uploaded Parquet file; None when neither is given."""
+    if upload is not None:
+        if not session_id:
+            raise CpDistillerError("uploads need a session.")
+        if not upload[0].lower().endswith(".parquet"):
+            raise CpDistillerError(f"{upload[0]!r}: image features are a Parquet file (`cpdistiller extract`).")
+        path = save_uploads([upload], session_id)[0]
+        return read_image_features(path).replace(source=upload[0])
+    if path_text and path_text.strip():
+        return read_server_file(path_text.strip(), read_image_features, kind="any")
+    return None
+
+
+def _job_objects(dataset: Dataset, extractor: Profiles | None) -> dict[str, Profiles]:
+    objects = {JOB_INPUT_NAME: dataset.raw}
+    if extractor is not None:
+        objects[EXTRACTOR_INPUT_NAME] = extractor
+    return objects
+
+
 def launch_correction(dataset: Dataset, config: Mapping[str, Any], effects: Sequence[str],
-                      root: Path | None = None, session_id: str | None = None) -> Path:
+                      root: Path | None = None, session_id: str | None = None,
+                      extractor: Profiles | None = None) -> Path:
     """Start ``runs.run_correction`` on the dataset in a separate process; returns the run directory.
 
     The raw profiles and the preprocessing settings go to the run (so the run directory holds the
     model's preprocessing and can be re-run), not the already-preprocessed copy. With ``session_id``
     the run goes to that session's workspace, within its quota and the server's job limits.
+    ``extractor``: per-well image features (:func:`load_image_features`) to train the joint module on.
     """
     from cpdistiller_core.config import CpDistillerConfig
     from cpdistiller_core.preprocess import PreprocessConfig
@@ -388,14 +423,37 @@ def launch_correction(dataset: Dataset, config: Mapping[str, Any], effects: Sequ
     if "batch" in spec.effects and dataset.raw.batch is None:
         raise CpDistillerError("no batch column: set the 'batch' role on the Load page or do not correct batch.")
     meta = {"dataset": dataset.name, "effects": ",".join(spec.effects), "epochs": spec.config.epochs,
-            "wells": dataset.raw.n_wells, "features": dataset.raw.n_features}
+            "wells": dataset.raw.n_wells, "features": dataset.raw.n_features,
+            "image_features": None if extractor is None else extractor.source}
+    root = _job_root(dataset, root, session_id, extractor)
+    return jobs.submit(run_correction, jobs.new_run_dir(root), kwargs={"spec": spec.to_dict()},
+                       objects=_job_objects(dataset, extractor), meta=meta)
+
+
+def _job_root(dataset: Dataset, root: Path | None, session_id: str | None, extractor: Profiles | None) -> Path | None:
+    """Size, quota and job-capacity checks before a job on the dataset starts; the runs folder to use."""
     check_size(dataset.raw)
     if session_id:
-        check_quota(session_id, dataset.raw.X.nbytes)
+        check_quota(session_id, dataset.raw.X.nbytes + (0 if extractor is None else extractor.X.nbytes))
         root = root or session_runs_root(session_id)
     check_job_capacity(session_id)
-    return jobs.submit(run_correction, jobs.new_run_dir(root), kwargs={"spec": spec.to_dict()},
-                       objects={JOB_INPUT_NAME: dataset.raw}, meta=meta)
+    return root
+
+
+def launch_apply(dataset: Dataset, run_dir: Path | str, root: Path | None = None, session_id: str | None = None,
+                 extractor: Profiles | None = None) -> Path:
+    """Apply a finished run's model (with its stored preprocessing) to the dataset's raw profiles in a
+    separate process (``runs.run_apply``); returns the new run directory, which records ``applied_from``
+    and is shown by the Explorer and Plate-map pages like any run."""
+    source = Run.open(run_dir)
+    if source.status != "finished":
+        raise CpDistillerError(f"{source.path.name}: the run is {source.status}; apply a finished run's model.")
+    meta = {"dataset": dataset.name, "effects": ",".join(source.effects), "applied_from": source.path.name,
+            "wells": dataset.raw.n_wells, "features": dataset.raw.n_features,
+            "image_features": None if extractor is None else extractor.source}
+    root = _job_root(dataset, root, session_id, extractor)
+    return jobs.submit(run_apply, jobs.new_run_dir(root, prefix="apply"), kwargs={"source": str(source.path)},
+                       objects=_job_objects(dataset, extractor), meta=meta)
 
 
 def launch_references(run_dir: Path, methods: Sequence[str], root: Path | None = None,
@@ -432,7 +490,7 @@ def run_spaces(run_dir: Path | str, references: bool = True) -> dict[str, Profil
 def session_runs(session_id: str | None) -> list[dict[str, Any]]:
     """The session's correction runs, newest first (no session: the shared runs folder, CLI/tests only)."""
     root = session_runs_root(session_id) if session_id else None
-    return [r for r in jobs.list_runs(root) if r["target"] == CORRECTION_TARGET]
+    return [r for r in jobs.list_runs(root) if r["target"] in (CORRECTION_TARGET, APPLY_TARGET)]
 
 
 def finished_runs(session_id: str | None = None) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from . import state as ds
 
 def format_seconds(seconds: float | None) -> str:
     """``1m05s`` / ``2h03m``; an em dash when unknown."""
-    if seconds is None:
+    if seconds is None or seconds != seconds:  # None, or NaN (a table column of a run not started yet)
         return "—"
     seconds = int(round(seconds))
     if seconds >= 3600:

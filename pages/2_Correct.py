@@ -43,6 +43,23 @@ def _model_zip(run_dir: str, stamp: tuple) -> bytes:
     return Run.open(run_dir).model_archive()
 
 
+def image_features_fields(key: str) -> tuple[str, object]:
+    """Where the optional per-well image features come from: a server path or an uploaded Parquet file."""
+    with st.expander("Image features (extractor output)", expanded=False):
+        st.caption("Optional: per-well image features written by `cpdistiller extract` (Metadata_Plate, "
+                   "Metadata_Well, mesmer_* columns), joined on plate + well. A model trained with them "
+                   "needs them again when applied to new plates.")
+        path = st.text_input("Server path (a Parquet file or a folder of them)", key=f"{key}_img_path")
+        upload = st.file_uploader("…or upload a Parquet file", type=["parquet"], key=f"{key}_img_upload")
+    return path, upload
+
+
+def image_features(fields: tuple[str, object]) -> object:
+    path, upload = fields
+    return ds.load_image_features(path, (upload.name, upload.getvalue()) if upload is not None else None,
+                                  session_id=session_id)
+
+
 st.title("Correct")
 dataset: ds.Dataset | None = st.session_state.get(ds.DATASET_KEY)
 session_id: str | None = st.session_state.get(ds.SESSION_ID_KEY)
@@ -63,14 +80,40 @@ else:
         effects = st.multiselect("Effects to remove", options, default=options, key="correct_effects",
                                  help="Batch needs a batch column (set it on the Load page).")
         config = settings_form(CpDistillerConfig, "correct", choices={"device": ["auto", "cpu"] + (["cuda"] if gpu else [])})
+        img_fields = image_features_fields("correct")
         launch = st.form_submit_button("Start correction", type="primary")
     if launch:
         try:
-            run_dir = ds.launch_correction(dataset, config, effects, session_id=session_id)
+            run_dir = ds.launch_correction(dataset, config, effects, session_id=session_id,
+                                           extractor=image_features(img_fields))
             st.session_state[ds.RUN_KEY] = str(run_dir)
             st.toast(f"Started {run_dir.name}")
         except CpDistillerError as exc:
             st.error(str(exc))
+
+
+    finished = ds.finished_runs(session_id)
+    with st.expander("Apply a saved model to the loaded dataset", expanded=False):
+        st.caption("Incremental correction: a finished run's model, with its stored preprocessing, embeds the "
+                   "loaded plates without retraining. The result is a new run (it records which run it was "
+                   "applied from) that the Embedding explorer and Plate maps show.")
+        if not finished:
+            st.caption("No finished run in this session yet.")
+        else:
+            with st.form("apply_form"):
+                names = [r["run_id"] for r in finished]
+                pick = st.selectbox("Model of run", names, key="apply_run")
+                apply_img = image_features_fields("apply")
+                go = st.form_submit_button("Apply to the loaded dataset")
+            if go:
+                try:
+                    chosen = finished[names.index(pick)]["run_dir"]
+                    run_dir = ds.launch_apply(dataset, chosen, session_id=session_id,
+                                              extractor=image_features(apply_img))
+                    st.session_state[ds.RUN_KEY] = str(run_dir)
+                    st.toast(f"Started {run_dir.name}")
+                except CpDistillerError as exc:
+                    st.error(str(exc))
 
 
 def run_panel(run_dir: Path) -> None:

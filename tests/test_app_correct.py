@@ -242,3 +242,54 @@ def test_reference_jobs_report_failed_methods_and_keep_the_others(finished):
         add_references(str(run_dir), ["sphering", "no_such_method"])
     assert "no_such_method" in str(info.value) and "computed: sphering" in str(info.value)
     assert (run_dir / "references" / "sphering.parquet").is_file()
+
+
+def test_apply_a_saved_model_to_the_loaded_dataset(finished):
+    """The Correct page's "Apply a saved model" section: a job running runs.run_apply into a new run that
+    records where its model came from and that the Explorer shows like any run."""
+    at, run_dir = finished
+    at.switch_page(CORRECT).run()
+    at.selectbox(key="apply_run").set_value(run_dir.name)
+    at.button(key="FormSubmitter:apply_form-Apply to the loaded dataset").click().run()
+    assert not at.exception and not _errors(at)
+    applied = Path(at.session_state[ds.RUN_KEY])
+    assert applied != run_dir and jobs.job_spec(applied)["target"] == ds.APPLY_TARGET
+    state = jobs.wait(applied, timeout=600)
+    assert state.status == jobs.DONE, jobs.read_log(applied)
+    run = Run.open(applied)
+    assert run.applied_from == str(run_dir.resolve())
+    # Same demo, same model and preprocessing: the embedding the run wrote is reproduced.
+    np.testing.assert_allclose(run.embedding().X, Run.open(run_dir).embedding().X, atol=1e-4)
+    at.run()
+    assert not at.exception and not _errors(at)
+    assert applied.name in at.dataframe[-1].value["run_id"].tolist()
+    at.switch_page(EXPLORER).run()
+    assert not at.exception and not _errors(at)
+    at.session_state[ds.RUN_KEY] = str(run_dir)  # later tests look at the trained run
+
+
+def test_image_features_go_to_the_job_and_train_the_joint_module(tmp_path):
+    from cpdistiller_core.datasets import make_demo_screen
+
+    raw = make_demo_screen(seed=2, n_batches=1, plates_per_batch=2, n_features=40).profiles
+    rng = np.random.default_rng(0)
+    table = pd.concat([raw.meta[["Metadata_Plate", "Metadata_Well"]].reset_index(drop=True),
+                       pd.DataFrame(rng.normal(size=(raw.n_wells, 45)), columns=[f"mesmer_{i}" for i in range(45)])],
+                      axis=1)
+    buf = __import__("io").BytesIO()
+    table.to_parquet(buf)
+    sid = ds.new_session_id()
+    images = ds.load_image_features(upload=("plate_features.parquet", buf.getvalue()), session_id=sid)
+    assert images.features == [f"mesmer_{i}" for i in range(45)] and images.source == "plate_features.parquet"
+    assert ds.load_image_features("", None, session_id=sid) is None
+    with pytest.raises(ds.CpDistillerError, match="Parquet"):
+        ds.load_image_features(upload=("features.csv", b"a,b\n"), session_id=sid)
+    dataset = ds.Dataset(name="demo", raw=raw)
+    run_dir = ds.launch_correction(dataset, {"epochs": 1, "hidden_dim": 32, "device": "cpu"}, ["row", "column"],
+                                   session_id=sid, extractor=images)
+    assert "extractor" in jobs.job_spec(run_dir)["inputs"]
+    state = jobs.wait(run_dir, timeout=600)
+    assert state.status == jobs.DONE, jobs.read_log(run_dir)
+    run = Run.open(run_dir)
+    assert run.config["extractor"] == "plate_features.parquet"
+    assert run.model().extractor_features == images.features

@@ -17,6 +17,7 @@ from ..errors import CpDistillerError, CpDistillerWarning
 
 COMMAND_MODULES: list[str] = [
     "correct",
+    "apply",
     "data",
     "jump",
     "evaluate",

@@ -102,3 +102,21 @@ def load_from_args(args: argparse.Namespace, *, emit_warnings: bool = True,
 def profiles_from_args(args: argparse.Namespace, dtype: type = np.float32) -> Profiles:
     """Read the profiles named by :func:`add_input_arguments` options (warnings go to stderr)."""
     return load_from_args(args, dtype=dtype)[0]
+
+
+def add_image_features_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--image-features FILE|DIR: per-well extractor features (``cpdistiller extract`` output)."""
+    parser.add_argument("--image-features", metavar="FILE|DIR",
+                        help="per-well image features written by `cpdistiller extract` (a Parquet file, or a "
+                             "folder of one file per plate; Metadata_Plate, Metadata_Well, mesmer_* columns), "
+                             f"joined on plate + well: {what}")
+
+
+def image_features_from_args(args: argparse.Namespace) -> Profiles | None:
+    """The image features named by --image-features, or None."""
+    path = getattr(args, "image_features", None)
+    if not path:
+        return None
+    from ..runs import read_image_features
+
+    return read_image_features(path)

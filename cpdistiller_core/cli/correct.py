@@ -13,7 +13,7 @@ from ..settings import add_arguments, changes_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .common import add_input_arguments
+    from .common import add_image_features_argument, add_input_arguments
 
     p = subparsers.add_parser(
         "correct", help="remove batch / row / column effects (train cpDistiller, write a run directory)",
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-preprocess", action="store_true",
                    help="the files are already normalised and feature-selected: skip preprocessing")
     p.add_argument("--warm-start", metavar="MODEL_DIR", help="fine-tune a saved model (RUN_DIR/model)")
+    add_image_features_argument(p, "train the joint module on them with the CellProfiler features")
     p.add_argument("--format", choices=("parquet", "h5ad"), default="parquet",
                    help="h5ad: also write RUN_DIR/embedding.h5ad (AnnData: metadata in .obs, the preprocessed "
                         "features in X, the embedding in .obsm['X_cpdistiller']); embedding.parquet is always written")
@@ -62,7 +63,7 @@ def _stop_on_sigterm() -> None:
 def run(args: argparse.Namespace) -> int:
     from ..progress import TerminalProgress
     from ..runs import Run, RunSpec
-    from .common import profiles_from_args
+    from .common import image_features_from_args, profiles_from_args
 
     with Run.create(args.out, overwrite=args.overwrite) as run:  # checked and locked before any input is read
         _stop_on_sigterm()
@@ -70,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
                              warm_start=args.warm_start)
         # raw values keep full precision until the run's preprocessing normalises them
         profiles = profiles_from_args(args, dtype=np.float32 if args.no_preprocess else np.float64)
+        extractor = image_features_from_args(args)
         with TerminalProgress("correct", disable=True if args.quiet else None) as bar:
-            run = run.correct(profiles, spec, progress=bar)
+            run = run.correct(profiles, spec, progress=bar, extractor=extractor)
     if args.format == "h5ad":
         print(f"wrote {run.write_h5ad()}", file=sys.stderr)
     last = run.report.get("final_epoch") or {}
