@@ -279,7 +279,8 @@ def _extract_wells(manifest: Manifest, todo: list, extractor: Extractor, writer:
         for idx in item[2].index:
             paths = {c: manifest.paths.at[idx, c] for c in CHANNELS}
             illum = None if manifest.illum is None else {c: manifest.illum.at[idx, c] for c in CHANNELS}
-            out.append(prepare_site(paths, illum))
+            out.append(prepare_site(paths, illum, preprocess=extractor.settings.preprocess,
+                                    illum_mode=extractor.settings.illum))
         return out
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
