@@ -202,3 +202,39 @@ def test_mesmer_normalisation_steps() -> None:
     assert np.all(histogram_normalization(np.full((64, 64), 7.0, np.float32)) == 0)
     h = histogram_normalization(x, kernel_size=32)
     assert h.min() >= 0 and h.max() <= 1 and h.std() > 0.1
+
+
+_DEEPCELL_SIDE = """
+import sys
+import numpy as np
+from deepcell_toolbox.processing import histogram_normalization, percentile_threshold
+x = np.load(sys.argv[1])                                # [1, H, W, 2], as npz2embedding holds it
+x = histogram_normalization(x)                          # npz2embedding, default kernel 64
+x[..., 0] = np.log1p(2 * x[..., 0])                     # smooth_matrix_log(scale_factor=2)
+x = histogram_normalization(percentile_threshold(x, 99.9), kernel_size=128)  # mesmer_preprocess
+np.save(sys.argv[2], x)
+"""
+
+
+@pytest.mark.slow
+def test_reference_preprocess_matches_deepcell_toolbox(tmp_path: Path) -> None:
+    """Optional, in the TensorFlow/deepcell environment of test_mesmer_equivalence.py: our chain equals
+    the reference's calls to deepcell_toolbox (skipped when that environment is absent)."""
+    import os
+    import subprocess
+
+    from cpdistiller_core.extractor.images import reference_preprocess
+
+    tf_python = Path(os.environ.get("CPDISTILLER_TF_PYTHON",
+                                    Path(__file__).resolve().parents[1] / ".venv-tf" / "bin" / "python"))
+    if not tf_python.is_file() or subprocess.run([str(tf_python), "-c", "import deepcell_toolbox"],
+                                                 capture_output=True, timeout=300).returncode:
+        pytest.skip(f"deepcell_toolbox environment not found at {tf_python}")
+    site = blob_site(160, 12, np.random.default_rng(3))
+    img = np.stack([site["DNA"], (site["RNA"].astype(np.float32) + site["ER"]) / 2]).astype(np.float32)
+    np.save(tmp_path / "in.npy", img.transpose(1, 2, 0)[None])
+    (tmp_path / "side.py").write_text(_DEEPCELL_SIDE)
+    subprocess.run([str(tf_python), str(tmp_path / "side.py"), str(tmp_path / "in.npy"), str(tmp_path / "out.npy")],
+                   check=True, timeout=600)
+    want = np.load(tmp_path / "out.npy")[0].transpose(2, 0, 1)
+    np.testing.assert_allclose(reference_preprocess(img), want, atol=1e-5)
