@@ -8,8 +8,10 @@ No real Mesmer features are available offline, so each well gets a synthetic 11,
 projection and a ReLU. This tests the plumbing and whether the module passes image information on; it cannot
 rank the variants on real Mesmer features (their spatial/channel layout is not simulated).
 
-Rows: CellProfiler only, ``joint_module="paper"`` and ``"compact"``; scores from ``verdict.did_it_help``
-(replicate mAP, annotation consistency mAP, neighbour preservation, technical checks), seconds to fit.
+Rows: uncorrected (PCA-50), CellProfiler only, ``joint_module="paper"`` and ``"compact"``; scores from
+``verdict.did_it_help`` (replicate-vs-control mAP, annotation consistency mAP, kNN overlap with the
+uncorrected profiles, and per effect 1 - the variance of the negative controls it explains: higher is
+better everywhere), seconds to fit.
 """
 
 from __future__ import annotations
@@ -67,8 +69,14 @@ def main() -> None:
             m.fit(prof, effects=("batch", "row", "column"), extractor=None if variant is None else ext)
             fit_s = time.time() - t
             emb = m.transform(prof, extractor=None if variant is None else ext)
-            checks = {c.name: c.corrected for c in did_it_help(emb, prof).checks}
-            vals = [checks.get(k) for k in ("replicates", "relations", "neighbours", "row", "column", "batch")]
+            verdict = did_it_help(emb, prof)
+            keys = ("replicates", "relations", "neighbours", "row", "column", "batch")
+            if variant is None:  # the uncorrected PCA-50 (neighbour overlap with itself is 1 by definition)
+                before = {c.name: c.uncorrected for c in verdict.checks}
+                print(f"uncorrected,{seed},0," + ",".join("" if before.get(k) is None else f"{before[k]:.3f}"
+                                                         for k in keys), flush=True)
+            checks = {c.name: c.corrected for c in verdict.checks}
+            vals = [checks.get(k) for k in keys]
             print(f"{name},{seed},{fit_s:.0f}," + ",".join("" if v is None else f"{v:.3f}" for v in vals),
                   flush=True)
 
