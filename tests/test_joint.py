@@ -264,3 +264,17 @@ def test_compact_option_and_old_saved_models_load(tmp_path) -> None:
     tuned = CpDistiller(_tiny(epochs=1)).fit(screen, effects="row,column", extractor=img,
                                               warm_start=tmp_path / "model")
     assert tuned.module.joint.variant == "compact" and tuned.joint_settings["variant"] == "compact"
+
+
+def test_saved_settings_are_checked_for_the_variant() -> None:
+    from cpdistiller_core.config import CpDistillerConfig
+    from cpdistiller_core.model.bounds import check_architecture
+    from cpdistiller_core.model.joint import fused_width
+
+    assert fused_width({"n_features": 11664, "pool": 9, "out_dim": 32, "variant": "paper"}) == 144
+    assert fused_width({"n_features": 11664, "pool": 9, "out_dim": 32}) == 32  # no variant: compact
+    check_architecture(CpDistillerConfig(), 50, {"row": 16}, joint={"n_features": 11664, "pool": 9, "out_dim": 32,
+                                                                    "variant": "paper"})
+    with pytest.raises(CpDistillerError, match="variant 'mean'"):
+        check_architecture(CpDistillerConfig(), 50, {"row": 16}, joint={"n_features": 11664, "pool": 9,
+                                                                        "out_dim": 32, "variant": "mean"})
