@@ -42,9 +42,9 @@ def check_architecture(config: Any, n_features: int, levels: Mapping[str, int], 
     joint_params = 0
     if joint is not None:
         j = {k: _size(joint.get(k, 1), f"joint {k}", lim, where) for k, lim in JOINT_LIMITS.items()}
-        from .joint import VARIANTS, fused_width, pooled_size
+        from .joint import LEGACY_VARIANT, VARIANTS, fused_width, pooled_size
 
-        variant = joint.get("variant", "compact")
+        variant = joint.get("variant", LEGACY_VARIANT)  # files from before the variant was recorded
         if variant not in VARIANTS:
             raise CpDistillerError(f"{where}unknown joint module variant {variant!r} (one of {list(VARIANTS)}).")
         pooled = max(1, pooled_size(j["n_features"], j["pool"], variant))
