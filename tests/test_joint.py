@@ -278,3 +278,26 @@ def test_saved_settings_are_checked_for_the_variant() -> None:
     with pytest.raises(CpDistillerError, match="variant 'mean'"):
         check_architecture(CpDistillerConfig(), 50, {"row": 16}, joint={"n_features": 11664, "pool": 9,
                                                                         "out_dim": 32, "variant": "mean"})
+
+
+@pytest.mark.parametrize("variant", ["paper", "compact"])
+def test_what_the_gmvae_reconstructs(variant: str) -> None:
+    """Paper: no loss of its own (the GMVAE reconstructs its output with the CellProfiler features, as in
+    the reference code). Compact: its own reconstruction loss is added (z_e is the GMVAE's fixed target)."""
+    from cpdistiller_core.model.gmvae import CorrectionModule
+    from cpdistiller_core.model.loss import LossBatch, LossContext
+
+    torch.manual_seed(0)
+    joint = JointModule(100, out_dim=3, variant=variant)  # paper: 10 x 10 -> 1 pooled value
+    module = CorrectionModule(6, {}, hidden=16, latent=4, n_components=3, joint=joint)
+    assert module.n_gmvae_input == 6 + joint.fused_dim
+    g = torch.Generator().manual_seed(1)
+    batch = LossBatch(x=torch.randn(8, 6, generator=g), n=8, labels={}, soft_targets={},
+                      e=torch.randn(8, 100, generator=g))
+    out = module.loss(batch, LossContext(w_elbo=1.0, w_dis=0.0, w_con=0.0))
+    assert (out.joint_recon is None) == (variant == "paper")
+    own = 0.0 if variant == "paper" else out.joint_recon
+    torch.testing.assert_close(out.loss.detach(), out.elbo + own)
+    # The paper module has no loss of its own, so every gradient it gets comes through the GMVAE.
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in joint.parameters())
