@@ -398,14 +398,23 @@ class CpDistiller:
         return tuple(kept)
 
     def _make_joint(self, E: np.ndarray, base: CpDistiller | None) -> torch.nn.Module:
-        from .model.joint import DEFAULT_OUT_DIM, DEFAULT_POOL, JointModule, compute_pca_init
+        from .model.joint import (
+            DEFAULT_OUT_DIM,
+            DEFAULT_POOL,
+            JointModule,
+            compute_pca_init,
+            joint_from_settings,
+        )
 
         if base is not None and base.joint_settings is not None:
-            self.joint_settings = dict(base.joint_settings)
-            return JointModule(**self.joint_settings)
-        self.joint_settings = {"n_features": E.shape[1], "pool": DEFAULT_POOL, "out_dim": DEFAULT_OUT_DIM}
+            joint = joint_from_settings(base.joint_settings)
+            self.joint_settings = joint.config()
+            return joint
+        variant = self.config.joint_module
+        self.joint_settings = {"n_features": E.shape[1], "pool": DEFAULT_POOL, "out_dim": DEFAULT_OUT_DIM,
+                               "variant": variant}
         return JointModule(**self.joint_settings,
-                           pca_init=compute_pca_init(E, DEFAULT_POOL, DEFAULT_OUT_DIM, self.config.seed))
+                           pca_init=compute_pca_init(E, DEFAULT_POOL, DEFAULT_OUT_DIM, self.config.seed, variant))
 
     def _load_warm(self, base: CpDistiller) -> None:
         assert self.module is not None and base.module is not None
@@ -522,9 +531,9 @@ class CpDistiller:
             raise CpDistillerError(f"{w_path}: cannot load weights ({exc}).") from None
         joint = None
         if self.joint_settings is not None:
-            from .model.joint import JointModule
+            from .model.joint import joint_from_settings
 
-            joint = JointModule(**self.joint_settings)
+            joint = joint_from_settings(self.joint_settings)  # no recorded variant: a pre-#19 (compact) model
         self.module = CorrectionModule(
             len(self.features), {e: len(self.levels[e]) for e in self.effects}, cfg.hidden_dim,
             cfg.latent_dim, cfg.n_components, cfg.discriminator_hidden, joint=joint,

@@ -26,6 +26,7 @@ TRIPLET_CONTROLS = ("auto", "paper", "neutral")
 NEIGHBOR_SPACES = ("input", "unsphered")
 DECODER_COVARIATES = ("none", "batch", "effects")
 ADVERSARY_ENCODER = ("all", "same")
+JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
 
 
 @dataclass
@@ -111,6 +112,13 @@ class CpDistillerConfig:
                                      "well through the frozen discriminators (all) or from the controls only "
                                      "(same; lets the encoder collapse the controls)", label="Hide batch/position from",
                                      group="departure", choices=ADVERSARY_ENCODER)
+    # Image joint module (only with image features; docs/model.md): "paper" = the reference code's
+    # (max-pool 9 x 9 on the square view, its 144-value output fused, LeakyReLU, no loss of its own);
+    # "compact" = ours before issue #19 (mean-pool 9 on the flat vector, z_e (32) fused, own reconstruction).
+    joint_module: str = setting("paper", "image joint module: paper (reference code: max-pool 9x9 on the square "
+                                "view, its pooled-size output fused) or compact (mean-pool, 32-value z_e fused, "
+                                "own reconstruction loss)", label="Image joint module", group="departure",
+                                choices=JOINT_MODULES, paper="paper")
     # --- optimisation (AdamW, cosine schedule over the epochs) ---
     epochs: int = setting(50, "training epochs", label="Epochs", group="basic", range=(1, 2000))
     batch_size: int = setting(256, "mini-batch size", label="Batch size", group="basic", range=(2, 65536))
@@ -182,6 +190,7 @@ class CpDistillerConfig:
             (self.decoder_covariates in DECODER_COVARIATES,
              f"decoder_covariates must be one of {DECODER_COVARIATES}"),
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),
+            (self.joint_module in JOINT_MODULES, f"joint_module must be one of {JOINT_MODULES}"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]
         bad = [msg for ok, msg in checks if not ok]

@@ -138,13 +138,13 @@ def test_negcon_sphering_whitens_controls(screen):
 
 def test_image_features_join_on_plate_and_well(screen):
     rng = np.random.default_rng(0)
-    n_img = 45  # 5 pooled values with the joint module's window of 9
+    n_img = 45  # 5 pooled values with the compact joint module's window of 9 (paper variant: test_joint.py)
     order = rng.permutation(screen.n_wells)  # the table comes in another row order
     img = Profiles(screen.meta.iloc[order][["Metadata_Plate", "Metadata_Well"]].reset_index(drop=True),
                    rng.normal(size=(screen.n_wells, n_img)).astype(np.float32),
                    [f"img_{i}" for i in range(n_img)], screen.roles.__class__(plate="Metadata_Plate",
                                                                               well="Metadata_Well"))
-    m = CpDistiller(TINY).fit(screen, effects="row,column", extractor=img)
+    m = CpDistiller(TINY.replace(joint_module="compact")).fit(screen, effects="row,column", extractor=img)
     assert m.module.joint is not None
     assert m.module.n_gmvae_input == 20 + m.module.joint.out_dim
     assert "joint_recon" in m.history[-1]

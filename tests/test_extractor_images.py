@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from cpdistiller_core.errors import CpDistillerError
+from cpdistiller_core.extractor.features import FeatureSettings
 from cpdistiller_core.extractor.images import (
     CHANNELS,
     histogram_normalization,
@@ -135,14 +136,62 @@ def test_prepare_site_illum_and_channel_mix(tmp_path: Path) -> None:
     idx = m.table.index[0]
     paths = {c: m.paths.at[idx, c] for c in CHANNELS}
     illum = {c: m.illum.at[idx, c] for c in CHANNELS}
-    out = prepare_site(paths, illum)
+    out = prepare_site(paths, illum, preprocess="mesmer")
     assert out.shape == (2, 80, 80) and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1
     raw = {c: read_image(paths[c]) / np.load(illum[c]) for c in CHANNELS}
     expected = mesmer_preprocess(np.stack([raw["DNA"], (raw["RNA"] + raw["ER"]) / 2]))
     np.testing.assert_allclose(out, expected, atol=1e-6)
     # Without illumination correction the result differs.
-    assert not np.allclose(prepare_site(paths, None), out, atol=1e-3)
+    assert not np.allclose(prepare_site(paths, None, preprocess="mesmer"), out, atol=1e-3)
+
+
+def _clahe(x: np.ndarray, k: int) -> np.ndarray:
+    """deepcell_toolbox.histogram_normalization on one channel, written out with skimage."""
+    from skimage.exposure import equalize_adapthist, rescale_intensity
+
+    return equalize_adapthist(rescale_intensity(x.astype(np.float32), out_range=(0.0, 1.0)), kernel_size=k)
+
+
+def _clip(x: np.ndarray, q: float = 99.9) -> np.ndarray:
+    return np.minimum(x, np.percentile(x[x != 0], q))
+
+
+def test_paper_preprocessing_is_the_reference_chain(tmp_path: Path) -> None:
+    """Reference chain after the illumination step (divided here): CLAHE(64), log1p(2 x) on DNA only,
+    then Mesmer's clip + CLAHE(128). The default of prepare_site and of the extractor."""
+    csv = make_plate(tmp_path, "P1", ["A01"], sites=1, size=96)
+    m = read_load_data(csv, illum_dir=tmp_path / "illum")
+    idx = m.table.index[0]
+    paths = {c: m.paths.at[idx, c] for c in CHANNELS}
+    illum = {c: m.illum.at[idx, c] for c in CHANNELS}
+    raw = {c: read_image(paths[c]) / np.load(illum[c]) for c in CHANNELS}
+    dna, mix = raw["DNA"], (raw["RNA"] + raw["ER"]) / 2
+    want = np.stack([_clahe(_clip(np.log1p(2 * _clahe(dna, 64))), 128), _clahe(_clip(_clahe(mix, 64)), 128)])
+    out = prepare_site(paths, illum)
+    assert out.dtype == np.float32 and FeatureSettings().preprocess == "paper"
+    np.testing.assert_allclose(out, want, atol=2e-6)
+    # The log step reaches the nucleus channel only.
+    no_log = np.stack([_clahe(_clip(_clahe(dna, 64)), 128), want[1]])
+    assert np.abs(out[0] - no_log[0]).max() > 1e-3
+    np.testing.assert_allclose(out[1], no_log[1], atol=2e-6)
+
+
+def test_illumination_multiply_reproduces_the_reference(tmp_path: Path) -> None:
+    csv = make_plate(tmp_path, "P1", ["A01"], sites=1, size=80)
+    m = read_load_data(csv, illum_dir=tmp_path / "illum")
+    idx = m.table.index[0]
+    paths = {c: m.paths.at[idx, c] for c in CHANNELS}
+    illum = {c: m.illum.at[idx, c] for c in CHANNELS}
+    mult = {c: read_image(paths[c]) * np.load(illum[c]) for c in CHANNELS}
+    want = mesmer_preprocess(np.stack([mult["DNA"], (mult["RNA"] + mult["ER"]) / 2]))
+    got = prepare_site(paths, illum, preprocess="mesmer", illum_mode="multiply")
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, prepare_site(paths, illum, preprocess="mesmer"), atol=1e-3)
+    with pytest.raises(CpDistillerError, match="illumination mode"):
+        prepare_site(paths, illum, illum_mode="subtract")
+    with pytest.raises(CpDistillerError, match="pre-processing"):
+        FeatureSettings(preprocess="log")
 
 
 def test_mesmer_normalisation_steps() -> None:
@@ -153,3 +202,39 @@ def test_mesmer_normalisation_steps() -> None:
     assert np.all(histogram_normalization(np.full((64, 64), 7.0, np.float32)) == 0)
     h = histogram_normalization(x, kernel_size=32)
     assert h.min() >= 0 and h.max() <= 1 and h.std() > 0.1
+
+
+_DEEPCELL_SIDE = """
+import sys
+import numpy as np
+from deepcell_toolbox.processing import histogram_normalization, percentile_threshold
+x = np.load(sys.argv[1])                                # [1, H, W, 2], as npz2embedding holds it
+x = histogram_normalization(x)                          # npz2embedding, default kernel 64
+x[..., 0] = np.log1p(2 * x[..., 0])                     # smooth_matrix_log(scale_factor=2)
+x = histogram_normalization(percentile_threshold(x, 99.9), kernel_size=128)  # mesmer_preprocess
+np.save(sys.argv[2], x)
+"""
+
+
+@pytest.mark.slow
+def test_reference_preprocess_matches_deepcell_toolbox(tmp_path: Path) -> None:
+    """Optional, in the TensorFlow/deepcell environment of test_mesmer_equivalence.py: our chain equals
+    the reference's calls to deepcell_toolbox (skipped when that environment is absent)."""
+    import os
+    import subprocess
+
+    from cpdistiller_core.extractor.images import reference_preprocess
+
+    tf_python = Path(os.environ.get("CPDISTILLER_TF_PYTHON",
+                                    Path(__file__).resolve().parents[1] / ".venv-tf" / "bin" / "python"))
+    if not tf_python.is_file() or subprocess.run([str(tf_python), "-c", "import deepcell_toolbox"],
+                                                 capture_output=True, timeout=300).returncode:
+        pytest.skip(f"deepcell_toolbox environment not found at {tf_python}")
+    site = blob_site(160, 12, np.random.default_rng(3))
+    img = np.stack([site["DNA"], (site["RNA"].astype(np.float32) + site["ER"]) / 2]).astype(np.float32)
+    np.save(tmp_path / "in.npy", img.transpose(1, 2, 0)[None])
+    (tmp_path / "side.py").write_text(_DEEPCELL_SIDE)
+    subprocess.run([str(tf_python), str(tmp_path / "side.py"), str(tmp_path / "in.npy"), str(tmp_path / "out.npy")],
+                   check=True, timeout=600)
+    want = np.load(tmp_path / "out.npy")[0].transpose(2, 0, 1)
+    np.testing.assert_allclose(reference_preprocess(img), want, atol=1e-5)

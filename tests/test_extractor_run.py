@@ -137,6 +137,7 @@ def test_refuses_without_weights(tmp_path: Path, capsys) -> None:
     assert main(["extract", str(csv), "--out", str(tmp_path / "o"), "--no-dask"]) == 1
     err = capsys.readouterr().err
     assert "no Mesmer weights" in err and "DeepCell token" in err
+    assert "MultiplexSegmentation-9.tar.gz" in err and "convert-mesmer" in err and "TensorFlow" in err
     assert not (tmp_path / "o").exists()
     assert main(["extract", str(csv), "--out", str(tmp_path / "o"), "--weights", str(tmp_path / "nope.pt")]) == 1
     assert "weights file not found" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def _controls() -> torch.Tensor:
 
 
 def test_total_is_the_documented_weighted_sum_of_its_parts():
-    module = _module(JointModule(n_features=24, pool=4, out_dim=3))
+    module = _module(JointModule(n_features=24, pool=4, out_dim=3, variant="compact"))
     e = torch.randn(N + 4, 24, generator=torch.Generator().manual_seed(5))
     x = torch.randn(N + 4, D, generator=torch.Generator().manual_seed(6))
     batch = _batch(x=x, e=e, anchors=torch.tensor([0, 3]))  # rows 12, 13 positives; 14, 15 negatives

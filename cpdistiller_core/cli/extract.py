@@ -43,8 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = sub.add_parser(
         "convert-mesmer", help="convert the Mesmer SavedModel to a torch state dict (needs TensorFlow once)",
-        description="Convert the MultiplexSegmentation SavedModel (downloaded with your DeepCell token) "
-                    "or a Keras .h5 weights file into the weights file `cpdistiller extract --weights` reads.",
+        description="Convert the MultiplexSegmentation SavedModel folder (from DeepCell with your token, or "
+                    "unpacked from the public MultiplexSegmentation-9.tar.gz archive the cpDistiller reference "
+                    "code downloads; needs TensorFlow 2.x for this step) or a Keras .h5 weights file (h5py "
+                    "only) into the weights file `cpdistiller extract --weights` reads. See docs/extractor.md.",
     )
     c.add_argument("src", help="MultiplexSegmentation SavedModel folder or Keras .h5 file")
     c.add_argument("dst", help="output .pt file")

@@ -115,7 +115,8 @@ def read_savedmodel(path: Path) -> dict[tuple[str, str], np.ndarray]:
             "pip install tensorflow-cpu, then run convert-mesmer again."
         ) from exc
     if not (path / "saved_model.pb").is_file():
-        raise CpDistillerError(f"{path}: not a SavedModel folder (no saved_model.pb).")
+        raise CpDistillerError(f"{path}: not a SavedModel folder (no saved_model.pb); give the unpacked "
+                               "MultiplexSegmentation folder that holds saved_model.pb and variables/.")
     arrays: dict[tuple[str, str], np.ndarray] = {}
     try:
         loaded = tf.saved_model.load(str(path))
@@ -165,8 +166,9 @@ def convert_mesmer(src: str | Path, dst: str | Path) -> dict:
     to ``dst`` with torch.save. Returns a summary (tensors, parameters)."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
-        raise CpDistillerError(f"{src}: not found (expected the MultiplexSegmentation SavedModel folder "
-                               "or a Keras .h5 weights file).")
+        raise CpDistillerError(f"{src}: not found (expected the MultiplexSegmentation SavedModel folder, "
+                               "from DeepCell with your token or unpacked from MultiplexSegmentation-9.tar.gz, "
+                               "or a Keras .h5 weights file; see docs/extractor.md).")
     arrays = read_savedmodel(src) if src.is_dir() else read_h5(src)
     state = keras_to_torch(arrays, str(src))
     model = MesmerC5Reduced()

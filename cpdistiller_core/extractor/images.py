@@ -6,19 +6,24 @@ the plate, well, site and absolute paths of the DNA, RNA and ER images (and thei
 functions when given). Only those three channels feed the extractor (paper: channel 1 = DNA,
 channel 2 = mean(RNA, ER)); AGP and Mito columns are kept as metadata.
 
-Preprocessing of one site (``prepare_site``), following deepcell 0.12.10's ``mesmer_preprocess``:
+Preprocessing of one site (``prepare_site``). The default (``preprocess="paper"``) follows the
+published cpDistiller code (``prepare_union.tiff2npz`` + ``npz2embedding``, then deepcell's
+``Mesmer.predict``, which runs ``mesmer_preprocess`` again on what it is given):
 
     DNA, RNA, ER            [H, W] each, read as float32
-    illumination correct    image / illum function (CellProfiler CorrectIlluminationApply, "Divide")
+    illumination correct    image / illum function (CellProfiler CorrectIlluminationApply, "Divide";
+                            ``illum="multiply"`` reproduces the reference code's image * illum)
     stack                   [2, H, W]: (DNA, (RNA + ER) / 2)
-    percentile threshold    per channel, clip at the 99.9th percentile of non-zero pixels
+    histogram normalisation per channel, rescale to [0, 1] then CLAHE, kernel_size = 64
+                            (deepcell_toolbox's default, called by npz2embedding)        [paper only]
+    log1p(2 x)              nucleus channel only (npz2embedding's ``smooth_matrix_log``)  [paper only]
+    percentile threshold    per channel, clip at the 99.9th percentile of non-zero pixels  (Mesmer)
     histogram normalisation per channel, rescale to [0, 1] then CLAHE
-                            (``skimage.exposure.equalize_adapthist``, kernel_size = 128);
+                            (``skimage.exposure.equalize_adapthist``, kernel_size = 128);  (Mesmer)
                             a constant channel becomes zeros
 
-deepcell's Mesmer pre-processing applies no log transform (checked in deepcell 0.12.10:
-``mesmer_preprocess`` is ``percentile_threshold`` then ``histogram_normalization``), so none is
-applied here.
+``preprocess="mesmer"`` runs only the last two steps (deepcell 0.12.10's ``mesmer_preprocess``, which
+has no log step), as this module did before issue #19.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from ..errors import CpDistillerError, example_rows, example_values, where
 CHANNELS: tuple[str, ...] = ("DNA", "RNA", "ER")
 PLATE, WELL, SITE = "Metadata_Plate", "Metadata_Well", "Metadata_Site"
 #: Phenix / Opera export naming, e.g. r01c01f01p01-ch1sk1fk1fl1.tiff.
+#: Site pre-processing: the cpDistiller reference code's chain, or Mesmer's own only.
+PREPROCESS_MODES: tuple[str, ...] = ("paper", "mesmer")
+#: How the illumination function is applied: CellProfiler's Divide, or the reference code's multiply.
+ILLUM_MODES: tuple[str, ...] = ("divide", "multiply")
 PHENIX_PATTERN = r"r(?P<row>\d{2})c(?P<col>\d{2})f(?P<site>\d{2})p(?P<plane>\d{2})-ch(?P<channel>\d+)"
 
 
@@ -312,18 +321,45 @@ def mesmer_preprocess(image: np.ndarray, percentile: float = 99.9, kernel_size: 
     return np.stack([histogram_normalization(percentile_threshold(c, percentile), kernel_size) for c in image])
 
 
+def reference_preprocess(image: np.ndarray, percentile: float = 99.9, kernel_size: int = 128,
+                         first_kernel_size: int = 64, log_scale: float = 2.0) -> np.ndarray:
+    """The cpDistiller reference code's pre-processing of a [2, H, W] image -> float32 [2, H, W] in [0, 1].
+
+    CLAHE (``first_kernel_size``) on both channels, ``log1p(log_scale * x)`` on the nucleus channel,
+    then Mesmer's own ``mesmer_preprocess`` (percentile clip + CLAHE with ``kernel_size``).
+    """
+    x = np.stack([histogram_normalization(c, first_kernel_size) for c in image])
+    x[0] = np.log1p(log_scale * x[0])
+    return mesmer_preprocess(x, percentile, kernel_size)
+
+
+def _check_mode(value: str, allowed: Sequence[str], what: str) -> None:
+    if value not in allowed:
+        raise CpDistillerError(f"unknown {what} {value!r}; use one of {list(allowed)}.")
+
+
 def prepare_site(paths: Mapping[str, str], illum: Mapping[str, str] | None = None,
-                 kernel_size: int = 128) -> np.ndarray:
-    """Read, illumination-correct and pre-process one site -> float32 [2, H, W] (DNA, mean(RNA, ER))."""
+                 kernel_size: int = 128, preprocess: str = "paper", illum_mode: str = "divide") -> np.ndarray:
+    """Read, illumination-correct and pre-process one site -> float32 [2, H, W] (DNA, mean(RNA, ER)).
+
+    ``preprocess``: ``"paper"`` (the reference code's chain, with the log step) or ``"mesmer"``
+    (deepcell's ``mesmer_preprocess`` only); ``illum_mode``: ``"divide"`` (CellProfiler) or
+    ``"multiply"`` (the reference code).
+    """
+    _check_mode(preprocess, PREPROCESS_MODES, "pre-processing")
+    _check_mode(illum_mode, ILLUM_MODES, "illumination mode")
     imgs = {}
     for c in CHANNELS:
         img = read_image(paths[c])
         if illum is not None:
-            img = img / read_illum(illum[c], img.shape)
+            fn = read_illum(illum[c], img.shape)
+            img = img / fn if illum_mode == "divide" else img * fn
         imgs[c] = img
     shapes = {c: v.shape for c, v in imgs.items()}
     if len(set(shapes.values())) != 1:
         raise CpDistillerError(f"channel images of one site differ in size: "
                                f"{ {paths[c]: s for c, s in shapes.items()} }.")
     stacked = np.stack([imgs["DNA"], 0.5 * (imgs["RNA"] + imgs["ER"])])
+    if preprocess == "paper":
+        return reference_preprocess(stacked, kernel_size=kernel_size)
     return mesmer_preprocess(stacked, kernel_size=kernel_size)

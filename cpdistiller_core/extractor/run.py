@@ -39,10 +39,15 @@ from .mesmer import MesmerC5Reduced, random_init
 WEIGHTS_COLUMN = "Metadata_ExtractorWeights"
 SITES_COLUMN = "Metadata_ExtractorSites"
 RANDOM_STAMP = "RANDOM-UNTRAINED-WEIGHTS(test only, not a model)"
+#: Where the published Mesmer weights come from (docs/extractor.md, "Getting the weights").
+MESMER_ARCHIVE_URL = "https://deepcell-data.s3-us-west-1.amazonaws.com/saved-models/MultiplexSegmentation-9.tar.gz"
 NO_WEIGHTS_MESSAGE = (
-    "no Mesmer weights given: extraction needs the published Mesmer model. Download the "
-    "MultiplexSegmentation SavedModel with your DeepCell token, convert it once with "
-    "`cpdistiller convert-mesmer SRC DST` (needs TensorFlow for that step only) and pass --weights DST."
+    "no Mesmer weights given: extraction needs the published Mesmer model, converted once. Get the "
+    "MultiplexSegmentation SavedModel folder either from DeepCell (with your DeepCell token, "
+    "deepcell's Mesmer() saves it under ~/.deepcell/models/) or from the public archive the "
+    f"cpDistiller reference code downloads ({MESMER_ARCHIVE_URL}, unpacked); then run "
+    "`cpdistiller convert-mesmer FOLDER mesmer_c5.pt` (needs TensorFlow 2.x for that step only; a Keras "
+    ".h5 weights file needs only h5py) and pass --weights mesmer_c5.pt. See docs/extractor.md."
 )
 
 
@@ -279,7 +284,8 @@ def _extract_wells(manifest: Manifest, todo: list, extractor: Extractor, writer:
         for idx in item[2].index:
             paths = {c: manifest.paths.at[idx, c] for c in CHANNELS}
             illum = None if manifest.illum is None else {c: manifest.illum.at[idx, c] for c in CHANNELS}
-            out.append(prepare_site(paths, illum))
+            out.append(prepare_site(paths, illum, preprocess=extractor.settings.preprocess,
+                                    illum_mode=extractor.settings.illum))
         return out
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

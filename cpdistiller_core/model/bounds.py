@@ -42,8 +42,13 @@ def check_architecture(config: Any, n_features: int, levels: Mapping[str, int], 
     joint_params = 0
     if joint is not None:
         j = {k: _size(joint.get(k, 1), f"joint {k}", lim, where) for k, lim in JOINT_LIMITS.items()}
-        pooled = max(1, j["n_features"] // j["pool"])
-        n_in += j["out_dim"]
+        from .joint import LEGACY_VARIANT, VARIANTS, fused_width, pooled_size
+
+        variant = joint.get("variant", LEGACY_VARIANT)  # files from before the variant was recorded
+        if variant not in VARIANTS:
+            raise CpDistillerError(f"{where}unknown joint module variant {variant!r} (one of {list(VARIANTS)}).")
+        pooled = max(1, pooled_size(j["n_features"], j["pool"], variant))
+        n_in += fused_width({**j, "variant": variant})
         joint_params = 3 * pooled * j["out_dim"]
     total = joint_params + estimate_parameters(n_in, n_levels, **sizes)
     if total > MAX_PARAMETERS:

@@ -122,7 +122,7 @@ class CorrectionModule(nn.Module):
     """GMVAE + projection head + one discriminator per effect (+ the optional image joint module).
 
     ``n_levels`` maps effect name -> number of levels. ``joint`` (a ``JointModule``) turns per-well
-    image features into ``z_e``, which is appended to the CellProfiler features before the GMVAE.
+    image features into ``fused_dim`` values appended to the CellProfiler features before the GMVAE.
     """
 
     def __init__(self, n_input: int, n_levels: Mapping[str, int], hidden: int = 512, latent: int = 50,
@@ -131,7 +131,7 @@ class CorrectionModule(nn.Module):
         super().__init__()
         self.n_cp = n_input
         self.joint = joint
-        n_joint = int(getattr(joint, "out_dim", 0)) if joint is not None else 0
+        n_joint = int(joint.fused_dim) if joint is not None else 0
         self.gmvae = GMVAE(n_input + n_joint, hidden, latent, n_components, decoder_levels)
         self.head = ProjectionHead(latent)
         self.discriminators = nn.ModuleDict(
@@ -150,7 +150,8 @@ class CorrectionModule(nn.Module):
         return mods
 
     def gmvae_input(self, x: Tensor, e: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """[x, z_e] and the joint module's per-well reconstruction loss (None without images)."""
+        """[x, joint output] and the joint module's per-well reconstruction loss (None without images
+        and for the paper variant, which learns through the GMVAE's reconstruction of its output)."""
         if self.joint is None:
             return x, None
         if e is None:
@@ -181,8 +182,9 @@ class CorrectionModule(nn.Module):
             with torch.no_grad(), amp:
                 z_pairs = self.gmvae.encode(self.gmvae_input(batch.pair_x, batch.pair_e)[0], context.temperature).z
         batch_enc = enc.first(n)
-        # Reconstruct z_e as a fixed target: the joint module learns from its own reconstruction,
-        # not by shrinking z_e to make the GMVAE's job easier.
+        # Compact joint module: z_e is a fixed target (it learns from its own reconstruction, not by
+        # shrinking z_e). Paper variant (no loss of its own): the whole [x, output] is the target, as
+        # in the reference code.
         target = x_in[:n] if joint_recon is None else torch.cat([batch.x[:n], x_in[:n, self.n_cp:].detach()], 1)
         recon, kl_z, kl_y = self.gmvae.elbo_terms(target, batch_enc, x_hat)
         elbo = (recon + kl_z + kl_y).mean()
