@@ -274,13 +274,13 @@ def test_image_features_go_to_the_job_and_train_the_joint_module(tmp_path):
     raw = make_demo_screen(seed=2, n_batches=1, plates_per_batch=2, n_features=40).profiles
     rng = np.random.default_rng(0)
     table = pd.concat([raw.meta[["Metadata_Plate", "Metadata_Well"]].reset_index(drop=True),
-                       pd.DataFrame(rng.normal(size=(raw.n_wells, 45)), columns=[f"mesmer_{i}" for i in range(45)])],
+                       pd.DataFrame(rng.normal(size=(raw.n_wells, 324)), columns=[f"mesmer_{i}" for i in range(324)])],
                       axis=1)
     buf = __import__("io").BytesIO()
     table.to_parquet(buf)
     sid = ds.new_session_id()
     images = ds.load_image_features(upload=("plate_features.parquet", buf.getvalue()), session_id=sid)
-    assert images.features == [f"mesmer_{i}" for i in range(45)] and images.source == "plate_features.parquet"
+    assert images.features == [f"mesmer_{i}" for i in range(324)] and images.source == "plate_features.parquet"
     assert ds.load_image_features("", None, session_id=sid) is None
     with pytest.raises(ds.CpDistillerError, match="Parquet"):
         ds.load_image_features(upload=("features.csv", b"a,b\n"), session_id=sid)

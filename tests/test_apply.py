@@ -19,7 +19,7 @@ from cpdistiller_core.runs import Run, RunSpec, apply_model, load_fitted, read_i
 
 TINY = ["--epochs", "2", "--batch-size", "64", "--hidden-dim", "32", "--latent-dim", "8",
         "--device", "cpu", "--min-steps", "0", "--quiet"]
-N_IMG = 45  # image features per well: 5 pooled values with the joint module's window of 9
+N_IMG = 324  # image features per well: an 18 x 18 view, 4 values after the joint module's 9 x 9 max-pool
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_apply_without_image_features_says_so(small_demo, joint_run, trained, tm
         apply_model(load_fitted(trained), read_csv_profiles(small_demo["new"]),
                     extractor=read_image_features(joint_run["features"]))
     images = read_image_features(joint_run["features"])
-    with pytest.raises(CpDistillerError, match=r"3 of the 45 image features .* missing"):
+    with pytest.raises(CpDistillerError, match=rf"3 of the {N_IMG} image features .* missing"):
         Run.open(joint_run["run"]).apply(read_csv_profiles(small_demo["new"]),
                                          extractor=images.subset(features=images.features[3:]))
 
