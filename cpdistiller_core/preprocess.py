@@ -473,6 +473,7 @@ def select_features(profiles: Profiles, operations: Sequence[str] = FEATURE_OPER
     if unknown:
         raise CpDistillerError(f"unknown feature-selection operation(s) {unknown}; use {list(FEATURE_OPERATIONS)}.")
     X, names = profiles.X, list(profiles.features)
+    cols = np.arange(len(names))  # positions of the kept features in profiles.X
     dropped: list[dict[str, str]] = []
     for k, op in enumerate(operations):
         progress(k / max(len(operations), 1), f"feature selection: {op}")
@@ -511,9 +512,15 @@ def select_features(profiles: Profiles, operations: Sequence[str] = FEATURE_OPER
         if reasons:
             dropped += [{"feature": f, "step": op, "reason": reasons[f]} for f in names if f in reasons]
             keep = np.array([f not in reasons for f in names])
-            X = X[:, keep]
+            cols = cols[keep]
             names = [f for f, k_ in zip(names, keep) if k_]
+            del df
+            X = None  # drop the previous selection before copying the next: one copy at a time
+            X = profiles.X[:, cols]
     progress(1.0, "feature selection done")
+    if X is not profiles.X:  # the same values, C-ordered (X[:, cols] is not: Profiles would copy it again)
+        X = None
+        X = np.take(profiles.X, cols, axis=1)
     return profiles.with_features(X, names), dropped
 
 
@@ -780,7 +787,8 @@ def _normalize_step(cur: Profiles, report: PreprocessReport, warn: Callable[[str
                             "reason": f"MAD 0 among reference wells of {config.normalize_by}(s) "
                                       f"{example_values(plates, 3)}"})
         keep = ~zero | all_nan
-        normed = normed.with_features(normed.X[:, keep], [f for f, k in zip(names, keep) if k])
+        normed = normed.with_features(np.take(normed.X, np.flatnonzero(keep), axis=1),
+                                      [f for f, k in zip(names, keep) if k])
     elif zero.any():
         bad = [names[j] for j in np.flatnonzero(zero)]
         warn(f"{len(bad)} feature(s) have MAD 0 among reference wells on some {config.normalize_by}(s) "
@@ -823,6 +831,7 @@ def _select_step(cur: Profiles, config: PreprocessConfig, dropped: list[dict[str
                              blocklist=config.blocklist, progress=lambda f, m: progress(0.3 + 0.6 * f, m))
     dropped += d
     kept = set(fit.features)
+    del fit  # its matrix is a copy; free it before cur.subset makes the kept one
     left_const = [f for f in before_const if f in kept]
     if left_const:  # constant features carry nothing and break z-scoring; never keep them silently
         dropped += [{"feature": f, "step": "constant", "reason": "constant (variance 0)"} for f in left_const]

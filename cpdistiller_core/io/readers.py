@@ -124,13 +124,16 @@ def _read_parquet(handle: Any, name: str, options: ReadOptions, notes: list[str]
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(handle)
+        pf = pq.ParquetFile(handle)
+        streamed = _read_parquet_streamed(pf, name, options)
+        table = None if streamed is not None else pf.read()
+    except CpDistillerError:
+        raise
     except Exception as exc:  # pyarrow raises several types (ArrowInvalid, OSError...) for bad files
         raise CpDistillerError(f"{name}: cannot read as Parquet: {one_line(exc)}") from None
-    stored = None
-    raw = (table.schema.metadata or {}).get(_STORE_KEY.encode())
-    if raw:
-        stored = json.loads(raw.decode("utf-8"))
+    if streamed is not None:
+        return streamed
+    stored = _parquet_store(table.schema)
     df = table.to_pandas()
     if not stored and not isinstance(df.index, pd.RangeIndex):
         df = df.reset_index()  # a stored pandas index is data too: keep it as leading column(s)
@@ -140,11 +143,55 @@ def _read_parquet(handle: Any, name: str, options: ReadOptions, notes: list[str]
     else:
         feats = feature_columns(df.columns, options.features, options.feature_regex, name)
     fset = set(feats)
-    meta = df[[c for c in df.columns if c not in fset]].reset_index(drop=True)
+    meta = _missing_as_nan(df[[c for c in df.columns if c not in fset]].reset_index(drop=True))
+    return meta, _feature_matrix(df, feats, name, options.dtype), feats, stored
+
+
+def _parquet_store(schema: Any) -> dict | None:
+    raw = (schema.metadata or {}).get(_STORE_KEY.encode())
+    return json.loads(raw.decode("utf-8")) if raw else None
+
+
+def _missing_as_nan(meta: pd.DataFrame) -> pd.DataFrame:
     for c in meta.columns:  # missing text is NaN whatever the format (pyarrow gives None)
         if meta[c].dtype == object and meta[c].isna().any():
             meta[c] = meta[c].where(meta[c].notna(), np.nan)
-    return meta, _feature_matrix(df, feats, name, options.dtype), feats, stored
+    return meta
+
+
+def _read_parquet_streamed(pf: Any, name: str, options: ReadOptions, batch_rows: int = 16384) -> Parts | None:
+    """The bounded-memory path: feature columns streamed in row batches straight into one float matrix,
+    metadata columns read on their own (never the whole table as Arrow plus pandas plus the matrix).
+    None when the file needs the general path: a stored pandas index column, duplicated or
+    non-numeric feature columns (whose errors that path words)."""
+    import pyarrow as pa
+
+    schema = pf.schema_arrow
+    names = [str(c) for c in schema.names]
+    pandas_meta = json.loads((schema.metadata or {}).get(b"pandas", b"{}") or b"{}")
+    if any(isinstance(c, str) for c in pandas_meta.get("index_columns", [])) or len(set(names)) != len(names):
+        return None
+    stored = _parquet_store(schema)
+    if stored:
+        feats = _stored_features(stored, names, options, name)
+    else:
+        feats = feature_columns(names, options.features, options.feature_regex, name)
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    if any(not any(ok(schema.field(f).type) for ok in numeric) for f in feats):
+        return None
+    fset = set(feats)
+    meta_cols = [c for c in names if c not in fset]
+    meta = pf.read(columns=meta_cols).to_pandas() if meta_cols else \
+        pd.DataFrame(index=pd.RangeIndex(pf.metadata.num_rows))
+    meta.columns = [str(c) for c in meta.columns]
+    X = np.empty((pf.metadata.num_rows, len(feats)), dtype=options.dtype)
+    start = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=feats, use_pandas_metadata=False):
+        stop = start + batch.num_rows
+        for j, f in enumerate(feats):
+            X[start:stop, j] = batch.column(f).to_numpy(zero_copy_only=False)
+        start = stop
+    return _missing_as_nan(meta.reset_index(drop=True)), X, feats, stored
 
 
 def _read_h5ad(handle: Any, name: str, options: ReadOptions, notes: list[str] | None,
