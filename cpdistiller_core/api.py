@@ -88,6 +88,30 @@ class InputTransform:
     @classmethod
     def fit(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
             source: str | None = None, min_controls: int = 10) -> InputTransform:
+        return cls._fit(X, negative, sphering, regularization, source, min_controls)[0]
+
+    @classmethod
+    def fit_apply(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
+                  source: str | None = None, min_controls: int = 10,
+                  chunk: int = 8192) -> tuple[InputTransform, np.ndarray]:
+        """``fit`` and ``apply`` in one pass over memory: the sphered copy made for the statistics is
+        standardised in place, so the model input costs one copy of ``X``, not two. Same values as
+        ``fit(X, ...).apply(X)``."""
+        self, Y = cls._fit(X, negative, sphering, regularization, source, min_controls)
+        out = Y if Y is not X else np.empty(X.shape, dtype=np.float32)
+        for s in range(0, X.shape[0], chunk):
+            blk = Y[s:s + chunk]
+            if out is Y:
+                blk -= self.mean
+                blk /= self.std
+            else:
+                out[s:s + chunk] = (blk - self.mean) / self.std
+        return self, out
+
+    @classmethod
+    def _fit(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
+             source: str | None, min_controls: int) -> tuple[InputTransform, np.ndarray]:
+        """The transform and whiten(X - center) (X itself when not sphered)."""
         d = X.shape[1]
         center = np.zeros(d, dtype=np.float32)
         whitening = None
@@ -114,7 +138,7 @@ class InputTransform:
         mean = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
         std = Y.std(axis=0, dtype=np.float64).astype(np.float32)
         std[~(std > 1e-8)] = 1.0
-        return cls(center, whitening, mean, std)
+        return cls(center, whitening, mean, std), Y
 
     def apply(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
         """Transformed copy of X (float32), computed in row chunks to bound temporary memory."""
@@ -298,9 +322,11 @@ class CpDistiller:
         cfg = self.config
         if base is None:
             self.features = list(profiles.features)
-            self.input_transform = InputTransform.fit(profiles.X, profiles.negative_mask, cfg.sphering,
-                                                      cfg.sphering_regularization, src, cfg.sphering_min_controls)
-        X = self.input_transform.apply(profiles.subset(features=self.features).X if base is not None else profiles.X)
+            self.input_transform, X = InputTransform.fit_apply(
+                profiles.X, profiles.negative_mask, cfg.sphering, cfg.sphering_regularization, src,
+                cfg.sphering_min_controls)
+        else:
+            X = self.input_transform.apply(profiles.subset(features=self.features).X)
         data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary_wells,
                                        features=self.features, extractor=extractor, device=self.device,
                                        progress=lambda f, m: progress(0.05 * f, m))
