@@ -142,6 +142,24 @@ def plates(n_wells: int, n_features: int, seed: int = 0) -> Iterator[tuple[dict,
         yield model.plate(b, i, np.random.default_rng([seed, i]))
 
 
+def make_profiles(n_wells: int, n_features: int = 1446, seed: int = 0):
+    """The same screen in memory as Profiles (one float32 matrix filled plate by plate)."""
+    import pandas as pd
+
+    from cpdistiller_core.profiles import Profiles, Roles
+
+    plan = plate_plan(n_wells)
+    X = np.empty((sum(w for _, w in plan), n_features), dtype=np.float32)
+    metas, start = [], 0
+    for meta, block in plates(n_wells, n_features, seed):
+        X[start:start + len(block)] = block
+        start += len(block)
+        metas.append(pd.DataFrame(meta))
+    roles = Roles(plate="Metadata_Plate", well="Metadata_Well", batch="Metadata_Batch",
+                  perturbation="Metadata_pert_iname", control="Metadata_control_type", negative_values=("negcon",))
+    return Profiles(meta=pd.concat(metas, ignore_index=True), X=X, features=feature_names(n_features), roles=roles)
+
+
 def write_screen(path: str | Path, n_wells: int, n_features: int = 1446, seed: int = 0) -> dict:
     """Write the screen to ``path`` (Parquet, one row group per plate); returns a summary."""
     import pyarrow as pa
