@@ -83,9 +83,13 @@ class StageClock:
             self.switch("training")  # the last mining message; training reports only at epoch ends
 
 
-def child(path: str, epochs: int, scorecard_max: int, effects: str) -> dict:
+def child(path: str, epochs: int, scorecard_max: int, effects: str, verdict: bool = True) -> dict:
     """In a fresh process: the real correction path on ``path``, then the scorecard."""
+    from cpdistiller_core import runs
     from cpdistiller_core.runs import Run, RunSpec, run_correction
+
+    if not verdict:  # --no-verdict: the run's "did it help?" stage is skipped (and reported as not run)
+        runs._write_verdict = lambda *a, **k: {"status": "not run (bench_scale --no-verdict)", "problems": []}
 
     clock = StageClock()
     run_dir = Path(tempfile.mkdtemp(prefix="bench_scale_run_"))
@@ -167,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--effects", default="batch,row,column")
     ap.add_argument("--scorecard-max", type=int, default=100000, help="skip the scorecard above this many wells")
+    ap.add_argument("--no-verdict", action="store_true", help="skip the run's 'did it help?' stage (saves time)")
     ap.add_argument("--plot", help="write a PNG of the table")
     ap.add_argument("--stages-only", action="store_true", help="print the rows; write no result files")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.epochs, args.scorecard_max, args.effects)))
+        print(json.dumps(child(args.child, args.epochs, args.scorecard_max, args.effects, not args.no_verdict)))
         return 0
     from make_scale_screen import write_screen
 
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(tmp) / f"screen_{n}.parquet"
             gen = write_screen(path, n, args.features)
             out = subprocess.run([sys.executable, __file__, "--child", str(path), "--epochs", str(args.epochs),
-                                  "--effects", args.effects, "--scorecard-max", str(args.scorecard_max)],
+                                  "--effects", args.effects, "--scorecard-max", str(args.scorecard_max),
+                                  *(["--no-verdict"] if args.no_verdict else [])],
                                  capture_output=True, text=True)
         if out.returncode:
             print(out.stderr[-3000:], file=sys.stderr)
