@@ -159,9 +159,10 @@ def _missing_as_nan(meta: pd.DataFrame) -> pd.DataFrame:
     return meta
 
 
-def _read_parquet_streamed(pf: Any, name: str, options: ReadOptions, batch_rows: int = 16384) -> Parts | None:
-    """The bounded-memory path: feature columns streamed in row batches straight into one float matrix,
-    metadata columns read on their own (never the whole table as Arrow plus pandas plus the matrix).
+def _read_parquet_streamed(pf: Any, name: str, options: ReadOptions, block_cols: int = 64) -> Parts | None:
+    """The bounded-memory path: feature columns read ``block_cols`` at a time straight into one float
+    matrix, metadata columns on their own (never the whole table as Arrow plus pandas plus the matrix;
+    Arrow's reader over all ~1,500 columns at once also buffers several times the data it returns).
     None when the file needs the general path: a stored pandas index column, duplicated or
     non-numeric feature columns (whose errors that path words)."""
     import pyarrow as pa
@@ -176,7 +177,7 @@ def _read_parquet_streamed(pf: Any, name: str, options: ReadOptions, batch_rows:
         feats = _stored_features(stored, names, options, name)
     else:
         feats = feature_columns(names, options.features, options.feature_regex, name)
-    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    numeric = (pa.types.is_integer, pa.types.is_floating)
     if any(not any(ok(schema.field(f).type) for ok in numeric) for f in feats):
         return None
     fset = set(feats)
@@ -185,12 +186,11 @@ def _read_parquet_streamed(pf: Any, name: str, options: ReadOptions, batch_rows:
         pd.DataFrame(index=pd.RangeIndex(pf.metadata.num_rows))
     meta.columns = [str(c) for c in meta.columns]
     X = np.empty((pf.metadata.num_rows, len(feats)), dtype=options.dtype)
-    start = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=feats, use_pandas_metadata=False):
-        stop = start + batch.num_rows
-        for j, f in enumerate(feats):
-            X[start:stop, j] = batch.column(f).to_numpy(zero_copy_only=False)
-        start = stop
+    for j0 in range(0, len(feats), block_cols):
+        block = pf.read(columns=feats[j0:j0 + block_cols], use_threads=False, use_pandas_metadata=False)
+        for j, f in enumerate(feats[j0:j0 + block_cols]):  # by name: a read keeps the file's column order
+            X[:, j0 + j] = block.column(f).to_numpy()
+        del block
     return _missing_as_nan(meta.reset_index(drop=True)), X, feats, stored
 
 
