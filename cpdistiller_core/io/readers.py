@@ -191,6 +191,7 @@ def _read_parquet_streamed(pf: Any, name: str, options: ReadOptions, block_cols:
         for j, f in enumerate(feats[j0:j0 + block_cols]):  # by name: a read keeps the file's column order
             X[:, j0 + j] = block.column(f).to_numpy()
         del block
+    pa.default_memory_pool().release_unused()  # return the blocks' pages rather than keep them pooled
     return _missing_as_nan(meta.reset_index(drop=True)), X, feats, stored
 
 

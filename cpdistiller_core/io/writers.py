@@ -96,6 +96,8 @@ def _write_parquet(profiles: Profiles, tmp: Path, path: Path, info: dict[str, An
     schema_meta[b"pandas"] = json.dumps(pandas_meta).encode("utf-8")
     schema_meta[_STORE_KEY.encode()] = json.dumps(info, default=json_default).encode("utf-8")
     pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+    del table
+    pa.default_memory_pool().release_unused()  # Arrow's pool would keep the copy's pages for the whole run
 
 
 def _write_h5ad(profiles: Profiles, tmp: Path, path: Path, info: dict[str, Any],
