@@ -8,7 +8,7 @@ screen of ``make_scale_screen.py`` in memory (384- and 1,536-well plates, 12 bat
 negative controls; z-scored per feature, the shape ``preprocess`` hands over; preprocessing is CPU work,
 measured by ``bench_scale.py``), fits ``CpDistiller`` on ``cuda`` with ``amp=True`` (bf16 autocast where
 the GPU has bf16, else fp16 + GradScaler: ``train.amp_settings``) and transforms every well. Recorded:
-neighbour mining (CPU/faiss-free exact search as on CPU), training time and steps, ms per step,
+neighbour mining (on the CPU, as on every device), training time and steps, ms per step,
 wells x epochs per second, the 50-epoch extrapolation for sizes trained on fewer epochs, transform time,
 peak GPU memory (``torch.cuda.max_memory_allocated``) and peak host RSS.
 
@@ -82,8 +82,8 @@ def markdown(rows: list[dict]) -> str:
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fifty = f"{r['train_50_epochs_s']} s" + (" (extrapolated)" if r["extrapolated"] else "")
-        out.append(f"| {r['wells']:,} | {r['epochs']} | {r['amp_dtype']} | {r['mining_s']} s | {r['train_s']} s "
-                   f"| {r['ms_per_step']} | {fifty} | {r['transform_s']} s | {r['gpu_peak_gb']} GB "
+        out.append(f"| {r['wells']:,} | {r['epochs']} | {r['amp_dtype'] or 'float32'} | {r['mining_s']} s | {r['train_s']} s "
+                   f"| {r['ms_per_step']} | {fifty} | {r['transform_s']} s | {r['gpu_peak_gb'] or 'n/a'} GB "
                    f"| {r['host_peak_gb']} GB |")
     return "\n".join(out) + "\n"
 
