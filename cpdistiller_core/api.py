@@ -135,8 +135,8 @@ class InputTransform:
             whitening = ZCAWhitening.fit(Xn - center, regularization)
             center = center.astype(np.float32)
             Y = _chunked_affine(X, center, whitening)
-        mean = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = Y.std(axis=0, dtype=np.float64).astype(np.float32)
+        mean64, std64 = _column_mean_std(Y)
+        mean, std = mean64.astype(np.float32), std64.astype(np.float32)
         std[~(std > 1e-8)] = 1.0
         return cls(center, whitening, mean, std), Y
 
@@ -167,6 +167,25 @@ class InputTransform:
         elif "whiten" in t:
             whitening = ZCAWhitening.from_matrix(t["whiten"].numpy())
         return cls(t["center"].numpy(), whitening, t["mean"].numpy(), t["std"].numpy())
+
+
+def _column_sum(X: np.ndarray, f: Callable[[np.ndarray], np.ndarray], chunk: int) -> np.ndarray:
+    """Column sums of f(row chunk), added row after row as numpy's axis-0 sum of a C-ordered matrix does."""
+    acc = None
+    for s in range(0, X.shape[0], chunk):
+        blk = f(X[s:s + chunk])
+        acc = np.add.reduce(blk if acc is None else np.concatenate([acc[None], blk]), axis=0)
+    assert acc is not None
+    return acc
+
+
+def _column_mean_std(X: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """float64 column mean and (population) std, equal to ``X.mean/std(axis=0, dtype=float64)`` to the
+    last bit, without numpy's full-size float64 matrix of deviations (2 copies of a float32 X)."""
+    n = X.shape[0]
+    mean = _column_sum(X, lambda b: b.astype(np.float64), chunk) / n
+    var = _column_sum(X, lambda b: np.square(b - mean), chunk) / n
+    return mean, np.sqrt(var)
 
 
 def _chunked_affine(X: np.ndarray, center: np.ndarray, whitening: ZCAWhitening | None,
