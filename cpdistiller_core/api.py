@@ -88,6 +88,30 @@ class InputTransform:
     @classmethod
     def fit(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
             source: str | None = None, min_controls: int = 10) -> InputTransform:
+        return cls._fit(X, negative, sphering, regularization, source, min_controls)[0]
+
+    @classmethod
+    def fit_apply(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
+                  source: str | None = None, min_controls: int = 10,
+                  chunk: int = 8192) -> tuple[InputTransform, np.ndarray]:
+        """``fit`` and ``apply`` in one pass over memory: the sphered copy made for the statistics is
+        standardised in place, so the model input costs one copy of ``X``, not two. Same values as
+        ``fit(X, ...).apply(X)``."""
+        self, Y = cls._fit(X, negative, sphering, regularization, source, min_controls)
+        out = Y if Y is not X else np.empty(X.shape, dtype=np.float32)
+        for s in range(0, X.shape[0], chunk):
+            blk = Y[s:s + chunk]
+            if out is Y:
+                blk -= self.mean
+                blk /= self.std
+            else:
+                out[s:s + chunk] = (blk - self.mean) / self.std
+        return self, out
+
+    @classmethod
+    def _fit(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
+             source: str | None, min_controls: int) -> tuple[InputTransform, np.ndarray]:
+        """The transform and whiten(X - center) (X itself when not sphered)."""
         d = X.shape[1]
         center = np.zeros(d, dtype=np.float32)
         whitening = None
@@ -111,10 +135,10 @@ class InputTransform:
             whitening = ZCAWhitening.fit(Xn - center, regularization)
             center = center.astype(np.float32)
             Y = _chunked_affine(X, center, whitening)
-        mean = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = Y.std(axis=0, dtype=np.float64).astype(np.float32)
+        mean64, std64 = _column_mean_std(Y)
+        mean, std = mean64.astype(np.float32), std64.astype(np.float32)
         std[~(std > 1e-8)] = 1.0
-        return cls(center, whitening, mean, std)
+        return cls(center, whitening, mean, std), Y
 
     def apply(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
         """Transformed copy of X (float32), computed in row chunks to bound temporary memory."""
@@ -143,6 +167,25 @@ class InputTransform:
         elif "whiten" in t:
             whitening = ZCAWhitening.from_matrix(t["whiten"].numpy())
         return cls(t["center"].numpy(), whitening, t["mean"].numpy(), t["std"].numpy())
+
+
+def _column_sum(X: np.ndarray, f: Callable[[np.ndarray], np.ndarray], chunk: int) -> np.ndarray:
+    """Column sums of f(row chunk), added row after row as numpy's axis-0 sum of a C-ordered matrix does."""
+    acc = None
+    for s in range(0, X.shape[0], chunk):
+        blk = f(X[s:s + chunk])
+        acc = np.add.reduce(blk if acc is None else np.concatenate([acc[None], blk]), axis=0)
+    assert acc is not None
+    return acc
+
+
+def _column_mean_std(X: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """float64 column mean and (population) std, equal to ``X.mean/std(axis=0, dtype=float64)`` to the
+    last bit, without numpy's full-size float64 matrix of deviations (2 copies of a float32 X)."""
+    n = X.shape[0]
+    mean = _column_sum(X, lambda b: b.astype(np.float64), chunk) / n
+    var = _column_sum(X, lambda b: np.square(b - mean), chunk) / n
+    return mean, np.sqrt(var)
 
 
 def _chunked_affine(X: np.ndarray, center: np.ndarray, whitening: ZCAWhitening | None,
@@ -298,9 +341,11 @@ class CpDistiller:
         cfg = self.config
         if base is None:
             self.features = list(profiles.features)
-            self.input_transform = InputTransform.fit(profiles.X, profiles.negative_mask, cfg.sphering,
-                                                      cfg.sphering_regularization, src, cfg.sphering_min_controls)
-        X = self.input_transform.apply(profiles.subset(features=self.features).X if base is not None else profiles.X)
+            self.input_transform, X = InputTransform.fit_apply(
+                profiles.X, profiles.negative_mask, cfg.sphering, cfg.sphering_regularization, src,
+                cfg.sphering_min_controls)
+        else:
+            X = self.input_transform.apply(profiles.subset(features=self.features).X)
         data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary_wells,
                                        features=self.features, extractor=extractor, device=self.device,
                                        progress=lambda f, m: progress(0.05 * f, m))

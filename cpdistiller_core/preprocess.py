@@ -136,17 +136,18 @@ class PreprocessConfig:
 
 # ----- normalisation ---------------------------------------------------------------------------------
 def mad_normalize_array(X: np.ndarray, groups: np.ndarray, reference: np.ndarray, eps: float = 1e-18,
-                        dtype: type = np.float64) -> tuple[np.ndarray, dict[Any, np.ndarray]]:
+                        dtype: type = np.float64, overwrite: bool = False) -> tuple[np.ndarray, dict[Any, np.ndarray]]:
     """pycytominer's ``RobustMAD`` fitted on the reference rows of each group, applied to the group.
 
     Arithmetic is float64; the result is stored as ``dtype``. Returns it and, per group, a boolean mask of features whose reference
     MAD is 0. NaNs are ignored when fitting (pandas ``median`` / scipy ``median_abs_deviation`` with
-    ``nan_policy="omit"``) and stay NaN. Groups without reference rows raise.
+    ``nan_policy="omit"``) and stay NaN. Groups without reference rows raise. ``overwrite``: write the
+    result into ``X`` when it already has ``dtype`` (each group is read in full before it is written).
     """
     X = np.asarray(X)
     codes, uniques = pd.factorize(pd.Series(groups), sort=False)
     reference = np.asarray(reference, dtype=bool)
-    out = np.empty(X.shape, dtype=dtype)
+    out = X if overwrite and X.dtype == dtype else np.empty(X.shape, dtype=dtype)
     zero_mad: dict[Any, np.ndarray] = {}
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
@@ -248,20 +249,23 @@ class MadStats:
 
 @overload
 def mad_normalize(profiles: Profiles, by: str = ..., samples: str = ..., eps: float = ..., *,
-                  warn: Callable[[str], None] | None = ..., return_stats: Literal[False] = ...) -> Profiles: ...
+                  warn: Callable[[str], None] | None = ..., return_stats: Literal[False] = ...,
+                  overwrite: bool = ...) -> Profiles: ...
 @overload
 def mad_normalize(profiles: Profiles, by: str = ..., samples: str = ..., eps: float = ..., *,
-                  warn: Callable[[str], None] | None = ..., return_stats: Literal[True]) -> tuple[Profiles, MadStats]: ...
+                  warn: Callable[[str], None] | None = ..., return_stats: Literal[True],
+                  overwrite: bool = ...) -> tuple[Profiles, MadStats]: ...
 def mad_normalize(profiles: Profiles, by: str = "plate", samples: str = "negcon", eps: float = 1e-18, *,
                   warn: Callable[[str], None] | None = None,
-                  return_stats: bool = False) -> Profiles | tuple[Profiles, MadStats]:
+                  return_stats: bool = False, overwrite: bool = False) -> Profiles | tuple[Profiles, MadStats]:
     """Robust MAD normalisation per ``by`` group against its reference wells (pycytominer ``mad_robustize``).
 
     Computed in float64, stored as float32 like every Profiles; infinite inputs count as missing.
     Raises naming the plates without reference wells; ``samples="all"`` (every well) warns, and so
     does ``"negcon"`` on profiles with no negative control at all, which then normalises against all
     wells. ``warn`` receives the warnings instead of :func:`warnings.warn`; ``return_stats`` also
-    returns a :class:`MadStats`.
+    returns a :class:`MadStats`. ``overwrite``: normalise ``profiles.X`` in place when it is float32 (saves
+    a copy of the matrix; ``profiles`` then holds the normalised values).
     """
     say = warn or _warn
     if samples == "negcon" and not profiles.negative_mask.any():
@@ -272,7 +276,8 @@ def mad_normalize(profiles: Profiles, by: str = "plate", samples: str = "negcon"
     groups = _group_labels(profiles, by)
     ref = reference_mask(profiles, samples)
     _check_references(profiles, groups, ref, by, samples)
-    Z, zero_mad = mad_normalize_array(_finite_or_nan(profiles.X), groups, ref, eps, dtype=np.float32)
+    Z, zero_mad = mad_normalize_array(_finite_or_nan(profiles.X), groups, ref, eps, dtype=np.float32,
+                                      overwrite=overwrite)
     out = profiles.with_features(Z, profiles.features)
     return (out, MadStats(samples, zero_mad)) if return_stats else out
 
@@ -485,6 +490,7 @@ def select_features(profiles: Profiles, operations: Sequence[str] = FEATURE_OPER
     if unknown:
         raise CpDistillerError(f"unknown feature-selection operation(s) {unknown}; use {list(FEATURE_OPERATIONS)}.")
     X, names = profiles.X, list(profiles.features)
+    cols = np.arange(len(names))  # positions of the kept features in profiles.X
     dropped: list[dict[str, str]] = []
     for k, op in enumerate(operations):
         progress(k / max(len(operations), 1), f"feature selection: {op}")
@@ -523,9 +529,15 @@ def select_features(profiles: Profiles, operations: Sequence[str] = FEATURE_OPER
         if reasons:
             dropped += [{"feature": f, "step": op, "reason": reasons[f]} for f in names if f in reasons]
             keep = np.array([f not in reasons for f in names])
-            X = X[:, keep]
+            cols = cols[keep]
             names = [f for f, k_ in zip(names, keep) if k_]
+            del df
+            X = None  # drop the previous selection before copying the next: one copy at a time
+            X = profiles.X[:, cols]
     progress(1.0, "feature selection done")
+    if X is not profiles.X:  # the same values, C-ordered (X[:, cols] is not: Profiles would copy it again)
+        X = None
+        X = np.take(profiles.X, cols, axis=1)
     return profiles.with_features(X, names), dropped
 
 
@@ -689,7 +701,8 @@ class PreprocessReport:
 
 # ----- the pipeline ----------------------------------------------------------------------------------
 def preprocess(profiles: Profiles, config: PreprocessConfig | None = None,
-               progress: ProgressCallback | None = None) -> tuple[Profiles, PreprocessReport]:
+               progress: ProgressCallback | None = None, *,
+               overwrite_input: bool = False) -> tuple[Profiles, PreprocessReport]:
     """Normalise, select features, handle incomplete wells, clip and z-score.
 
     Parameters
@@ -700,6 +713,9 @@ def preprocess(profiles: Profiles, config: PreprocessConfig | None = None,
         The settings (default: the paper's).
     progress : callable, optional
         ``progress(fraction, message)``.
+    overwrite_input : bool
+        Normalise and scale in ``profiles.X`` itself when it is float32, saving a copy of the matrix
+        (one copy fewer at the peak); only for callers that do not use ``profiles`` afterwards.
 
     Returns
     -------
@@ -715,11 +731,12 @@ def preprocess(profiles: Profiles, config: PreprocessConfig | None = None,
     0
     >>> new_clean = report.apply(cpd.read_profiles("new_plates.parquet"))         # doctest: +SKIP
     """
-    return _run(profiles, config or PreprocessConfig(), progress, select=True, zscore_params=None)
+    return _run(profiles, config or PreprocessConfig(), progress, select=True, zscore_params=None,
+                overwrite=overwrite_input)
 
 
 def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallback | None, *, select: bool,
-         zscore_params: tuple[Sequence[float] | None, Sequence[float] | None] | None
+         zscore_params: tuple[Sequence[float] | None, Sequence[float] | None] | None, overwrite: bool = False
          ) -> tuple[Profiles, PreprocessReport]:
     """The pipeline: the step functions in order, each reporting into one PreprocessReport."""
     progress = progress or no_progress
@@ -747,7 +764,7 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
 
     progress(0.02, "normalising")
     if config.normalize == "mad_robustize":
-        cur = _normalize_step(cur, report, warn, dropped_feats, select)
+        cur = _normalize_step(cur, report, warn, dropped_feats, select, overwrite)
         config = report.config
     if cur.X.dtype != np.float32:  # full-precision input without normalisation: store like every output
         cur = cur.with_features(cur.X.astype(np.float32), cur.features)
@@ -761,7 +778,7 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
 
     progress(0.92, "clipping and scaling")
     # from here on, work in place on a matrix this function owns (saves two copies of the data)
-    if np.may_share_memory(cur.X, profiles.X):
+    if not overwrite and np.may_share_memory(cur.X, profiles.X):
         cur = cur.with_features(cur.X.copy(), cur.features)
     cur = _scale_step(cur, config, report, warn, zscore_params)
     report.n_wells_out = cur.n_wells
@@ -771,13 +788,15 @@ def _run(profiles: Profiles, config: PreprocessConfig, progress: ProgressCallbac
 
 
 def _normalize_step(cur: Profiles, report: PreprocessReport, warn: Callable[[str], None],
-                    dropped: list[dict[str, str]], select: bool) -> Profiles:
+                    dropped: list[dict[str, str]], select: bool, overwrite: bool = False) -> Profiles:
     """:func:`mad_normalize`, then the pipeline's policies: features with MAD 0 are dropped (or
     warned about), values beyond float32 range become missing. Sets ``report.config`` to the
     settings used (``normalize_samples="all"`` when there is no negative control at all)."""
     config = report.config
+    # of the input: all-NaN features are reported by drop_na_columns (taken before an in-place normalisation)
+    input_all_nan = np.isnan(cur.X).all(axis=0) if overwrite and config.drop_zero_mad and select else None
     normed, stats = mad_normalize(cur, config.normalize_by, config.normalize_samples, config.mad_epsilon,
-                                  warn=warn, return_stats=True)
+                                  warn=warn, return_stats=True, overwrite=overwrite)
     if stats.samples != config.normalize_samples:  # as the load warning promised: all wells are the reference
         report.config = dataclasses.replace(config, normalize_samples=stats.samples)
     zero = np.zeros(cur.n_features, dtype=bool)
@@ -785,14 +804,15 @@ def _normalize_step(cur: Profiles, report: PreprocessReport, warn: Callable[[str
         zero |= m
     names = cur.features
     if zero.any() and config.drop_zero_mad and select:
-        all_nan = np.isnan(cur.X).all(axis=0)  # of the input: all-NaN features are reported by drop_na_columns
+        all_nan = input_all_nan if input_all_nan is not None else np.isnan(cur.X).all(axis=0)
         for j in np.flatnonzero(zero & ~all_nan):
             plates = [str(g) for g, m in stats.zero_mad.items() if m[j]]
             dropped.append({"feature": names[j], "step": "normalize",
                             "reason": f"MAD 0 among reference wells of {config.normalize_by}(s) "
                                       f"{example_values(plates, 3)}"})
         keep = ~zero | all_nan
-        normed = normed.with_features(normed.X[:, keep], [f for f, k in zip(names, keep) if k])
+        normed = normed.with_features(np.take(normed.X, np.flatnonzero(keep), axis=1),
+                                      [f for f, k in zip(names, keep) if k])
     elif zero.any():
         bad = [names[j] for j in np.flatnonzero(zero)]
         warn(f"{len(bad)} feature(s) have MAD 0 among reference wells on some {config.normalize_by}(s) "
@@ -835,6 +855,7 @@ def _select_step(cur: Profiles, config: PreprocessConfig, dropped: list[dict[str
                              blocklist=config.blocklist, progress=lambda f, m: progress(0.3 + 0.6 * f, m))
     dropped += d
     kept = set(fit.features)
+    del fit  # its matrix is a copy; free it before cur.subset makes the kept one
     left_const = [f for f in before_const if f in kept]
     if left_const:  # constant features carry nothing and break z-scoring; never keep them silently
         dropped += [{"feature": f, "step": "constant", "reason": "constant (variance 0)"} for f in left_const]

@@ -333,7 +333,7 @@ class Profiles:
             unknown = [f for f in features if f not in pos]
             if unknown:
                 raise CpDistillerError(f"unknown feature(s) {unknown[:5]}.")
-            X = X[:, [pos[f] for f in features]]
+            X = np.take(X, [pos[f] for f in features], axis=1)  # C-ordered: X[:, idx] would need a 2nd copy
             names = list(features)
         return self.replace(meta=meta, X=X, features=names)
 

@@ -300,7 +300,9 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
     if spec.preprocess is not None:
         writer.stage("preprocessing", 0.02)
         t = time.perf_counter()
-        profiles, prep_report = run_preprocess(profiles, spec.preprocess, progress=writer.progress(0.02, 0.08))
+        # profiles read here are this function's own: preprocess may overwrite them (one copy fewer at the peak)
+        profiles, prep_report = run_preprocess(profiles, spec.preprocess, progress=writer.progress(0.02, 0.08),
+                                               overwrite_input=not isinstance(input_profiles, Profiles))
         timings["preprocess_s"] = round(time.perf_counter() - t, 3)
         report["preprocess"] = prep_report.summary()
     write_profiles(profiles, run_dir / INPUT_FILE)

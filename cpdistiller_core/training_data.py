@@ -32,11 +32,17 @@ class TripletSource(Protocol):
     def sample(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
-def _check_finite(profiles: Profiles, what: str = "features") -> None:
-    bad = ~np.isfinite(profiles.X)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        cols = [profiles.features[j] for j in np.flatnonzero(bad.any(axis=0))]
+def _check_finite(profiles: Profiles, what: str = "features", chunk: int = 16384) -> None:
+    X = profiles.X
+    bad_rows, bad_cols = [], np.zeros(X.shape[1], dtype=bool)
+    for s in range(0, X.shape[0], chunk):  # row chunks: no wells x features mask
+        bad = ~np.isfinite(X[s:s + chunk])
+        if bad.any():
+            bad_rows.append(s + np.flatnonzero(bad.any(axis=1)))
+            bad_cols |= bad.any(axis=0)
+    if bad_rows:
+        rows = np.concatenate(bad_rows)
+        cols = [profiles.features[j] for j in np.flatnonzero(bad_cols)]
         raise CpDistillerError(
             f"{where(profiles.source or None)}{what} contain NaN/inf in {len(rows)} well(s) "
             f"(rows {', '.join(str(profiles.meta.index[i]) for i in rows[:5])}; columns "

@@ -124,13 +124,16 @@ def _read_parquet(handle: Any, name: str, options: ReadOptions, notes: list[str]
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(handle)
+        pf = pq.ParquetFile(handle)
+        streamed = _read_parquet_streamed(pf, name, options)
+        table = None if streamed is not None else pf.read()
+    except CpDistillerError:
+        raise
     except Exception as exc:  # pyarrow raises several types (ArrowInvalid, OSError...) for bad files
         raise CpDistillerError(f"{name}: cannot read as Parquet: {one_line(exc)}") from None
-    stored = None
-    raw = (table.schema.metadata or {}).get(_STORE_KEY.encode())
-    if raw:
-        stored = json.loads(raw.decode("utf-8"))
+    if streamed is not None:
+        return streamed
+    stored = _parquet_store(table.schema)
     df = table.to_pandas()
     if not stored and not isinstance(df.index, pd.RangeIndex):
         df = df.reset_index()  # a stored pandas index is data too: keep it as leading column(s)
@@ -140,11 +143,56 @@ def _read_parquet(handle: Any, name: str, options: ReadOptions, notes: list[str]
     else:
         feats = feature_columns(df.columns, options.features, options.feature_regex, name)
     fset = set(feats)
-    meta = df[[c for c in df.columns if c not in fset]].reset_index(drop=True)
+    meta = _missing_as_nan(df[[c for c in df.columns if c not in fset]].reset_index(drop=True))
+    return meta, _feature_matrix(df, feats, name, options.dtype), feats, stored
+
+
+def _parquet_store(schema: Any) -> dict | None:
+    raw = (schema.metadata or {}).get(_STORE_KEY.encode())
+    return json.loads(raw.decode("utf-8")) if raw else None
+
+
+def _missing_as_nan(meta: pd.DataFrame) -> pd.DataFrame:
     for c in meta.columns:  # missing text is NaN whatever the format (pyarrow gives None)
         if meta[c].dtype == object and meta[c].isna().any():
             meta[c] = meta[c].where(meta[c].notna(), np.nan)
-    return meta, _feature_matrix(df, feats, name, options.dtype), feats, stored
+    return meta
+
+
+def _read_parquet_streamed(pf: Any, name: str, options: ReadOptions, block_cols: int = 64) -> Parts | None:
+    """The bounded-memory path: feature columns read ``block_cols`` at a time straight into one float
+    matrix, metadata columns on their own (never the whole table as Arrow plus pandas plus the matrix;
+    Arrow's reader over all ~1,500 columns at once also buffers several times the data it returns).
+    None when the file needs the general path: a stored pandas index column, duplicated or
+    non-numeric feature columns (whose errors that path words)."""
+    import pyarrow as pa
+
+    schema = pf.schema_arrow
+    names = [str(c) for c in schema.names]
+    pandas_meta = json.loads((schema.metadata or {}).get(b"pandas", b"{}") or b"{}")
+    if any(isinstance(c, str) for c in pandas_meta.get("index_columns", [])) or len(set(names)) != len(names):
+        return None
+    stored = _parquet_store(schema)
+    if stored:
+        feats = _stored_features(stored, names, options, name)
+    else:
+        feats = feature_columns(names, options.features, options.feature_regex, name)
+    numeric = (pa.types.is_integer, pa.types.is_floating)
+    if any(not any(ok(schema.field(f).type) for ok in numeric) for f in feats):
+        return None
+    fset = set(feats)
+    meta_cols = [c for c in names if c not in fset]
+    meta = pf.read(columns=meta_cols).to_pandas() if meta_cols else \
+        pd.DataFrame(index=pd.RangeIndex(pf.metadata.num_rows))
+    meta.columns = [str(c) for c in meta.columns]
+    X = np.empty((pf.metadata.num_rows, len(feats)), dtype=options.dtype)
+    for j0 in range(0, len(feats), block_cols):
+        block = pf.read(columns=feats[j0:j0 + block_cols], use_threads=False, use_pandas_metadata=False)
+        for j, f in enumerate(feats[j0:j0 + block_cols]):  # by name: a read keeps the file's column order
+            X[:, j0 + j] = block.column(f).to_numpy()
+        del block
+    pa.default_memory_pool().release_unused()  # return the blocks' pages rather than keep them pooled
+    return _missing_as_nan(meta.reset_index(drop=True)), X, feats, stored
 
 
 def _read_h5ad(handle: Any, name: str, options: ReadOptions, notes: list[str] | None,

@@ -29,33 +29,46 @@ def check_duplicates(profiles: Profiles, origin: np.ndarray | None = None) -> No
     )
 
 
+def _column_stats(X: np.ndarray, chunk: int = 16384
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per feature: all NaN, finite min and max, any finite, count of infinities; in row chunks, so the
+    temporary masks stay a chunk's size whatever the number of wells."""
+    d = X.shape[1]
+    all_nan = np.ones(d, dtype=bool)
+    any_finite = np.zeros(d, dtype=bool)
+    lo, hi = np.full(d, np.inf, dtype=X.dtype), np.full(d, -np.inf, dtype=X.dtype)
+    n_inf = np.zeros(d, dtype=np.int64)
+    for s in range(0, X.shape[0], chunk):
+        blk = X[s:s + chunk]
+        all_nan &= np.isnan(blk).all(axis=0)
+        finite = np.isfinite(blk)
+        any_finite |= finite.any(axis=0)
+        np.minimum(lo, np.where(finite, blk, np.inf).min(axis=0, initial=np.inf), out=lo)
+        np.maximum(hi, np.where(finite, blk, -np.inf).max(axis=0, initial=-np.inf), out=hi)
+        n_inf += np.isinf(blk).sum(axis=0)
+    return all_nan, lo, hi, any_finite, n_inf
+
+
 def validate(profiles: Profiles) -> list[str]:
     """Warnings about data that can still be used: bad features, inf values, missing controls, a
     single plate, labels that are all the same. Each message names the file and the column."""
     src = profiles.source or None
     out: list[str] = []
-    X = profiles.X
     feats = np.asarray(profiles.features, dtype=object)
-    nan = np.isnan(X)
-    all_nan = nan.all(axis=0)
+    all_nan, lo, hi, any_finite, per = _column_stats(profiles.X)
     if all_nan.any():
         out.append(f"{where(src)}{int(all_nan.sum())} feature(s) are all NaN: {example_values(feats[all_nan])}; "
                    "preprocessing drops them.")
-    finite = np.isfinite(X)
-    lo = np.where(finite, X, np.inf).min(axis=0, initial=np.inf)
-    hi = np.where(finite, X, -np.inf).max(axis=0, initial=-np.inf)
-    constant = (lo == hi) & finite.any(axis=0)
+    constant = (lo == hi) & any_finite
     if constant.any():
         out.append(f"{where(src)}{int(constant.sum())} feature(s) are constant: {example_values(feats[constant])}; "
                    "preprocessing drops them.")
-    inf = np.isinf(X)
-    if inf.any():
-        per = inf.sum(axis=0)
+    if per.any():
         cols = np.flatnonzero(per)
         order = cols[np.argsort(-per[cols], kind="stable")]
         shown = ", ".join(f"{feats[j]!r}: {int(per[j])}" for j in order[:5])
         more = f" (+{len(cols) - 5} more columns)" if len(cols) > 5 else ""
-        out.append(f"{where(src)}{int(inf.sum())} infinite value(s) in {len(cols)} feature(s) ({shown}{more}); "
+        out.append(f"{where(src)}{int(per.sum())} infinite value(s) in {len(cols)} feature(s) ({shown}{more}); "
                    "preprocessing treats them as missing.")
     roles = profiles.roles
     if not profiles.negative_mask.any():

@@ -83,11 +83,21 @@ def _write_parquet(profiles: Profiles, tmp: Path, path: Path, info: dict[str, An
     import pyarrow.parquet as pq
 
     meta = _writable_meta(profiles.meta, nested="keep").reset_index(drop=True)
-    feats = pd.DataFrame(profiles.X, columns=profiles.features)
-    table = pa.Table.from_pandas(pd.concat([meta, feats], axis=1), preserve_index=False)
+    # Features go column by column from the matrix into Arrow: one copy of the matrix, not a pandas
+    # frame plus an Arrow table (two). The pandas metadata lists them as a from_pandas table would.
+    table = pa.Table.from_pandas(meta, preserve_index=False)
     schema_meta = dict(table.schema.metadata or {})
+    pandas_meta = json.loads(schema_meta[b"pandas"])
+    dtype = str(profiles.X.dtype)
+    for j, f in enumerate(profiles.features):
+        table = table.append_column(f, pa.array(profiles.X[:, j]))
+        pandas_meta["columns"].append({"name": f, "field_name": f, "pandas_type": dtype, "numpy_type": dtype,
+                                       "metadata": None})
+    schema_meta[b"pandas"] = json.dumps(pandas_meta).encode("utf-8")
     schema_meta[_STORE_KEY.encode()] = json.dumps(info, default=json_default).encode("utf-8")
     pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+    del table
+    pa.default_memory_pool().release_unused()  # Arrow's pool would keep the copy's pages for the whole run
 
 
 def _write_h5ad(profiles: Profiles, tmp: Path, path: Path, info: dict[str, Any],
