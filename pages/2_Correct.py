@@ -136,8 +136,10 @@ def run_panel(run_dir: Path) -> None:
     fraction = 1.0 if state.status == jobs.DONE else float(prog.get("fraction", state.fraction) or 0.0)
     stage = prog.get("stage") or state.message
     st.markdown(f"**{run_dir.name}** · {state.status}")
-    st.progress(min(1.0, fraction), text=f"{stage} · epoch {epoch}/{n_epochs or '?'} · elapsed {format_seconds(elapsed)}"
-                                         f" · remaining {format_seconds(eta) if eta is not None else 'estimated after the first epoch'}")
+    applied = run.applied_from if run is not None else None
+    step = f"model of {Path(applied).name}, no training" if applied else f"epoch {epoch}/{n_epochs or '?'}"
+    left = format_seconds(eta) if eta is not None else "—" if applied else "estimated after the first epoch"
+    st.progress(min(1.0, fraction), text=f"{stage} · {step} · elapsed {format_seconds(elapsed)} · remaining {left}")
     if not state.finished:
         if st.button("Cancel run", key=f"cancel_{run_dir.name}", icon=":material/stop_circle:"):
             jobs.cancel(run_dir)

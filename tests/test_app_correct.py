@@ -263,6 +263,7 @@ def test_apply_a_saved_model_to_the_loaded_dataset(finished):
     at.run()
     assert not at.exception and not _errors(at)
     assert applied.name in at.dataframe[-1].value["run_id"].tolist()
+    assert any(f"model of {run_dir.name}, no training" in p.text for p in at.get("progress"))
     at.switch_page(EXPLORER).run()
     assert not at.exception and not _errors(at)
     at.session_state[ds.RUN_KEY] = str(run_dir)  # later tests look at the trained run
