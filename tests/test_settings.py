@@ -83,3 +83,18 @@ def test_preprocessing_flags_come_from_the_same_schema_with_none_and_lists():
     assert config_from_args(parser.parse_args([*base, "--operations", "none"])).operations == ()
     with pytest.raises(CpDistillerError, match="unknown feature-selection operation"):
         config_from_args(parser.parse_args([*base, "--operations", "pca"]))
+
+
+def test_extractor_flags_come_from_feature_settings_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from cpdistiller_core.cli import build_parser; "
+            "a = build_parser().parse_args(['extract', 'm.csv', '--out', 'o', '--illum', 'multiply', "
+            "'--preprocess', 'mesmer', '--tile', '64']); "
+            "from cpdistiller_core.settings import changes_from_args; "
+            "from cpdistiller_core.extractor.settings import FeatureSettings; "
+            "print(FeatureSettings(**changes_from_args(a, FeatureSettings)), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "tile=64" in out and "preprocess='mesmer'" in out and "illum='multiply'" in out and "pool=16" in out
+    assert out.strip().endswith("False")  # the CLI's flags are built without loading torch

@@ -25,12 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plate", help="plate name for an image folder (default: the folder name)")
     p.add_argument("--illum-dir", help="folder with {plate}_Illum{DNA,RNA,ER}.npy illumination functions")
     p.add_argument("--sites", type=int, help="sites per well (default: the largest count found; all wells must have it)")
-    p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--overlap", type=float, default=0.25)
-    p.add_argument("--pool", type=int, default=16, help="max-pool kernel = stride")
-    p.add_argument("--view", choices=["paper", "spatial"], default="paper",
-                   help="paper: the published layout (1,296 values per 1080 px site); spatial: true feature map")
-    p.add_argument("--batch-size", type=int, default=32, help="tiles per network batch")
+    from ..extractor.settings import FeatureSettings
+    from ..settings import add_arguments
+
+    add_arguments(p, FeatureSettings, "feature settings (FeatureSettings; defaults: the paper's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (autocast fp16 on CUDA)")
     p.add_argument("--workers", type=int, default=4, help="threads decoding and pre-processing images")
     p.add_argument("--checkpoint-every", type=int, default=16, help="wells between resume checkpoints")
@@ -73,8 +71,9 @@ def run_extract(args: argparse.Namespace) -> int:
                                        args.illum_dir)
     else:
         manifest = read_load_data(src, args.illum_dir)
-    settings = FeatureSettings(tile=args.tile, overlap=args.overlap, pool=args.pool, view=args.view,
-                               batch_size=args.batch_size)
+    from ..settings import changes_from_args
+
+    settings = FeatureSettings(**changes_from_args(args, FeatureSettings))
     with TerminalProgress("extract") as bar:
         summaries = extract_plates(manifest, args.out, weights, settings, n_sites=args.sites, device=args.device,
                                    workers=args.workers, checkpoint_every=args.checkpoint_every,

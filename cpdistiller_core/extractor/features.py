@@ -22,7 +22,6 @@ with the same kernel (16 feature cells), giving 256 x ceil(H/512)^2 values per s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,38 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import CpDistillerError
-from .images import ILLUM_MODES, PREPROCESS_MODES
+from .images import ILLUM_MODES, PREPROCESS_MODES  # noqa: F401 - re-exported
 from .mesmer import MesmerC5Reduced
+from .settings import VIEWS, FeatureSettings  # noqa: F401 - re-exported
 from .tiling import TileGrid, tile_image, untile
-
-VIEWS = ("paper", "spatial")
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """Tiling and pooling of the extractor (defaults are the paper's)."""
-
-    tile: int = 256
-    overlap: float = 0.25
-    pool: int = 16
-    view: str = "paper"
-    batch_size: int = 32
-    #: site pre-processing (images.PREPROCESS_MODES): the reference code's chain with its log step
-    preprocess: str = "paper"
-    #: illumination function (images.ILLUM_MODES): CellProfiler's divide; "multiply" = the reference code
-    illum: str = "divide"
-
-    def __post_init__(self) -> None:
-        if self.tile % 32 or self.tile < 32:
-            raise CpDistillerError(f"tile size must be a multiple of 32 (ResNet-50 stride), got {self.tile}.")
-        if self.view not in VIEWS:
-            raise CpDistillerError(f"unknown feature view {self.view!r}; use one of {VIEWS}.")
-        if self.preprocess not in PREPROCESS_MODES:
-            raise CpDistillerError(f"unknown pre-processing {self.preprocess!r}; use one of {PREPROCESS_MODES}.")
-        if self.illum not in ILLUM_MODES:
-            raise CpDistillerError(f"unknown illumination mode {self.illum!r}; use one of {ILLUM_MODES}.")
-        if self.pool < 1 or self.batch_size < 1:
-            raise CpDistillerError("pool and batch size must be positive.")
 
 
 def tile_view(c5: Tensor, view: str = "paper") -> Tensor:
