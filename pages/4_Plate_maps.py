@@ -29,6 +29,11 @@ def _variance(token: str, _sides: dict, wells: str, n_pcs: int) -> pd.DataFrame:
     return platemap.variance_table(_sides, n_pcs=n_pcs, wells=wells)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _default_wells(token: str, _base) -> tuple[str, str]:
+    return platemap.default_wells(_base)  # a group-by over every well: once per dataset or run, not per click
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _values(token: str, side: str, _profiles, kind: str, which) -> np.ndarray:
     return platemap.well_values(_profiles, kind, which)
@@ -56,7 +61,7 @@ if not sides:
     st.stop()
 
 base = sides["uncorrected"]
-default, why = platemap.default_wells(base)
+default, why = _default_wells(token, base)
 wells = st.radio("Wells", ["all", "negative"], index=["all", "negative"].index(default), horizontal=True,
                  key=f"plates_wells_{default}", format_func={"all": "all wells", "negative": "negative controls"}.get,
                  help="Every plot on this page uses these wells.")
