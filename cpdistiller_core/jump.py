@@ -1,11 +1,22 @@
-"""Cell Painting Gallery client for JUMP (cpg0016): list plates, fetch well-level profiles, join metadata.
+"""Cell Painting Gallery client for JUMP: list plates, fetch well-level profiles, join metadata.
 
-Profiles live in the public ``cellpainting-gallery`` bucket (anonymous HTTPS) at
-``cpg0016-jump/<source>/workspace/profiles/<batch>/<plate>/<plate>.parquet``; the metadata tables
-(plate, well, ORF, CRISPR, compound, controls) come from the ``jump-cellpainting/datasets`` repository.
+Two data sets:
+
+- **cpg0016** (JUMP production, :class:`JumpClient`): profiles in the public ``cellpainting-gallery``
+  bucket (anonymous HTTPS) at ``cpg0016-jump/<source>/workspace/profiles/<batch>/<plate>/<plate>.parquet``;
+  the metadata tables (plate, well, ORF, CRISPR, compound, controls) come from the
+  ``jump-cellpainting/datasets`` repository.
+- **cpg0000** (the JUMP pilot CPJUMP1, A549 and U2OS, compounds, CRISPR guides and ORFs at two time
+  points each; :class:`PilotClient`): per-plate pycytominer CSVs at
+  ``cpg0000-jump-pilot/source_4/workspace/profiles/<batch>/<plate>/<plate>_<level>.csv.gz``; the plate
+  table (``experiment-metadata.tsv``) and the compound/CRISPR/ORF tables come from the
+  ``jump-cellpainting/2024_Chandrasekaran_NatureMethods`` repository. This is the data of the
+  cpDistiller paper's retrieval tasks (sister guides, gene–compound pairs).
+
 Everything fetched is cached under ``cache_dir()/jump`` with the same layout, verified by size and
 MD5, so a second fetch, or one on an offline machine, needs no network. Base URLs can be overridden
-with ``CPDISTILLER_GALLERY_URL`` / ``CPDISTILLER_JUMP_METADATA_URL`` (e.g. a mirror).
+with ``CPDISTILLER_GALLERY_URL`` / ``CPDISTILLER_JUMP_METADATA_URL`` /
+``CPDISTILLER_PILOT_METADATA_URL`` (e.g. a mirror).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,14 +91,20 @@ class FetchPlan:
 
 
 class JumpClient:
-    """Lists and fetches JUMP profiles with a local cache. Network is touched only when needed."""
+    """Lists and fetches JUMP (cpg0016) profiles with a local cache. Network is touched only when needed."""
+
+    dataset = "cpg0016"
+    gallery_prefix = "cpg0016-jump"
+    metadata_files: dict[str, str] = METADATA_FILES
+    metadata_env = "CPDISTILLER_JUMP_METADATA_URL"
+    default_metadata_url = METADATA_URL
 
     def __init__(self, gallery_url: str | None = None, metadata_url: str | None = None,
                  cache: Path | None = None, metadata_dir: Path | None = None, workers: int = 4,
                  timeout: float = 1.5) -> None:
         self.gallery_url = (gallery_url or os.environ.get("CPDISTILLER_GALLERY_URL") or GALLERY_URL).rstrip("/")
-        self.metadata_url = (metadata_url or os.environ.get("CPDISTILLER_JUMP_METADATA_URL")
-                             or METADATA_URL).rstrip("/")
+        self.metadata_url = (metadata_url or os.environ.get(self.metadata_env)
+                             or self.default_metadata_url).rstrip("/")
         self.cache = Path(cache) if cache else cache_dir() / "jump"
         self.metadata_dir = Path(metadata_dir) if metadata_dir else None
         self.workers = workers
@@ -115,9 +133,9 @@ class JumpClient:
     # ----- metadata --------------------------------------------------------------------------------
     def metadata_path(self, name: str) -> Path:
         """Local path of a metadata table: the user's metadata_dir if it has it, else the cache (fetched)."""
-        filename = METADATA_FILES[name]
-        if self.metadata_dir and (self.metadata_dir / filename).is_file():
-            return self.metadata_dir / filename
+        filename = self.metadata_files[name]
+        if self.metadata_dir and (self.metadata_dir / Path(filename).name).is_file():
+            return self.metadata_dir / Path(filename).name
         dest = self.cache / "metadata" / filename
         if not is_cached(dest):
             url = f"{self.metadata_url}/{filename}"
@@ -154,9 +172,11 @@ class JumpClient:
         return self.cache / PROFILE_KEY.format(source=source, batch=batch, plate=plate)
 
     def select(self, source: str | None = None, batch: str | None = None, plates: Sequence[str] | None = None,
-               plate_type: str | None = None, max_plates: int | None = None) -> pd.DataFrame:
-        """Rows of the plate table to fetch; errors name plates that are not in JUMP's table."""
-        table = self.list_plates(source, batch, plate_type)
+               plate_type: str | None = None, max_plates: int | None = None, **filters: Any) -> pd.DataFrame:
+        """Rows of the plate table to fetch; errors name plates that are not in JUMP's table.
+
+        ``filters`` are the data set's further plate-table filters (the pilot's ``cell_type``, ``time``)."""
+        table = self.list_plates(source, batch, plate_type, **filters)
         if plates:
             wanted = list(dict.fromkeys(plates))
             unknown = [p for p in wanted if p not in set(table["Metadata_Plate"])]
@@ -205,7 +225,7 @@ class JumpClient:
         if plan.missing:
             raise CpDistillerError(
                 f"plate(s) {plan.missing} are listed in JUMP's plate table but not found in the gallery "
-                f"under {self.gallery_url}/cpg0016-jump/; drop them with --skip-missing."
+                f"under {self.gallery_url}/{self.gallery_prefix}/; drop them with --skip-missing."
             )
         total = max(plan.bytes_to_download, 1)
         done = [0]
@@ -232,9 +252,9 @@ class JumpClient:
 
     def fetch(self, source: str | None = None, batch: str | None = None, plates: Sequence[str] | None = None,
               plate_type: str | None = None, max_plates: int | None = None, skip_missing: bool = False,
-              progress: ProgressCallback = no_progress) -> Profiles:
+              progress: ProgressCallback = no_progress, **filters: Any) -> Profiles:
         """Download (or reuse cached) plates and join them with JUMP metadata into one Profiles."""
-        selection = self.select(source, batch, plates, plate_type, max_plates)
+        selection = self.select(source, batch, plates, plate_type, max_plates, **filters)
         plan = self.plan(selection)
         if plan.missing and skip_missing:
             warnings.warn(f"skipping plate(s) missing in the gallery: {plan.missing}", CpDistillerWarning,
@@ -245,29 +265,38 @@ class JumpClient:
 
     # ----- joining ---------------------------------------------------------------------------------
     def join(self, plates: pd.DataFrame) -> Profiles:
-        """Read the cached plate Parquet files and attach batch, perturbation, gene symbol, control flags."""
-        frames = []
-        for row in plates.itertuples():
-            try:
-                df = pd.read_parquet(row.path)
-            except Exception as exc:  # pyarrow raises several types for a bad file
-                raise CpDistillerError(f"{row.path}: cannot read plate {row.Metadata_Plate} ({exc}); "
-                                       "delete it to download again.") from None
-            for col, value in (("Metadata_Source", row.Metadata_Source), ("Metadata_Plate", row.Metadata_Plate)):
-                if col not in df.columns:
-                    df.insert(0, col, value)
-            if "Metadata_Well" not in df.columns:
-                raise CpDistillerError(f"{row.path}, column 'Metadata_Well': missing in plate {row.Metadata_Plate}.")
-            df.insert(2, "Metadata_Batch", row.Metadata_Batch)
-            df.insert(3, "Metadata_PlateType", row.Metadata_PlateType)
-            frames.append(df)
+        """Read the cached plate files and attach batch, perturbation, gene symbol, control flags."""
+        frames = [self._plate_frame(row) for row in plates.itertuples()]
         features = _shared_features(frames)
         data = pd.concat([f[[c for c in f.columns if c.startswith("Metadata_")] + features] for f in frames],
                          ignore_index=True)
         meta = data[[c for c in data.columns if c.startswith("Metadata_")]]
         meta = self._annotate(meta, set(plates["Metadata_PlateType"]))
-        return Profiles(meta=meta, X=data[features].to_numpy(np.float32), features=features, roles=ROLES,
-                        source=f"JUMP cpg0016 ({len(plates)} plates)")
+        return Profiles(meta=meta, X=data[features].to_numpy(np.float32), features=features,
+                        roles=self._roles(meta), source=f"JUMP {self.dataset} ({len(plates)} plates)")
+
+    def _roles(self, meta: pd.DataFrame) -> Roles:
+        return ROLES
+
+    def _read_plate(self, path: Path) -> pd.DataFrame:
+        return pd.read_parquet(path)
+
+    def _plate_frame(self, row: Any) -> pd.DataFrame:
+        """One cached plate file with the plate table's columns (source, batch, type, …) in front."""
+        try:
+            df = self._read_plate(row.path)
+        except Exception as exc:  # pyarrow / the CSV reader raise several types for a bad file
+            raise CpDistillerError(f"{row.path}: cannot read plate {row.Metadata_Plate} ({exc}); "
+                                   "delete it to download again.") from None
+        for col, value in (("Metadata_Source", row.Metadata_Source), ("Metadata_Plate", row.Metadata_Plate)):
+            if col not in df.columns:
+                df.insert(0, col, value)
+        if "Metadata_Well" not in df.columns:
+            raise CpDistillerError(f"{row.path}, column 'Metadata_Well': missing in plate {row.Metadata_Plate}.")
+        extra = [c for c in row._fields if c.startswith("Metadata_") and c not in df.columns]
+        for k, col in enumerate(extra):
+            df.insert(2 + k, col, getattr(row, col))
+        return df
 
     def _annotate(self, meta: pd.DataFrame, plate_types: set[str]) -> pd.DataFrame:
         wells = self.metadata("well")
@@ -300,6 +329,154 @@ class JumpClient:
                           CpDistillerWarning, stacklevel=3)
         out.index = meta.index
         return out
+
+
+
+# ----- the JUMP pilot (cpg0000, CPJUMP1) -----------------------------------------------------------
+PILOT_METADATA_URL = "https://raw.githubusercontent.com/jump-cellpainting/2024_Chandrasekaran_NatureMethods/main"
+PILOT_PROFILE_KEY = "cpg0000-jump-pilot/{source}/workspace/profiles/{batch}/{plate}/{plate}_{level}.csv.gz"
+PILOT_LEVELS = ("normalized_feature_select_negcon_batch", "normalized_feature_select_batch",
+                "normalized_negcon", "normalized", "augmented")
+PILOT_METADATA_FILES = {
+    "plate": "benchmark/output/experiment-metadata.tsv",
+    "compound": "metadata/external_metadata/JUMP-Target-1_compound_metadata_targets.tsv",
+    "crispr": "metadata/moa/JUMP-Target-1_crispr_metadata.tsv",
+    "orf": "metadata/external_metadata/JUMP-Target-1_orf_metadata.tsv",
+}
+# experiment-metadata.tsv column -> plate-table column (kept on every well)
+PILOT_PLATE_COLUMNS = {"Batch": "Metadata_Batch", "Assay_Plate_Barcode": "Metadata_Plate",
+                       "Perturbation": "Metadata_PlateType", "Plate_Map_Name": "Metadata_Plate_Map_Name",
+                       "Cell_type": "Metadata_Cell_type", "Time": "Metadata_Time", "Density": "Metadata_Density",
+                       "Antibiotics": "Metadata_Antibiotics", "Cell_line": "Metadata_Cell_line",
+                       "Time_delay": "Metadata_Time_delay", "Times_imaged": "Metadata_Times_imaged",
+                       "Anomaly": "Metadata_Anomaly"}
+PILOT_POSITIVE = ("poscon_cp", "poscon_diverse", "poscon_orf", "poscon")
+PILOT_SOURCE = "source_4"
+
+
+class PilotClient(JumpClient):
+    """The JUMP pilot CPJUMP1 (cpg0000): 51 384-well plates of A549 and U2OS cells, compounds, CRISPR
+    guides and ORFs, each at a short and a long time point, plus re-imaged batches.
+
+    Wells are annotated from the Chandrasekaran et al. 2024 tables on ``Metadata_broad_sample``:
+    ``Metadata_Symbol`` is the gene a guide or ORF perturbs (empty for compounds),
+    ``Metadata_target_list`` a compound's targets (``|``-separated, empty for guides and ORFs), and
+    ``Metadata_control_type`` the control flag (``negcon``: DMSO, non-targeting guides, negative-control
+    ORFs). These are the columns of the paper's retrieval tasks (:data:`cpdistiller_core.analysis.retrieval.RECIPES`).
+    A barcode imaged in several batches (the time-delay studies) gets the batch's ``Time_delay`` appended
+    to ``Metadata_Plate`` when more than one of them is fetched; ``Metadata_Assay_Plate_Barcode`` keeps it.
+    """
+
+    dataset = "cpg0000"
+    gallery_prefix = "cpg0000-jump-pilot"
+    metadata_files = PILOT_METADATA_FILES
+    metadata_env = "CPDISTILLER_PILOT_METADATA_URL"
+    default_metadata_url = PILOT_METADATA_URL
+
+    def __init__(self, *args: Any, level: str = PILOT_LEVELS[0], **kw: Any) -> None:
+        if level not in PILOT_LEVELS:
+            raise CpDistillerError(f"profile level {level!r} is not one of the pilot's: {', '.join(PILOT_LEVELS)}.")
+        super().__init__(*args, **kw)
+        self.level = level
+
+    def metadata(self, name: str) -> pd.DataFrame:
+        path = self.metadata_path(name)
+        try:
+            return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+        except (OSError, ValueError) as exc:
+            raise CpDistillerError(f"{path}: cannot read CPJUMP1 metadata table ({exc}).") from None
+
+    def list_plates(self, source: str | None = None, batch: str | None = None, plate_type: str | None = None,
+                    cell_type: str | None = None, time: str | int | None = None) -> pd.DataFrame:
+        """Plates of CPJUMP1's experiment table (CellProfiler batches; the ``_DL`` DeepProfiler batch is left out)."""
+        raw = self.metadata("plate")
+        _require(raw, list(PILOT_PLATE_COLUMNS)[:4], self.metadata_path("plate"))
+        plates = raw.rename(columns=PILOT_PLATE_COLUMNS)
+        plates = plates[~plates["Metadata_Batch"].str.endswith("_DL")]
+        plates.insert(0, "Metadata_Source", PILOT_SOURCE)
+        plates["Metadata_PlateType"] = plates["Metadata_PlateType"].str.upper()
+        plates["Metadata_Assay_Plate_Barcode"] = plates["Metadata_Plate"]
+        keep = pd.Series(True, index=plates.index)
+        for col, value in (("Metadata_Source", source), ("Metadata_Batch", batch), ("Metadata_Time", time)):
+            if value is not None and value != "":
+                keep &= plates[col] == str(value)
+        if plate_type:
+            keep &= plates["Metadata_PlateType"] == plate_type.upper()
+        if cell_type:
+            keep &= plates["Metadata_Cell_type"].str.upper() == cell_type.upper()
+        return plates[keep].reset_index(drop=True)
+
+    def profile_url(self, source: str, batch: str, plate: str) -> str:
+        return f"{self.gallery_url}/{PILOT_PROFILE_KEY.format(source=source, batch=batch, plate=plate, level=self.level)}"
+
+    def profile_path(self, source: str, batch: str, plate: str) -> Path:
+        return self.cache / PILOT_PROFILE_KEY.format(source=source, batch=batch, plate=plate, level=self.level)
+
+    def _read_plate(self, path: Path) -> pd.DataFrame:
+        return pd.read_csv(path, low_memory=False)
+
+    def join(self, plates: pd.DataFrame) -> Profiles:
+        plates = plates.copy()
+        repeated = plates["Metadata_Plate"].duplicated(keep=False)
+        if repeated.any():
+            plates.loc[repeated, "Metadata_Plate"] = (plates.loc[repeated, "Metadata_Plate"] + "_"
+                                                      + plates.loc[repeated, "Metadata_Time_delay"])
+        return super().join(plates)
+
+    def _plate_frame(self, row: Any) -> pd.DataFrame:
+        df = super()._plate_frame(row)
+        df["Metadata_Plate"] = row.Metadata_Plate  # the file names the barcode; repeated barcodes are renamed
+        if "Metadata_broad_sample" not in df.columns:
+            raise CpDistillerError(f"{row.path}, column 'Metadata_broad_sample': missing in plate "
+                                   f"{row.Metadata_Assay_Plate_Barcode}; the pilot's wells are annotated from it.")
+        return df
+
+    def _roles(self, meta: pd.DataFrame) -> Roles:
+        batch = "Metadata_Batch" if meta["Metadata_Batch"].nunique() > 1 else "Metadata_Plate"
+        return Roles(plate="Metadata_Plate", well="Metadata_Well", batch=batch,
+                     perturbation="Metadata_broad_sample", control="Metadata_control_type",
+                     negative_values=("negcon",), positive_values=PILOT_POSITIVE, annotation="Metadata_Symbol")
+
+    def _annotate(self, meta: pd.DataFrame, plate_types: set[str]) -> pd.DataFrame:
+        modality = meta["Metadata_PlateType"].str.lower()
+        sample = meta["Metadata_broad_sample"].astype("string").str.strip().replace("", pd.NA)
+        meta = meta.assign(Metadata_broad_sample=sample.fillna(modality.map({"compound": "DMSO"})).fillna("empty"))
+        table = self._perturbation_table(sorted({pt.lower() for pt in plate_types}))
+        out = meta.merge(table, on="Metadata_broad_sample", how="left", suffixes=("", "_table"))
+        for col in [c for c in out.columns if c.endswith("_table")]:
+            base = col[: -len("_table")]
+            out[base] = out[base].where(out[base].notna() & (out[base].astype(str) != ""), out[col])
+            out = out.drop(columns=col)
+        dmso = out["Metadata_broad_sample"] == "DMSO"
+        out.loc[dmso, "Metadata_pert_type"] = "control"
+        out.loc[dmso, "Metadata_control_type"] = "negcon"
+        out["Metadata_pert_type"] = out["Metadata_pert_type"].fillna("unknown")
+        unknown = int((out["Metadata_pert_type"] == "unknown").sum())
+        if unknown:
+            warnings.warn(f"{unknown} wells have a broad_sample that CPJUMP1's tables do not list "
+                          "(perturbation unknown).", CpDistillerWarning, stacklevel=3)
+        out.index = meta.index
+        return out
+
+    def _perturbation_table(self, modalities: list[str]) -> pd.DataFrame:
+        """broad_sample -> Symbol / target_list / pert_iname / pert_type / control_type for the modalities."""
+        parts = []
+        for name in modalities:
+            if name not in PILOT_METADATA_FILES:
+                continue
+            t = self.metadata(name)
+            _require(t, ["broad_sample", "pert_type"], self.metadata_path(name))
+            gene = t["gene"] if name != "compound" and "gene" in t.columns else pd.Series(pd.NA, index=t.index)
+            targets = (t["target_list"] if "target_list" in t.columns else t.get("gene", pd.Series(pd.NA, index=t.index)))
+            parts.append(pd.DataFrame({
+                "Metadata_broad_sample": t["broad_sample"], "Metadata_Symbol": gene,
+                "Metadata_target_list": targets if name == "compound" else pd.NA,
+                "Metadata_pert_iname": t["pert_iname"] if "pert_iname" in t.columns else pd.NA,
+                "Metadata_pert_type": t["pert_type"], "Metadata_control_type": t.get("control_type")}))
+        if not parts:
+            return pd.DataFrame(columns=["Metadata_broad_sample"])
+        table = pd.concat(parts, ignore_index=True).dropna(subset=["Metadata_broad_sample"])
+        return table.drop_duplicates("Metadata_broad_sample")
 
 
 def _shared_features(frames: list[pd.DataFrame]) -> list[str]:

@@ -369,7 +369,22 @@ def read_image_features(path: str | Path, feature_regex: str = IMAGE_FEATURE_REG
         raise CpDistillerError(f"{path}: image-feature file not found.")
     features, _ = read_profiles_with_report([str(f) for f in files], dict(IMAGE_FEATURE_ROLES),
                                             feature_regex=feature_regex, emit_warnings=False)
+    _warn_if_untrained(features, path)
     return features.replace(source=str(path))
+
+
+def _warn_if_untrained(features: Profiles, path: Path) -> None:
+    """Features from `extract --random-weights` (stamped per row) train and run, but are no model's output."""
+    from .extractor.run import RANDOM_STAMP, WEIGHTS_COLUMN
+
+    if WEIGHTS_COLUMN not in features.meta.columns:
+        return
+    untrained = features.meta[WEIGHTS_COLUMN].astype("string").str.startswith(RANDOM_STAMP.split("(")[0])
+    if untrained.any():
+        warnings.warn(f"{path}: {int(untrained.sum())} of {features.n_wells} wells' image features come from "
+                      "untrained random weights (`extract --random-weights`, for tests): an embedding trained on "
+                      "them is not a cpDistiller result. Extract with converted Mesmer weights (docs/extractor.md).",
+                      CpDistillerWarning, stacklevel=3)
 
 
 def load_fitted(path: str | Path, device: str | None = None) -> CpDistiller:

@@ -314,18 +314,21 @@ def load_files(paths: Sequence[Path], roles: Mapping[str, Any] | None = None, *,
                    already_normalized=looks_normalized(profiles))
 
 
-def jump_client(metadata_dir: str | None = None) -> Any:
-    """The Cell Painting Gallery client with the app's cache (network only when something is missing)."""
-    from cpdistiller_core.jump import JumpClient
+JUMP_DATASETS = {"cpg0016": "JUMP production (cpg0016)", "cpg0000": "JUMP pilot CPJUMP1 (cpg0000)"}
+
+
+def jump_client(metadata_dir: str | None = None, dataset: str = "cpg0016") -> Any:
+    """The Cell Painting Gallery client with the app's cache (network only when something is missing);
+    ``dataset`` 'cpg0000' is the JUMP pilot."""
+    from cpdistiller_core.jump import JumpClient, PilotClient
 
     folder = under_data_root(metadata_dir, "dir") if metadata_dir else None
-    return JumpClient(metadata_dir=folder)
+    return (PilotClient if dataset == "cpg0000" else JumpClient)(metadata_dir=folder)
 
 
 def load_jump(client: Any, plates: pd.DataFrame, progress: Any = None) -> Dataset:
     """Fetch (or reuse cached) JUMP plates chosen from ``client.list_plates()`` rows into a Dataset."""
     from cpdistiller_core.io import validate
-    from cpdistiller_core.jump import ROLES
 
     if plates.empty:
         raise CpDistillerError("choose at least one JUMP plate.")
@@ -334,8 +337,9 @@ def load_jump(client: Any, plates: pd.DataFrame, progress: Any = None) -> Datase
     client.download_plates(plan, **kw)
     profiles = client.join(plan.plates)
     names = list(plates["Metadata_Plate"])
-    label = f"JUMP {plates['Metadata_Source'].iloc[0]}: " + (", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
-    reasons = {r: "JUMP metadata tables (cpg0016)" for r in ROLE_FIELDS if getattr(ROLES, r)}
+    label = (f"JUMP {client.dataset} {plates['Metadata_Source'].iloc[0]}: "
+             + ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
+    reasons = {r: f"JUMP metadata tables ({client.dataset})" for r in ROLE_FIELDS if getattr(profiles.roles, r)}
     return Dataset(name=label, raw=profiles, origin="jump", files=[str(p) for p in plan.plates["path"]],
                    role_reasons=reasons, warnings=validate(profiles))
 

@@ -81,22 +81,27 @@ with tab_path:
             _fail(exc)
 
 with tab_jump:
-    st.markdown("Well-level CellProfiler profiles of **JUMP** (cpg0016) from the public Cell Painting Gallery, "
-                "joined with the consortium's plate, well, gene and control tables. Downloads are cached; "
-                "cached plates load without network.")
+    st.markdown("Well-level CellProfiler profiles of **JUMP** from the public Cell Painting Gallery, joined with "
+                "the consortium's plate, gene, compound and control tables. Downloads are cached; cached plates "
+                "load without network. The pilot (CPJUMP1: A549 and U2OS; compounds, CRISPR guides and ORFs) "
+                "holds the cpDistiller paper's retrieval tasks.")
+    jump_set = st.radio("Data set", list(ds.JUMP_DATASETS), format_func=ds.JUMP_DATASETS.get, horizontal=True,
+                        key="jump_dataset")
     meta_dir = st.text_input("Local folder with JUMP metadata tables (optional)", key="jump_metadata_dir",
-                             help="plate.csv.gz, well.csv.gz, orf.csv.gz, crispr.csv.gz, compound.csv.gz, "
-                                  "perturbation_control.csv from github.com/jump-cellpainting/datasets; tables "
+                             help="cpg0016: plate.csv.gz, well.csv.gz, orf.csv.gz, crispr.csv.gz, compound.csv.gz, "
+                                  "perturbation_control.csv from github.com/jump-cellpainting/datasets; cpg0000: "
+                                  "experiment-metadata.tsv and the JUMP-Target-1_* tables from "
+                                  "github.com/jump-cellpainting/2024_Chandrasekaran_NatureMethods. Tables "
                                   "missing there are downloaded and cached.")
     if st.button("List JUMP plates", key="jump_list"):
         try:
             with st.spinner("Reading JUMP's plate table…"):
-                st.session_state["jump_table"] = ds.jump_client(meta_dir or None).list_plates()
+                st.session_state[f"jump_table_{jump_set}"] = ds.jump_client(meta_dir or None, jump_set).list_plates()
         except Exception as exc:  # noqa: BLE001 - offline or bad folder: a message, not a traceback
             _fail(exc)
-    table = st.session_state.get("jump_table")
+    table = st.session_state.get(f"jump_table_{jump_set}")
     if table is not None:
-        client = ds.jump_client(meta_dir or None)
+        client = ds.jump_client(meta_dir or None, jump_set)
         c1, c2, c3 = st.columns(3)
         sources = sorted(table["Metadata_Source"].unique(), key=lambda s: (len(s), s))
         source = c1.selectbox("Source", sources, key="jump_source",
@@ -106,8 +111,11 @@ with tab_jump:
         of_type = in_source[in_source["Metadata_PlateType"] == ptype]
         batches = c3.multiselect("Batches", sorted(of_type["Metadata_Batch"].unique()), key="jump_batches")
         candidates = of_type[of_type["Metadata_Batch"].isin(batches)] if batches else of_type
-        chosen = st.multiselect(f"Plates ({len(candidates)} available)", list(candidates["Metadata_Plate"]),
-                                key="jump_plates", max_selections=50)
+        plate_label = ({} if "Metadata_Cell_type" not in candidates.columns else {  # the pilot: cell type, hours
+            p: f"{p} · {c} {t} h" for p, c, t in candidates[["Metadata_Plate", "Metadata_Cell_type",
+                                                              "Metadata_Time"]].itertuples(index=False)})
+        chosen = st.multiselect(f"Plates ({len(candidates)} available)", list(dict.fromkeys(candidates["Metadata_Plate"])),
+                                key="jump_plates", max_selections=50, format_func=lambda p: plate_label.get(p, p))
         selection = candidates[candidates["Metadata_Plate"].isin(chosen)].reset_index(drop=True)
         b1, b2 = st.columns(2)
         if b1.button("Estimate download", disabled=not chosen, key="jump_plan"):

@@ -21,6 +21,12 @@ from ..progress import ProgressCallback, no_progress
 from .consensus import consensus
 
 TASKS = ("sister", "gene_compound", "annotation")
+# Column presets for published retrieval tasks: name -> the metadata columns that define known pairs.
+RECIPES: dict[str, dict[str, str]] = {
+    # The JUMP pilot as `cpdistiller jump fetch --dataset cpg0000` annotates it: sister guides / ORFs share
+    # Metadata_Symbol; a compound and a gene pair when the gene is in the compound's Metadata_target_list.
+    "cpjump1": {"gene_col": "Metadata_Symbol", "target_col": "Metadata_target_list", "sep": "|"},
+}
 _SYMBOLS = "Metadata_cpd_symbols"
 
 

@@ -36,6 +36,7 @@ def _inputs(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     from ..analysis.clustering import LINKAGES, METRICS
     from ..analysis.enrichment import DEFAULT_LIBRARIES
+    from ..analysis.retrieval import RECIPES
 
     g = sub.add_parser(
         "genes", help="active-perturbation screen, gene clusters with permutation p-values, enrichment, ARCHS4",
@@ -84,6 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "gene, fraction retrieved of sister and gene–compound pairs, corrected vs uncorrected; "
                     "--query ranks the perturbations most similar to a gene or compound.")
     _inputs(rt)
+    rt.add_argument("--recipe", choices=sorted(RECIPES),
+                    help="preset columns of a published task: cpjump1 = the JUMP pilot as `jump fetch --dataset "
+                         "cpg0000` writes it (sister guides/ORFs, gene–compound pairs; the cpDistiller paper's tasks)")
     rt.add_argument("--gene-col", metavar="COL", help="gene perturbed by each ORF/guide/allele (e.g. Metadata_symbol)")
     rt.add_argument("--target-col", metavar="COL", help="compound targets, gene symbols (e.g. Metadata_target)")
     rt.add_argument("--pairs-col", metavar="COL",
@@ -278,6 +282,7 @@ def _retrieve(args: argparse.Namespace) -> int:
     from ..analysis.retrieval import evaluate_retrieval, paired_scores, query
     from ..plots import genes as gp
 
+    _apply_recipe(args)
     pairs_col = args.pairs_col or (None if args.gene_col or args.target_col else args.annotation_col)
     if not args.gene_col and not args.target_col and not pairs_col:
         raise CpDistillerError("name --gene-col, --target-col and/or --pairs-col: the metadata that define "
@@ -309,6 +314,19 @@ def _retrieve(args: argparse.Namespace) -> int:
                 f"{r.perturbation}{'*' if r.known_pair else ''} {r.cosine_similarity:.2f}" for r in q.head(10).itertuples()))
     print(f"wrote tables and figures to {out}", file=sys.stderr)
     return 0
+
+
+def _apply_recipe(args: argparse.Namespace) -> None:
+    """Fill --gene-col / --target-col / --symbol-sep from --recipe where the user did not set them."""
+    from ..analysis.retrieval import RECIPES
+
+    if not args.recipe:
+        return
+    preset = RECIPES[args.recipe]
+    args.gene_col = args.gene_col or preset["gene_col"]
+    args.target_col = args.target_col or preset["target_col"]
+    if args.symbol_sep == "|":
+        args.symbol_sep = preset["sep"]
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -9,20 +9,33 @@ from pathlib import Path
 from ..errors import CpDistillerError
 from ..progress import TerminalProgress
 
+DATASETS = ("cpg0016", "cpg0000")
+
 CONFIRM_BYTES = 2 * 1024**3  # ask before downloading more than this
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    jump = sub.add_parser("jump", help="list and fetch JUMP (cpg0016) profiles from the Cell Painting Gallery",
-                          description="List and fetch JUMP (cpg0016) well-level profiles; cached locally.")
+    jump = sub.add_parser("jump", help="list and fetch JUMP profiles (cpg0016, the pilot cpg0000) from the "
+                                       "Cell Painting Gallery",
+                          description="List and fetch JUMP well-level profiles; cached locally. --dataset cpg0000 "
+                                      "is the pilot CPJUMP1 (A549/U2OS; compounds, CRISPR guides, ORFs at two "
+                                      "time points), the data of the cpDistiller paper's retrieval tasks.")
     jsub = jump.add_subparsers(dest="jump_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", choices=DATASETS, default="cpg0016",
+                       help="cpg0016: JUMP production (default); cpg0000: the JUMP pilot CPJUMP1")
         p.add_argument("--source", help="e.g. source_4")
-        p.add_argument("--batch", help="e.g. 2021_04_26_Batch1")
-        p.add_argument("--type", dest="plate_type", help="plate type: ORF, CRISPR, COMPOUND, TARGET1, TARGET2, …")
+        p.add_argument("--batch", help="e.g. 2021_04_26_Batch1; the pilot: 2020_11_04_CPJUMP1, …")
+        p.add_argument("--type", dest="plate_type",
+                       help="plate type: ORF, CRISPR, COMPOUND, TARGET1, TARGET2, … (the pilot: COMPOUND, CRISPR, ORF)")
+        p.add_argument("--cell-type", help="the pilot only: A549 or U2OS")
+        p.add_argument("--time", help="the pilot only: hours of treatment (24, 48, 96, 144)")
+        p.add_argument("--level", help="the pilot only: which pycytominer profiles, e.g. normalized_negcon "
+                                        "(default normalized_feature_select_negcon_batch, the paper's benchmark files)")
         p.add_argument("--metadata-dir", type=Path,
-                       help="folder with JUMP metadata tables (plate.csv.gz, well.csv.gz, …) to use offline")
+                       help="folder with the metadata tables (cpg0016: plate.csv.gz, well.csv.gz, …; cpg0000: "
+                            "experiment-metadata.tsv and the JUMP-Target-1_* tables) to use offline")
         p.add_argument("--cache-dir", type=Path, help="download cache (default: $CPDISTILLER_CACHE/jump)")
 
     lst = jsub.add_parser("list", help="list sources, batches and plates")
@@ -43,20 +56,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace, workers: int = 4):
-    from ..jump import JumpClient
+    from ..jump import JumpClient, PilotClient
 
-    return JumpClient(cache=args.cache_dir, metadata_dir=args.metadata_dir, workers=workers)
+    common = {"cache": args.cache_dir, "metadata_dir": args.metadata_dir, "workers": workers}
+    if args.dataset == "cpg0000":
+        return PilotClient(**({"level": args.level} if args.level else {}), **common)
+    pilot_only = [flag for flag, value in (("--cell-type", args.cell_type), ("--time", args.time),
+                                           ("--level", args.level)) if value]
+    if pilot_only:
+        raise CpDistillerError(f"{', '.join(pilot_only)} filter(s) the pilot's plates; add --dataset cpg0000.")
+    return JumpClient(**common)
+
+
+def _filters(args: argparse.Namespace) -> dict:
+    """The pilot's extra plate filters (none for cpg0016)."""
+    return {"cell_type": args.cell_type, "time": args.time} if args.dataset == "cpg0000" else {}
 
 
 def _list(args: argparse.Namespace) -> int:
-    plates = _client(args).list_plates(args.source, args.batch, args.plate_type)
+    plates = _client(args).list_plates(args.source, args.batch, args.plate_type, **_filters(args))
     if plates.empty:
         raise CpDistillerError("no JUMP plates match these filters.")
     if args.plates:
         print(plates.to_string(index=False))
     else:
-        summary = (plates.groupby(["Metadata_Source", "Metadata_Batch", "Metadata_PlateType"])
-                   .size().rename("plates").reset_index())
+        keys = ["Metadata_Source", "Metadata_Batch", "Metadata_PlateType"]
+        keys += [c for c in ("Metadata_Cell_type", "Metadata_Time") if c in plates.columns]
+        summary = plates.groupby(keys).size().rename("plates").reset_index()
         print(summary.to_string(index=False))
     return 0
 
@@ -66,7 +92,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
     client = _client(args, args.workers)
     plates = [p.strip() for p in args.plates.split(",") if p.strip()] if args.plates else None
-    selection = client.select(args.source, args.batch, plates, args.plate_type, args.max_plates)
+    selection = client.select(args.source, args.batch, plates, args.plate_type, args.max_plates, **_filters(args))
     plan = client.plan(selection)
     print(f"JUMP fetch: {plan.describe()}", file=sys.stderr)
     if args.dry_run:
@@ -80,7 +106,7 @@ def _fetch(args: argparse.Namespace) -> int:
             return 1
     with TerminalProgress("download") as bar:
         profiles = client.fetch(args.source, args.batch, plates, args.plate_type, args.max_plates,
-                                skip_missing=args.skip_missing, progress=bar)
+                                skip_missing=args.skip_missing, progress=bar, **_filters(args))
     write_profiles(profiles, args.out)
     s = profiles.summary()
     print(f"wrote {args.out}: {s['wells']} wells x {s['features']} features from {s['plates']} plates "

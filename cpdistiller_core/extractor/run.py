@@ -146,9 +146,18 @@ def _config(spec: WeightsSpec, settings: FeatureSettings, n_sites: int, stamp: s
 
 
 def _write_parquet(df: pd.DataFrame, path: Path, meta: dict) -> None:
+    """Parquet with the extraction's config under the key ``io`` reads: with the store's roles and
+    feature list, so `read_profiles` / `correct --image-features` take the ``mesmer_*`` columns as
+    features (without them the reader found no features in the extractor's own output)."""
+    from ..io.common import _STORE_KEY, _STORE_VERSION
+
+    features = [c for c in df.columns if c.startswith("mesmer_")]
+    store = {"format": "cpdistiller-image-features", "version": _STORE_VERSION, "kind": "image_features",
+             "roles": {"plate": "Metadata_Plate", "well": "Metadata_Well"}, "features": features,
+             "metadata_columns": [c for c in df.columns if c not in set(features)], **meta}
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           b"cpdistiller": json.dumps(meta).encode()})
+                                           _STORE_KEY.encode(): json.dumps(store).encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
