@@ -146,7 +146,7 @@ def test_prepare_site_illum_and_channel_mix(tmp_path: Path) -> None:
     assert not np.allclose(prepare_site(paths, None, preprocess="mesmer"), out, atol=1e-3)
 
 
-def _clahe(x: np.ndarray, k: int) -> np.ndarray:
+def _clahe(x: np.ndarray, k: int | None) -> np.ndarray:
     """deepcell_toolbox.histogram_normalization on one channel, written out with skimage."""
     from skimage.exposure import equalize_adapthist, rescale_intensity
 
@@ -158,8 +158,9 @@ def _clip(x: np.ndarray, q: float = 99.9) -> np.ndarray:
 
 
 def test_paper_preprocessing_is_the_reference_chain(tmp_path: Path) -> None:
-    """Reference chain after the illumination step (divided here): CLAHE(64), log1p(2 x) on DNA only,
-    then Mesmer's clip + CLAHE(128). The default of prepare_site and of the extractor."""
+    """Reference chain after the illumination step (divided here): CLAHE at skimage's default kernel
+    (1/8 of the image), log1p(2 x) on DNA only, then Mesmer's clip + CLAHE(128). The default of
+    prepare_site and of the extractor."""
     csv = make_plate(tmp_path, "P1", ["A01"], sites=1, size=96)
     m = read_load_data(csv, illum_dir=tmp_path / "illum")
     idx = m.table.index[0]
@@ -167,12 +168,12 @@ def test_paper_preprocessing_is_the_reference_chain(tmp_path: Path) -> None:
     illum = {c: m.illum.at[idx, c] for c in CHANNELS}
     raw = {c: read_image(paths[c]) / np.load(illum[c]) for c in CHANNELS}
     dna, mix = raw["DNA"], (raw["RNA"] + raw["ER"]) / 2
-    want = np.stack([_clahe(_clip(np.log1p(2 * _clahe(dna, 64))), 128), _clahe(_clip(_clahe(mix, 64)), 128)])
+    want = np.stack([_clahe(_clip(np.log1p(2 * _clahe(dna, None))), 128), _clahe(_clip(_clahe(mix, None)), 128)])
     out = prepare_site(paths, illum)
     assert out.dtype == np.float32 and FeatureSettings().preprocess == "paper"
     np.testing.assert_allclose(out, want, atol=2e-6)
     # The log step reaches the nucleus channel only.
-    no_log = np.stack([_clahe(_clip(_clahe(dna, 64)), 128), want[1]])
+    no_log = np.stack([_clahe(_clip(_clahe(dna, None)), 128), want[1]])
     assert np.abs(out[0] - no_log[0]).max() > 1e-3
     np.testing.assert_allclose(out[1], no_log[1], atol=2e-6)
 
@@ -209,7 +210,7 @@ import sys
 import numpy as np
 from deepcell_toolbox.processing import histogram_normalization, percentile_threshold
 x = np.load(sys.argv[1])                                # [1, H, W, 2], as npz2embedding holds it
-x = histogram_normalization(x)                          # npz2embedding, default kernel 64
+x = histogram_normalization(x)                          # npz2embedding: no kernel size (skimage's 1/8)
 x[..., 0] = np.log1p(2 * x[..., 0])                     # smooth_matrix_log(scale_factor=2)
 x = histogram_normalization(percentile_threshold(x, 99.9), kernel_size=128)  # mesmer_preprocess
 np.save(sys.argv[2], x)

@@ -306,8 +306,9 @@ def percentile_threshold(channel: np.ndarray, percentile: float = 99.9) -> np.nd
     return np.minimum(channel, np.percentile(nz, percentile)).astype(channel.dtype)
 
 
-def histogram_normalization(channel: np.ndarray, kernel_size: int = 128) -> np.ndarray:
-    """Rescale a channel [H, W] to [0, 1] and apply CLAHE (deepcell_toolbox); constant -> zeros."""
+def histogram_normalization(channel: np.ndarray, kernel_size: int | None = 128) -> np.ndarray:
+    """Rescale a channel [H, W] to [0, 1] and apply CLAHE (deepcell_toolbox); constant -> zeros.
+    ``kernel_size=None`` is skimage's default, 1/8 of the image's height and width."""
     from skimage.exposure import equalize_adapthist, rescale_intensity
 
     if (channel == channel.flat[0]).all():
@@ -322,11 +323,13 @@ def mesmer_preprocess(image: np.ndarray, percentile: float = 99.9, kernel_size: 
 
 
 def reference_preprocess(image: np.ndarray, percentile: float = 99.9, kernel_size: int = 128,
-                         first_kernel_size: int = 64, log_scale: float = 2.0) -> np.ndarray:
+                         first_kernel_size: int | None = None, log_scale: float = 2.0) -> np.ndarray:
     """The cpDistiller reference code's pre-processing of a [2, H, W] image -> float32 [2, H, W] in [0, 1].
 
-    CLAHE (``first_kernel_size``) on both channels, ``log1p(log_scale * x)`` on the nucleus channel,
-    then Mesmer's own ``mesmer_preprocess`` (percentile clip + CLAHE with ``kernel_size``).
+    CLAHE on both channels (``npz2embedding`` calls deepcell_toolbox's ``histogram_normalization``
+    without a kernel size: skimage's default, 1/8 of the image per axis, 135 px on a 1,080 px site),
+    ``log1p(log_scale * x)`` on the nucleus channel, then Mesmer's own ``mesmer_preprocess``
+    (percentile clip + CLAHE with ``kernel_size``).
     """
     x = np.stack([histogram_normalization(c, first_kernel_size) for c in image])
     x[0] = np.log1p(log_scale * x[0])
