@@ -92,13 +92,15 @@ class InputTransform:
 
     @classmethod
     def fit_apply(cls, X: np.ndarray, negative: np.ndarray | None, sphering: str, regularization: float,
-                  source: str | None = None, min_controls: int = 10,
-                  chunk: int = 8192) -> tuple[InputTransform, np.ndarray]:
+                  source: str | None = None, min_controls: int = 10, chunk: int = 8192,
+                  overwrite_input: bool = False) -> tuple[InputTransform, np.ndarray]:
         """``fit`` and ``apply`` in one pass over memory: the sphered copy made for the statistics is
         standardised in place, so the model input costs one copy of ``X``, not two. Same values as
-        ``fit(X, ...).apply(X)``."""
+        ``fit(X, ...).apply(X)``. ``overwrite_input``: without sphering, standardise ``X`` itself (no copy
+        at all; ``X`` is the model input afterwards)."""
         self, Y = cls._fit(X, negative, sphering, regularization, source, min_controls)
-        out = Y if Y is not X else np.empty(X.shape, dtype=np.float32)
+        in_place = Y is not X or (overwrite_input and X.dtype == np.float32 and X.flags.writeable)
+        out = Y if in_place else np.empty(X.shape, dtype=np.float32)
         for s in range(0, X.shape[0], chunk):
             blk = Y[s:s + chunk]
             if out is Y:
@@ -318,13 +320,15 @@ class CpDistiller:
             progress: ProgressCallback | None = None, warm_start: str | Path | None = None,
             extractor: Profiles | None = None,
             on_epoch: Callable[[dict[str, Any], EMA], None] | None = None,
-            checkpoint_dir: str | Path | None = None) -> CpDistiller:
+            checkpoint_dir: str | Path | None = None, overwrite_input: bool = False) -> CpDistiller:
         """Train on preprocessed ``profiles``; ``extractor`` adds per-well image features (joint module).
 
         ``warm_start``: a saved model directory to fine-tune (same features; its input transform and
         architecture are kept, discriminators are re-initialised when the levels differ).
         ``checkpoint_dir``: with ``config.checkpoint_every = k``, the EMA model is saved every k epochs to
         ``checkpoint_dir/epoch_NNN`` (a model directory: loadable, usable as ``warm_start``).
+        ``overwrite_input``: ``profiles.X`` may become the model input (standardised in place; one copy
+        of the matrix fewer while training). The caller must not use ``profiles.X`` afterwards.
         """
         progress = progress or no_progress
         t_start = time.perf_counter()
@@ -343,7 +347,7 @@ class CpDistiller:
             self.features = list(profiles.features)
             self.input_transform, X = InputTransform.fit_apply(
                 profiles.X, profiles.negative_mask, cfg.sphering, cfg.sphering_regularization, src,
-                cfg.sphering_min_controls)
+                cfg.sphering_min_controls, overwrite_input=overwrite_input)
         else:
             X = self.input_transform.apply(profiles.subset(features=self.features).X)
         data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary_wells,

@@ -310,8 +310,15 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
     writer.stage("training", 0.08)
     writer.last_epoch_end = time.time()  # epoch times are measured from here
     model = CpDistiller(spec.config)
+    # Profiles this run read itself become the model input in place (one matrix copy fewer while
+    # training); transform and the verdict then read the saved input back.
+    own = not isinstance(input_profiles, Profiles)
     model.fit(profiles, effects=spec.effects, progress=writer.progress(0.08, 0.95), warm_start=spec.warm_start,
-              extractor=extractor, on_epoch=writer.on_epoch, checkpoint_dir=run_dir / CHECKPOINTS_DIR)
+              extractor=extractor, on_epoch=writer.on_epoch, checkpoint_dir=run_dir / CHECKPOINTS_DIR,
+              overwrite_input=own)
+    if own:
+        del profiles
+        profiles = Run(run_dir).input()
     timings.update({k: round(v, 3) for k, v in model.timings.items()})
     writer.stage("saving model", 0.95)
     model.save(run_dir / MODEL_DIR)

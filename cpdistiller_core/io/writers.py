@@ -76,28 +76,52 @@ def _write_delimited(profiles: Profiles, tmp: Path, path: Path, info: dict[str, 
     os.replace(side_tmp, side)
 
 
+PARQUET_ROWS_PER_GROUP = 65536  # rows written at a time: the Arrow copy is one row group, not the matrix
+
+
 def _write_parquet(profiles: Profiles, tmp: Path, path: Path, info: dict[str, Any],
                    input_profiles: Profiles | None = None) -> None:
-    """Parquet; ``info`` goes into the schema metadata (nested metadata columns stay nested)."""
+    """Parquet; ``info`` goes into the schema metadata (nested metadata columns stay nested).
+
+    Written one row group of ``PARQUET_ROWS_PER_GROUP`` wells at a time, features column by column from
+    the matrix: Arrow holds one row group's copy, never the whole matrix (at a million wells a full
+    copy is ~5 GB next to the matrix itself). The pandas metadata lists the features as a
+    ``from_pandas`` table would."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = _writable_meta(profiles.meta, nested="keep").reset_index(drop=True)
-    # Features go column by column from the matrix into Arrow: one copy of the matrix, not a pandas
-    # frame plus an Arrow table (two). The pandas metadata lists them as a from_pandas table would.
-    table = pa.Table.from_pandas(meta, preserve_index=False)
-    schema_meta = dict(table.schema.metadata or {})
+    meta = pa.Table.from_pandas(_writable_meta(profiles.meta, nested="keep").reset_index(drop=True),
+                                preserve_index=False)
+    schema_meta = _parquet_schema_metadata(meta, profiles, info)
+    n, writer = profiles.n_wells, None
+    try:
+        for s in range(0, max(n, 1), PARQUET_ROWS_PER_GROUP):
+            rows = slice(s, min(s + PARQUET_ROWS_PER_GROUP, n))
+            table = meta.slice(s, rows.stop - s)
+            for j, f in enumerate(profiles.features):
+                table = table.append_column(f, pa.array(profiles.X[rows, j]))
+            table = table.replace_schema_metadata(schema_meta)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            del table
+    finally:
+        if writer is not None:
+            writer.close()
+    pa.default_memory_pool().release_unused()  # Arrow's pool would keep the row groups' pages for the run
+
+
+def _parquet_schema_metadata(meta: Any, profiles: Profiles, info: dict[str, Any]) -> dict[bytes, bytes]:
+    """The schema metadata: pandas' (metadata columns, then the features) and cpDistiller's ``info``."""
+    schema_meta = dict(meta.schema.metadata or {})
     pandas_meta = json.loads(schema_meta[b"pandas"])
     dtype = str(profiles.X.dtype)
-    for j, f in enumerate(profiles.features):
-        table = table.append_column(f, pa.array(profiles.X[:, j]))
+    for f in profiles.features:
         pandas_meta["columns"].append({"name": f, "field_name": f, "pandas_type": dtype, "numpy_type": dtype,
                                        "metadata": None})
     schema_meta[b"pandas"] = json.dumps(pandas_meta).encode("utf-8")
     schema_meta[_STORE_KEY.encode()] = json.dumps(info, default=json_default).encode("utf-8")
-    pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
-    del table
-    pa.default_memory_pool().release_unused()  # Arrow's pool would keep the copy's pages for the whole run
+    return schema_meta
 
 
 def _write_h5ad(profiles: Profiles, tmp: Path, path: Path, info: dict[str, Any],
