@@ -171,6 +171,15 @@ def _umap(X: np.ndarray, params: ReduceParams) -> np.ndarray:
         return np.asarray(model.fit_transform(X), dtype=np.float32)
 
 
+def reduce_to_cache(X: np.ndarray, method: str = "umap", n_neighbors: int = UMAP_DEFAULTS["n_neighbors"],
+                    min_dist: float = UMAP_DEFAULTS["min_dist"], random_state: int = UMAP_DEFAULTS["random_state"],
+                    progress: ProgressCallback = no_progress) -> None:
+    """:func:`reduce` into the disk cache and nothing else: the target of a background job (``jobs.submit``,
+    whose arguments are JSON and arrays), so a slow UMAP of a large screen never blocks a page."""
+    reduce(X, ReduceParams(method=method, n_neighbors=n_neighbors, min_dist=min_dist, random_state=random_state),
+           progress=progress)
+
+
 def is_cached(X: np.ndarray, params: ReduceParams, cache_root: Path | None = None) -> bool:
     """Whether ``reduce(X, params)`` would be read from disk."""
     return _cache_path(cache_key(np.asarray(X, dtype=np.float32), params), cache_root).exists()

@@ -502,6 +502,28 @@ def finished_runs(session_id: str | None = None) -> list[dict[str, Any]]:
     return [r for r in session_runs(session_id) if r["status"] == jobs.DONE]
 
 
+BACKGROUND_UMAP_WELLS = 20_000  # embeddings with more wells get their UMAP from a background job
+
+
+def background_umap(X: np.ndarray, params: Any, registry: dict[str, str]) -> jobs.JobState:
+    """The state of the background job computing ``reduce(X, params)`` into the disk cache; the job is
+    started the first time a content + parameters key is asked for (``registry``: key -> job folder,
+    kept in the session). Jobs live under the cache folder, apart from correction runs."""
+    from cpdistiller_core.paths import cache_dir
+    from cpdistiller_core.reduce import cache_key, reduce_to_cache
+
+    key = cache_key(X, params)
+    known = registry.get(key)
+    if known is None or not (Path(known) / jobs.JOB_FILE).exists():
+        run_dir = jobs.new_run_dir(root=cache_dir() / "umap_jobs", prefix="umap")
+        jobs.submit(reduce_to_cache, run_dir, objects={"X": np.ascontiguousarray(X, dtype=np.float32)},
+                    kwargs={"method": params.method, "n_neighbors": params.n_neighbors,
+                            "min_dist": params.min_dist, "random_state": params.random_state},
+                    meta={"what": f"{params.method.upper()} of {X.shape[0]:,} wells"})
+        registry[key] = known = str(run_dir)
+    return jobs.status(Path(known))
+
+
 def guess_column(columns: Sequence[str], words: Sequence[str]) -> int | None:
     """Position of the first column whose name contains one of ``words`` (case-insensitive), else None."""
     return next((i for i, c in enumerate(columns) if any(w in c.lower() for w in words)), None)

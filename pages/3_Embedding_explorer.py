@@ -81,6 +81,30 @@ params = ReduceParams(method=method.lower(), n_neighbors=int(n_neighbors), min_d
 if not shown:
     st.warning("Choose at least one panel.")
     st.stop()
+
+
+@st.fragment(run_every=3)
+def _wait_for_background(states: dict[str, jobs.JobState]) -> None:
+    """Progress of the background UMAPs; the page redraws itself when they are done."""
+    registry = st.session_state.setdefault("explorer_umap_jobs", {})
+    now = {name: ds.background_umap(spaces[name].X, params, registry) for name in states}
+    failed = {name: s.error or s.status for name, s in now.items() if s.finished and s.status != jobs.DONE}
+    for name, error in failed.items():
+        st.error(f"UMAP of {name} failed: {error}")
+    if not failed and all(s.status == jobs.DONE for s in now.values()):
+        st.rerun()
+    for name, s in now.items():
+        if s.status != jobs.DONE:
+            st.info(f"UMAP of **{name}** ({spaces[name].n_wells:,} wells) is computing in the background "
+                    f"({s.message or s.status}); this page updates when it is ready. PCA is available meanwhile.")
+
+
+if params.method == "umap":
+    slow = [n for n in shown if spaces[n].n_wells > ds.BACKGROUND_UMAP_WELLS and not is_cached(spaces[n].X, params)]
+    if slow:
+        registry = st.session_state.setdefault("explorer_umap_jobs", {})
+        _wait_for_background({n: ds.background_umap(spaces[n].X, params, registry) for n in slow})
+        st.stop()
 panels: dict[str, np.ndarray] = {}
 try:
     todo = [n for n in shown if not is_cached(spaces[n].X, params)]

@@ -17,9 +17,9 @@ from dashboard import state as ds
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
-def _small() -> ds.Dataset:
+def _small(seed: int = 3) -> ds.Dataset:
     """Two 96-well plates with a row gradient in the first feature and a batch per plate."""
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     rows = [{"Metadata_Plate": f"P{p}", "Metadata_Well": f"{r}{c:02d}", "Metadata_Batch": f"B{p}",
              "Metadata_pert_type": "negcon" if c in (1, 12) else "trt",
              "Metadata_pert_iname": "DMSO" if c in (1, 12) else f"cmpd{(ord(r) + c) % 9}",
@@ -93,3 +93,29 @@ def test_home_autoloads_the_demo_when_started_with_demo_flag(monkeypatch):
     at.run()
     assert not at.exception
     assert at.session_state[ds.DATASET_KEY].origin == "demo"
+
+
+@pytest.mark.slow
+def test_explorer_umap_of_a_large_screen_runs_in_the_background(monkeypatch):
+    """Above ``BACKGROUND_UMAP_WELLS`` the page does not block: a job computes the UMAP into the disk
+    cache, the page says so, and draws it once the job is done."""
+    import time
+
+    from cpdistiller_core import jobs
+
+    monkeypatch.setattr(ds, "BACKGROUND_UMAP_WELLS", 100)  # the 192-well screen counts as large
+    dataset = _small(seed=11)  # not the matrix another test already put in the UMAP cache
+    at = _app(dataset, "pages/3_Embedding_explorer.py")
+    at.radio(key="explorer_method").set_value("UMAP").run()
+    assert not at.exception and not at.error
+    assert any("computing in the background" in i.value for i in at.info)
+    assert not at.get("plotly_chart")  # nothing drawn while the job runs
+    (job_dir,) = at.session_state["explorer_umap_jobs"].values()
+    deadline = time.time() + 300
+    while not jobs.status(Path(job_dir)).finished and time.time() < deadline:
+        time.sleep(1)
+    assert jobs.status(Path(job_dir)).status == jobs.DONE, jobs.status(Path(job_dir)).error
+    assert is_cached(dataset.raw.X, ReduceParams())
+    at.run()
+    assert not at.exception and not at.error and at.get("plotly_chart")
+    assert not any("computing in the background" in i.value for i in at.info)
