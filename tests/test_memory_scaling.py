@@ -6,9 +6,10 @@ embedding, each in a fresh process, which reports its peak RSS (VmHWM). Fixed co
 pandas, the model) make small screens look expensive per well, so the test compares the *marginal*
 memory: (peak_large - peak_small) / (wells_large - wells_small), in copies of the float32 matrix
 (wells x features x 4 bytes), with Arrow on the system allocator so that freed buffers are returned.
-The path needs the profiles and the model input at once (2 copies) plus, while preprocessing, the
+While training, a run that read its own input holds one copy (the profiles are standardised in place
+into the model input; transform re-reads input.parquet); preprocessing holds the input, the
 feature-selected copy and pycytominer's NaN scan. Measured here (1,000 features, 3,072 and 16,128
-wells): 3.3 copies per well after the issue-18 fixes (3.8 before the last one, chunked mean/std); 6.5 before them (Arrow table + pandas frame +
+wells): 3.3–4.0 copies per well in repeated runs (allocator noise is ~0.5 copy at these sizes); 6.5 before the issue-18 fixes (Arrow table + pandas frame +
 matrix at read, full-size masks in validation, a second normalised copy, sphering and standardising
 copies, double copies of column subsets). The bound, 4.5 copies, leaves ~1 copy (~60 MB here) for
 allocator noise and fails the old code.
