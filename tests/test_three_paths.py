@@ -68,3 +68,31 @@ def test_three_paths_from_simulated_images(screen_with_images, tmp_path, capsys)
     assert applied.n_wells == 48 and set(applied.plate) == {screen_with_images["plates"][2]}
     # every input metadata column survives, also through the joint path
     assert set(pd.read_csv(root / "new.csv").filter(like="Metadata_").columns) <= set(applied.meta.columns)
+
+
+def test_three_paths_from_the_dashboard(screen_with_images, monkeypatch):
+    """The Correct page's calls: image features from a server folder of `extract` output, a joint
+    correction job, then the joint model applied to the new plate with its own features."""
+    from cpdistiller_core import jobs
+    from cpdistiller_core.io import read_profiles
+    from dashboard import state as ds
+
+    root = screen_with_images["root"]
+    monkeypatch.setenv("CPDISTILLER_DATA_ROOT", str(root))
+    sid = ds.new_session_id()
+    config = {"epochs": 2, "hidden_dim": 32, "latent_dim": 8, "batch_size": 64, "device": "cpu"}
+    train = ds.Dataset(name="train", raw=read_profiles(root / "train.csv"))
+    with pytest.warns(UserWarning, match="untrained random weights"):
+        images = ds.load_image_features(str(root / "features"), session_id=sid)
+    run_dirs = {}
+    for name, extractor in (("cp", None), ("joint", images)):  # one job at a time per session
+        run_dirs[name] = ds.launch_correction(train, config, ["row", "column"], session_id=sid, extractor=extractor)
+        assert jobs.wait(run_dirs[name], timeout=600).status == jobs.DONE, (name, jobs.read_log(run_dirs[name]))
+    assert Run.open(run_dirs["joint"]).model().extractor_features == images.features
+    new = ds.Dataset(name="new", raw=read_profiles(root / "new.csv"))
+    new_plate = screen_with_images["features"][screen_with_images["plates"][2]]
+    with pytest.warns(UserWarning, match="untrained random weights"):
+        new_images = ds.load_image_features(str(new_plate), session_id=sid)
+    applied = ds.launch_apply(new, run_dirs["joint"], session_id=sid, extractor=new_images)
+    assert jobs.wait(applied, timeout=600).status == jobs.DONE, jobs.read_log(applied)
+    assert Run.open(applied).embedding().n_wells == 48
