@@ -83,6 +83,24 @@ class StageClock:
             self.switch("training")  # the last mining message; training reports only at epoch ends
 
 
+def score_run(run_dir: str) -> dict:
+    """Read a finished run, then time the scorecard on it (the read is timed and measured apart)."""
+    from cpdistiller_core.metrics import evaluate
+    from cpdistiller_core.runs import Run
+
+    reset_hwm()
+    t = time.perf_counter()
+    run = Run.open(run_dir)
+    emb, base = run.embedding(), run.input()
+    read = {"s": round(time.perf_counter() - t, 1), "peak_mb": round(vm_hwm_mb())}
+    reset_hwm()
+    t = time.perf_counter()
+    card = evaluate(emb, baseline=base)
+    scored = {"s": round(time.perf_counter() - t, 1), "peak_mb": round(vm_hwm_mb())}
+    return {"wells": emb.n_wells, "read": read, "scorecard": scored,
+            "metrics": sorted(card.wide().columns.drop(["method"], errors="ignore").tolist())}
+
+
 def child(path: str, epochs: int, scorecard_max: int, effects: str, verdict: bool = True) -> dict:
     """In a fresh process: the real correction path on ``path``, then the scorecard."""
     from cpdistiller_core import runs
@@ -174,8 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-verdict", action="store_true", help="skip the run's 'did it help?' stage (saves time)")
     ap.add_argument("--plot", help="write a PNG of the table")
     ap.add_argument("--stages-only", action="store_true", help="print the rows; write no result files")
+    ap.add_argument("--score", metavar="RUN_DIR",
+                    help="only time the scorecard (metrics.evaluate, sampled where quadratic) of a finished run, "
+                         "e.g. the run_dir a size's JSON names; prints seconds and peak memory")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.score:
+        print(json.dumps(score_run(args.score)))
+        return 0
     if args.child:
         print(json.dumps(child(args.child, args.epochs, args.scorecard_max, args.effects, not args.no_verdict)))
         return 0
