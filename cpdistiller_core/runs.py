@@ -307,15 +307,10 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
         report["preprocess"] = prep_report.summary()
     write_profiles(profiles, run_dir / INPUT_FILE)
     writer.state["levels"] = report["levels"] = _levels(profiles, spec.effects)
-    writer.stage("training", 0.08)
-    writer.last_epoch_end = time.time()  # epoch times are measured from here
-    model = CpDistiller(spec.config)
     # Profiles this run read itself become the model input in place (one matrix copy fewer while
     # training); transform and the verdict then read the saved input back.
     own = not isinstance(input_profiles, Profiles)
-    model.fit(profiles, effects=spec.effects, progress=writer.progress(0.08, 0.95), warm_start=spec.warm_start,
-              extractor=extractor, on_epoch=writer.on_epoch, checkpoint_dir=run_dir / CHECKPOINTS_DIR,
-              overwrite_input=own)
+    model = _fit(profiles, run_dir, spec, extractor, writer, overwrite_input=own)
     if own:
         del profiles
         profiles = Run(run_dir).input()
@@ -334,6 +329,18 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
                   train=model.train_info, neighbors=model.neighbor_stats,
                   final_epoch=model.history[-1] if model.history else None,
                   output={"wells": emb.n_wells, "dimensions": emb.n_features})
+
+
+def _fit(profiles: Profiles, run_dir: Path, spec: RunSpec, extractor: Profiles | None, writer: _RunWriter,
+         overwrite_input: bool) -> CpDistiller:
+    """The training stage: a new model fitted as ``spec`` says, epochs reported through ``writer``."""
+    writer.stage("training", 0.08)
+    writer.last_epoch_end = time.time()  # epoch times are measured from here
+    model = CpDistiller(spec.config)
+    model.fit(profiles, effects=spec.effects, progress=writer.progress(0.08, 0.95), warm_start=spec.warm_start,
+              extractor=extractor, on_epoch=writer.on_epoch, checkpoint_dir=run_dir / CHECKPOINTS_DIR,
+              overwrite_input=overwrite_input)
+    return model
 
 
 def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _RunWriter) -> dict[str, Any]:
