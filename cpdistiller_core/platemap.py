@@ -141,9 +141,15 @@ def variance_explained(profiles: Profiles, label: str | np.ndarray, n_pcs: int =
     ``label``: an effect ('batch', 'plate', 'row', 'column') or an array of labels. ``wells``: 'all' or
     'negative' (negative controls only, where technical effects are not confounded with treatments).
     """
+    labels = np.asarray(profiles.labels(label) if isinstance(label, str) else label).astype(str)
+    mask, scores = _top_pcs(profiles, n_pcs, wells, seed)
+    return _between_share(scores, labels[mask])
+
+
+def _top_pcs(profiles: Profiles, n_pcs: int, wells: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the wells used, their centred top-PC scores in float64)."""
     from .reduce import pca
 
-    labels = np.asarray(profiles.labels(label) if isinstance(label, str) else label).astype(str)
     mask = np.ones(profiles.n_wells, bool)
     if wells == "negative":
         mask = profiles.negative_mask
@@ -151,9 +157,12 @@ def variance_explained(profiles: Profiles, label: str | np.ndarray, n_pcs: int =
             raise CpDistillerError("fewer than 3 negative controls: set the control role or use all wells.")
     elif wells != "all":
         raise CpDistillerError(f"wells must be 'all' or 'negative' (got {wells!r}).")
-    X, labels = profiles.X[mask], labels[mask]
-    scores, _ = pca(X, n_pcs, seed=seed)
-    scores = scores.astype(np.float64) - scores.mean(axis=0)
+    scores, _ = pca(profiles.X[mask], n_pcs, seed=seed)
+    return mask, scores.astype(np.float64) - scores.mean(axis=0)
+
+
+def _between_share(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Between-group sum of squares / total sum of squares of centred ``scores`` grouped by ``labels``."""
     total = float((scores ** 2).sum())
     if total <= 0:
         return 0.0
@@ -172,20 +181,25 @@ def variance_table(sides: dict[str, Profiles], effects: Sequence[str] = EFFECT_O
                    wells: str = "all") -> pd.DataFrame:
     """Variance explained per effect for each side ('uncorrected', 'cpDistiller', …): long table.
 
-    Effects a side cannot label (no batch role) or with a single level are skipped.
+    Effects a side cannot label (no batch role) or with a single level are skipped. The top PCs are
+    computed once per side (the PCA is the cost; every effect reuses it).
     """
     rows = []
     for side, prof in sides.items():
+        labelled = {}
         for effect in effects:
             try:
                 labels = np.asarray(prof.labels(effect)).astype(str)
             except CpDistillerError:
                 continue
             sub = labels[prof.negative_mask] if wells == "negative" else labels
-            if len(np.unique(sub)) < 2:
-                continue
-            rows.append({"side": side, "effect": effect,
-                         "variance_explained": variance_explained(prof, labels, n_pcs, wells)})
+            if len(np.unique(sub)) >= 2:
+                labelled[effect] = labels
+        if not labelled:
+            continue
+        mask, scores = _top_pcs(prof, n_pcs, wells)
+        rows += [{"side": side, "effect": effect, "variance_explained": _between_share(scores, labels[mask])}
+                 for effect, labels in labelled.items()]
     return pd.DataFrame(rows, columns=["side", "effect", "variance_explained"])
 
 
