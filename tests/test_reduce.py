@@ -119,3 +119,19 @@ def test_embedding_figure_panels_colourings_hover_and_highlight():
         embedding_figure({"u": xy[:5]}, p)
     with pytest.raises(CpDistillerError):
         embedding_figure({"u": xy}, p, color_by="annotation")
+
+
+def test_pca_of_a_large_screen_fits_its_axes_on_a_sample_and_projects_every_well():
+    from cpdistiller_core.reduce import pca
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(3000, 2)) * [5.0, 2.0]) @ rng.normal(size=(2, 40)) + rng.normal(size=(3000, 40))
+    X = X.astype(np.float32)
+    exact, exact_ratio = pca(X, 2)
+    sampled, ratio = pca(X, 2, max_fit_wells=500)
+    assert sampled.shape == (3000, 2)
+    for j in range(2):  # same axes up to sign, every well projected
+        assert abs(np.corrcoef(exact[:, j], sampled[:, j])[0, 1]) > 0.99
+    np.testing.assert_allclose(ratio, exact_ratio, atol=0.03)
+    same, _ = pca(X, 2, max_fit_wells=3000)  # at or below the limit: the exact PCA, unchanged
+    np.testing.assert_array_equal(same, exact)
