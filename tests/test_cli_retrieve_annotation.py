@@ -24,3 +24,9 @@ def test_retrieve_with_annotation_pairs(tmp_path, capsys):
     assert summary.loc[("annotation", "fraction_retrieved"), "n"] == 6
     assert "gene column" in summary.loc[("sister", "fraction_retrieved"), "note"]
     assert "annotation" in capsys.readouterr().out
+
+
+def test_retrieve_names_a_missing_recipe_column(tmp_path, capsys):
+    assert main(["retrieve", "demo", "--recipe", "cpjump1", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "Metadata_Symbol" in err and "not found" in err and "Traceback" not in err

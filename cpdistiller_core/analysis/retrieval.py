@@ -148,6 +148,11 @@ def evaluate_retrieval(embeddings: dict[str, Profiles], gene_col: str | None, ta
     and retrieved flag), each with a ``method`` column. Unavailable scores are NaN with the reason.
     ``activity=False`` skips the replicate mAP (copairs over all wells: the slow part on big screens).
     """
+    for name, emb in embeddings.items():  # a misspelt column is an error, not a traceback mid-run
+        missing = [c for c in (gene_col, target_col, annotation_col) if c and c not in emb.meta.columns]
+        if missing:
+            raise CpDistillerError(f"{emb.source or name}: column(s) {missing} not found; available: "
+                                   f"{[c for c in emb.meta.columns][:20]}.")
     summary, activity_tables, shared, pairs_out = [], [], [], []
     for i, (name, emb) in enumerate(embeddings.items()):
         progress(i / len(embeddings), f"retrieval: {name}")
