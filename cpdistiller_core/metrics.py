@@ -48,6 +48,13 @@ TECHNICAL_TREATMENTS = "technical_treatments"  # former category of the within-p
 EFFECTS = ("batch", "plate", "row", "column")
 TECHNICAL_WEIGHT, BIOLOGICAL_WEIGHT = 0.4, 0.6
 SCORE_COLUMNS = ["method", "metric", "effect", "category", "value", "n", "note"]
+# Neighbour searches over all scored wells: exact up to this many rows, faiss HNSW above (`knn_search`).
+KNN_EXACT_MAX_ROWS = 50_000
+# Neighbour preservation / truth kNN overlap compare two spaces, one of them the full feature matrix;
+# above this many wells they are measured among a seeded random sample of this many wells.
+NEIGHBOUR_SAMPLE_WELLS = 30_000
+_HNSW_M, _HNSW_EF_CONSTRUCTION, _HNSW_EF_SEARCH_MIN = 16, 40, 128
+_LISI_ROWS_PER_CHUNK = 100_000
 
 # Standardised metadata column names used for copairs.
 _PERT, _REF, _WELL, _PLATE, _ANN = "Metadata_pert", "Metadata_ref", "Metadata_wellpos", "Metadata_plate", "Metadata_ann"
@@ -258,12 +265,16 @@ def classifier_leakage(emb: Profiles, effect: str, *, n_splits: int = 5, seed: i
 
 
 def knn_graph(X: np.ndarray, k: int = 15) -> sp.csr_matrix:
-    """Sparse symmetric cosine kNN graph (binary connectivities), O(N·k) memory."""
+    """Sparse symmetric cosine kNN graph (binary connectivities, self included as sklearn's
+    ``kneighbors_graph``), O(N·k) memory; approximate above `KNN_EXACT_MAX_ROWS` rows."""
     from sklearn.neighbors import NearestNeighbors
 
     k = int(min(k, len(X) - 1))
     if k < 1:
         raise MetricUnavailable("too few wells for a neighbour graph.")
+    if len(X) > KNN_EXACT_MAX_ROWS:  # each row is its own first neighbour, as in kneighbors_graph
+        idx = np.concatenate([np.arange(len(X))[:, None], knn_search(X, k - 1)[1]], axis=1)
+        return graph_from_knn(idx, k)
     nn = NearestNeighbors(n_neighbors=k, metric="cosine").fit(X)
     A = nn.kneighbors_graph(X, mode="connectivity")
     A = ((A + A.T) > 0).astype(np.float32)
@@ -741,12 +752,14 @@ def leiden_nmi_ari(emb: Profiles, annotation_col: str | None = None, *, k: int =
     return _label_leiden(emb.X[mask], labels, k=k, resolutions=resolutions, seed=seed)
 
 
-def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15, standardize_truth: bool = True
-                ) -> tuple[float, int]:
+def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15, standardize_truth: bool = True,
+                max_wells: int | None = NEIGHBOUR_SAMPLE_WELLS, seed: int = 0) -> tuple[float, int]:
     """Mean fraction of each well's k cosine nearest neighbours in ``emb`` that are also among its
     k nearest neighbours in ``truth`` (wells matched by plate + well). The truth (raw-scale clean
     features) is z-scored per feature first unless ``standardize_truth`` is False, so that no
-    single large-valued feature dominates its cosine neighbourhoods. Returns (score, wells)."""
+    single large-valued feature dominates its cosine neighbourhoods. Above ``max_wells`` shared
+    wells, measured among a seeded random sample of that many (as `neighbor_preservation`).
+    Returns (score, wells)."""
     from sklearn.neighbors import NearestNeighbors
 
     _check_finite(emb)
@@ -755,7 +768,8 @@ def knn_overlap(emb: Profiles, truth: Profiles, *, k: int = 15, standardize_trut
     if not key_e.is_unique or not key_t.is_unique:
         raise MetricUnavailable("plate + well does not identify wells uniquely; cannot align the truth.")
     pos = key_t.get_indexer(key_e)
-    ok = pos >= 0
+    ok = np.zeros(len(pos), bool)
+    ok[_sample_positions(pos >= 0, max_wells, seed)] = True
     if ok.sum() < k + 2:
         raise MetricUnavailable(f"only {int(ok.sum())} wells shared with the truth.")
     T = truth.X[pos[ok]]
@@ -799,23 +813,57 @@ def batch_effect(emb: Profiles) -> str:
     raise MetricUnavailable("a single plate and no batch column: nothing to mix.")
 
 
-def knn_search(X: np.ndarray, k: int, *, cosine: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of every row among the rows, self excluded: (distances, indices),
-    each n × k. Cosine geometry via L2-normalised rows (Euclidean distance on the unit sphere, a
-    monotone function of cosine distance). sklearn's chunked search: memory O(n·k)."""
+def knn_search(X: np.ndarray, k: int, *, cosine: bool = True,
+               exact_max_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours of every row among the rows, self excluded: (distances, indices), each
+    n × k. Cosine geometry via L2-normalised rows (Euclidean distance on the unit sphere, a monotone
+    function of cosine distance).
+
+    Up to ``exact_max_rows`` rows (default `KNN_EXACT_MAX_ROWS`, 50,000) the search is exact
+    (sklearn's chunked brute force: memory O(n·k), time O(n²)). Above it, one faiss HNSW graph
+    (M=16, efConstruction=40, efSearch=max(128, 2k), built single-threaded so results are
+    reproducible) makes the cost O(n·log n); recall of the exact neighbours is measured in
+    tests/test_metrics_scale.py and benchmarks/README.md (≈0.99 on a 100k-well embedding).
+    """
     from sklearn.neighbors import NearestNeighbors
 
     Y = _l2_normalise(X) if cosine else np.asarray(X, np.float64)
     k = int(min(k, len(Y) - 1))
     if k < 1:
         raise MetricUnavailable("too few wells for a neighbour search.")
-    dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(Y).kneighbors(Y)
+    limit = KNN_EXACT_MAX_ROWS if exact_max_rows is None else exact_max_rows
+    if len(Y) > limit:
+        dist, idx = _hnsw_search(Y, k + 1)
+    else:
+        dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(Y).kneighbors(Y)
     # drop self (usually column 0; with exact duplicates it may sit elsewhere)
     is_self = idx == np.arange(len(Y))[:, None]
     drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
     keep = np.ones_like(idx, dtype=bool)
     keep[np.arange(len(Y)), drop] = False
     return dist[keep].reshape(len(Y), k), idx[keep].reshape(len(Y), k)
+
+
+def _hnsw_search(Y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate k nearest rows of every row of Y (self included): Euclidean distances and indices.
+    Rows for which the graph returns fewer than k hits are searched exactly."""
+    import faiss
+
+    Y32 = np.ascontiguousarray(Y, np.float32)
+    index = faiss.IndexHNSWFlat(Y32.shape[1], _HNSW_M, faiss.METRIC_L2)
+    index.hnsw.efConstruction = _HNSW_EF_CONSTRUCTION
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # multi-threaded HNSW insertion is not reproducible
+    try:
+        index.add(Y32)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    index.hnsw.efSearch = max(_HNSW_EF_SEARCH_MIN, 2 * k)
+    sq, idx = index.search(Y32, k)
+    short = np.flatnonzero((idx < 0).any(axis=1))
+    if len(short):
+        sq[short], idx[short] = faiss.knn(Y32[short], Y32, k)
+    return np.sqrt(np.maximum(sq, 0.0)).astype(np.float64), idx.astype(np.int64)
 
 
 def _small_knn(X: np.ndarray, k: int, max_rows: int = 3000) -> np.ndarray:
@@ -839,6 +887,11 @@ def lisi(distances: np.ndarray, indices: np.ndarray, labels: np.ndarray, *, perp
     the kernel's entropy is log(perplexity); LISI = 1 / Σ_c (kernel mass on label c)². ``distances``
     and ``indices`` are n × k (self excluded; k = 3·perplexity as in harmonypy). Memory O(n·k).
     """
+    if len(distances) > _LISI_ROWS_PER_CHUNK:  # rows are independent: bound the float64 temporaries
+        return np.concatenate([
+            lisi(distances[s:s + _LISI_ROWS_PER_CHUNK], indices[s:s + _LISI_ROWS_PER_CHUNK], labels,
+                 perplexity=perplexity, tol=tol, n_iter=n_iter)
+            for s in range(0, len(distances), _LISI_ROWS_PER_CHUNK)])
     D = np.asarray(distances, np.float64)
     n = len(D)
     beta = np.ones(n)
@@ -866,13 +919,24 @@ def lisi(distances: np.ndarray, indices: np.ndarray, labels: np.ndarray, *, perp
         beta[down] = np.where(np.isfinite(lo[down]), (beta[down] + lo[down]) / 2, beta[down] / 2)
         H, P = entropy(beta)
     codes = pd.factorize(np.asarray(labels))[0]
-    neigh = codes[np.asarray(indices)]
-    simpson = np.zeros(n)
-    for c in np.unique(neigh):
-        mass = np.where(neigh == c, P, 0.0).sum(axis=1)
-        simpson += mass * mass
+    simpson = _simpson(codes[np.asarray(indices)], P)
     simpson[H == 0] = -1.0  # no usable neighbours (harmonypy's convention)
     return 1.0 / simpson
+
+
+def _simpson(neigh: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Σ_c (Σ_{j: neigh[i, j] = c} P[i, j])² per row: sort each row's labels, sum the kernel mass of
+    each run of equal labels. O(n·k·log k) whatever the number of labels (a pass per label was
+    O(n·k·L) and dominated the scorecard on screens with thousands of perturbations)."""
+    n, k = neigh.shape
+    order = np.argsort(neigh, axis=1, kind="stable")
+    labels = np.take_along_axis(neigh, order, axis=1)
+    mass = np.take_along_axis(P, order, axis=1).ravel()
+    starts = np.ones((n, k), bool)
+    starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    first = np.flatnonzero(starts.ravel())
+    per_label = np.add.reduceat(mass, first)
+    return np.bincount(first // k, weights=per_label * per_label, minlength=n)
 
 
 def _label_knn(emb: Profiles, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1045,8 +1109,16 @@ def _knn_indices(X: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def neighbor_preservation(emb: Profiles, reference: Profiles, *, k: int = 15,
-                          wells: str = "treatment") -> tuple[float, int]:
+def _sample_positions(mask: np.ndarray, max_wells: int | None, seed: int) -> np.ndarray:
+    """Positions of the True entries of ``mask``, or a seeded random ``max_wells`` of them (sorted)."""
+    pos = np.flatnonzero(mask)
+    if max_wells is None or len(pos) <= max_wells:
+        return pos
+    return np.sort(np.random.default_rng(seed).choice(pos, size=max_wells, replace=False))
+
+
+def neighbor_preservation(emb: Profiles, reference: Profiles, *, k: int = 15, wells: str = "treatment",
+                          max_wells: int | None = NEIGHBOUR_SAMPLE_WELLS, seed: int = 0) -> tuple[float, int]:
     """Neighbour preservation: mean over wells of |kNN_emb ∩ kNN_ref| / k (cosine).
 
     ``reference`` is usually the uncorrected profiles. ``wells`` selects the wells scored and among
@@ -1055,12 +1127,16 @@ def neighbor_preservation(emb: Profiles, reference: Profiles, *, k: int = 15,
     to the reference by plate + well (or by row order when that key is not unique/shared but the
     row counts match). kNN are exact, computed on L2-normalised rows with sklearn NearestNeighbors
     (O(N·k) memory, never N×N). 1 = every well keeps its neighbourhood; a random embedding scores
-    about k / N. Returns (score, wells).
+    about k / N. Above ``max_wells`` selected wells (default `NEIGHBOUR_SAMPLE_WELLS`, 30,000) the
+    score is measured among a ``seed``-ed random sample of that many of them (neighbours sought
+    within the sample in both spaces): the reference is usually the full feature matrix, where an
+    exact or graph search over a million wells would take hours. The same wells are sampled for
+    every embedding of the same screen. Returns (score, wells scored).
     """
     _check_finite(emb)
-    mask = _well_mask(emb, wells)
-    pos_ref = _match_rows(emb, reference)[mask]
-    E, R = emb.X[mask], reference.X[pos_ref]
+    rows = _sample_positions(_well_mask(emb, wells), max_wells, seed)
+    pos_ref = _match_rows(emb, reference)[rows]
+    E, R = emb.X[rows], reference.X[pos_ref]
     if not _finite_rows(R).all():
         raise MetricUnavailable("the reference has NaN/inf values in the selected wells.")
     n = len(E)
@@ -1430,7 +1506,10 @@ def _position(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, effects: lis
     def _np():
         if baseline is None:
             raise MetricUnavailable("no uncorrected profiles to compare with (pass a baseline).")
-        return (*neighbor_preservation(emb, baseline, k=cfg.k), f"k={cfg.k}, treatment wells")
+        score, n = neighbor_preservation(emb, baseline, k=cfg.k, max_wells=NEIGHBOUR_SAMPLE_WELLS,
+                                         seed=cfg.seed)
+        sampled = " (a random sample)" if n < (~emb.negative_mask).sum() else ""
+        return score, n, f"k={cfg.k}, treatment wells{sampled}"
     rec("neighbor_preservation", "", POSITION, _np)
     rec("control_collapse", "", POSITION, lambda: (*control_collapse(emb), "negative-control vs replicate spread"))
     rec.tick("position")
@@ -1461,7 +1540,8 @@ def _extras(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, details: dict[
             return frac, int(per_pair["found"].sum()), f"{name} pairs, > 95th percentile of non-pairs"
         rec("fraction_retrieved", name, EXTRA, _fr)
     if truth is not None:
-        rec("knn_overlap", "truth", EXTRA, lambda: (*knn_overlap(emb, truth, k=cfg.k), f"k={cfg.k}"))
+        rec("knn_overlap", "truth", EXTRA, lambda: (*knn_overlap(emb, truth, k=cfg.k, max_wells=NEIGHBOUR_SAMPLE_WELLS,
+                                                                     seed=cfg.seed), f"k={cfg.k}"))
     rec.tick("extras")
 
 
