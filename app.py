@@ -13,8 +13,11 @@ works in its own workspace (uploads and runs).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import re
 import sys
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -35,6 +38,23 @@ ICONS = {"Load profiles": ":material/upload_file:", "Correct": ":material/tune:"
 @st.cache_resource(show_spinner="Simulating the demo screen…")
 def _demo(seed: int = 0) -> ds.Dataset:
     return ds.load_demo(seed)
+
+
+# Imported by the first PCA of the Explorer and Plate maps pages: ~2-3.5 s once per server process on a
+# 2-core machine. Importing them in the background while the user is on Home or Load hides that cost.
+WARM_IMPORTS = ("sklearn.decomposition",)
+
+
+@st.cache_resource(show_spinner=False)
+def _warm_imports() -> threading.Thread:
+    """Start importing `WARM_IMPORTS` in a daemon thread, once per server process."""
+    def work() -> None:
+        for name in WARM_IMPORTS:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+    thread = threading.Thread(target=work, name="cpdistiller-warm-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_demo_into_session() -> None:
@@ -143,6 +163,7 @@ def main() -> None:
     if logo.is_file():
         st.logo(str(logo))
     session_workspace()
+    _warm_imports()
     if "--demo" in sys.argv[1:] and ds.DATASET_KEY not in st.session_state and not st.session_state.get("_demo_tried"):
         st.session_state["_demo_tried"] = True
         try:

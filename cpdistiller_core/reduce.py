@@ -75,7 +75,7 @@ def _check_matrix(X: np.ndarray) -> np.ndarray:
     return X
 
 
-PCA_FIT_MAX_WELLS = 20_000  # above this, the axes are fitted on a seeded sample of wells, then all are projected
+PCA_FIT_MAX_WELLS = 10_000  # above this, the axes are fitted on a seeded sample of wells, then all are projected
 
 
 def pca(X: np.ndarray, n_components: int = 2, seed: int = 0,
@@ -84,7 +84,8 @@ def pca(X: np.ndarray, n_components: int = 2, seed: int = 0,
 
     Screens with more than ``max_fit_wells`` wells get their axes (and the ratios) from a seeded random
     sample of that many wells; every well is then projected onto them, in row chunks. For the
-    dashboard's views of 100k+ wells this is ~5x faster and the axes of 20,000 wells are stable; up
+    dashboard's views of 100k+ wells this is several times faster than a full fit (1.8 s for 100k x 1,446
+    here) and the top axes of 10,000 wells are stable (tests/test_reduce.py checks them against the exact PCA); up
     to ``max_fit_wells`` the PCA is exact as before."""
     from sklearn.decomposition import PCA
 
@@ -96,21 +97,26 @@ def pca(X: np.ndarray, n_components: int = 2, seed: int = 0,
         return scores, model.explained_variance_ratio_.astype(np.float32)
     sample = np.sort(np.random.default_rng(seed).choice(X.shape[0], max_fit_wells, replace=False))
     model.fit(X[sample].astype(np.float64))
-    axes, center = model.components_.T.astype(np.float32), model.mean_.astype(np.float32)
+    axes = model.components_.T.astype(np.float32)
+    offset = model.mean_.astype(np.float32) @ axes  # (x - mean) @ axes without a centred copy of X
     scores = np.empty((X.shape[0], k), dtype=np.float32)
     for s in range(0, X.shape[0], 65536):
-        scores[s:s + 65536] = (X[s:s + 65536] - center) @ axes
+        scores[s:s + 65536] = X[s:s + 65536] @ axes - offset
     return scores, model.explained_variance_ratio_.astype(np.float32)
 
 
 def reduce(X: np.ndarray, params: ReduceParams | None = None, cache: bool = True,
-           cache_root: Path | None = None, progress: ProgressCallback = no_progress) -> np.ndarray:
-    """2-D (or ``n_components``-D) coordinates of the rows of ``X`` by UMAP or PCA, cached on disk."""
+           cache_root: Path | None = None, progress: ProgressCallback = no_progress,
+           key: str | None = None) -> np.ndarray:
+    """2-D (or ``n_components``-D) coordinates of the rows of ``X`` by UMAP or PCA, cached on disk.
+
+    ``key``: ``cache_key(X, params)`` when the caller has it already (hashing a 100k-well matrix
+    takes ~0.5 s, so a page hashes each matrix once per visit)."""
     params = params or ReduceParams()
     if params.method not in ("umap", "pca"):
         raise CpDistillerError(f"unknown reduction {params.method!r}; use 'umap' or 'pca'.")
     X = _check_matrix(X)
-    path = _cache_path(cache_key(X, params), cache_root)
+    path = _cache_path(key or cache_key(X, params), cache_root)
     if cache and path.exists():
         try:
             out = np.load(path, allow_pickle=False)
@@ -150,15 +156,16 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def explained_variance(X: np.ndarray, n_components: int = 2, cache: bool = True,
-                       cache_root: Path | None = None) -> np.ndarray:
+                       cache_root: Path | None = None, key: str | None = None) -> np.ndarray:
     """Fraction of the variance of ``X`` along each axis of ``reduce(X, ReduceParams("pca", n_components))``.
 
-    Read from the disk cache that ``reduce`` fills when it computes a PCA (keyed like the coordinates);
-    computed (and cached) otherwise. Use it to label PCA axes: 'PC1 (23.4 % variance)'.
+    Read from the disk cache that ``reduce`` fills when it computes a PCA (keyed like the coordinates;
+    ``key`` is that PCA's ``cache_key`` when the caller has it); computed (and cached) otherwise. Use
+    it to label PCA axes: 'PC1 (23.4 % variance)'.
     """
     X = _check_matrix(X)
-    path = _variance_path(_cache_path(cache_key(X, ReduceParams(method="pca", n_components=n_components)),
-                                      cache_root))
+    key = key or cache_key(X, ReduceParams(method="pca", n_components=n_components))
+    path = _variance_path(_cache_path(key, cache_root))
     if cache and path.exists():
         try:
             out = np.load(path, allow_pickle=False)
@@ -197,6 +204,6 @@ def reduce_to_cache(X: np.ndarray, method: str = "umap", n_neighbors: int = UMAP
            progress=progress)
 
 
-def is_cached(X: np.ndarray, params: ReduceParams, cache_root: Path | None = None) -> bool:
-    """Whether ``reduce(X, params)`` would be read from disk."""
-    return _cache_path(cache_key(np.asarray(X, dtype=np.float32), params), cache_root).exists()
+def is_cached(X: np.ndarray, params: ReduceParams, cache_root: Path | None = None, key: str | None = None) -> bool:
+    """Whether ``reduce(X, params)`` would be read from disk (``key``: its ``cache_key``, if known)."""
+    return _cache_path(key or cache_key(np.asarray(X, dtype=np.float32), params), cache_root).exists()

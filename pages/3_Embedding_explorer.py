@@ -29,7 +29,7 @@ through_app()
 @st.cache_data(show_spinner=False, max_entries=64)
 def _coords(key: str, _X: np.ndarray, params: ReduceParams) -> np.ndarray:
     """2-D coordinates; ``key`` (content hash + parameters) is the cache key, the disk cache backs it."""
-    return reduce(_X, params)
+    return reduce(_X, params, key=key)
 
 
 st.title("Embedding explorer")
@@ -107,7 +107,8 @@ if params.method == "umap":
         st.stop()
 panels: dict[str, np.ndarray] = {}
 try:
-    todo = [n for n in shown if not is_cached(spaces[n].X, params)]
+    keys = {n: cache_key(spaces[n].X, params) for n in shown}  # one content hash per matrix and visit
+    todo = [n for n in shown if not is_cached(spaces[n].X, params, key=keys[n])]
     progress = st.progress(0.0, text="Computing projections…") if todo else None
     t0 = time.perf_counter()
     for name in shown:
@@ -118,10 +119,11 @@ try:
                               f"({X.shape[0]:,} wells × {X.shape[1]}) · {time.perf_counter() - t0:.0f} s so far"
                               + (" · the first UMAP in a fresh server also compiles umap-learn (about a minute)"
                                  if params.method == "umap" and done == 0 else ""))
-        panels[name] = _coords(cache_key(X, params), X, params)
+        panels[name] = _coords(keys[name], X, params)
     if progress is not None:
         progress.empty()
-    variance = ({name: explained_variance(spaces[name].X) for name in panels} if params.method == "pca" else None)
+    variance = ({name: explained_variance(spaces[name].X, params.n_components, key=keys[name]) for name in panels}
+                if params.method == "pca" else None)
     fig = embedding_figure(panels, base, color_by=color_by, highlight=highlight, marginals=marginals,
                            kind="density" if kind == "density" else "scatter", projection=method, variance=variance)
     st.plotly_chart(fig, width="stretch", key="explorer_fig")
