@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpdistiller_core.errors import CpDistillerError, CpDistillerWarning
+from cpdistiller_core.errors import CpDistillerError, CpDistillerWarning, hide_cell_values
 from cpdistiller_core.io import combine, read_mapping, read_profiles, read_profiles_with_report, validate
 
 
@@ -137,6 +137,15 @@ def test_duplicated_plate_well(tmp_path: Path) -> None:
     msg = error_of(write(df, tmp_path / "dup.csv"))
     assert "dup.csv" in msg and "duplicated (plate, well)" in msg
     assert "plate 'P1' well 'A02'" in msg and "rows 1, 4" in msg
+
+
+def test_duplicated_plate_well_of_a_server_file_names_rows_not_cells(tmp_path: Path) -> None:
+    df = frame()
+    df.loc[4, "Metadata_Well"] = df.loc[1, "Metadata_Well"]
+    with hide_cell_values():
+        msg = error_of(write(df, tmp_path / "dup.csv"))
+    assert "dup.csv" in msg and "duplicated (plate, well)" in msg and "rows 1, 4" in msg
+    assert "P1" not in msg and "A02" not in msg
 
 
 def test_duplicates_across_files_name_both(tmp_path: Path) -> None:

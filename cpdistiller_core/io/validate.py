@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..errors import CpDistillerError, example_rows, example_values, where
+from ..errors import CpDistillerError, cells_hidden, example_rows, example_values, where
 from ..profiles import Profiles
 
 
@@ -18,14 +18,13 @@ def check_duplicates(profiles: Profiles, origin: np.ndarray | None = None) -> No
     first = np.flatnonzero(dup)[0]
     p, w = key.iloc[first]
     same = np.flatnonzero(dup & (key["plate"].to_numpy() == p) & (key["well"].to_numpy() == w))
-    files = ""
-    if origin is not None:
-        files = f" in {', '.join(dict.fromkeys(str(origin[i]) for i in same))}"
+    files = f"in {', '.join(dict.fromkeys(str(origin[i]) for i in same))}" if origin is not None else ""
+    pair = "" if cells_hidden() else f"plate {p!r} well {w!r}"  # server files: rows only, no cell contents
+    example = " ".join(part for part in (pair, files, f"({example_rows(profiles.meta.index[same])})") if part)
     n_pairs = int(key[dup].drop_duplicates().shape[0])
     raise CpDistillerError(
         f"{where(profiles.source or None, profiles.roles.well or profiles.roles.row)}{n_pairs} duplicated "
-        f"(plate, well) pair(s), e.g. plate {p!r} well {w!r}{files} ({example_rows(profiles.meta.index[same])}); "
-        "profiles must have one row per well — aggregate per well first."
+        f"(plate, well) pair(s), e.g. {example}; profiles must have one row per well — aggregate per well first."
     )
 
 
