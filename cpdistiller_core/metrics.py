@@ -53,6 +53,12 @@ KNN_EXACT_MAX_ROWS = 50_000
 # Neighbour preservation / truth kNN overlap compare two spaces, one of them the full feature matrix;
 # above this many wells they are measured among a seeded random sample of this many wells.
 NEIGHBOUR_SAMPLE_WELLS = 30_000
+# mAP: positive pairs grow with the square of a group's wells (a JUMP positive control on every plate of
+# a 1M-well screen would give ~10⁸ pairs alone). When a screen's groups together have more positive pairs
+# than MAP_MAX_POSITIVE_PAIRS, each group with more than MAP_MAX_REPLICATES wells takes part through a
+# seeded random sample of that many; below the budget every well is scored (all shared data sets are).
+MAP_MAX_REPLICATES = 100
+MAP_MAX_POSITIVE_PAIRS = 20_000_000
 _HNSW_M, _HNSW_EF_CONSTRUCTION, _HNSW_EF_SEARCH_MIN = 16, 40, 128
 _LISI_ROWS_PER_CHUNK = 100_000
 
@@ -428,10 +434,44 @@ def _no_different_well_replicates(emb: Profiles, mask: np.ndarray) -> bool:
     return bool((n_pos < 2).all())
 
 
+def replicate_cap(labels: np.ndarray, max_replicates: int | str | None = "auto") -> int | None:
+    """The per-group well cap of the mAP functions: None (score every well), an int, or for "auto"
+    `MAP_MAX_REPLICATES` when the groups' positive pairs (Σ n²) exceed `MAP_MAX_POSITIVE_PAIRS`."""
+    if max_replicates != "auto":
+        return max_replicates  # type: ignore[return-value]
+    counts = pd.Series(np.asarray(labels)).value_counts().to_numpy(np.float64)
+    return MAP_MAX_REPLICATES if float((counts * counts).sum()) > MAP_MAX_POSITIVE_PAIRS else None
+
+
+def cap_per_group(labels: np.ndarray, max_per_group: int | None, seed: int = 0) -> np.ndarray:
+    """Boolean mask: every row of a group with at most ``max_per_group`` rows, and a seeded random
+    ``max_per_group`` rows of each larger group (one sort, whatever the number of groups)."""
+    keep = np.ones(len(labels), bool)
+    if max_per_group is None or len(labels) == 0:
+        return keep
+    codes = pd.factorize(np.asarray(labels))[0]
+    if np.bincount(codes).max() <= max_per_group:
+        return keep
+    order = np.lexsort((np.random.default_rng(seed).random(len(codes)), codes))
+    sorted_codes = codes[order]
+    start = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+    rank = np.arange(len(codes)) - np.repeat(start, np.diff(np.r_[start, len(codes)]))
+    keep[order[rank >= max_per_group]] = False
+    return keep
+
+
+def _capped_note(labels: np.ndarray, max_per_group: int | None, what: str) -> str:
+    if max_per_group is None:
+        return ""
+    n = int((pd.Series(labels).value_counts() > max_per_group).sum())
+    return f"{n} {what} with > {max_per_group} wells: a random {max_per_group} of each" if n else ""
+
+
 def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = True,
                         null_size: int = 10000, threshold: float = 0.05, seed: int = 0,
                         include_positive_controls: bool = True, negatives: str = "auto",
-                        max_negative_pairs: int = 20_000_000) -> pd.DataFrame:
+                        max_negative_pairs: int = 20_000_000,
+                        max_replicates: int | str | None = "auto") -> pd.DataFrame:
     """Phenotypic activity: mAP of each perturbation's replicate wells retrieved against negative controls.
 
     copairs ``average_precision`` with positives = wells of the same perturbation (in different well
@@ -442,6 +482,9 @@ def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = 
     ``negatives``: "all" (every negative control), "same_plate" (the controls of the query's plate,
     as in the JUMP pipelines; pairs stay linear in wells), or "auto": "all" unless that would exceed
     ``max_negative_pairs`` treatment–control pairs. The choice is in ``result.attrs["negatives"]``.
+    ``max_replicates``: a perturbation with more wells is scored on a seeded random sample of that many
+    (`cap_per_group`; ``result.attrs["sampled"]`` says how many were); None scores every well; "auto"
+    caps at `MAP_MAX_REPLICATES` only when the positive pairs exceed `MAP_MAX_POSITIVE_PAIRS`.
 
     Returns one row per perturbation with columns: perturbation, n_replicates, mean_average_precision,
     mean_normalized_average_precision, p_value, corrected_p_value, below_p, below_corrected_p.
@@ -451,6 +494,9 @@ def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = 
     neg = _negative_controls(emb)
     keep = np.ones(emb.n_wells, bool) if include_positive_controls else (emb.control != "positive")
     pert = emb.perturbation.astype(str)
+    cap = replicate_cap(pert[~neg & keep], max_replicates)
+    sampled = _capped_note(pert[~neg & keep], cap, "perturbations")
+    keep[~neg] &= cap_per_group(pert[~neg], cap, seed)
     meta = pd.DataFrame({_PERT: np.where(neg, "__negative_control__", pert), _WELL: emb.well,
                          _PLATE: emb.plate.astype(str)})
     meta[_REF] = np.where(neg, np.arange(len(meta)), -1)
@@ -475,23 +521,30 @@ def phenotypic_activity(emb: Profiles, *, replicates_in_different_wells: bool = 
     mp.insert(1, "n_replicates", mp["perturbation"].map(n_rep).astype(int))
     out = mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
     out.attrs["negatives"] = negatives
+    out.attrs["sampled"] = sampled
     return out
 
 
 def phenotypic_distinctness(emb: Profiles, *, null_size: int = 10000, threshold: float = 0.05,
-                            seed: int = 0, include_positive_controls: bool = True) -> pd.DataFrame:
+                            seed: int = 0, include_positive_controls: bool = True,
+                            max_replicates: int | str | None = "auto") -> pd.DataFrame:
     """mAP against non-replicates (Arevalo et al. 2024 ``average_precision_nonrep``).
 
     Queries: wells of replicated perturbations (negative controls excluded). copairs positives: wells
     of the same perturbation in a different well position (Arevalo et al. allow the same position;
     we do not, so a shared position effect cannot create the match); negatives: wells of other
-    perturbations on the query's plate. Computed in exact chunks (`chunked_average_precision`).
-    Returns one row per perturbation like `phenotypic_activity`.
+    perturbations on the query's plate. Computed in exact chunks (`chunked_average_precision`). A
+    perturbation with more than ``max_replicates`` wells takes part (as query, positive and negative)
+    through a seeded random sample of that many ("auto", None: as `phenotypic_activity`). Returns one
+    row per perturbation like `phenotypic_activity`.
     """
     _check_finite(emb)
     keep = ~emb.negative_mask
     if not include_positive_controls:
         keep &= emb.control != "positive"
+    cap = replicate_cap(emb.perturbation[keep].astype(str), max_replicates)
+    sampled = _capped_note(emb.perturbation[keep].astype(str), cap, "perturbations")
+    keep[keep] &= cap_per_group(emb.perturbation[keep].astype(str), cap, seed)
     if keep.sum() < 3:
         raise MetricUnavailable("fewer than 3 treatment wells.")
     if _no_different_well_replicates(emb, keep):
@@ -504,20 +557,27 @@ def phenotypic_distinctness(emb: Profiles, *, null_size: int = 10000, threshold:
     n_rep = meta[_PERT].value_counts()
     mp = mp.rename(columns={_PERT: "perturbation"})
     mp.insert(1, "n_replicates", mp["perturbation"].map(n_rep).astype(int))
-    return mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
+    out = mp.sort_values("mean_average_precision", ascending=False).reset_index(drop=True)
+    out.attrs["sampled"] = sampled
+    return out
 
 
 def same_position_test(emb: Profiles, *, null_size: int = 10000, threshold: float = 0.05,
-                       seed: int = 0) -> tuple[float, int, str]:
+                       seed: int = 0, max_replicates: int | str | None = "auto") -> tuple[float, int, str]:
     """Same-position control test (cf. the CPJUMP1 DMSO position test).
 
     Queries: negative-control wells. copairs positives: negative controls at the same well position
     on other plates; negatives: negative controls at other positions on the query's plate. A position
     "retrieves" its controls when its mAP is significant (BH FDR < ``threshold``). Score = 1 − the
-    fraction of positions that do (1 = no position signature left among controls).
+    fraction of positions that do (1 = no position signature left among controls). A position with
+    more than ``max_replicates`` control wells takes part through a seeded random sample of that many
+    ("auto", None: as `phenotypic_activity`).
     Returns (score, positions tested, note with the mean mAP)."""
     _check_finite(emb)
-    neg = _negative_controls(emb)
+    neg = _negative_controls(emb).copy()
+    cap = replicate_cap(emb.well[neg], max_replicates)
+    sampled = _capped_note(emb.well[neg], cap, "positions")
+    neg[neg] &= cap_per_group(emb.well[neg], cap, seed)
     meta = pd.DataFrame({_WELL: emb.well[neg], _PLATE: emb.plate[neg].astype(str)})
     plates_per_pos = meta.groupby(_WELL)[_PLATE].nunique()
     if (plates_per_pos < 2).all():
@@ -527,7 +587,8 @@ def same_position_test(emb: Profiles, *, null_size: int = 10000, threshold: floa
                          seed=seed)
     mp = mp.dropna(subset=["mean_average_precision"])
     frac = float(mp["below_corrected_p"].mean())
-    return 1.0 - frac, len(mp), f"mAP {mp['mean_average_precision'].mean():.3f}; {frac:.0%} of positions retrieved"
+    note = f"mAP {mp['mean_average_precision'].mean():.3f}; {frac:.0%} of positions retrieved"
+    return 1.0 - frac, len(mp), note + (f"; {sampled}" if sampled else "")
 
 
 def consensus_profiles(emb: Profiles, *, exclude_negative: bool = True, how: str = "median",
@@ -1471,7 +1532,8 @@ def _biological(emb: Profiles, cfg: EvaluationConfig, rec: _Recorder, knn: Any,
 
 
 def _summary(tab: pd.DataFrame, note: str) -> tuple[float, int, str]:
-    return float(tab["mean_average_precision"].mean()), len(tab), note
+    sampled = tab.attrs.get("sampled")
+    return float(tab["mean_average_precision"].mean()), len(tab), note + (f"; {sampled}" if sampled else "")
 
 
 def _store(details: dict[str, pd.DataFrame], name: str, tab: pd.DataFrame) -> pd.DataFrame:

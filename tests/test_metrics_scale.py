@@ -94,3 +94,37 @@ def test_scorecard_notes_a_sampled_neighbour_preservation(monkeypatch):
     card = M.evaluate(p, baseline=p, config=M.EvaluationConfig(null_size=200))
     row = card.scores.set_index("metric").loc["neighbor_preservation"]
     assert row["n"] == 100 and "random sample" in row["note"]
+
+
+def test_cap_per_group_keeps_small_groups_and_samples_large_ones():
+    labels = np.array(["a"] * 5 + ["b"] * 300 + ["c"] * 101)
+    keep = M.cap_per_group(labels, 100, seed=0)
+    counts = pd.Series(labels[keep]).value_counts()
+    assert counts["a"] == 5 and counts["b"] == 100 and counts["c"] == 100
+    np.testing.assert_array_equal(keep, M.cap_per_group(labels, 100, seed=0))
+    assert not np.array_equal(keep, M.cap_per_group(labels, 100, seed=1))
+    assert M.cap_per_group(labels, None).all()
+
+
+def test_map_of_a_heavily_replicated_perturbation_is_sampled_and_said_so():
+    p = make_screen(n_plates=6, n_perts=6, signal=5.0, seed=2)  # 80 wells per perturbation
+    full = M.phenotypic_activity(p, null_size=200)
+    capped = M.phenotypic_activity(p, null_size=200, max_replicates=5)
+    assert full.attrs["sampled"] == "" and "perturbations with > 5 wells" in capped.attrs["sampled"]
+    # strong signal: the sampled mAP stays high, each perturbation counted once, on 5 wells
+    assert capped["mean_average_precision"].min() > 0.8 and len(capped) == len(full)
+    assert (capped["n_replicates"] == 5).all()
+    nonrep = M.phenotypic_distinctness(p, null_size=200, max_replicates=5)
+    assert (nonrep["n_replicates"] == 5).all() and nonrep.attrs["sampled"]
+    n_controls = int(p.negative_mask.sum())
+    _, n, note = M.same_position_test(p, null_size=200, max_replicates=2)
+    assert n == 16 and "16 positions with > 2 wells: a random 2 of each" in note  # 6 plates each
+    assert int(p.negative_mask.sum()) == n_controls  # the screen's own mask is left alone
+
+
+def test_auto_cap_only_when_positive_pairs_exceed_the_budget(monkeypatch):
+    labels = np.repeat(np.arange(10), 150)  # 10 groups of 150: 225,000 positive pairs
+    assert M.replicate_cap(labels) is None
+    monkeypatch.setattr(M, "MAP_MAX_POSITIVE_PAIRS", 200_000)
+    assert M.replicate_cap(labels) == M.MAP_MAX_REPLICATES
+    assert M.replicate_cap(labels, None) is None and M.replicate_cap(labels, 7) == 7
