@@ -157,7 +157,7 @@ def _top_pcs(profiles: Profiles, n_pcs: int, wells: str, seed: int = 0) -> tuple
             raise CpDistillerError("fewer than 3 negative controls: set the control role or use all wells.")
     elif wells != "all":
         raise CpDistillerError(f"wells must be 'all' or 'negative' (got {wells!r}).")
-    scores, _ = pca(profiles.X[mask], n_pcs, seed=seed)
+    scores, _ = pca(profiles.X if wells == "all" else profiles.X[mask], n_pcs, seed=seed)  # no copy of all
     return mask, scores.astype(np.float64) - scores.mean(axis=0)
 
 
