@@ -94,10 +94,21 @@ def score_run(run_dir: str) -> dict:
     emb, base = run.embedding(), run.input()
     read = {"s": round(time.perf_counter() - t, 1), "peak_mb": round(vm_hwm_mb())}
     reset_hwm()
-    t = time.perf_counter()
-    card = evaluate(emb, baseline=base)
-    scored = {"s": round(time.perf_counter() - t, 1), "peak_mb": round(vm_hwm_mb())}
+    t = last = time.perf_counter()
+    steps: dict[str, float] = {}
+
+    def tick(_fraction: float, message: str) -> None:  # evaluate reports once per group of metrics
+        nonlocal last
+        now = time.perf_counter()
+        steps[message.split(": ", 1)[-1]] = round(now - last, 1)
+        last = now
+        print(f"{now - t:8.1f} s  {message}", file=sys.stderr, flush=True)
+
+    card = evaluate(emb, baseline=base, progress=tick)
+    scored = {"s": round(time.perf_counter() - t, 1), "peak_mb": round(vm_hwm_mb()), "steps": steps}
+    notes = card.scores.set_index("metric")["note"]
     return {"wells": emb.n_wells, "read": read, "scorecard": scored,
+            "sampled": sorted({n for n in notes if "sample" in n or "random" in n}),
             "metrics": sorted(card.wide().columns.drop(["method"], errors="ignore").tolist())}
 
 
