@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict] = {
     "no_triplet": {"w_con_per_feature": 0.0},
     "triplet/10": {"w_con_per_feature": 1 / 350},
     "dis/10": {"w_dis_per_feature": 1 / 350},
+    "dis*10": {"w_dis_per_feature": 10 / 35},  # a stronger adversary: does it remove strong gradients?
     "ridge1": {"sphering_regularization": 1.0},
     "neutral+ridge1": {"triplet_controls": "neutral", "sphering_regularization": 1.0},
     "neutral+ridge0.1": {"triplet_controls": "neutral", "sphering_regularization": 0.1},
