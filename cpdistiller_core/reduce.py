@@ -36,8 +36,8 @@ class ReduceParams:
 
     def key_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.method == "pca":  # UMAP knobs do not change a PCA
-            d = {"method": "pca", "n_components": self.n_components}
+        if self.method == "pca":  # UMAP knobs do not change a PCA; how its axes are fitted does
+            d = {"method": "pca", "n_components": self.n_components, "fit": f"sample{PCA_FIT_MAX_WELLS}-float32"}
         return d
 
 
