@@ -52,7 +52,8 @@ VARIANTS: dict[str, dict] = {
     "triplet/10": {"w_con_per_feature": 1 / 350},
     "dis/10": {"w_dis_per_feature": 1 / 350},
     "dis*10": {"w_dis_per_feature": 10 / 35},  # a stronger adversary: does it remove strong gradients?
-    "default+cond": {"decoder_covariates": "effects"},  # decoder told batch/row/column: z need not carry them
+    "default+cond": {"decoder_covariates": "effects"},
+    "confusion": {"adversary_objective": "confusion"},  # encoder pulled to uniform, not gradient-reversed  # decoder told batch/row/column: z need not carry them
     "ridge1": {"sphering_regularization": 1.0},
     "neutral+ridge1": {"triplet_controls": "neutral", "sphering_regularization": 1.0},
     "neutral+ridge0.1": {"triplet_controls": "neutral", "sphering_regularization": 0.1},

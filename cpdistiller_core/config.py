@@ -112,6 +112,10 @@ class CpDistillerConfig:
                                      "well through the frozen discriminators (all) or from the controls only "
                                      "(same; lets the encoder collapse the controls)", label="Hide batch/position from",
                                      group="departure", choices=ADVERSARY_ENCODER)
+    # What the encoder does against the discriminators: "reverse" (the paper's gradient reversal of their
+    # cross-entropy) or "confusion" (frozen discriminators, encoder pulled to uniform predictions; an
+    # ablation of benchmarks/README "The simulator grid", not a default).
+    adversary_objective: str = "reverse"
     # Image joint module (only with image features; docs/model.md): "paper" = the reference code's
     # (max-pool 9 x 9 on the square view, its 144-value output fused, LeakyReLU, no loss of its own);
     # "compact" = ours before issue #19 (mean-pool 9 on the flat vector, z_e (32) fused, own reconstruction).
@@ -187,6 +191,7 @@ class CpDistillerConfig:
             (self.neighbor_combine in ("intersection", "union"), "neighbor_combine must be intersection or union"),
             (self.neighbor_space in NEIGHBOR_SPACES, f"neighbor_space must be one of {NEIGHBOR_SPACES}"),
             (self.adversary_encoder in ADVERSARY_ENCODER, "adversary_encoder must be 'same' or 'all'"),
+            (self.adversary_objective in ("reverse", "confusion"), "adversary_objective must be 'reverse' or 'confusion'"),
             (self.decoder_covariates in DECODER_COVARIATES,
              f"decoder_covariates must be one of {DECODER_COVARIATES}"),
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),

@@ -147,6 +147,28 @@ def test_adversary_weight_and_encoder_all_choose_who_learns_from_which_wells():
                                                       for ef in LEVELS))
 
 
+def test_confusion_pulls_the_encoder_to_uniform_predictions_and_leaves_the_discriminators_alone():
+    module, batch = _module(), _batch()
+    confused = _run(module, batch, LossContext(lam=1.0, w_elbo=0.0, w_con=0.0, adversary_objective="confusion"))
+    d_conf, e_conf = _grads(module, "discriminators."), _encoder_grads(module)
+    reversed_ = _run(module, batch, LossContext(lam=1.0, w_elbo=0.0, w_con=0.0))
+    torch.testing.assert_close(d_conf, _grads(module, "discriminators."))  # they learn exactly as before
+    assert e_conf.abs().sum() > 0 and not torch.allclose(e_conf, _encoder_grads(module))
+    torch.testing.assert_close(confused.discriminator_per_effect["row"], reversed_.discriminator_per_effect["row"])
+    # the encoder's term: lam x cross-entropy of the discriminators' predictions against uniform
+    torch.manual_seed(1)
+    z = module.gmvae.encode(batch.x, 1.0).z
+    expected = sum(-torch.log_softmax(module.discriminators[ef](z), 1).mean() for ef in LEVELS)
+    torch.testing.assert_close(sum(confused.hidden_per_effect.values()), expected.detach())
+    # its gradient vanishes when the discriminators predict uniformly (zero weights)
+    with torch.no_grad():
+        for d in module.discriminators.values():
+            for p in d.parameters():
+                p.zero_()
+    _run(module, batch, LossContext(lam=1.0, w_elbo=0.0, w_con=0.0, adversary_objective="confusion"))
+    assert torch.count_nonzero(_encoder_grads(module)) == 0
+
+
 def _quiet(module: CorrectionModule) -> CorrectionModule:
     """z = mu(x) + noise of sd 1e-3, independent of the Gumbel draw: equal inputs, nearly equal codes."""
     with torch.no_grad():

@@ -39,6 +39,7 @@ class LossContext:
     soft_label_eps: float = 0.1         # weight of the soft targets in the discriminators' cross-entropy
     triplet_margin: float = 1.0
     adversary_encoder: str = "same"     # "all": frozen discriminators hide every well's labels
+    adversary_objective: str = "reverse"  # "confusion": encoder pulled to uniform predictions (ablation)
     amp_dtype: torch.dtype | None = None  # autocast dtype for the forward passes (None: float32)
 
     def autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
@@ -115,7 +116,8 @@ def adversarial_loss(discriminators: nn.ModuleDict, z: Tensor, batch: LossBatch,
     on a detached ``z`` and the encoder is pushed on every well through the frozen discriminators.
     """
     w = batch.adversary_weight
-    hide_all = w is not None and context.adversary_encoder == "all"
+    confusion = context.adversary_objective == "confusion"
+    hide_all = (w is not None and context.adversary_encoder == "all") or confusion
     amp = context.autocast(z.device.type)
     with amp:
         z_rev = z.detach() if hide_all else grad_reverse(z, context.lam)
@@ -134,7 +136,11 @@ def adversarial_loss(discriminators: nn.ModuleDict, z: Tensor, batch: LossBatch,
             out.correct[ef] = (hit * w).sum()
         dis = dis + term
         out.discriminator_per_effect[ef] = term.detach()
-        if hide_all:
+        if confusion:
+            hidden = confuse(discriminators[ef], z, context.lam, amp)
+            dis = dis + hidden
+            out.hidden_per_effect[ef] = hidden.detach()
+        elif hide_all:
             hidden = hide_from(discriminators[ef], z, context.lam, target, batch.soft_targets[ef],
                                context.soft_label_eps, amp)
             dis = dis + hidden
@@ -151,6 +157,16 @@ def hide_from(discriminator: nn.Module, z: Tensor, lam: float, target: Tensor, s
     with amp:
         logits = torch.func.functional_call(discriminator, frozen, (grad_reverse(z, lam),))
     return soft_label_cross_entropy(logits, target, soft, eps, reduction="none").mean()
+
+
+def confuse(discriminator: nn.Module, z: Tensor, lam: float, amp: contextlib.AbstractContextManager[Any]) -> Tensor:
+    """Confusion loss (Tzeng et al. 2015): cross-entropy of a *frozen* discriminator's prediction on
+    every well against the uniform distribution, times ``lam``; its minimum is a discriminator that
+    cannot tell the levels apart, which a relabelling of the levels does not reach (unlike reversal)."""
+    frozen = {k: v.detach() for k, v in discriminator.named_parameters()}
+    with amp:
+        logits = torch.func.functional_call(discriminator, frozen, (z,))
+    return -lam * torch.log_softmax(logits.float(), dim=1).mean(dim=1).mean()
 
 
 def triplet_loss(h: Tensor, anchors: Tensor, n: int, margin: float) -> Tensor:
