@@ -40,7 +40,7 @@ from cpdistiller_core.datasets import make_demo_screen  # noqa: E402
 from cpdistiller_core.preprocess import PreprocessConfig, preprocess  # noqa: E402
 
 DATA = Path(os.environ.get("CPDISTILLER_SHARED_DATA", REPO.parent / "shared" / "data"))
-PAPER = {"sphering": "none", "adversary_wells": "all", "min_steps": 0}
+PAPER = {"sphering": "none", "adversary_wells": "all", "min_steps": 0, "neighbor_space": "input"}
 
 # name -> CpDistillerConfig overrides. "default" is whatever config.py says today.
 VARIANTS: dict[str, dict] = {
@@ -53,6 +53,14 @@ VARIANTS: dict[str, dict] = {
     "dis/10": {"w_dis_per_feature": 1 / 350},
     "dis*10": {"w_dis_per_feature": 10 / 35},  # a stronger adversary: does it remove strong gradients?
     "default+cond": {"decoder_covariates": "effects"},
+    # positives only from the MNN set (partners across technical levels), none from wells that share them
+    "mnn_only": {"triplet_knn_share": 0.0},
+    # neighbours mined after removing the negative controls' additive batch/row/column model
+    "mine_ncl": {"neighbor_space": "negcon_linear"},
+    "mine_ncl+mnn_only": {"neighbor_space": "negcon_linear", "triplet_knn_share": 0.0},
+    "mnn_only+cond": {"triplet_knn_share": 0.0, "decoder_covariates": "effects"},
+    "mnn_only+dis*10": {"triplet_knn_share": 0.0, "w_dis_per_feature": 10 / 35},
+    "mnn_only+cond+dis*10": {"triplet_knn_share": 0.0, "decoder_covariates": "effects", "w_dis_per_feature": 10 / 35},
     "confusion": {"adversary_objective": "confusion"},  # encoder pulled to uniform, not gradient-reversed  # decoder told batch/row/column: z need not carry them
     "ridge1": {"sphering_regularization": 1.0},
     "neutral+ridge1": {"triplet_controls": "neutral", "sphering_regularization": 1.0},

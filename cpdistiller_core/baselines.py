@@ -304,8 +304,7 @@ def negcon_linear(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, 
     column (and batch, when present) levels fitted on negative controls; its prediction without the
     intercept is subtracted from every well, then PCA-50. Levels without any negative control get
     no correction (their coefficients are 0), counted in provenance."""
-    from sklearn.linear_model import Ridge
-    from sklearn.preprocessing import OneHotEncoder
+    from .preprocess import negcon_technical_effects
 
     X = _check(profiles)
     neg = profiles.negative_mask
@@ -315,13 +314,8 @@ def negcon_linear(profiles: Profiles, effects: Sequence[str] = DEFAULT_EFFECTS, 
     use, skipped = resolve_effects(profiles, wanted)
     if not use:
         raise CpDistillerError(f"no technical effect to model (requested {list(effects)}).")
-    L = np.column_stack([_labels(profiles, e) for e in use])
-    enc = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(L[neg])
-    D = enc.transform(L)
-    model = Ridge(alpha=alpha).fit(D[neg], X[neg])
-    tech = D @ model.coef_.T
+    tech, unseen = negcon_technical_effects(X, {e: _labels(profiles, e) for e in use}, neg, alpha)
     Xc = X - tech
-    unseen = {e: int(len(set(L[:, i]) - set(L[neg, i]))) for i, e in enumerate(use)}
     return _embed(profiles, pca(Xc, seed=seed), "negcon_linear", "ncl_", effects_corrected=use,
                   effects_skipped=skipped, levels_without_controls=unseen, alpha=alpha)
 

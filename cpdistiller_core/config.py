@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CpDistillerError
-from .settings import config_from_dict, setting
+from .settings import config_from_dict, paper_values, setting
 
 EFFECTS = ("batch", "row", "column")
 _EFFECT_ALIASES = {"batch": "batch", "row": "row", "column": "column", "col": "column"}
@@ -23,7 +23,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SPHERING = ("none", "negcon", "auto")
 ADVERSARY_WELLS = ("all", "negcon", "auto")
 TRIPLET_CONTROLS = ("auto", "paper", "neutral")
-NEIGHBOR_SPACES = ("input", "unsphered")
+NEIGHBOR_SPACES = ("input", "unsphered", "negcon_linear")
 DECODER_COVARIATES = ("none", "batch", "effects")
 ADVERSARY_ENCODER = ("all", "same")
 JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
@@ -75,10 +75,15 @@ class CpDistillerConfig:
                          range=(1, 200))
     neighbor_pcs: int = 50
     neighbor_combine: str = "intersection"
-    # Space the KNN/MNN pairs are mined in: "input" = the model input (sphered when sphering is on);
-    # "unsphered" = the per-feature z-scored profiles before any sphering.
-    neighbor_space: str = setting("input", "space the KNN/MNN pairs are mined in", label="Mine neighbours in",
-                                  group="departure", choices=NEIGHBOR_SPACES, paper="input")
+    # Space the KNN/MNN pairs are mined in (ours; docs/model.md "Where the neighbours are mined"):
+    # "negcon_linear" (default) = the model input minus the additive batch/row/column effects a ridge
+    # model fits on the negative controls (the negcon_linear reference method), so the mined partners
+    # reflect phenotype rather than well position; screens with < 3 controls mine in the input, with a
+    # warning. "input" (paper) = the model input; "unsphered" = the z-scored profiles before sphering.
+    neighbor_space: str = setting("negcon_linear", "space the KNN/MNN pairs are mined in (negcon_linear: the input "
+                                  "minus the batch/row/column effects fitted on the negative controls)",
+                                  label="Mine neighbours in", group="departure", choices=NEIGHBOR_SPACES,
+                                  paper="input")
     # How negative controls enter the triplets. "paper" (reference code): a control's positive is any
     # other control and a treated well's negative is a control, which pulls every control to one point
     # and pushes all treatments away from it. "neutral": controls are wells like any other (positives
@@ -91,6 +96,9 @@ class CpDistillerConfig:
                                     choices=TRIPLET_CONTROLS, paper="paper")
     # Gradients through the positive/negative wells of a triplet too (paper). False: they are encoded
     # without gradient (targets), ~40% less compute per step; every well is still an anchor each epoch.
+    # Share of a treated anchor's positives drawn from its KNN set (wells sharing every technical level,
+    # or, in the fallback, at least one); the rest come from its MNN set (partners across levels).
+    triplet_knn_share: float = 0.5
     pair_gradients: bool = setting(True, "gradients through a triplet's positive and negative wells too",
                                    label="Gradients through pairs", group="departure", paper=True)
     # --- loss weights: w_elbo * ELBO + w_dis * sum(D) + w_con * triplet, w_dis = w_con = d / 35 ---
@@ -155,6 +163,11 @@ class CpDistillerConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @classmethod
+    def paper(cls, **changes: Any) -> CpDistillerConfig:
+        """The paper's settings: every departure (``docs/model.md``) at the paper's value, then ``changes``."""
+        return cls(**{**paper_values(cls), **changes})
+
     # ----- derived values ------------------------------------------------------------------------
     @property
     def ema_alpha(self) -> float:
@@ -179,6 +192,7 @@ class CpDistillerConfig:
             (0.0 <= self.soft_label_eps <= 1.0, "soft_label_eps must be in [0, 1]"),
             (self.triplet_margin >= 0, "triplet_margin must be >= 0"),
             (self.k_knn >= 1 and self.k_mnn >= 1, "k_knn and k_mnn must be >= 1"),
+            (0.0 <= self.triplet_knn_share <= 1.0, "triplet_knn_share must be in [0, 1]"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
             (self.lr > 0 and self.lr_discriminator > 0, "learning rates must be > 0"),

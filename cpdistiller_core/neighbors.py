@@ -149,6 +149,13 @@ class NeighborGraph:
 
 
 # ----- embedding ---------------------------------------------------------------------------------
+def _rows(X: Any) -> Any:
+    """``X`` as an array, unless it is read by row slices already (``preprocess.CorrectedRows``)."""
+    from .preprocess import CorrectedRows
+
+    return X if isinstance(X, CorrectedRows) else np.asarray(X)
+
+
 def embed_for_neighbors(X: np.ndarray, n_pcs: int = 50, seed: int = 0) -> np.ndarray:
     """PCA of ``X`` then L2-normalised rows (float32), so inner product equals cosine similarity.
 
@@ -157,7 +164,7 @@ def embed_for_neighbors(X: np.ndarray, n_pcs: int = 50, seed: int = 0) -> np.nda
     memory is O(F^2 + N * n_pcs) instead of a centred N x F copy (578 MB at 100k x 1,446). Wider
     data use sklearn's randomized PCA (deterministic for ``seed``).
     """
-    X = np.asarray(X)
+    X = _rows(X)
     if X.ndim != 2 or X.shape[0] < 2:
         raise CpDistillerError(f"need a 2-D feature matrix with at least 2 wells, got shape {X.shape}.")
     n, f = X.shape
@@ -170,7 +177,7 @@ def embed_for_neighbors(X: np.ndarray, n_pcs: int = 50, seed: int = 0) -> np.nda
         from sklearn.decomposition import PCA
 
         Z = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed).fit_transform(
-            X.astype(np.float32, copy=False))
+            np.asarray(X).astype(np.float32, copy=False))
         Z = np.ascontiguousarray(Z, dtype=np.float32)
     else:
         mean = np.zeros(f)
@@ -537,7 +544,7 @@ def _check_mining(X: np.ndarray, k_knn: int, k_mnn: int, combine: str, method: s
         raise CpDistillerError(f"unknown combine rule {combine!r}; use one of {list(_COMBINES)}.")
     if k_knn < 0 or k_mnn < 0 or (k_knn == 0 and k_mnn == 0):
         raise CpDistillerError(f"k_knn and k_mnn must be >= 0 and not both 0 (got {k_knn}, {k_mnn}).")
-    X = np.asarray(X)
+    X = _rows(X)
     n = int(X.shape[0]) if X.ndim == 2 else 0
     if n < 2:
         raise CpDistillerError(f"need at least 2 wells to mine neighbours, got {n}.")

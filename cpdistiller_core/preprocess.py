@@ -962,3 +962,106 @@ def looks_normalized(profiles: Profiles, sample: int = 5000, seed: int = 0) -> s
     return (f"these profiles look already normalised: {centred:.0%} of the features are centred near 0 and "
             "their spreads share one scale. Normalising them again changes little but clips their tails; "
             "consider turning preprocessing off.")
+
+
+
+@dataclass
+class NegconTechnicalModel:
+    """Additive technical effects fitted on the negative controls (:func:`fit_negcon_technical`)."""
+
+    coef: np.ndarray                     # levels (all effects, stacked) x features
+    codes: np.ndarray                    # wells x effects: each well's row of ``coef`` (-1: level without controls)
+    levels_without_controls: dict[str, int]
+
+    def effects(self, rows: slice = slice(None)) -> np.ndarray:
+        """The effects of the wells ``rows`` (the sum of their levels' coefficients)."""
+        codes = self.codes[rows]
+        out = np.zeros((len(codes), self.coef.shape[1]), dtype=self.coef.dtype)
+        for j in range(codes.shape[1]):
+            has = codes[:, j] >= 0
+            out[has] += self.coef[codes[has, j]]
+        return out
+
+    def corrected(self, X: np.ndarray) -> CorrectedRows:
+        """``X`` minus the effects, computed a block of rows at a time when read."""
+        return CorrectedRows(X, self)
+
+
+class CorrectedRows:
+    """``X - model.effects()`` read by row slices, without a second wells x features matrix.
+
+    It has ``shape``, ``ndim`` and ``dtype``; ``rows[a:b]`` is an array; ``np.asarray`` makes the whole copy.
+    """
+
+    def __init__(self, X: np.ndarray, model: NegconTechnicalModel) -> None:
+        if X.shape[0] != model.codes.shape[0]:
+            raise ValueError(f"{X.shape[0]} wells, but the model was fitted on {model.codes.shape[0]}")
+        self.X, self.model = X, model
+        self.shape, self.ndim = X.shape, X.ndim
+        self.dtype = np.result_type(X.dtype, model.coef.dtype)
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("CorrectedRows is read by contiguous row slices")
+        return self.X[rows] - self.model.effects(rows)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self[0:len(self)]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def fit_negcon_technical(X: np.ndarray, labels: Mapping[str, np.ndarray], negative_mask: np.ndarray,
+                         alpha: float = 1.0) -> NegconTechnicalModel:
+    """Fit additive technical effects on the negative controls.
+
+    A ridge regression of the controls' features on one-hot technical levels (batch, row, column...)
+    with an intercept; a well's effect is the sum of its levels' coefficients (the intercept is not
+    part of it). Levels without any negative control get no effect.
+
+    Parameters
+    ----------
+    X
+        Features, wells x features.
+    labels
+        Effect name -> one level per well.
+    negative_mask
+        Boolean per well: negative control.
+    alpha
+        Ridge penalty.
+
+    Returns
+    -------
+    NegconTechnicalModel
+        Coefficients in ``X``'s precision (at least float32) and each well's levels.
+    """
+    from sklearn.linear_model import Ridge
+
+    neg = np.asarray(negative_mask, dtype=bool)
+    if neg.sum() < 3:
+        raise CpDistillerError("the negative-control technical model needs 3+ negative-control wells.")
+    codes, unseen, n_levels = [], {}, 0
+    for effect, lab in labels.items():
+        lab = pd.Series(np.asarray(lab, dtype=object)).astype("string").fillna("<NA>").to_numpy(dtype=str)
+        levels = np.unique(lab[neg])
+        pos = np.minimum(np.searchsorted(levels, lab), len(levels) - 1)
+        codes.append(np.where(levels[pos] == lab, n_levels + pos, -1))
+        unseen[effect] = int(len(np.unique(lab)) - len(levels))
+        n_levels += len(levels)
+    codes_arr = np.column_stack(codes).astype(np.int64)
+    D = np.zeros((int(neg.sum()), n_levels))
+    for j in range(codes_arr.shape[1]):
+        D[np.arange(D.shape[0]), codes_arr[neg, j]] = 1.0
+    dtype = np.result_type(X.dtype, np.float32)
+    coef = Ridge(alpha=alpha).fit(D, X[neg]).coef_.T.astype(dtype)
+    return NegconTechnicalModel(coef=coef, codes=codes_arr, levels_without_controls=unseen)
+
+
+def negcon_technical_effects(X: np.ndarray, labels: Mapping[str, np.ndarray], negative_mask: np.ndarray,
+                             alpha: float = 1.0) -> tuple[np.ndarray, dict[str, int]]:
+    """Every well's additive technical effects (:func:`fit_negcon_technical`) and, per effect, the number of
+    levels without a negative control (their wells keep that effect)."""
+    model = fit_negcon_technical(X, labels, negative_mask, alpha)
+    return model.effects(), model.levels_without_controls

@@ -105,6 +105,11 @@ def settings_of(cls: type) -> list[Setting]:
     return out
 
 
+def paper_values(cls: type) -> dict[str, Any]:
+    """The paper's value of every setting of ``cls`` that records one (its departures undone)."""
+    return {s.name: s.paper for s in settings_of(cls) if s.has_paper_value}
+
+
 def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
     """name -> (the value type: str for ``tuple[str, ...]`` and ``str | None``; whether None is allowed)."""
     import typing

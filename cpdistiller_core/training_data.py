@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from .model.bounds import check_architecture
 from .model.discriminators import ordinal_soft_labels, smooth_labels
 from .profiles import Profiles
 from .progress import ProgressCallback, no_progress
+
+if TYPE_CHECKING:
+    from .preprocess import CorrectedRows
 
 ORDERED_EFFECTS = ("row", "column")
 
@@ -100,6 +103,27 @@ def _zscored(X: np.ndarray) -> np.ndarray:
     from .api import InputTransform  # the model's own transform, without sphering (api imports this module)
 
     return InputTransform.fit(X, None, "none", 0.0).apply(X)
+
+
+def _mining_space(profiles: Profiles, X: np.ndarray, effects: Sequence[str], space: str,
+                  features: Sequence[str] | None) -> tuple[np.ndarray | CorrectedRows, str]:
+    """The matrix neighbours are mined in (``CpDistillerConfig.neighbor_space``) and the space used.
+
+    The negative-control corrected space is computed a block of rows at a time, so mining holds no
+    second copy of ``X``."""
+    if space == "unsphered":
+        return _zscored(profiles.subset(features=list(features or profiles.features)).X), space
+    if space == "negcon_linear":
+        neg = profiles.negative_mask
+        if neg.sum() < 3:
+            warnings.warn(f"neighbour mining in the negative-control corrected space needs 3+ negative controls "
+                          f"(this screen has {int(neg.sum())}): mining in the model input instead.",
+                          CpDistillerWarning, stacklevel=5)
+            return X, "input"
+        from .preprocess import fit_negcon_technical
+
+        return fit_negcon_technical(X, {e: profiles.labels(e) for e in effects}, neg).corrected(X), space
+    return X, "input"
 
 
 @dataclass
@@ -180,20 +204,20 @@ def _triplet_sampler(profiles: Profiles, X: np.ndarray, effects: Sequence[str], 
     from .neighbors import TripletSampler, mine_neighbors
 
     progress(0.0, "mining neighbours")
-    X_mine = X if cfg.neighbor_space == "input" else \
-        _zscored(profiles.subset(features=list(features or profiles.features)).X)
+    X_mine, space = _mining_space(profiles, X, effects, cfg.neighbor_space, features)
     graph = mine_neighbors(X_mine, {e: profiles.labels(e) for e in effects}, k_knn=cfg.k_knn,
                            k_mnn=cfg.k_mnn, n_pcs=cfg.neighbor_pcs, combine=cfg.neighbor_combine,
                            method=cfg.neighbor_method, seed=cfg.seed, progress=progress)
     stats = dict(getattr(graph, "stats", {}) or {})
     stats.setdefault("anchors_with_positive", int(graph.has_positive().sum()))
+    stats["mining_space"] = space
     del X_mine
     # "neutral": no well is treated as a control, so no control is pulled onto the others.
     rule = cfg.triplet_controls if cfg.triplet_controls != "auto" else \
         ("paper" if adversary_wells == "all" else "neutral")
     triplet_controls = profiles.negative_mask if rule == "paper" else np.zeros(profiles.n_wells, dtype=bool)
     stats["triplet_controls"] = rule
-    sampler = TripletSampler(graph, triplet_controls, seed=cfg.seed)
+    sampler = TripletSampler(graph, triplet_controls, seed=cfg.seed, p_knn=cfg.triplet_knn_share)
     n_anchor = len(sampler.anchors()) if hasattr(sampler, "anchors") else int(graph.has_positive().sum())
     stats["triplet_anchors"] = n_anchor
     if not n_anchor:

@@ -431,3 +431,51 @@ def test_cmqtl_one_plate_per_batch(shared_data):
     assert g.stats["knn_pairs_paper"] == 0 and g.stats["fallback"] == "union_per_anchor"
     assert g.has_positive().all()
     assert g.stats["effects"]["batch"]["mnn_pairs"] > 0
+
+
+def test_mining_after_the_negative_control_model_finds_phenotypes_not_positions():
+    """With strong row/column gradients, MNN partners mined in the input mostly share a row; mined after
+    removing the controls' additive model they share the perturbation far more often."""
+    from cpdistiller_core.datasets import make_demo_screen
+    from cpdistiller_core.training_data import _mining_space
+
+    p = make_demo_screen(seed=1, n_batches=2, plates_per_batch=2, n_features=120, row_effect=2.4,
+                         column_effect=2.4, edge_effect=2.4).profiles
+    X = ((p.X - p.X.mean(0)) / p.X.std(0)).astype(np.float32)
+    effects = ("batch", "row", "column")
+    labels = {e: p.labels(e) for e in effects}
+    pert, neg, row = np.asarray(p.perturbation), p.negative_mask, np.asarray(p.labels("row"))
+
+    def mnn_rates(space: str) -> tuple[float, float]:
+        g = mine_neighbors(_mining_space(p, X, effects, space, None)[0], labels, seed=0)
+        a = np.repeat(np.arange(g.n), np.diff(g.indptr))[(g.kind & KIND_MNN) > 0]
+        b = np.asarray(g.indices)[(g.kind & KIND_MNN) > 0]
+        t = ~neg[a]
+        return float(np.mean(pert[a][t] == pert[b][t])), float(np.mean(row[a] == row[b]))
+
+    # the corrected space is read a block of rows at a time: same pairs as its full copy
+    lazy, space = _mining_space(p, X, effects, "negcon_linear", None)
+    assert space == "negcon_linear" and not isinstance(lazy, np.ndarray)
+    g_lazy, g_full = mine_neighbors(lazy, labels, seed=0), mine_neighbors(np.asarray(lazy), labels, seed=0)
+    assert np.array_equal(g_lazy.indptr, g_full.indptr) and np.array_equal(g_lazy.indices, g_full.indices)
+
+    same_pert_input, same_row_input = mnn_rates("input")
+    same_pert_ncl, same_row_ncl = mnn_rates("negcon_linear")
+    assert same_pert_ncl > 2 * same_pert_input
+    assert same_row_ncl < same_row_input / 2
+
+
+def test_mining_falls_back_to_the_input_without_negative_controls():
+    import dataclasses
+
+    from cpdistiller_core.datasets import make_demo_screen
+    from cpdistiller_core.errors import CpDistillerWarning
+    from cpdistiller_core.training_data import _mining_space
+
+    p = make_demo_screen(seed=1, n_batches=1, plates_per_batch=1, n_features=20).profiles
+    no_controls = p.replace(roles=dataclasses.replace(p.roles, control=None))
+    assert not no_controls.negative_mask.any()
+    X = no_controls.X.astype(np.float32)
+    with pytest.warns(CpDistillerWarning, match="needs 3\\+ negative controls .*has 0"):
+        mined, space = _mining_space(no_controls, X, ("row", "column"), "negcon_linear", None)
+    assert space == "input" and mined is X

@@ -394,3 +394,33 @@ def test_already_normalised_profiles_are_recognised_and_raw_ones_are_not():
     assert sentence is not None and "preprocessing off" in sentence
     shifted = normalised.replace(X=normalised.X + 50.0)  # same spreads, no longer centred
     assert looks_normalized(shifted) is None
+
+
+def test_negcon_technical_effects_recovers_additive_effects_from_the_controls():
+    from cpdistiller_core.preprocess import negcon_technical_effects
+
+    rng = np.random.default_rng(0)
+    n, d = 600, 5
+    row = rng.integers(0, 4, n)
+    batch = rng.integers(0, 2, n)
+    row_shift, batch_shift = rng.normal(0, 3, (4, d)), rng.normal(0, 3, (2, d))
+    neg = rng.random(n) < 0.3
+    neg[row == 3] = False                      # row D has no control: it must be left alone
+    biology = np.where(neg[:, None], 0.0, rng.normal(0, 2, (n, d)))
+    X = biology + row_shift[row] + batch_shift[batch] + rng.normal(0, 0.05, (n, d))
+    labels = {"row": np.array(list("ABCD"))[row], "batch": batch.astype(str)}
+    tech, unseen = negcon_technical_effects(X, labels, neg, alpha=1e-6)
+    assert unseen == {"row": 1, "batch": 0}
+    corrected = X - tech
+    seen = row != 3
+    # up to one constant per feature, the controls' rows and batches line up again
+    residual = corrected[seen] - biology[seen]
+    assert np.abs(residual - residual.mean(axis=0)).max() < 0.3
+    # row D (no control) gets only its batch's effect: one value per batch, differing by the batch shift
+    for b in (0, 1):
+        in_b = tech[(row == 3) & (batch == b)]
+        assert np.ptp(in_b, axis=0).max() < 1e-9
+    d_batch = tech[(row == 3) & (batch == 1)][0] - tech[(row == 3) & (batch == 0)][0]
+    assert np.allclose(d_batch, batch_shift[1] - batch_shift[0], atol=0.1)
+    with pytest.raises(CpDistillerError, match="3\\+ negative-control"):
+        negcon_technical_effects(X, labels, np.zeros(n, dtype=bool))

@@ -98,3 +98,20 @@ def test_extractor_flags_come_from_feature_settings_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "tile=64" in out and "preprocess='mesmer'" in out and "illum='multiply'" in out and "pool=16" in out
     assert out.strip().endswith("False")  # the CLI's flags are built without loading torch
+
+
+def test_paper_flag_undoes_every_departure_and_flags_still_override(tmp_path):
+    # (adversary_encoder has no paper value: it only acts with the controls-trained discriminators)
+    departures = [s for s in settings_of(CpDistillerConfig) if s.group == "departure" and s.has_paper_value]
+    assert {"sphering", "adversary_wells", "min_steps", "neighbor_space", "triplet_controls"} <= \
+        {s.name for s in departures}
+    cfg = config_from_args(_correct_parser().parse_args(["correct", "x.csv", "--out", "r", "--paper"]))
+    assert all(getattr(cfg, s.name) == s.paper for s in departures)
+    assert cfg == CpDistillerConfig.paper()
+    # --config is read first, --paper over it, then the flags given
+    f = tmp_path / "c.json"
+    f.write_text('{"sphering": "negcon", "epochs": 7}')
+    args = _correct_parser().parse_args(["correct", "x.csv", "--out", "r", "--config", str(f), "--paper",
+                                         "--min-steps", "100"])
+    cfg = config_from_args(args)
+    assert (cfg.sphering, cfg.epochs, cfg.min_steps) == ("none", 7, 100)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from ..config import CpDistillerConfig
-from ..settings import add_arguments, changes_from_args
+from ..settings import add_arguments, changes_from_args, paper_values
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default row,column; the paper's two settings are row,column and batch,row,column)")
     p.add_argument("--config", metavar="FILE", help="JSON/YAML file of CpDistillerConfig settings; the flags "
                    "below override it")
+    p.add_argument("--paper", action="store_true",
+                   help="start from the paper's settings: every departure of docs/model.md set to the paper's "
+                        "value (after --config); the setting flags given still override")
     p.add_argument("--no-preprocess", action="store_true",
                    help="the files are already normalised and feature-selected: skip preprocessing")
     p.add_argument("--warm-start", metavar="MODEL_DIR", help="fine-tune a saved model (RUN_DIR/model)")
@@ -43,8 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> CpDistillerConfig:
-    """--config FILE (or the defaults) with the setting flags given on the command line over it."""
+    """--config FILE (or the defaults), --paper's values, then the setting flags given on the command line."""
     cfg = CpDistillerConfig.from_file(args.config) if args.config else CpDistillerConfig()
+    if getattr(args, "paper", False):
+        cfg = cfg.replace(**paper_values(CpDistillerConfig))
     changes = changes_from_args(args, CpDistillerConfig)
     return cfg.replace(**changes) if changes else cfg
 
