@@ -110,6 +110,18 @@ def paper_values(cls: type) -> dict[str, Any]:
     return {s.name: s.paper for s in settings_of(cls) if s.has_paper_value}
 
 
+def departures_on_by_default(cls: type) -> list[Setting]:
+    """The departures whose default is not the paper's value (``"auto"`` ones decide per screen; not listed)."""
+    return [s for s in settings_of(cls)
+            if s.group == "departure" and s.has_paper_value and s.default not in (s.paper, "auto")]
+
+
+def group_title(cls: type, group: str) -> str:
+    """A settings group's title; the departures' names those on by default."""
+    on = departures_on_by_default(cls) if group == "departure" else []
+    return GROUPS[group] + (f" — on by default: {', '.join(s.label for s in on)}" if on else "")
+
+
 def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
     """name -> (the value type: str for ``tuple[str, ...]`` and ``str | None``; whether None is allowed)."""
     import typing

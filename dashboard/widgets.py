@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from cpdistiller_core.errors import CpDistillerError
-from cpdistiller_core.settings import GROUPS, Setting, settings_of
+from cpdistiller_core.settings import GROUPS, Setting, group_title, settings_of
 
 from . import state as ds
 
@@ -62,7 +62,7 @@ def settings_form(config_cls: type, key_prefix: str, columns: int = 5,
         items = by_group.get(group, [])
         if not items:
             continue
-        box = st.container() if group == "basic" else st.expander((titles or {}).get(group, GROUPS[group]))
+        box = st.container() if group == "basic" else st.expander((titles or {}).get(group, group_title(config_cls, group)))
         single = [s for s in items if not s.multiple]
         with box:
             for start in range(0, len(single), columns):

@@ -115,3 +115,12 @@ def test_paper_flag_undoes_every_departure_and_flags_still_override(tmp_path):
                                          "--min-steps", "100"])
     cfg = config_from_args(args)
     assert (cfg.sphering, cfg.epochs, cfg.min_steps) == ("none", 7, 100)
+
+
+def test_the_form_names_the_departures_that_are_on_by_default():
+    from cpdistiller_core.settings import departures_on_by_default, group_title
+
+    on = departures_on_by_default(CpDistillerConfig)
+    assert [s.name for s in on] == ["neighbor_space"]  # triplet_controls "auto" decides per screen
+    assert group_title(CpDistillerConfig, "departure").endswith("on by default: Mine neighbours in")
+    assert group_title(CpDistillerConfig, "more") == "More settings (paper defaults)"
