@@ -17,6 +17,7 @@ Rows are appended to ``--out`` as they finish, so a long run can be read (and re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from run_benchmarks import DATASETS  # noqa: E402
 
-from cpdistiller_core import baselines, metrics  # noqa: E402
+from cpdistiller_core import CpDistillerConfig, baselines, metrics  # noqa: E402
 from cpdistiller_core.benchmark import run_cpdistiller  # noqa: E402
 from cpdistiller_core.cli import build_parser  # noqa: E402
 from cpdistiller_core.cli.evaluate import _eval_config, _load_benchmark_data, _pairs  # noqa: E402
@@ -163,13 +164,23 @@ def score(emb, reference, truth, pairs, eval_cfg) -> dict:
     return row
 
 
+def config_tag(overrides: dict | None, epochs: int | None) -> str:
+    """A short hash of a cpDistiller row's full settings for its cache file name, so that a variant whose
+    meaning changed (``default`` after a change of defaults) is trained again, not read back."""
+    if overrides is None or "_post" in overrides:
+        return ""
+    settings = CpDistillerConfig(**overrides).to_dict()
+    text = json.dumps({**settings, "epochs_override": epochs}, sort_keys=True, default=str)
+    return "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def embedding(name: str, method: str, seed: int, overrides: dict | None, profiles, reference,
               args: argparse.Namespace):
     """The embedding of one row: computed, or read back from ``--embeddings`` (so rows can be re-scored)."""
     from cpdistiller_core.io import read_profiles, write_profiles
 
-    path = args.embeddings / name.replace("/", "_") / f"{method.replace('/', '_')}_seed{seed}.parquet" \
-        if args.embeddings else None
+    path = args.embeddings / name.replace("/", "_") / \
+        f"{method.replace('/', '_')}_seed{seed}{config_tag(overrides, args.epochs)}.parquet" if args.embeddings else None
     if path is not None and path.exists():
         return read_profiles(path)
     with warnings.catch_warnings():
