@@ -26,6 +26,7 @@ TRIPLET_CONTROLS = ("auto", "paper", "neutral")
 NEIGHBOR_SPACES = ("input", "unsphered", "negcon_linear")
 DECODER_COVARIATES = ("none", "batch", "effects")
 ADVERSARY_ENCODER = ("all", "same")
+LATENT_VIEWS = ("sample", "mean")
 JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
 
 
@@ -124,6 +125,12 @@ class CpDistillerConfig:
     # cross-entropy) or "confusion" (frozen discriminators, encoder pulled to uniform predictions; an
     # ablation of benchmarks/README "The simulator grid", not a default).
     adversary_objective: str = "reverse"
+    # What the discriminators and the triplet head read: "sample" (the paper's reparameterised
+    # z = mu + sigma * noise) or "mean" (mu, the posterior mean reported as the embedding). An ablation
+    # (benchmarks/README "Why the adversary leaves position in"), not a default: on a sample the encoder
+    # can hide position behind the noise, but reading the mean did not remove more of it.
+    adversary_view: str = "sample"
+    triplet_view: str = "sample"
     # Image joint module (only with image features; docs/model.md): "paper" = the reference code's
     # (max-pool 9 x 9 on the square view, its 144-value output fused, LeakyReLU, no loss of its own);
     # "compact" = ours before issue #19 (mean-pool 9 on the flat vector, z_e (32) fused, own reconstruction).
@@ -206,6 +213,8 @@ class CpDistillerConfig:
             (self.neighbor_space in NEIGHBOR_SPACES, f"neighbor_space must be one of {NEIGHBOR_SPACES}"),
             (self.adversary_encoder in ADVERSARY_ENCODER, "adversary_encoder must be 'same' or 'all'"),
             (self.adversary_objective in ("reverse", "confusion"), "adversary_objective must be 'reverse' or 'confusion'"),
+            (self.adversary_view in LATENT_VIEWS, "adversary_view must be 'sample' or 'mean'"),
+            (self.triplet_view in LATENT_VIEWS, "triplet_view must be 'sample' or 'mean'"),
             (self.decoder_covariates in DECODER_COVARIATES,
              f"decoder_covariates must be one of {DECODER_COVARIATES}"),
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),

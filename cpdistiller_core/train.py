@@ -202,7 +202,9 @@ class _Loop:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.context = LossContext(w_elbo=w_elbo, w_dis=w_dis, w_con=w_con, soft_label_eps=config.soft_label_eps,
                                    triplet_margin=config.triplet_margin, adversary_encoder=config.adversary_encoder,
-                                   adversary_objective=config.adversary_objective, amp_dtype=self.amp_dtype)
+                                   adversary_objective=config.adversary_objective,
+                                   adversary_view=config.adversary_view, triplet_view=config.triplet_view,
+                                   amp_dtype=self.amp_dtype)
         self.use_triplets = data.triplets is not None and w_con > 0
         self.steps_per_epoch = steps_per_epoch(data.n, config)
         self.total_steps = self.steps_per_epoch * config.epochs

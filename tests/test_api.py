@@ -121,6 +121,8 @@ def test_bad_inputs_give_clear_errors(screen):
         CpDistiller(TINY).transform(screen)
     with pytest.raises(CpDistillerError, match="invalid cpDistiller settings"):
         CpDistillerConfig(sphering="pca")
+    with pytest.raises(CpDistillerError, match="adversary_view must be 'sample' or 'mean'"):
+        CpDistillerConfig(adversary_view="mu")
     with pytest.raises(CpDistillerError, match=r"^settings\.json: invalid cpDistiller settings: adversary_wells"):
         CpDistillerConfig.from_dict({"adversary_wells": "controls"}, source="settings.json")
 

@@ -211,3 +211,22 @@ def test_triplet_matches_torch_reference_on_random_codes():
     h = module.head(module.gmvae.encode(x, 1.0).z).detach()
     want = F.triplet_margin_loss(h[anchors], h[N:N + 2], h[N + 2:], margin=0.3)
     torch.testing.assert_close(out.triplet, want)
+
+
+@pytest.mark.parametrize("view", ["sample", "mean"])
+def test_the_discriminators_and_the_triplet_head_read_the_chosen_view_of_the_code(view):
+    module = _module()
+    x = torch.randn(N + 4, D, generator=torch.Generator().manual_seed(6))
+    batch = _batch(x=x, anchors=torch.tensor([0, 3]))
+    ctx = LossContext(lam=1.0, adversary_view=view, triplet_view=view, triplet_margin=1.0)
+    out = _run(module, batch, ctx)
+    torch.manual_seed(1)  # the same draws as the loss: Gumbel, then z noise
+    enc = module.gmvae.encode(batch.x, 1.0)
+    code = enc.mu if view == "mean" else enc.z
+    assert not torch.allclose(enc.mu, enc.z)  # the views differ, so the test tells them apart
+    expected = sum(soft_label_cross_entropy(module.discriminators[ef](code[:N]), batch.labels[ef],
+                                            batch.soft_targets[ef], ctx.soft_label_eps) for ef in LEVELS)
+    torch.testing.assert_close(out.discriminator, expected.detach())
+    h = module.head(code)
+    triplet = F.triplet_margin_loss(h[torch.tensor([0, 3])], h[N:N + 2], h[N + 2:], margin=1.0)
+    torch.testing.assert_close(out.triplet, triplet.detach())

@@ -180,7 +180,8 @@ class CorrectionModule(nn.Module):
         z_pairs = None
         if batch.pair_x is not None:
             with torch.no_grad(), amp:
-                z_pairs = self.gmvae.encode(self.gmvae_input(batch.pair_x, batch.pair_e)[0], context.temperature).z
+                pairs = self.gmvae.encode(self.gmvae_input(batch.pair_x, batch.pair_e)[0], context.temperature)
+                z_pairs = pairs.mu if context.triplet_view == "mean" else pairs.z
         batch_enc = enc.first(n)
         # Compact joint module: z_e is a fixed target (it learns from its own reconstruction, not by
         # shrinking z_e). Paper variant (no loss of its own): the whole [x, output] is the target, as
@@ -195,11 +196,12 @@ class CorrectionModule(nn.Module):
             out.loss = out.loss + context.w_elbo * jr
             out.joint_recon = jr.detach()
         if len(self.discriminators):
-            out.loss = out.loss + context.w_dis * adversarial_loss(self.discriminators, batch_enc.z, batch,
-                                                                   context, out)
+            seen = batch_enc.mu if context.adversary_view == "mean" else batch_enc.z
+            out.loss = out.loss + context.w_dis * adversarial_loss(self.discriminators, seen, batch, context, out)
         if batch.anchors is not None:
+            mine = enc.mu if context.triplet_view == "mean" else enc.z
             with amp:
-                h = self.head(enc.z if z_pairs is None else torch.cat([enc.z, z_pairs]))
+                h = self.head(mine if z_pairs is None else torch.cat([mine, z_pairs]))
             tl = triplet_loss(h, batch.anchors, n, context.triplet_margin)
             out.loss = out.loss + context.w_con * tl
             out.triplet, out.n_triplets = tl.detach(), len(batch.anchors)

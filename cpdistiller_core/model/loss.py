@@ -40,6 +40,8 @@ class LossContext:
     triplet_margin: float = 1.0
     adversary_encoder: str = "same"     # "all": frozen discriminators hide every well's labels
     adversary_objective: str = "reverse"  # "confusion": encoder pulled to uniform predictions (ablation)
+    adversary_view: str = "sample"      # what the discriminators read: z ("sample") or its mean ("mean")
+    triplet_view: str = "sample"        # what the projection head reads for the triplets: z or its mean
     amp_dtype: torch.dtype | None = None  # autocast dtype for the forward passes (None: float32)
 
     def autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
