@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,21 @@ VARIANTS: dict[str, dict] = {
     "dis/10": {"w_dis_per_feature": 1 / 350},
     "dis*10": {"w_dis_per_feature": 10 / 35},  # a stronger adversary: does it remove strong gradients?
     "default+cond": {"decoder_covariates": "effects"},
+    # The default before the conditional decoder became one (stop 16): mining in the negcon_linear
+    # space, the paper's decoder. The rows below that name it were measured on it.
+    "decoder_none": {"decoder_covariates": "none"},
+    "dis*3": {"decoder_covariates": "none", "w_dis_per_feature": 3 / 35},
+    # The discriminators (and the triplet head) read the posterior mean, the reported embedding, not
+    # the sampled z whose noise can hide position from them.
+    "adv_mean": {"decoder_covariates": "none", "adversary_view": "mean"},
+    "adv_mean+trip_mean": {"decoder_covariates": "none", "adversary_view": "mean", "triplet_view": "mean"},
+    "no_adversary": {"decoder_covariates": "none", "w_dis_per_feature": 0.0},
+    "no_triplet@decoder_none": {"decoder_covariates": "none", "w_con_per_feature": 0.0},
+    "neutral@decoder_none": {"decoder_covariates": "none", "triplet_controls": "neutral"},
+    "mnn_only@decoder_none": {"decoder_covariates": "none", "triplet_knn_share": 0.0},
+    "neutral+mnn_only": {"decoder_covariates": "none", "triplet_controls": "neutral", "triplet_knn_share": 0.0},
+    # with the conditional decoder, does a moderately stronger adversary then remove position?
+    "cond+dis*3": {"decoder_covariates": "effects", "w_dis_per_feature": 3 / 35},
     # positives only from the MNN set (partners across technical levels), none from wells that share them
     "mnn_only": {"triplet_knn_share": 0.0},
     # neighbours mined after removing the negative controls' additive batch/row/column model
@@ -98,6 +114,10 @@ VARIANTS: dict[str, dict] = {
     # Post-processing: the "default" embedding, then ZCA sphering on its negative controls (the field's
     # last step). In 50 dimensions the controls span the space, unlike sphering the input's features.
     "default+sphere_out": {"_post": "sphere", "_base": "default"},
+    # An embedding minus the additive batch/row/column effects a ridge model fits on its negative
+    # controls (the negcon_linear reference's model, in the 50 latent dimensions): no whitening.
+    "default+ncl_out": {"_post": "negcon_linear", "_base": "default"},
+    "decoder_none+ncl_out": {"_post": "negcon_linear", "_base": "decoder_none"},
 }
 
 
@@ -174,6 +194,17 @@ def config_tag(overrides: dict | None, epochs: int | None) -> str:
     return "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def post_process(base, how: str) -> np.ndarray:
+    """The embedding ``base`` sphered on its negative controls, or minus their additive technical model."""
+    if how == "sphere":
+        return baselines._sphere(base.X, base.negative_mask, "ZCA", 1e-6)[0].astype("float32")
+    from cpdistiller_core.preprocess import negcon_technical_effects
+    use, _ = baselines.resolve_effects(base, ("batch", "row", "column"))
+    labels = {e: baselines._labels(base, e) for e in use}
+    tech, _ = negcon_technical_effects(base.X, labels, base.negative_mask, 1.0)
+    return (base.X - tech).astype("float32")
+
+
 def embedding(name: str, method: str, seed: int, overrides: dict | None, profiles, reference,
               args: argparse.Namespace):
     """The embedding of one row: computed, or read back from ``--embeddings`` (so rows can be re-scored)."""
@@ -188,8 +219,7 @@ def embedding(name: str, method: str, seed: int, overrides: dict | None, profile
         if overrides is not None and "_post" in overrides:  # a post-processed embedding of another variant
             base_name = overrides["_base"]
             base = embedding(name, f"cpDistiller[{base_name}]", seed, VARIANTS[base_name], profiles, reference, args)
-            sphered, _ = baselines._sphere(base.X, base.negative_mask, "ZCA", 1e-6)
-            emb = base.with_features(sphered.astype("float32"), base.features)
+            emb = base.with_features(post_process(base, overrides["_post"]), base.features)
         elif overrides is not None:
             emb = run_cpdistiller(profiles, ("batch", "row", "column"), seed=seed, epochs=args.epochs, **overrides)
         else:

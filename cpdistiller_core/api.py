@@ -372,6 +372,7 @@ class CpDistiller:
                 "n_wells": profiles.n_wells, "n_features": len(self.features),
                 "sphered": self.input_transform.whitening is not None,
                 "adversary_wells": self.adversary_wells,
+                "decoder_covariates": self._decoder_covariates(),
                 "position_confounding": dict(confounding),
                 "warm_start": None if warm_start is None else str(warm_start)}
 
@@ -424,9 +425,17 @@ class CpDistiller:
                 on_epoch(record, ema)
         return hook
 
+    def _decoder_covariates(self) -> str:
+        """``config.decoder_covariates`` with "auto" resolved: "effects" with the all-wells adversary, else
+        "none" (a model saved before "auto" existed records its own choice in its config)."""
+        choice = self.config.decoder_covariates
+        if choice != "auto":
+            return choice
+        return "effects" if self.adversary_wells in ("all", None) else "none"
+
     def _decoder_levels(self) -> dict[str, int]:
         """Effect -> number of levels for the conditional decoder (empty: the paper's decoder)."""
-        chosen = {"none": (), "batch": ("batch",), "effects": self.effects}[self.config.decoder_covariates]
+        chosen = {"none": (), "batch": ("batch",), "effects": self.effects}[self._decoder_covariates()]
         return {e: len(self.levels[e]) for e in chosen if e in self.levels}
 
     def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
@@ -469,8 +478,10 @@ class CpDistiller:
         assert self.module is not None and base.module is not None
         state = base.module.state_dict()
         own = self.module.state_dict()
+        # Per-level tables (discriminators, conditional decoder) mean nothing for other levels.
+        per_level = ("discriminators.", "gmvae.decoder_covariates.")
         keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
-                and not (k.startswith("discriminators.") and base.levels != self.levels)}
+                and not (k.startswith(per_level) and base.levels != self.levels)}
         self.module.load_state_dict(keep, strict=False)
 
     # ----- transform -----------------------------------------------------------------------------
@@ -573,6 +584,9 @@ class CpDistiller:
         self.neighbor_stats = meta.get("neighbors", {})
         self.train_info = meta.get("train", {})
         self.adversary_wells = self.train_info.get("adversary_wells")
+        recorded = self.train_info.get("decoder_covariates")
+        if self.config.decoder_covariates == "auto" and recorded:
+            self.config = self.config.replace(decoder_covariates=recorded)
         self.timings = meta.get("timings", {})
         try:
             state = torch.load(w_path, map_location="cpu", weights_only=True)

@@ -24,7 +24,7 @@ SPHERING = ("none", "negcon", "auto")
 ADVERSARY_WELLS = ("all", "negcon", "auto")
 TRIPLET_CONTROLS = ("auto", "paper", "neutral")
 NEIGHBOR_SPACES = ("input", "unsphered", "negcon_linear")
-DECODER_COVARIATES = ("none", "batch", "effects")
+DECODER_COVARIATES = ("auto", "none", "batch", "effects")
 ADVERSARY_ENCODER = ("all", "same")
 LATENT_VIEWS = ("sample", "mean")
 JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
@@ -60,9 +60,12 @@ class CpDistillerConfig:
     temperature_min: float = 0.5
     # Technical levels the decoder is conditioned on (ours, not the paper's; docs/model.md): "none" (paper),
     # "batch", or "effects" (every corrected effect). The encoder, and so the embedding, never sees them.
-    decoder_covariates: str = setting("none", "technical levels the decoder is conditioned on",
+    # "auto" (default): "effects" with the paper's all-wells adversary, "none" when the discriminators
+    # learn from the controls (there a conditional decoder makes collapsing the controls cheap).
+    decoder_covariates: str = setting("auto", "technical levels the decoder is conditioned on (auto: every "
+                                      "corrected effect, unless the discriminators learn from the controls)",
                                       label="Decoder sees", group="departure", choices=DECODER_COVARIATES,
-                                      paper="none")
+                                      paper="none", auto_default="effects")
     # --- adversarial part (gradient reversal; lambda = 2 / (1 + exp(-gamma * p)) - 1) ---
     grl_gamma: float = 10.0
     discriminator_hidden: int = 128
@@ -94,7 +97,7 @@ class CpDistillerConfig:
     triplet_controls: str = setting("auto", "how negative controls enter the triplet loss: paper (every control "
                                     "pulled onto the others), neutral (like any well), auto (paper with the "
                                     "all-wells adversary)", label="Controls in triplets", group="departure",
-                                    choices=TRIPLET_CONTROLS, paper="paper")
+                                    choices=TRIPLET_CONTROLS, paper="paper", auto_default="paper")
     # Gradients through the positive/negative wells of a triplet too (paper). False: they are encoded
     # without gradient (targets), ~40% less compute per step; every well is still an anchor each epoch.
     # Share of a treated anchor's positives drawn from its KNN set (wells sharing every technical level,

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 def setting(default: Any, help: str, *, label: str, group: str = "more", choices: Sequence[Any] | None = None,
             range: tuple[float, float] | None = None, paper: Any = _NO_PAPER, fmt: str | None = None,
-            multiple: bool = False, off: float | None = None) -> Any:
+            multiple: bool = False, off: float | None = None, auto_default: Any = None) -> Any:
     """A dataclass field carrying its user-facing description (the schema of one setting).
 
     ``group``: where the setting appears (``basic``, ``more`` or ``departure``); ``paper``: the
@@ -41,11 +41,14 @@ def setting(default: Any, help: str, *, label: str, group: str = "more", choices
     format for the dashboard's number box (e.g. ``"%.4f"``). ``multiple``: a tuple of ``choices``
     (comma-separated on the command line, ``none`` for an empty one). ``off``: for a number that may be
     None, the value of the dashboard's number box that means None (e.g. 0 for "no clipping"); on the
-    command line None is written ``none``."""
+    command line None is written ``none``. ``auto_default``: for a default of ``"auto"``, what it
+    amounts to when the other settings keep their defaults (so the form can say whether the
+    departure is on by default)."""
     if group not in GROUPS:
         raise ValueError(f"unknown settings group {group!r}")
     meta = {"help": help, "label": label, "group": group, "choices": tuple(choices) if choices else None,
-            "range": range, "paper": paper, "fmt": fmt, "multiple": multiple, "off": off}
+            "range": range, "paper": paper, "fmt": fmt, "multiple": multiple, "off": off,
+            "auto_default": auto_default}
     default = tuple(default) if isinstance(default, list) else default
     return dataclasses.field(default=default, metadata={"setting": meta})
 
@@ -67,6 +70,7 @@ class Setting:
     multiple: bool = False
     off: float | None = None
     optional: bool = False   # None is a valid value
+    auto_default: Any = None  # what a default of "auto" amounts to with the other defaults
 
     @property
     def flag(self) -> str:
@@ -111,9 +115,13 @@ def paper_values(cls: type) -> dict[str, Any]:
 
 
 def departures_on_by_default(cls: type) -> list[Setting]:
-    """The departures whose default is not the paper's value (``"auto"`` ones decide per screen; not listed)."""
+    """The departures whose default is not the paper's value. An ``"auto"`` default counts by what it
+    amounts to with the other defaults (``auto_default``); without one it decides per screen, not listed."""
+    def effective(s: Setting) -> Any:
+        return s.auto_default if s.default == "auto" and s.auto_default is not None else s.default
+
     return [s for s in settings_of(cls)
-            if s.group == "departure" and s.has_paper_value and s.default not in (s.paper, "auto")]
+            if s.group == "departure" and s.has_paper_value and effective(s) not in (s.paper, "auto")]
 
 
 def group_title(cls: type, group: str) -> str:

@@ -238,6 +238,22 @@ def test_conditional_decoder_learns_level_offsets_and_saves(screen, tmp_path):
         CpDistillerConfig(decoder_covariates="plate")
 
 
+def test_decoder_covariates_auto_follows_the_adversary_and_survives_a_reload(screen, tmp_path):
+    assert CpDistillerConfig().decoder_covariates == "auto"
+    paper_adversary = CpDistiller(TINY.replace(adversary_wells="all", epochs=1)).fit(screen, effects="batch,row")
+    assert set(paper_adversary.module.gmvae.decoder_covariates) == {"batch", "row"}
+    assert paper_adversary.train_info["decoder_covariates"] == "effects"
+    controls = CpDistiller(TINY.replace(adversary_wells="negcon", sphering_min_controls=5, epochs=1)).fit(
+        screen, effects="batch,row")
+    assert len(controls.module.gmvae.decoder_covariates) == 0
+    assert controls.train_info["decoder_covariates"] == "none"
+    for m, name in ((paper_adversary, "all"), (controls, "negcon")):
+        m.save(tmp_path / name)
+        loaded = CpDistiller.load(tmp_path / name)  # builds the same decoder, or the weights would not load
+        assert loaded.config.decoder_covariates == m.train_info["decoder_covariates"]
+        np.testing.assert_allclose(loaded.transform(screen).X, m.transform(screen).X, rtol=1e-5, atol=1e-5)
+
+
 def test_triplet_controls_auto_follows_the_adversary(screen):
     paper = CpDistiller(TINY.replace(adversary_wells="all", epochs=1)).fit(screen, effects="row")
     ours = CpDistiller(TINY.replace(adversary_wells="negcon", sphering_min_controls=5, epochs=1)).fit(

@@ -123,9 +123,10 @@ def test_demo_flow_in_chromium(app_url):
 
         page.get_by_role("link", name="Correct").first.click()
         expect(page.get_by_role("button", name="Start correction")).to_be_visible(timeout=60_000)
-        # the one departure on by default is named on the expander and shown inside it
-        page.get_by_text("on by default: Mine neighbours in").click()
+        # the departures on by default are named on the expander and shown inside it
+        page.get_by_text("on by default: Decoder sees, Mine neighbours in").click()
         expect(page.get_by_role("combobox", name="Mine neighbours in")).to_have_value("negcon_linear")
+        expect(page.get_by_role("combobox", name="Decoder sees")).to_have_value("auto")
         _shot(page, "3a_correct_departures")
         epochs = page.get_by_role("spinbutton", name="Epochs")
         epochs.fill("3")

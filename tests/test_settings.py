@@ -121,6 +121,8 @@ def test_the_form_names_the_departures_that_are_on_by_default():
     from cpdistiller_core.settings import departures_on_by_default, group_title
 
     on = departures_on_by_default(CpDistillerConfig)
-    assert [s.name for s in on] == ["neighbor_space"]  # triplet_controls "auto" decides per screen
-    assert group_title(CpDistillerConfig, "departure").endswith("on by default: Mine neighbours in")
+    # decoder_covariates "auto" is the conditional decoder with the default all-wells adversary;
+    # triplet_controls "auto" is then the paper's rule, so it is not listed
+    assert [s.name for s in on] == ["decoder_covariates", "neighbor_space"]
+    assert group_title(CpDistillerConfig, "departure").endswith("on by default: Decoder sees, Mine neighbours in")
     assert group_title(CpDistillerConfig, "more") == "More settings (paper defaults)"
