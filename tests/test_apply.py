@@ -111,15 +111,16 @@ def test_apply_refuses_a_folder_that_is_not_a_run(small_demo, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_fit_on_8_plates_apply_to_4_matches_fitting_on_12(tmp_path):
-    """Issue #19: the technical scores (1 - variance explained by row / column among negative controls)
-    of plates 9-12 are about the same whether they were corrected by a model fitted on plates 1-8 and
-    applied to them, or by a model fitted on all 12.
+def test_fit_on_8_plates_apply_to_4_of_an_unseen_batch(tmp_path):
+    """Issues #19 and #12: plates 9-12 (the demo's third batch) corrected by a model fitted on plates 1-8
+    and applied to them, against models fitted on all 12. Scores: 1 - variance explained by row / column
+    among negative controls, on plates 9-12.
 
-    Measured on this demo (20 epochs, hidden 64): the mean of the row and column scores differs by 0.006
-    to 0.025 over seeds 0-2; one effect alone differs by up to 0.115, as much as two fits of all 12
-    plates with different seeds differ (0.05 to 0.065), so the bound is on the mean and each effect
-    is only held to 0.15."""
+    Measured (20 epochs, hidden 64, seeds 0-2, mean of row and column): applied with the defaults
+    (conditional decoder) 0.713 / 0.712 / 0.713; the paper's decoder fitted on all 12 0.685 / 0.669 /
+    0.679, applied 0.663 / 0.646 / 0.660; the defaults fitted on all 12 0.860 / 0.832 / 0.849. So the
+    applied model does at least as well as the paper's refit, and a refit that sees the new batch
+    removes more position still (docs/model.md, "Incremental correction")."""
     p = make_demo_screen(n_features=40, seed=0).profiles
     plates = sorted(set(p.plate))
     first = np.isin(p.plate, plates[:8])
@@ -129,12 +130,17 @@ def test_fit_on_8_plates_apply_to_4_matches_fitting_on_12(tmp_path):
     applied = fitted.apply(p.subset(~first))
     assert set(applied.plate) == set(plates[8:])
     pp, _ = preprocess(p, spec.preprocess)
-    all12 = CpDistiller(spec.config).fit(pp, effects=spec.effects).transform(pp)
-    all12 = all12.subset(np.isin(all12.plate, plates[8:]))
-    a = {e: variance_explained_score(applied, e)[0] for e in ("row", "column")}
-    b = {e: variance_explained_score(all12, e)[0] for e in ("row", "column")}
-    assert abs(np.mean(list(a.values())) - np.mean(list(b.values()))) <= 0.05, (a, b)
-    assert all(abs(a[e] - b[e]) <= 0.15 for e in a), (a, b)
+
+    def scores(emb):
+        emb = emb.subset(np.isin(emb.plate, plates[8:]))
+        return {e: variance_explained_score(emb, e)[0] for e in ("row", "column")}
+
+    a = scores(applied)
+    paper = scores(CpDistiller(spec.config.replace(decoder_covariates="none")).fit(pp, effects=spec.effects)
+                   .transform(pp))
+    refit = scores(CpDistiller(spec.config).fit(pp, effects=spec.effects).transform(pp))
+    assert np.mean(list(a.values())) >= np.mean(list(paper.values())) - 0.02, (a, paper)
+    assert np.mean(list(refit.values())) > np.mean(list(a.values())), (a, refit)
 
 
 # ----- image features (joint module) -------------------------------------------------------------
