@@ -423,7 +423,27 @@ def apply_model(model: CpDistiller, profiles: Profiles, *, extractor: Profiles |
     """
     prep = getattr(model, "preprocess_report", None) if preprocess else None
     pp = prep.apply(profiles) if prep is not None else profiles
+    _warn_unseen_batches(model, pp)
     return pp, model.transform(pp, extractor=_model_image_features(model, extractor))
+
+
+def _warn_unseen_batches(model: CpDistiller, profiles: Profiles) -> None:
+    """Warn when new plates bring batches the model never saw: it maps them with what it learnt on the
+    others, and a refit that includes them removes more of their technical variation."""
+    if "batch" not in model.levels:
+        return
+    try:
+        batches = {str(b) for b in profiles.labels("batch")}
+    except CpDistillerError:
+        return
+    unseen = sorted(batches - {str(b) for b in model.levels["batch"]})
+    if unseen:
+        warnings.warn(
+            f"{where(profiles.source or None)}{len(unseen)} batch(es) the model never saw "
+            f"({example_values(unseen)}): they are corrected with what it learnt on the others. On the "
+            "demo, a refit that included the new batch removed clearly more row/column variance "
+            "(docs/model.md, 'Incremental correction'); refit, or fine-tune with --warm-start, for the "
+            "full correction.", CpDistillerWarning, stacklevel=3)
 
 
 def _model_image_features(model: CpDistiller, extractor: Profiles | None) -> Profiles | None:

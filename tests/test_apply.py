@@ -4,6 +4,7 @@ preprocessing on new plates) and joint training with per-well image features (`c
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,9 @@ import pytest
 
 from cpdistiller_core.api import CpDistiller
 from cpdistiller_core.cli import main
+from cpdistiller_core.config import CpDistillerConfig
 from cpdistiller_core.datasets import make_demo_screen
-from cpdistiller_core.errors import CpDistillerError
+from cpdistiller_core.errors import CpDistillerError, CpDistillerWarning
 from cpdistiller_core.metrics import variance_explained_score
 from cpdistiller_core.preprocess import preprocess
 from cpdistiller_core.runs import Run, RunSpec, apply_model, load_fitted, read_image_features
@@ -108,6 +110,20 @@ def test_apply_names_missing_features(small_demo, trained, tmp_path, capsys):
 def test_apply_refuses_a_folder_that_is_not_a_run(small_demo, tmp_path, capsys):
     assert main(["apply", str(tmp_path), str(small_demo["new"]), "--out", str(tmp_path / "o")]) == 1
     assert "not a cpDistiller run directory" in capsys.readouterr().err
+
+
+def test_apply_warns_about_batches_the_model_never_saw():
+    p = make_demo_screen(n_batches=3, plates_per_batch=1, n_features=20, seed=0).profiles
+    batches = sorted(set(p.labels("batch")))
+    seen = np.isin(p.labels("batch"), batches[:2])
+    pp, _ = preprocess(p)
+    model = CpDistiller(CpDistillerConfig(epochs=1, hidden_dim=16, latent_dim=4, device="cpu")).fit(
+        pp.subset(seen), effects="batch,row")
+    with pytest.warns(CpDistillerWarning, match=rf"1 batch\(es\) the model never saw \('{batches[2]}'\)"):
+        apply_model(model, pp.subset(~seen), preprocess=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CpDistillerWarning)
+        apply_model(model, pp.subset(seen), preprocess=False)
 
 
 @pytest.mark.slow
