@@ -184,3 +184,27 @@ def test_locked_layout_puts_each_perturbation_at_one_position():
     s = make_demo_screen(n_batches=2, plates_per_batch=2, n_features=40, n_layouts=1)
     maps = s.profiles.meta.groupby("Metadata_Plate")["Metadata_pert_iname"].apply(list)
     assert all(m == maps.iloc[0] for m in maps)
+
+
+def _share_of_replicate_pairs_in_one_row(profiles) -> float:
+    meta = profiles.meta[profiles.meta["Metadata_pert_type"] == "trt"]
+    same = total = 0
+    for _, wells in meta.groupby(["Metadata_Plate", "Metadata_pert_iname"]):
+        rows = wells["Metadata_Well"].str[0].value_counts().to_numpy()
+        same += (rows * (rows - 1) // 2).sum()
+        total += len(wells) * (len(wells) - 1) // 2
+    return same / total
+
+
+@pytest.mark.parametrize("fraction", [None, 0.25])
+def test_replicates_in_row_lays_a_treatments_wells_along_one_row(fraction):
+    kw = dict(n_batches=1, plates_per_batch=2, n_features=40, negcon_fraction=fraction)
+    in_row = make_demo_screen(replicates_in_row=True, **kw)
+    assert _share_of_replicate_pairs_in_one_row(in_row.profiles) > 0.8
+    assert _share_of_replicate_pairs_in_one_row(make_demo_screen(**kw).profiles) < 0.25
+    # the same treatments and controls, only placed differently; the truth follows the wells
+    plain = make_demo_screen(**kw).profiles.meta["Metadata_pert_iname"].value_counts().sort_index()
+    moved = in_row.profiles.meta["Metadata_pert_iname"].value_counts().sort_index()
+    pd.testing.assert_series_equal(plain, moved)
+    assert in_row.params["replicates_in_row"] is True
+    np.testing.assert_array_equal(in_row.truth.meta["Metadata_Well"], in_row.profiles.meta["Metadata_Well"])

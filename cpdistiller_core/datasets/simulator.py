@@ -206,7 +206,7 @@ def _library(F: np.ndarray, programs: list[str], rng: np.random.Generator, effec
 
 
 def _plate_map(table: pd.DataFrame, rng: np.random.Generator, negcon_fraction: float | None = None,
-               layout_index: int = 0) -> np.ndarray:
+               layout_index: int = 0, replicates_in_row: bool = False) -> np.ndarray:
     """Perturbation index for each of the 384 wells (row-major): negative controls spread over the
     whole plate (one per 4x3 block, edges included) plus any spare wells, positive controls and
     ``REPLICATES`` wells per treatment at random positions.
@@ -214,14 +214,15 @@ def _plate_map(table: pd.DataFrame, rng: np.random.Generator, negcon_fraction: f
     ``negcon_fraction``: share of the plate given to negative controls (default: whatever the library
     leaves free, ~10 %). When the treatments then do not all fit, each plate map carries a different
     slice of the library (``layout_index`` picks it), ``REPLICATES`` wells each; spare wells get
-    extra replicates of that slice."""
+    extra replicates of that slice. ``replicates_in_row``: a treatment's wells are laid side by side in
+    one row (as a dose series or a replicate strip), see ``_place_treatments``."""
     pert_type = table["pert_type"].to_numpy()
     trt = np.flatnonzero(pert_type == "trt")
     pos = np.flatnonzero(pert_type == "poscon")
     neg = np.flatnonzero(pert_type == "negcon")
     n_wells = N_ROWS * N_COLS
     if negcon_fraction is not None:
-        return _plate_map_fraction(trt, pos, neg, negcon_fraction, layout_index, rng)
+        return _plate_map_fraction(trt, pos, neg, negcon_fraction, layout_index, rng, replicates_in_row)
     free = n_wells - len(trt) * REPLICATES - POSCON_WELLS
     if free < 32:
         raise CpDistillerError("the demo library does not fit a 384-well plate.")
@@ -234,10 +235,24 @@ def _plate_map(table: pd.DataFrame, rng: np.random.Generator, negcon_fraction: f
     out[negs] = neg[np.arange(len(negs)) % len(neg)]
     rest = rest[free - len(block_neg):]
     out[rest[:POSCON_WELLS]] = pos[np.arange(POSCON_WELLS) % len(pos)]
-    treatments = np.repeat(trt, REPLICATES)
-    rng.shuffle(treatments)
-    out[rest[POSCON_WELLS:]] = treatments
+    _place_treatments(out, rest[POSCON_WELLS:], np.repeat(trt, REPLICATES), rng, replicates_in_row)
     return out
+
+
+def _place_treatments(out: np.ndarray, wells: np.ndarray, treatments: np.ndarray, rng: np.random.Generator,
+                      in_row: bool) -> None:
+    """Put ``treatments`` (one entry per well) into ``wells`` of the plate map ``out``: at random, or
+    with each treatment's wells next to each other along a row (rows taken in a random order, so a
+    treatment's row differs between plate maps; a treatment at the end of a row continues on the next)."""
+    if not in_row:
+        rng.shuffle(treatments)
+        out[wells] = treatments
+        return
+    row_rank = rng.permutation(N_ROWS)[wells // N_COLS]
+    ordered = wells[np.lexsort((wells % N_COLS, row_rank))]
+    names, counts = np.unique(treatments, return_counts=True)
+    order = rng.permutation(len(names))
+    out[ordered] = np.repeat(names[order], counts[order])
 
 
 def _block_wells(rng: np.random.Generator) -> np.ndarray:
@@ -250,7 +265,7 @@ def _block_wells(rng: np.random.Generator) -> np.ndarray:
 
 
 def _plate_map_fraction(trt: np.ndarray, pos: np.ndarray, neg: np.ndarray, fraction: float,
-                        layout_index: int, rng: np.random.Generator) -> np.ndarray:
+                        layout_index: int, rng: np.random.Generator, replicates_in_row: bool = False) -> np.ndarray:
     """A plate map with ``fraction`` of the wells as negative controls (see ``_plate_map``)."""
     n_wells = N_ROWS * N_COLS
     n_neg = int(round(fraction * n_wells))
@@ -271,8 +286,7 @@ def _plate_map_fraction(trt: np.ndarray, pos: np.ndarray, neg: np.ndarray, fract
     start = (layout_index * n_fit) % len(trt)
     chosen = trt[(start + np.arange(n_fit)) % len(trt)]
     treatments = np.resize(np.repeat(chosen, REPLICATES), n_trt_wells)
-    rng.shuffle(treatments)
-    out[rest[POSCON_WELLS:]] = treatments
+    _place_treatments(out, rest[POSCON_WELLS:], treatments, rng, replicates_in_row)
     return out
 
 
@@ -342,7 +356,7 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
                      n_layouts: int | None = None, effect_size: float = 3.0, row_effect: float = 0.8,
                      column_effect: float = 0.8, edge_effect: float = 0.8, batch_effect: float = 1.0,
                      plate_effect: float = 0.35, noise: float = 1.0,
-                     negcon_fraction: float | None = None) -> DemoScreen:
+                     negcon_fraction: float | None = None, replicates_in_row: bool = False) -> DemoScreen:
     """Simulate the demo screen (deterministic by ``seed``).
 
     Sizes: ``n_batches`` x ``plates_per_batch`` 384-well plates, ``n_features`` CellProfiler features.
@@ -352,7 +366,9 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     ``edge_effect`` the outer ring, ``batch_effect`` the batch shift and scale, ``plate_effect`` the
     plate offsets. ``negcon_fraction`` sets the share of negative-control wells per plate (default
     ~10 %, what the library leaves free); ``n_layouts=1`` locks every perturbation to one position
-    on every plate.
+    on every plate. ``replicates_in_row`` lays each treatment's wells side by side in one row of each
+    plate map, as in screens with dose series or replicate strips along rows (lincs_a549, cell_injury):
+    replicates then share their row effect, so replicate-based scores reward keeping it.
     """
     if n_batches < 1 or plates_per_batch < 1:
         raise CpDistillerError("the demo screen needs at least one batch and one plate per batch.")
@@ -365,7 +381,7 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     p = len(feats)
     F, programs = _program_loadings(feats, rng)
     table, effects, count_effects = _library(F, programs, rng, effect_size)
-    layouts = [_plate_map(table, rng, negcon_fraction, i) for i in range(n_layouts)]
+    layouts = [_plate_map(table, rng, negcon_fraction, i, replicates_in_row) for i in range(n_layouts)]
     n_wells = N_ROWS * N_COLS
     well_row, well_col, edge = _edge_map()
 
@@ -418,7 +434,8 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     params = {"seed": seed, "n_batches": n_batches, "plates_per_batch": plates_per_batch,
               "n_features": p, "n_layouts": n_layouts, "effect_size": effect_size, "row_effect": row_effect,
               "column_effect": column_effect, "edge_effect": edge_effect, "batch_effect": batch_effect,
-              "plate_effect": plate_effect, "noise": noise, "negcon_fraction": negcon_fraction}
+              "plate_effect": plate_effect, "noise": noise, "negcon_fraction": negcon_fraction,
+              "replicates_in_row": replicates_in_row}
     return DemoScreen(profiles=profiles, truth=truth, gene_sets=gene_sets(), perturbations=table,
                       features=feats, params=params)
 
