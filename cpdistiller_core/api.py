@@ -242,6 +242,14 @@ def _confounding(profiles: Profiles, effects: Sequence[str]) -> dict[str, float 
     return out
 
 
+TIED_SHARE = 0.5  # position_confounding at or above which a position effect counts as tied to the perturbations
+
+
+def _tied_effects(confounding: Mapping[str, float | None]) -> dict[str, float]:
+    """The position effects whose levels hold each replicated treatment in one level (mostly)."""
+    return {e: v for e, v in confounding.items() if v is not None and v >= TIED_SHARE}
+
+
 def _warn_locked_layout(profiles: Profiles, confounding: Mapping[str, float | None], effects: Sequence[str],
                         adversary_wells: str) -> None:
     """Warn when every position effect is tied to the perturbations and the all-wells adversary would erase them.
@@ -251,7 +259,7 @@ def _warn_locked_layout(profiles: Profiles, confounding: Mapping[str, float | No
     """
     if adversary_wells != "all":
         return
-    tied = {e: v for e, v in confounding.items() if v is not None and v >= 0.5}
+    tied = _tied_effects(confounding)
     if tied and len(tied) == len([e for e in effects if e in ORDERED_EFFECTS]):
         shares = ", ".join(f"{e} {v:.0%}" for e, v in tied.items())
         warnings.warn(
@@ -342,7 +350,7 @@ class CpDistiller:
         _warn_locked_layout(profiles, confounding, self.effects, self.adversary_wells)
         seed_everything(self.config.seed)  # before any module is built: same seed, same initial weights
         base = self._warm_base(profiles, warm_start, extractor)
-        cfg = self.config
+        cfg = self._training_config(confounding)
         if base is None:
             self.features = list(profiles.features)
             self.input_transform, X = InputTransform.fit_apply(
@@ -356,13 +364,24 @@ class CpDistiller:
         self._build_module(data, extractor, base)
         result: TrainResult = train(self.module, data, cfg, self.device,
                                     progress=lambda f, m: progress(0.05 + 0.95 * f, m),
-                                    on_epoch=self._epoch_hook(on_epoch, checkpoint_dir))
+                                    on_epoch=self._epoch_hook(on_epoch, checkpoint_dir, cfg.epochs))
         del data
         self.history = result.history
         self.timings["train_s"] = result.seconds
         self.timings["fit_s"] = time.perf_counter() - t_start
         self.train_info = self._train_info(result, profiles, confounding, warm_start)
+        self.train_info["epochs"] = cfg.epochs
         return self
+
+    def _training_config(self, confounding: Mapping[str, float | None]) -> CpDistillerConfig:
+        """``config``, with the epochs capped at ``tied_layout_epochs`` when the all-wells discriminators
+        meet a layout that ties perturbations to well positions (they then remove biology with position,
+        more the longer they train; benchmarks/README "How long to train")."""
+        cfg = self.config
+        cap = cfg.tied_layout_epochs
+        if cap is None or cfg.epochs <= cap or self.adversary_wells != "all" or not _tied_effects(confounding):
+            return cfg
+        return cfg.replace(epochs=cap)
 
     def _train_info(self, result: TrainResult, profiles: Profiles, confounding: Mapping[str, float | None],
                     warm_start: str | Path | None) -> dict[str, Any]:
@@ -411,13 +430,13 @@ class CpDistiller:
             self._load_warm(base)
 
     def _epoch_hook(self, on_epoch: Callable[[dict[str, Any], EMA], None] | None,
-                    checkpoint_dir: str | Path | None) -> Callable[[dict[str, Any], EMA], None] | None:
+                    checkpoint_dir: str | Path | None, epochs: int) -> Callable[[dict[str, Any], EMA], None] | None:
         every = self.config.checkpoint_every
         if not (every and checkpoint_dir):
             return on_epoch
 
         def hook(record: dict[str, Any], ema: EMA) -> None:
-            if record["epoch"] % every == 0 or record["epoch"] == self.config.epochs:
+            if record["epoch"] % every == 0 or record["epoch"] == epochs:
                 assert self.module is not None
                 self._write(Path(checkpoint_dir) / f"epoch_{record['epoch']:03d}", ema_state(self.module, ema),
                             {"checkpoint_epoch": record["epoch"]})

@@ -120,6 +120,8 @@ class _RunWriter:
         return round(max(0.0, left - (time.time() - self.last_epoch_end)), 1)
 
     def on_epoch(self, record: dict[str, Any], _ema: Any) -> None:
+        # the fit may train fewer epochs than asked (tied_layout_epochs); the record says how many
+        self.state["epochs"] = record.get("epochs", self.state.get("epochs"))
         now = time.time()
         self.epoch_seconds.append(now - self.last_epoch_end)
         self.last_epoch_end = now

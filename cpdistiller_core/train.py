@@ -158,7 +158,8 @@ def train(module: CorrectionModule, data: TrainData, config: CpDistillerConfig, 
         loop.scheduler.step()
         ema.update(config.ema_alpha if epoch > 0 or config.epochs == 1 else 0.0)
         record = stats.record(epoch + 1)  # one host sync per epoch for the log
-        record.update({"lambda": loop.lam, "temperature": tau, "lr": loop.scheduler.get_last_lr()[0],
+        record.update({"epochs": config.epochs, "lambda": loop.lam, "temperature": tau,
+                       "lr": loop.scheduler.get_last_lr()[0],
                        "triplets": stats.n_triplets, "seconds": time.perf_counter() - t_epoch})
         _check_finite_record(record)
         result.history.append(record)

@@ -278,3 +278,27 @@ def test_locked_layout_warns_about_the_all_wells_adversary():
                       locked.source)
     with pytest.warns(CpDistillerWarning, match="ties perturbations to well positions"):
         CpDistiller(TINY.replace(epochs=1)).fit(locked, effects="row,column")
+
+
+def _tied_to_rows(screen: Profiles) -> Profiles:
+    """``screen`` with each treatment's wells in one row: the treatment is named after its row."""
+    meta = screen.meta
+    pert = np.where(meta["Metadata_pert"] == "DMSO", "DMSO", "cpd_" + meta["Metadata_Well"].str[0])
+    return Profiles(meta.assign(Metadata_pert=pert), screen.X, screen.features, screen.roles, screen.source)
+
+
+def test_a_layout_tying_treatments_to_rows_trains_at_most_tied_layout_epochs(screen):
+    cfg = TINY.replace(epochs=3, tied_layout_epochs=2)
+    tied = _tied_to_rows(screen)
+    m = CpDistiller(cfg).fit(tied, effects="row,column")
+    assert m.train_info["position_confounding"]["row"] == 1.0
+    assert m.train_info["epochs"] == 2 and len(m.history) == 2 and m.history[-1]["epochs"] == 2
+    assert m.config.epochs == 3  # the settings asked for are kept as they were
+    # the same capped fit is the plain 2-epoch fit
+    two = CpDistiller(cfg.replace(epochs=2)).fit(tied, effects="row,column")
+    np.testing.assert_array_equal(m.transform(tied).X, two.transform(tied).X)
+    # shuffled layouts, no limit, or discriminators that learn from the controls: the full length
+    assert CpDistiller(cfg).fit(screen, effects="row,column").train_info["epochs"] == 3
+    assert CpDistiller(cfg.replace(tied_layout_epochs=None)).fit(tied, effects="row,column").train_info["epochs"] == 3
+    negcon = CpDistiller(cfg.replace(adversary_wells="negcon")).fit(tied, effects="row,column")
+    assert negcon.train_info["epochs"] == 3
