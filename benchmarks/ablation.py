@@ -45,8 +45,11 @@ DATA = Path(os.environ.get("CPDISTILLER_SHARED_DATA", REPO.parent / "shared" / "
 PAPER = {"sphering": "none", "adversary_wells": "all", "min_steps": 0, "neighbor_space": "input"}
 
 # name -> CpDistillerConfig overrides. "default" is whatever config.py says today.
+# Variants that do not name ``epochs`` train the default's (100 since stop 17, at most 50 on a layout
+# that ties perturbations to positions); the rows in results/*.csv written before that trained 50.
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "default50": {"epochs": 50},  # the default of stop 16: 50 epochs everywhere
     "paper": PAPER,
     "paper+neutral": {**PAPER, "triplet_controls": "neutral"},
     "neutral": {"triplet_controls": "neutral"},
@@ -118,6 +121,28 @@ VARIANTS: dict[str, dict] = {
     # controls (the negcon_linear reference's model, in the 50 latent dimensions): no whitening.
     "default+ncl_out": {"_post": "negcon_linear", "_base": "default"},
     "decoder_none+ncl_out": {"_post": "negcon_linear", "_base": "decoder_none"},
+    # Stop 17, on the conditional-decoder default: with the decoder told the levels, the reconstruction
+    # no longer needs position in z, so reading the mean / a stronger adversary / longer training may now pay.
+    "cond+adv_mean": {"adversary_view": "mean"},
+    "cond+adv_mean+trip_mean": {"adversary_view": "mean", "triplet_view": "mean"},
+    # rows measured before epochs=100 became the default: the fixed length, no cap for tied layouts
+    "cond+epochs100": {"epochs": 100, "tied_layout_epochs": None},
+    "cond+epochs200": {"epochs": 200, "tied_layout_epochs": None},
+    # discriminators learn from the negative controls (frozen, applied to every well): the rest follows
+    # "auto" (controls as ordinary wells in the triplets, the paper's decoder)
+    "negadv": {"adversary_wells": "negcon"},
+    "negadv+epochs100": {"adversary_wells": "negcon", "epochs": 100, "tied_layout_epochs": None},
+    "cond+epochs100+dis/3": {"epochs": 100, "tied_layout_epochs": None, "w_dis_per_feature": 1 / 105},
+    "cond+epochs100+dis/10": {"epochs": 100, "tied_layout_epochs": None, "w_dis_per_feature": 1 / 350},
+    "cond+epochs400": {"epochs": 400},
+    "decoder_none+epochs200": {"decoder_covariates": "none", "epochs": 200, "tied_layout_epochs": None},
+    "cond+min_steps1000": {"min_steps": 1000},
+    "cond+triplet/3": {"w_con_per_feature": 1 / 105},
+    "cond+dis/3": {"w_dis_per_feature": 1 / 105},
+    "cond+latent16": {"latent_dim": 16},
+    "cond+mnn_only": {"triplet_knn_share": 0.0},
+    "cond+k_mnn10": {"k_mnn": 10},
+    "cond+margin1": {"triplet_margin": 1.0},
 }
 
 
@@ -134,6 +159,10 @@ SIM_GRID: dict[str, dict] = {
     "sim/position3": {"row_effect": 2.4, "column_effect": 2.4, "edge_effect": 2.4},
     "sim/locked": {"n_layouts": 1},
     "sim/locked_position3": {"n_layouts": 1, "row_effect": 2.4, "column_effect": 2.4, "edge_effect": 2.4},
+    # a treatment's wells side by side in one row (dose series / replicate strips, as in lincs_a549 and
+    # cell_injury, where 93 % and 99 % of replicate pairs share a row): replicates share their row effect
+    "sim/rows": {"replicates_in_row": True},
+    "sim/rows_locked": {"replicates_in_row": True, "n_layouts": 1},
 }
 SIM_BASE = {"seed": 1, "n_batches": 3, "plates_per_batch": 2}  # 2,304 wells: the grid stays affordable on 2 cores
 
@@ -221,7 +250,9 @@ def embedding(name: str, method: str, seed: int, overrides: dict | None, profile
             base = embedding(name, f"cpDistiller[{base_name}]", seed, VARIANTS[base_name], profiles, reference, args)
             emb = base.with_features(post_process(base, overrides["_post"]), base.features)
         elif overrides is not None:
-            emb = run_cpdistiller(profiles, ("batch", "row", "column"), seed=seed, epochs=args.epochs, **overrides)
+            settings = {**overrides}
+            epochs = settings.pop("epochs", args.epochs)  # a variant's own epochs win over --epochs
+            emb = run_cpdistiller(profiles, ("batch", "row", "column"), seed=seed, epochs=epochs, **settings)
         else:
             emb = reference if method == "uncorrected" else baselines.sphering(profiles)
     if path is not None:

@@ -25,6 +25,18 @@ from cpdistiller_core.api import CpDistiller  # noqa: E402
 from cpdistiller_core.config import CpDistillerConfig  # noqa: E402
 from cpdistiller_core.datasets import make_demo_screen  # noqa: E402
 from cpdistiller_core.preprocess import preprocess  # noqa: E402
+from cpdistiller_core.train import cpu_has_bf16  # noqa: E402
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("ignore")
         screen = make_demo_screen(n_batches=args.plates, plates_per_batch=1)
         profiles, _ = preprocess(screen.profiles)
+    precision = "bf16 autocast" if cfg.amp and cpu_has_bf16() else "float32"
     print(f"{profiles.n_wells} wells x {profiles.n_features} features, {args.plates} plates; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}")
+          f"{cpu_name()}, {os.cpu_count()} CPUs, training in {precision}; load {os.getloadavg()[0]:.1f}")
     for i in range(args.repeat):
         t0 = time.perf_counter()
         with warnings.catch_warnings():
