@@ -130,6 +130,10 @@ VARIANTS: dict[str, dict] = {
     "cond+epochs200": {"epochs": 200, "tied_layout_epochs": None},
     # discriminators learn from the negative controls (frozen, applied to every well): the rest follows
     # "auto" (controls as ordinary wells in the triplets, the paper's decoder)
+    # a position effect tied to the treatments left uncorrected (lincs_a549, cell_injury, sim/rows_locked:
+    # the row; varchamp_b14: row and column)
+    "no_row": {"_effects": ("batch", "column")},
+    "no_position": {"_effects": ("batch",)},
     "negadv": {"adversary_wells": "negcon"},
     "negadv+epochs100": {"adversary_wells": "negcon", "epochs": 100, "tied_layout_epochs": None},
     "cond+epochs100+dis/3": {"epochs": 100, "tied_layout_epochs": None, "w_dis_per_feature": 1 / 105},
@@ -218,8 +222,9 @@ def config_tag(overrides: dict | None, epochs: int | None) -> str:
     meaning changed (``default`` after a change of defaults) is trained again, not read back."""
     if overrides is None or "_post" in overrides:
         return ""
-    settings = CpDistillerConfig(**overrides).to_dict()
-    text = json.dumps({**settings, "epochs_override": epochs}, sort_keys=True, default=str)
+    settings = CpDistillerConfig(**{k: v for k, v in overrides.items() if not k.startswith("_")}).to_dict()
+    extra = {k: v for k, v in overrides.items() if k.startswith("_")}  # e.g. "_effects"
+    text = json.dumps({**settings, **extra, "epochs_override": epochs}, sort_keys=True, default=str)
     return "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -252,7 +257,8 @@ def embedding(name: str, method: str, seed: int, overrides: dict | None, profile
         elif overrides is not None:
             settings = {**overrides}
             epochs = settings.pop("epochs", args.epochs)  # a variant's own epochs win over --epochs
-            emb = run_cpdistiller(profiles, ("batch", "row", "column"), seed=seed, epochs=epochs, **settings)
+            effects = settings.pop("_effects", ("batch", "row", "column"))
+            emb = run_cpdistiller(profiles, effects, seed=seed, epochs=epochs, **settings)
         else:
             emb = reference if method == "uncorrected" else baselines.sphering(profiles)
     if path is not None:

@@ -56,7 +56,8 @@ def _short_run() -> tuple[AppTest, Path]:
     assert any("GPU" in x.value or "CPU" in x.value for x in list(at.info) + list(at.success))
     for s in settings_of(CpDistillerConfig):  # the form is generated from the settings schema: one widget each
         assert at.session_state[f"correct_{s.name}"] == s.default, s.name
-    assert at.number_input(key="correct_epochs").value == 50  # the paper's defaults are offered
+    assert at.number_input(key="correct_epochs").value == 100  # the engine's defaults are offered
+    assert at.number_input(key="correct_tied_layout_epochs").value == 50
     assert at.number_input(key="correct_batch_size").value == 256
     at.number_input(key="correct_epochs").set_value(2)
     at.multiselect(key="correct_effects").set_value(["batch", "row", "column"])

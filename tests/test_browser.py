@@ -128,7 +128,7 @@ def test_demo_flow_in_chromium(app_url):
         expect(page.get_by_role("combobox", name="Mine neighbours in")).to_have_value("negcon_linear")
         expect(page.get_by_role("combobox", name="Decoder sees")).to_have_value("auto")
         _shot(page, "3a_correct_departures")
-        epochs = page.get_by_role("spinbutton", name="Epochs")
+        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
         epochs.fill("3")
         epochs.press("Tab")
         page.get_by_role("button", name="Start correction").click()
