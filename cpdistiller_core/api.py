@@ -231,12 +231,15 @@ def resolve_adversary_wells(profiles: Profiles, effects: Sequence[str], config: 
 
 
 def _confounding(profiles: Profiles, effects: Sequence[str]) -> dict[str, float | None]:
-    """Per position effect, the share of replicated treated wells whose perturbation keeps one level."""
+    """Per position effect, the share of replicated treated wells whose perturbation keeps one level
+    (None without a perturbation column: wells are then named by position, which says nothing)."""
     from .layout import position_confounding
 
     out: dict[str, float | None] = {}
     for e in effects:
-        if e in ("row", "column"):
+        if e in ("row", "column") and not profiles.roles.perturbation:
+            out[e] = None
+        elif e in ("row", "column"):
             v = position_confounding(profiles.perturbation, profiles.labels(e), ~profiles.negative_mask)
             out[e] = None if np.isnan(v) else round(v, 3)
     return out
@@ -348,6 +351,7 @@ class CpDistiller:
         self.adversary_wells = resolve_adversary_wells(profiles, self.effects, self.config)  # fail before any work
         confounding = _confounding(profiles, self.effects)
         _warn_locked_layout(profiles, confounding, self.effects, self.adversary_wells)
+        self.effects, skipped = self._skip_tied_effects(profiles, confounding)
         seed_everything(self.config.seed)  # before any module is built: same seed, same initial weights
         base = self._warm_base(profiles, warm_start, extractor)
         cfg = self._training_config(confounding)
@@ -370,8 +374,31 @@ class CpDistiller:
         self.timings["train_s"] = result.seconds
         self.timings["fit_s"] = time.perf_counter() - t_start
         self.train_info = self._train_info(result, profiles, confounding, warm_start)
-        self.train_info["epochs"] = cfg.epochs
+        self.train_info.update(epochs=cfg.epochs, effects_skipped=skipped)
         return self
+
+    def _skip_tied_effects(self, profiles: Profiles, confounding: Mapping[str, float | None]
+                           ) -> tuple[tuple[str, ...], dict[str, float]]:
+        """The effects to correct, and the tied position effects left out (``tied_effects="skip"``).
+
+        With the all-wells adversary a position effect that holds each replicated treatment in one level
+        cannot be told from the treatments: its discriminator removes biology with it (benchmarks/README
+        "How long to train"). It is left uncorrected when another effect remains; when every effect is
+        tied they are all corrected, as the paper does, and ``tied_layout_epochs`` limits the training.
+        """
+        tied = _tied_effects(confounding)
+        if self.config.tied_effects != "skip" or self.adversary_wells != "all" or not tied:
+            return self.effects, {}
+        kept = tuple(e for e in self.effects if e not in tied)
+        if not kept:
+            return self.effects, {}
+        shares = ", ".join(f"{e} ({v:.0%} of replicated treated wells in one {e})" for e, v in tied.items())
+        warnings.warn(
+            f"{where(profiles.source or None)}not corrected: {shares}. The layout ties these position effects "
+            f"to the treatments, so removing them would remove biology too; correcting {', '.join(kept)}. "
+            "Use tied_effects 'correct' (--tied-effects correct) to correct them anyway (docs/model.md).",
+            CpDistillerWarning, stacklevel=3)
+        return kept, dict(tied)
 
     def _training_config(self, confounding: Mapping[str, float | None]) -> CpDistillerConfig:
         """``config``, with the epochs capped at ``tied_layout_epochs`` when the all-wells discriminators
@@ -379,7 +406,8 @@ class CpDistiller:
         more the longer they train; benchmarks/README "How long to train")."""
         cfg = self.config
         cap = cfg.tied_layout_epochs
-        if cap is None or cfg.epochs <= cap or self.adversary_wells != "all" or not _tied_effects(confounding):
+        corrected = {e: v for e, v in confounding.items() if e in self.effects}
+        if cap is None or cfg.epochs <= cap or self.adversary_wells != "all" or not _tied_effects(corrected):
             return cfg
         return cfg.replace(epochs=cap)
 

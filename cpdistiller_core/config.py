@@ -27,7 +27,8 @@ NEIGHBOR_SPACES = ("input", "unsphered", "negcon_linear")
 DECODER_COVARIATES = ("auto", "none", "batch", "effects")
 ADVERSARY_ENCODER = ("all", "same")
 LATENT_VIEWS = ("sample", "mean")
-JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
+JOINT_MODULES = ("paper", "compact")
+TIED_EFFECTS = ("skip", "correct")  # model/joint.py VARIANTS
 
 
 @dataclass
@@ -146,6 +147,15 @@ class CpDistillerConfig:
     # ``tied_layout_epochs`` when the layout ties perturbations to well positions (below).
     epochs: int = setting(100, "training epochs", label="Epochs", group="basic", range=(1, 2000),
                           paper=50)
+    # Position effects the layout ties to the treatments (a replicated treatment kept in one row or column,
+    # ``layout.position_confounding`` >= 0.5) with the all-wells adversary (ours; docs/model.md "How long
+    # to train"): "skip" leaves them uncorrected, with a warning, when another effect is left to correct
+    # (a discriminator cannot tell such a row from its treatments); "correct" corrects them as the paper does.
+    tied_effects: str = setting("skip", "position effects the layout ties to the treatments (a replicated "
+                                "treatment kept in one row or column): skip (leave them uncorrected, with a "
+                                "warning, when another effect remains) or correct (as the paper)",
+                                label="Position tied to treatments", group="departure", choices=TIED_EFFECTS,
+                                paper="correct")
     # With the all-wells adversary and a layout that ties perturbations to well positions (a replicated
     # treatment kept in one row or column, ``layout.position_confounding`` >= 0.5 for row or column), the
     # row/column discriminators remove biology along with position, and more of it the longer they train:
@@ -234,6 +244,7 @@ class CpDistillerConfig:
              f"decoder_covariates must be one of {DECODER_COVARIATES}"),
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),
             (self.joint_module in JOINT_MODULES, f"joint_module must be one of {JOINT_MODULES}"),
+            (self.tied_effects in TIED_EFFECTS, f"tied_effects must be one of {TIED_EFFECTS}"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]
         bad = [msg for ok, msg in checks if not ok]

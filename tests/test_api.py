@@ -287,8 +287,22 @@ def _tied_to_rows(screen: Profiles) -> Profiles:
     return Profiles(meta.assign(Metadata_pert=pert), screen.X, screen.features, screen.roles, screen.source)
 
 
+def test_a_row_tied_to_the_treatments_is_left_uncorrected_with_a_warning(screen):
+    tied = _tied_to_rows(screen)
+    with pytest.warns(CpDistillerWarning, match=r"not corrected: row \(100% .*correcting column"):
+        m = CpDistiller(TINY).fit(tied, effects="row,column")
+    assert m.effects == ("column",) and set(m.levels) == {"column"}
+    assert m.train_info["effects_skipped"] == {"row": 1.0}
+    assert m.train_info["position_confounding"]["row"] == 1.0  # still reported for the requested effects
+    # a shuffled layout keeps every effect; so do tied_effects="correct" and controls-trained discriminators
+    assert CpDistiller(TINY).fit(screen, effects="row,column").effects == ("row", "column")
+    assert CpDistiller(TINY.replace(tied_effects="correct")).fit(tied, effects="row,column").effects == ("row", "column")
+    negcon = CpDistiller(TINY.replace(adversary_wells="negcon")).fit(tied, effects="row,column")
+    assert negcon.effects == ("row", "column") and negcon.train_info["effects_skipped"] == {}
+
+
 def test_a_layout_tying_treatments_to_rows_trains_at_most_tied_layout_epochs(screen):
-    cfg = TINY.replace(epochs=3, tied_layout_epochs=2)
+    cfg = TINY.replace(epochs=3, tied_layout_epochs=2, tied_effects="correct")
     tied = _tied_to_rows(screen)
     m = CpDistiller(cfg).fit(tied, effects="row,column")
     assert m.train_info["position_confounding"]["row"] == 1.0

@@ -117,6 +117,7 @@ def test_paper_flag_undoes_every_departure_and_flags_still_override(tmp_path):
     # epochs has a paper value (50; ours 100), so --paper sets it; batch_size has none and stays
     assert (cfg.sphering, cfg.epochs, cfg.batch_size, cfg.min_steps) == ("none", 50, 128, 100)
     assert CpDistillerConfig.paper().tied_layout_epochs is None
+    assert CpDistillerConfig.paper().tied_effects == "correct"
 
 
 def test_the_form_names_the_departures_that_are_on_by_default():
@@ -125,7 +126,7 @@ def test_the_form_names_the_departures_that_are_on_by_default():
     on = departures_on_by_default(CpDistillerConfig)
     # decoder_covariates "auto" is the conditional decoder with the default all-wells adversary;
     # triplet_controls "auto" is then the paper's rule, so it is not listed
-    assert [s.name for s in on] == ["decoder_covariates", "neighbor_space", "tied_layout_epochs"]
+    assert [s.name for s in on] == ["decoder_covariates", "neighbor_space", "tied_effects", "tied_layout_epochs"]
     assert group_title(CpDistillerConfig, "departure").endswith(
-        "on by default: Decoder sees, Mine neighbours in, Epochs if positions are tied")
+        "on by default: Decoder sees, Mine neighbours in, Position tied to treatments, Epochs if positions are tied")
     assert group_title(CpDistillerConfig, "more") == "More settings (paper defaults)"
