@@ -49,7 +49,8 @@ PAPER = {"sphering": "none", "adversary_wells": "all", "min_steps": 0, "neighbor
 # that ties perturbations to positions); the rows in results/*.csv written before that trained 50.
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "default50": {"epochs": 50},  # the default of stop 16: 50 epochs everywhere
+    "default50": {"epochs": 50, "tied_effects": "correct"},  # the default of stop 16: 50 epochs everywhere
+    "default_tied_correct": {"tied_effects": "correct"},  # stop 17's first default: tied effects corrected, 50 epochs
     "paper": PAPER,
     "paper+neutral": {**PAPER, "triplet_controls": "neutral"},
     "neutral": {"triplet_controls": "neutral"},
