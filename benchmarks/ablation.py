@@ -45,12 +45,14 @@ DATA = Path(os.environ.get("CPDISTILLER_SHARED_DATA", REPO.parent / "shared" / "
 PAPER = {"sphering": "none", "adversary_wells": "all", "min_steps": 0, "neighbor_space": "input"}
 
 # name -> CpDistillerConfig overrides. "default" is whatever config.py says today.
-# Variants that do not name ``epochs`` train the default's (100 since stop 17, at most 50 on a layout
-# that ties perturbations to positions); the rows in results/*.csv written before that trained 50.
+# Variants that name neither ``epochs`` nor ``tied_effects`` follow the defaults of stop 17 (100 epochs; a
+# position effect tied to the treatments left uncorrected); rows in results/*.csv written before trained
+# 50 epochs and corrected every effect.
 VARIANTS: dict[str, dict] = {
     "default": {},
     "default50": {"epochs": 50, "tied_effects": "correct"},  # the default of stop 16: 50 epochs everywhere
-    "default_tied_correct": {"tied_effects": "correct"},  # stop 17's first default: tied effects corrected, 50 epochs
+    # stop 17's first default: 100 epochs, tied effects corrected with at most 50 epochs
+    "default_tied_correct": {"tied_effects": "correct"},
     "paper": PAPER,
     "paper+neutral": {**PAPER, "triplet_controls": "neutral"},
     "neutral": {"triplet_controls": "neutral"},
@@ -129,12 +131,12 @@ VARIANTS: dict[str, dict] = {
     # rows measured before epochs=100 became the default: the fixed length, no cap for tied layouts
     "cond+epochs100": {"epochs": 100, "tied_layout_epochs": None},
     "cond+epochs200": {"epochs": 200, "tied_layout_epochs": None},
-    # discriminators learn from the negative controls (frozen, applied to every well): the rest follows
-    # "auto" (controls as ordinary wells in the triplets, the paper's decoder)
     # a position effect tied to the treatments left uncorrected (lincs_a549, cell_injury, sim/rows_locked:
     # the row; varchamp_b14: row and column)
     "no_row": {"_effects": ("batch", "column")},
     "no_position": {"_effects": ("batch",)},
+    # discriminators learn from the negative controls (frozen, applied to every well): the rest follows
+    # "auto" (controls as ordinary wells in the triplets, the paper's decoder)
     "negadv": {"adversary_wells": "negcon"},
     "negadv+epochs100": {"adversary_wells": "negcon", "epochs": 100, "tied_layout_epochs": None},
     "cond+epochs100+dis/3": {"epochs": 100, "tied_layout_epochs": None, "w_dis_per_feature": 1 / 105},

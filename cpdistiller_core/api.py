@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning, example_values, where
+from .layout import position_ties, tied_effects
 from .model.bounds import check_architecture
 from .model.gmvae import CorrectionModule
 from .paths import atomic_write_bytes, atomic_write_text, json_default
@@ -230,29 +231,6 @@ def resolve_adversary_wells(profiles: Profiles, effects: Sequence[str], config: 
     return "all"
 
 
-def _confounding(profiles: Profiles, effects: Sequence[str]) -> dict[str, float | None]:
-    """Per position effect, the share of replicated treated wells whose perturbation keeps one level
-    (None without a perturbation column: wells are then named by position, which says nothing)."""
-    from .layout import position_confounding
-
-    out: dict[str, float | None] = {}
-    for e in effects:
-        if e in ("row", "column") and not profiles.roles.perturbation:
-            out[e] = None
-        elif e in ("row", "column"):
-            v = position_confounding(profiles.perturbation, profiles.labels(e), ~profiles.negative_mask)
-            out[e] = None if np.isnan(v) else round(v, 3)
-    return out
-
-
-TIED_SHARE = 0.5  # position_confounding at or above which a position effect counts as tied to the perturbations
-
-
-def _tied_effects(confounding: Mapping[str, float | None]) -> dict[str, float]:
-    """The position effects whose levels hold each replicated treatment in one level (mostly)."""
-    return {e: v for e, v in confounding.items() if v is not None and v >= TIED_SHARE}
-
-
 def _warn_locked_layout(profiles: Profiles, confounding: Mapping[str, float | None], effects: Sequence[str],
                         adversary_wells: str) -> None:
     """Warn when every position effect is tied to the perturbations and the all-wells adversary would erase them.
@@ -262,7 +240,7 @@ def _warn_locked_layout(profiles: Profiles, confounding: Mapping[str, float | No
     """
     if adversary_wells != "all":
         return
-    tied = _tied_effects(confounding)
+    tied = tied_effects(confounding)
     if tied and len(tied) == len([e for e in effects if e in ORDERED_EFFECTS]):
         shares = ", ".join(f"{e} {v:.0%}" for e, v in tied.items())
         warnings.warn(
@@ -349,7 +327,7 @@ class CpDistiller:
             raise CpDistillerError(f"{where(src)}need at least 2 wells to train, got {profiles.n_wells}.")
         self.effects = self._usable_effects(profiles, parse_effects(effects))
         self.adversary_wells = resolve_adversary_wells(profiles, self.effects, self.config)  # fail before any work
-        confounding = _confounding(profiles, self.effects)
+        confounding = position_ties(profiles, self.effects)
         _warn_locked_layout(profiles, confounding, self.effects, self.adversary_wells)
         self.effects, skipped = self._skip_tied_effects(profiles, confounding)
         seed_everything(self.config.seed)  # before any module is built: same seed, same initial weights
@@ -386,7 +364,7 @@ class CpDistiller:
         "How long to train"). It is left uncorrected when another effect remains; when every effect is
         tied they are all corrected, as the paper does, and ``tied_layout_epochs`` limits the training.
         """
-        tied = _tied_effects(confounding)
+        tied = tied_effects(confounding)
         if self.config.tied_effects != "skip" or self.adversary_wells != "all" or not tied:
             return self.effects, {}
         kept = tuple(e for e in self.effects if e not in tied)
@@ -407,7 +385,7 @@ class CpDistiller:
         cfg = self.config
         cap = cfg.tied_layout_epochs
         corrected = {e: v for e, v in confounding.items() if e in self.effects}
-        if cap is None or cfg.epochs <= cap or self.adversary_wells != "all" or not _tied_effects(corrected):
+        if cap is None or cfg.epochs <= cap or self.adversary_wells != "all" or not tied_effects(corrected):
             return cfg
         return cfg.replace(epochs=cap)
 

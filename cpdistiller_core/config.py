@@ -27,8 +27,8 @@ NEIGHBOR_SPACES = ("input", "unsphered", "negcon_linear")
 DECODER_COVARIATES = ("auto", "none", "batch", "effects")
 ADVERSARY_ENCODER = ("all", "same")
 LATENT_VIEWS = ("sample", "mean")
-JOINT_MODULES = ("paper", "compact")
-TIED_EFFECTS = ("skip", "correct")  # model/joint.py VARIANTS
+JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
+TIED_EFFECTS = ("skip", "correct")
 
 
 @dataclass

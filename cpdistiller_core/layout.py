@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .errors import CpDistillerError, example_cells, example_rows, where
+
+if TYPE_CHECKING:
+    from .profiles import Profiles
+
+TIED_SHARE = 0.5  # position_confounding at or above which a position effect is tied to the treatments
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,29 @@ def position_confounding(perturbation: np.ndarray, level: np.ndarray, include: n
     if not replicated.any():
         return float("nan")
     return float(size[replicated & (distinct == 1)].sum() / size[replicated].sum())
+
+
+def position_ties(profiles: Profiles, effects: Sequence[str] = ("row", "column")) -> dict[str, float | None]:
+    """``position_confounding`` among the treated wells for each of ``effects`` that is a row or column.
+
+    None where it says nothing: no treatment has replicates, or there is no perturbation column (wells
+    are then named by their position, so every "treatment" would look tied to its row).
+    """
+    out: dict[str, float | None] = {}
+    for e in effects:
+        if e not in ("row", "column"):
+            continue
+        if not profiles.roles.perturbation:
+            out[e] = None
+            continue
+        v = position_confounding(profiles.perturbation, profiles.labels(e), ~profiles.negative_mask)
+        out[e] = None if np.isnan(v) else round(v, 3)
+    return out
+
+
+def tied_effects(ties: Mapping[str, float | None], threshold: float = TIED_SHARE) -> dict[str, float]:
+    """The position effects of ``ties`` (``position_ties``) that hold most replicated treatments in one level."""
+    return {e: v for e, v in ties.items() if v is not None and v >= threshold}
 
 
 def same_map_share(plate: np.ndarray, well: np.ndarray, perturbation: np.ndarray,

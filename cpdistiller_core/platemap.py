@@ -210,16 +210,12 @@ def default_wells(profiles: Profiles, min_controls: int = 3, threshold: float = 
     row or column >= ``threshold`` among treated wells) and there are at least ``min_controls``
     negative controls: there, a row or column difference among all wells is partly biology, and only
     the controls show the technical effect. ``"all"`` otherwise."""
-    from .layout import position_confounding, same_map_share
+    from .layout import position_ties, same_map_share, tied_effects
 
     neg = profiles.negative_mask
     if int(neg.sum()) < min_controls:
         return "all", "all wells: fewer than 3 negative controls to look at on their own."
-    tied = {}
-    for axis in ("row", "column"):
-        share = position_confounding(profiles.perturbation, profiles.labels(axis), ~neg)
-        if np.isfinite(share) and share >= threshold:
-            tied[axis] = share
+    tied = tied_effects(position_ties(profiles), threshold)
     same_map = same_map_share(profiles.plate, profiles.well, profiles.perturbation, ~neg)
     if tied:
         which = " and ".join(f"{a} ({v:.0%} of treated wells)" for a, v in tied.items())

@@ -107,3 +107,17 @@ def test_position_confounding_separates_fixed_from_shuffled_layouts():
     include = perts != "c0"
     assert position_confounding(perts, fixed_rows, include) == 1.0
     assert np.isnan(position_confounding(np.array(["a", "b"], dtype=object), np.array([0, 1])))
+
+
+def test_position_ties_need_a_perturbation_column():
+    from cpdistiller_core.datasets import make_demo_screen
+    from cpdistiller_core.layout import position_ties, tied_effects
+    from cpdistiller_core.profiles import Roles
+
+    rows = make_demo_screen(seed=1, n_batches=1, plates_per_batch=2, n_features=40, n_layouts=1,
+                            replicates_in_row=True).profiles
+    ties = position_ties(rows, ("batch", "row", "column"))
+    assert set(ties) == {"row", "column"} and ties["row"] > 0.8 and set(tied_effects(ties)) == {"row"}
+    # without a perturbation column wells are named by position: that says nothing about the layout
+    anonymous = rows.replace(roles=Roles.from_dict({**rows.roles.to_dict(), "perturbation": None}))
+    assert position_ties(anonymous) == {"row": None, "column": None} and tied_effects(position_ties(anonymous)) == {}
