@@ -231,24 +231,24 @@ def resolve_adversary_wells(profiles: Profiles, effects: Sequence[str], config: 
     return "all"
 
 
-def _warn_locked_layout(profiles: Profiles, confounding: Mapping[str, float | None], effects: Sequence[str],
-                        adversary_wells: str) -> None:
-    """Warn when every position effect is tied to the perturbations and the all-wells adversary would erase them.
+def _warn_locked_layout(profiles: Profiles, confounding: Mapping[str, float | None],
+                        adversary: Mapping[str, str]) -> None:
+    """Warn when every position effect corrected is tied to the perturbations and learnt from all wells:
+    the all-wells adversary then erases biology with position.
 
     Measured (benchmarks/results/summary.md): on varchamp_b14, one plate map for every plate, the
     negative-control settings score 0.655 vs 0.533 for the paper's settings (three seeds).
     """
-    if adversary_wells != "all":
-        return
-    tied = tied_effects(confounding)
-    if tied and len(tied) == len([e for e in effects if e in ORDERED_EFFECTS]):
+    positions = [e for e in adversary if e in ORDERED_EFFECTS]
+    tied = tied_effects({e: v for e, v in confounding.items() if e in positions})
+    if tied and len(tied) == len(positions) and all(adversary[e] == "all" for e in tied):
         shares = ", ".join(f"{e} {v:.0%}" for e, v in tied.items())
         warnings.warn(
             f"{where(profiles.source or None)}the layout ties perturbations to well positions (share of "
             f"replicated treatments kept in one {shares}): the paper's all-wells discriminators will remove "
-            "biology along with the position effect. Consider sphering 'auto' and adversary_wells 'auto' "
-            "(learn position effects from the negative controls; docs/model.md).",
-            CpDistillerWarning, stacklevel=3)
+            "biology along with the position effect. Consider tied_effects 'auto' with negative controls, or "
+            "sphering 'auto' and adversary_wells 'auto' (learn position effects from the negative controls; "
+            "docs/model.md).", CpDistillerWarning, stacklevel=3)
 
 
 def package_versions() -> dict[str, str]:
@@ -300,6 +300,7 @@ class CpDistiller:
         self.history: list[dict[str, Any]] = []
         self.neighbor_stats: dict[str, Any] = {}
         self.adversary_wells: str | None = None
+        self.adversary: dict[str, str] = {}  # effect -> "all" / "negcon": the wells its discriminator learns from
         self.timings: dict[str, float] = {}
         self.train_info: dict[str, Any] = {}
         self.device = select_device(self.config.device)
@@ -328,8 +329,9 @@ class CpDistiller:
         self.effects = self._usable_effects(profiles, parse_effects(effects))
         self.adversary_wells = resolve_adversary_wells(profiles, self.effects, self.config)  # fail before any work
         confounding = position_ties(profiles, self.effects)
-        _warn_locked_layout(profiles, confounding, self.effects, self.adversary_wells)
         self.effects, skipped = self._skip_tied_effects(profiles, confounding)
+        self.adversary = self._adversary_by_effect(profiles, confounding)
+        _warn_locked_layout(profiles, confounding, self.adversary)
         seed_everything(self.config.seed)  # before any module is built: same seed, same initial weights
         base = self._warm_base(profiles, warm_start, extractor)
         cfg = self._training_config(confounding)
@@ -340,7 +342,7 @@ class CpDistiller:
                 cfg.sphering_min_controls, overwrite_input=overwrite_input)
         else:
             X = self.input_transform.apply(profiles.subset(features=self.features).X)
-        data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary_wells,
+        data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary,
                                        features=self.features, extractor=extractor, device=self.device,
                                        progress=lambda f, m: progress(0.05 * f, m))
         self._build_module(data, extractor, base)
@@ -357,26 +359,56 @@ class CpDistiller:
 
     def _skip_tied_effects(self, profiles: Profiles, confounding: Mapping[str, float | None]
                            ) -> tuple[tuple[str, ...], dict[str, float]]:
-        """The effects to correct, and the tied position effects left out (``tied_effects="skip"``).
+        """The effects to correct, and the tied position effects left out (``config.tied_effects``).
 
         With the all-wells adversary a position effect that holds each replicated treatment in one level
         cannot be told from the treatments: its discriminator removes biology with it (benchmarks/README
-        "How long to train"). It is left uncorrected when another effect remains; when every effect is
-        tied they are all corrected, as the paper does, and ``tied_layout_epochs`` limits the training.
+        "Position effects tied to the treatments"). "skip" and "auto" leave it uncorrected when another
+        effect remains; "controls" does so only when the negative controls cannot teach its discriminator
+        (:meth:`_controls_teach`). When every effect would be left out none is.
         """
         tied = tied_effects(confounding)
-        if self.config.tied_effects != "skip" or self.adversary_wells != "all" or not tied:
+        if self.config.tied_effects == "correct" or self.adversary_wells != "all" or not tied:
             return self.effects, {}
+        if self.config.tied_effects == "controls":
+            tied = {e: v for e, v in tied.items() if not self._controls_teach(profiles, e)}
         kept = tuple(e for e in self.effects if e not in tied)
-        if not kept:
+        if not kept or not tied:
             return self.effects, {}
         shares = ", ".join(f"{e} ({v:.0%} of replicated treated wells in one {e})" for e, v in tied.items())
+        thin = " and too few negative controls to learn it from" if self.config.tied_effects == "controls" else ""
         warnings.warn(
             f"{where(profiles.source or None)}not corrected: {shares}. The layout ties these position effects "
-            f"to the treatments, so removing them would remove biology too; correcting {', '.join(kept)}. "
+            f"to the treatments{thin}, so removing them would remove biology too; correcting {', '.join(kept)}. "
             "Use tied_effects 'correct' (--tied-effects correct) to correct them anyway (docs/model.md).",
             CpDistillerWarning, stacklevel=3)
         return kept, dict(tied)
+
+    def _controls_teach(self, profiles: Profiles, effect: str) -> bool:
+        """Whether the negative controls can train ``effect``'s discriminator: enough of them, at 2+ levels."""
+        neg = profiles.negative_mask
+        return bool(neg.sum() >= self.config.sphering_min_controls
+                    and len(np.unique(profiles.labels(effect)[neg].astype(str))) >= 2)
+
+    def _adversary_by_effect(self, profiles: Profiles, confounding: Mapping[str, float | None]) -> dict[str, str]:
+        """Effect -> the wells its discriminator learns from: ``adversary_wells``, except that a tied position
+        effect still corrected with ``tied_effects`` "controls" or "auto" (then: every effect is tied) learns
+        from the negative controls, which tell position apart from treatment. Its discriminator, frozen,
+        still hides the effect in every well (``adversary_encoder="all"``)."""
+        by_effect = {e: self.adversary_wells or "all" for e in self.effects}
+        if self.config.tied_effects not in ("controls", "auto") or self.adversary_wells != "all":
+            return by_effect
+        taught = [e for e in tied_effects(confounding) if e in by_effect and self._controls_teach(profiles, e)]
+        for e in taught:
+            by_effect[e] = "negcon"
+        if taught:
+            n_neg = int(profiles.negative_mask.sum())
+            warnings.warn(
+                f"{where(profiles.source or None)}the layout ties {' and '.join(taught)} to the treatments: "
+                f"{'their discriminators learn' if len(taught) > 1 else 'its discriminator learns'} from the "
+                f"{n_neg} negative controls, which tell position apart from treatment (docs/model.md).",
+                CpDistillerWarning, stacklevel=3)
+        return by_effect
 
     def _training_config(self, confounding: Mapping[str, float | None]) -> CpDistillerConfig:
         """``config``, with the epochs capped at ``tied_layout_epochs`` when the all-wells discriminators
@@ -385,7 +417,8 @@ class CpDistiller:
         cfg = self.config
         cap = cfg.tied_layout_epochs
         corrected = {e: v for e, v in confounding.items() if e in self.effects}
-        if cap is None or cfg.epochs <= cap or self.adversary_wells != "all" or not tied_effects(corrected):
+        corrected = {e: v for e, v in corrected.items() if self.adversary.get(e) == "all"}
+        if cap is None or cfg.epochs <= cap or not tied_effects(corrected):
             return cfg
         return cfg.replace(epochs=cap)
 
@@ -397,6 +430,7 @@ class CpDistiller:
                 "n_wells": profiles.n_wells, "n_features": len(self.features),
                 "sphered": self.input_transform.whitening is not None,
                 "adversary_wells": self.adversary_wells,
+                "adversary_by_effect": dict(self.adversary),
                 "decoder_covariates": self._decoder_covariates(),
                 "position_confounding": dict(confounding),
                 "warm_start": None if warm_start is None else str(warm_start)}
@@ -459,8 +493,17 @@ class CpDistiller:
         return "effects" if self.adversary_wells in ("all", None) else "none"
 
     def _decoder_levels(self) -> dict[str, int]:
-        """Effect -> number of levels for the conditional decoder (empty: the paper's decoder)."""
-        chosen = {"none": (), "batch": ("batch",), "effects": self.effects}[self._decoder_covariates()]
+        """Effect -> number of levels for the conditional decoder (empty: the paper's decoder).
+
+        "auto" conditions on the effects whose discriminators learn from every well: a tied effect whose
+        discriminator learns from the controls (``tied_effects="controls"``) is left out, as every effect
+        is with controls-trained discriminators (benchmarks/README "Tied position effects").
+        """
+        choice = self._decoder_covariates()
+        effects = self.effects
+        if choice == "effects" and self.config.decoder_covariates == "auto":
+            effects = tuple(e for e in effects if self.adversary.get(e, "all") == "all")
+        chosen = {"none": (), "batch": ("batch",), "effects": effects}[choice]
         return {e: len(self.levels[e]) for e in chosen if e in self.levels}
 
     def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
@@ -609,8 +652,9 @@ class CpDistiller:
         self.neighbor_stats = meta.get("neighbors", {})
         self.train_info = meta.get("train", {})
         self.adversary_wells = self.train_info.get("adversary_wells")
+        self.adversary = dict(self.train_info.get("adversary_by_effect", {}))
         recorded = self.train_info.get("decoder_covariates")
-        if self.config.decoder_covariates == "auto" and recorded:
+        if self.config.decoder_covariates == "auto" and recorded and not self.adversary:
             self.config = self.config.replace(decoder_covariates=recorded)
         self.timings = meta.get("timings", {})
         try:

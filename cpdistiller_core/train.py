@@ -248,7 +248,7 @@ class _Loop:
             labels={ef: codes.index_select(0, rows) for ef, codes in data.labels.items()},
             soft_targets=data.soft_targets,
             e=None if data.E is None else data.E.index_select(0, idx_t),
-            adversary_weight=None if data.adversary_weight is None else data.adversary_weight.index_select(0, rows),
+            adversary_weight={ef: w.index_select(0, rows) for ef, w in data.adversary_weight.items()},
             anchors=None if anchors is None else torch.from_numpy(anchors).to(device),
             pair_x=None if pair_t is None else data.X.index_select(0, pair_t),
             pair_e=None if pair_t is None or data.E is None else data.E.index_select(0, pair_t),
@@ -262,15 +262,14 @@ class _EpochStats:
         self.effects = effects
         self.sums: dict[str, Tensor] = {}
         self.correct = {e: torch.zeros((), device=device) for e in effects}
-        self.n_adv = torch.zeros((), device=device)
+        self.n_adv = {e: torch.zeros((), device=device) for e in effects}
         self.n_seen = 0
         self.n_triplets = 0
 
     def add(self, out: LossOutput) -> None:
         for ef, hits in out.correct.items():
             self.correct[ef] += hits
-        if out.discriminator is not None:
-            self.n_adv += out.n_adversary
+            self.n_adv[ef] += out.n_adversary[ef]
         self.n_triplets += out.n_triplets
         for k, v in out.log_terms().items():
             self.sums[k] = self.sums.get(k, 0.0) + v * out.n
@@ -283,9 +282,8 @@ class _EpochStats:
         record.update({k: float(v) for k, v in zip(self.sums, stacked)})
         if "triplet" in record and self.n_triplets:
             record["triplet"] = record["triplet"] * self.n_seen / self.n_triplets
-        n_adv = float(self.n_adv.item())
         for ef in self.effects:
-            record[f"acc_{ef}"] = float(self.correct[ef].item()) / max(n_adv, 1.0)
+            record[f"acc_{ef}"] = float(self.correct[ef].item()) / max(float(self.n_adv[ef].item()), 1.0)
         return record
 
 

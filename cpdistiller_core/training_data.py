@@ -135,7 +135,8 @@ class TrainData:
     soft_targets: Mapping[str, Tensor]  # effect -> [levels, levels] target table
     E: Tensor | None = None            # [n, f] image features for the joint module
     triplets: TripletSource | None = None
-    adversary_weight: Tensor | None = None  # [n] float 0/1: wells the discriminators learn from (None: all)
+    # effect -> [n] float 0/1: the wells its discriminator learns from (an effect not named: every well)
+    adversary_weight: dict[str, Tensor] = field(default_factory=dict)
     levels: dict[str, list[Any]] = field(default_factory=dict)  # effect -> level values, in code order
     neighbor_stats: dict[str, Any] = field(default_factory=dict)
     neighbor_seconds: float = 0.0
@@ -146,7 +147,7 @@ class TrainData:
 
     @classmethod
     def from_profiles(cls, profiles: Profiles, X: np.ndarray, effects: Sequence[str], config: CpDistillerConfig,
-                      *, adversary_wells: str, features: Sequence[str] | None = None,
+                      *, adversary_wells: Mapping[str, str], features: Sequence[str] | None = None,
                       extractor: Profiles | None = None, device: torch.device | str = "cpu",
                       progress: ProgressCallback | None = None) -> TrainData:
         """Prepare training data for ``effects`` from ``profiles`` and their model input ``X``.
@@ -162,7 +163,7 @@ class TrainData:
         config
             Settings: soft labels, neighbour mining, triplet controls, model sizes.
         adversary_wells
-            "all" or "negcon" (resolved): the wells the discriminators learn from.
+            Effect -> "all" or "negcon" (resolved): the wells its discriminator learns from.
         features
             The model's features among ``profiles.features`` (default: all), for unsphered mining.
         extractor
@@ -184,7 +185,7 @@ class TrainData:
         sampler, stats = _triplet_sampler(profiles, X, effects, config, adversary_wells, features,
                                           progress or no_progress)
         neighbor_seconds = time.perf_counter() - t0
-        weight = profiles.negative_mask.astype(np.float32) if adversary_wells == "negcon" else None
+        controls = torch.from_numpy(profiles.negative_mask.astype(np.float32)).to(device)
         return cls(
             X=torch.from_numpy(X).to(device),
             labels={e: torch.from_numpy(codes[e]).to(device) for e in effects},
@@ -192,13 +193,13 @@ class TrainData:
                           for e in effects},
             E=None if E is None else torch.from_numpy(E).to(device),
             triplets=sampler,
-            adversary_weight=None if weight is None else torch.from_numpy(weight).to(device),
+            adversary_weight={e: controls for e in effects if adversary_wells[e] == "negcon"},
             levels=levels, neighbor_stats=stats, neighbor_seconds=neighbor_seconds,
         )
 
 
 def _triplet_sampler(profiles: Profiles, X: np.ndarray, effects: Sequence[str], cfg: CpDistillerConfig,
-                     adversary_wells: str, features: Sequence[str] | None,
+                     adversary_wells: Mapping[str, str], features: Sequence[str] | None,
                      progress: ProgressCallback) -> tuple[TripletSource | None, dict[str, Any]]:
     """Neighbours for the contrastive term (sparse; mined on the model's input space) and their sampler."""
     from .neighbors import TripletSampler, mine_neighbors
@@ -214,7 +215,7 @@ def _triplet_sampler(profiles: Profiles, X: np.ndarray, effects: Sequence[str], 
     del X_mine
     # "neutral": no well is treated as a control, so no control is pulled onto the others.
     rule = cfg.triplet_controls if cfg.triplet_controls != "auto" else \
-        ("paper" if adversary_wells == "all" else "neutral")
+        ("neutral" if adversary_wells and "all" not in adversary_wells.values() else "paper")
     triplet_controls = profiles.negative_mask if rule == "paper" else np.zeros(profiles.n_wells, dtype=bool)
     stats["triplet_controls"] = rule
     sampler = TripletSampler(graph, triplet_controls, seed=cfg.seed, p_knn=cfg.triplet_knn_share)

@@ -250,7 +250,8 @@ def test_decoder_covariates_auto_follows_the_adversary_and_survives_a_reload(scr
     for m, name in ((paper_adversary, "all"), (controls, "negcon")):
         m.save(tmp_path / name)
         loaded = CpDistiller.load(tmp_path / name)  # builds the same decoder, or the weights would not load
-        assert loaded.config.decoder_covariates == m.train_info["decoder_covariates"]
+        assert loaded._decoder_covariates() == m.train_info["decoder_covariates"]
+        assert set(loaded.module.gmvae.decoder_covariates) == set(m.module.gmvae.decoder_covariates)
         np.testing.assert_allclose(loaded.transform(screen).X, m.transform(screen).X, rtol=1e-5, atol=1e-5)
 
 
@@ -277,7 +278,20 @@ def test_locked_layout_warns_about_the_all_wells_adversary():
     locked = Profiles(locked.meta.assign(Metadata_pert=pert), locked.X, locked.features, locked.roles,
                       locked.source)
     with pytest.warns(CpDistillerWarning, match="ties perturbations to well positions"):
-        CpDistiller(TINY.replace(epochs=1)).fit(locked, effects="row,column")
+        CpDistiller(TINY.replace(epochs=1, tied_effects="correct")).fit(locked, effects="row,column")
+    # the default: with every position effect tied, their discriminators learn from the negative controls
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = CpDistiller(TINY.replace(epochs=1, sphering_min_controls=5)).fit(locked, effects="row,column")
+    said = " ".join(str(w.message) for w in caught)
+    assert "ties row and column to the treatments: their discriminators learn from the" in said
+    assert "ties perturbations to well positions" not in said
+    assert m.train_info["adversary_by_effect"] == {"row": "negcon", "column": "negcon"}
+    assert len(m.module.gmvae.decoder_covariates) == 0 and m.neighbor_stats["triplet_controls"] == "neutral"
+    # too few controls to teach them: the paper's correction, with its warning
+    with pytest.warns(CpDistillerWarning, match="ties perturbations to well positions"):
+        few = CpDistiller(TINY.replace(epochs=1, sphering_min_controls=10_000)).fit(locked, effects="row,column")
+    assert few.train_info["adversary_by_effect"] == {"row": "all", "column": "all"}
 
 
 def _tied_to_rows(screen: Profiles) -> Profiles:
@@ -316,3 +330,28 @@ def test_a_layout_tying_treatments_to_rows_trains_at_most_tied_layout_epochs(scr
     assert CpDistiller(cfg.replace(tied_layout_epochs=None)).fit(tied, effects="row,column").train_info["epochs"] == 3
     negcon = CpDistiller(cfg.replace(adversary_wells="negcon")).fit(tied, effects="row,column")
     assert negcon.train_info["epochs"] == 3
+
+
+def test_tied_effects_controls_teaches_a_tied_row_from_the_negative_controls(screen, tmp_path):
+    tied = _tied_to_rows(screen)
+    cfg = TINY.replace(tied_effects="controls", sphering_min_controls=5)
+    with pytest.warns(CpDistillerWarning, match=r"ties row to the treatments: its discriminator learns from the \d+ "
+                                                "negative controls"):
+        m = CpDistiller(cfg).fit(tied, effects="row,column")
+    assert m.effects == ("row", "column") and m.train_info["effects_skipped"] == {}
+    assert m.train_info["adversary_by_effect"] == {"row": "negcon", "column": "all"}
+    assert m.train_info["adversary_wells"] == "all"
+    # the decoder is told the levels of the effects learnt from every well only
+    assert set(m.module.gmvae.decoder_covariates) == {"column"}
+    assert m.neighbor_stats["triplet_controls"] == "paper"
+    assert len(m.history) == 2  # no epoch cap: the tied row's discriminator learns from the controls
+    m.save(tmp_path / "m")
+    loaded = CpDistiller.load(tmp_path / "m")  # the same decoder, or its weights would not load
+    np.testing.assert_allclose(loaded.transform(tied).X, m.transform(tied).X, rtol=1e-5, atol=1e-5)
+    # too few controls to learn the row from: the row is left out, as with "skip", and the warning says why
+    with pytest.warns(CpDistillerWarning, match=r"not corrected: row .*too few negative controls"):
+        thin = CpDistiller(cfg.replace(sphering_min_controls=10_000)).fit(tied, effects="row,column")
+    assert thin.effects == ("column",)
+    # a shuffled layout: every discriminator learns from every well, as with "skip"
+    assert CpDistiller(cfg).fit(screen, effects="row,column").train_info["adversary_by_effect"] == \
+        {"row": "all", "column": "all"}

@@ -28,7 +28,10 @@ def _batch(seed: int = 0, weight: torch.Tensor | None = None, **kw) -> LossBatch
     soft = {e: torch.tensor(ordinal_soft_labels(k), dtype=torch.float32) for e, k in LEVELS.items()}
     x = kw.pop("x", None)
     x = torch.randn(N, D, generator=g) if x is None else x
-    return LossBatch(x=x, n=N, labels=labels, soft_targets=soft, adversary_weight=weight, **kw)
+    weights = kw.pop("weights", None)
+    if weights is None and weight is not None:
+        weights = {e: weight for e in LEVELS}
+    return LossBatch(x=x, n=N, labels=labels, soft_targets=soft, adversary_weight=weights, **kw)
 
 
 def _grads(module: CorrectionModule, prefix: str) -> torch.Tensor:
@@ -91,10 +94,10 @@ def test_discriminator_terms_and_accuracies_equal_a_hand_computation():
         hits = [int(logits[i].argmax()) == int(batch.labels[ef][i]) for i in range(N) if weight[i] == 1]
         assert float(out.correct[ef]) == sum(hits)
         assert float(out.accuracy[ef]) == pytest.approx(sum(hits) / len(hits))
-    assert float(out.n_adversary) == 4.0
+    assert all(float(out.n_adversary[ef]) == 4.0 for ef in LEVELS)
     # Unweighted: accuracy over every well.
     out_all = _run(module, _batch(), LossContext())
-    assert out_all.n_adversary == N and all(0 <= float(a) <= 1 for a in out_all.accuracy.values())
+    assert all(out_all.n_adversary[ef] == N for ef in LEVELS) and all(0 <= float(a) <= 1 for a in out_all.accuracy.values())
 
 
 def test_gradient_reversal_sets_what_the_encoder_learns_from_the_discriminators():
@@ -230,3 +233,23 @@ def test_the_discriminators_and_the_triplet_head_read_the_chosen_view_of_the_cod
     h = module.head(code)
     triplet = F.triplet_margin_loss(h[torch.tensor([0, 3])], h[N:N + 2], h[N + 2:], margin=1.0)
     torch.testing.assert_close(out.triplet, triplet.detach())
+
+
+def test_adversary_weight_applies_to_the_effects_it_names_only():
+    module, weight = _module(), _controls()
+    row, other = "row", "column"
+    base = _batch(weights={row: weight})
+    relabelled = _batch(weights={row: weight})
+    for ef in (row, other):  # move the labels of the wells outside the weight, for both effects
+        keep = weight == 1
+        relabelled.labels[ef][~keep] = (base.labels[ef][~keep] + 1) % LEVELS[ef]
+
+    def grads(batch: LossBatch) -> dict[str, torch.Tensor]:
+        out = _run(module, batch, LossContext(lam=1.0, w_elbo=0.0, w_con=0.0, adversary_encoder="all"))
+        assert float(out.n_adversary[row]) == float(weight.sum()) and out.n_adversary[other] == N
+        assert set(out.hidden_per_effect) == {row}  # only the weighted effect hides through a frozen copy
+        return {ef: _grads(module, f"discriminators.{ef}.") for ef in (row, other)}
+
+    g, g2 = grads(base), grads(relabelled)
+    torch.testing.assert_close(g[row], g2[row])  # the weighted effect learns from its weighted wells only
+    assert not torch.allclose(g[other], g2[other])  # the other learns from every well

@@ -143,7 +143,7 @@ def _train_masked(labels: np.ndarray, weight: np.ndarray | None, encoder: str = 
     X = torch.from_numpy(np.random.default_rng(0).normal(size=(96, 6)).astype(np.float32))
     data = TrainData(X=X, labels={"row": torch.from_numpy(labels)},
                      soft_targets={"row": torch.tensor(ordinal_soft_labels(4), dtype=torch.float32)},
-                     adversary_weight=None if weight is None else torch.from_numpy(weight))
+                     adversary_weight={} if weight is None else {"row": torch.from_numpy(weight)})
     result = train(module, data, cfg, torch.device("cpu"))
     assert all(0.0 <= h["acc_row"] <= 1.0 for h in result.history)
     return {k: v.clone() for k, v in module.state_dict().items()}

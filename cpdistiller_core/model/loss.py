@@ -9,8 +9,9 @@ backpropagates ``LossOutput.loss`` and logs the rest. The total is the weighted 
          + w_con * triplet                                (contrastive term on the projection head)
 
 where ``discriminator[effect]`` is the discriminator's soft-label cross-entropy, averaged over the
-wells it learns from (``adversary_weight``), plus, with ``adversary_encoder = "all"``, the cross-
-entropy of the same discriminator frozen and applied to every well (only the encoder learns from it).
+wells it learns from (``adversary_weight[effect]``; every well when the effect has no weight), plus,
+for a weighted effect with ``adversary_encoder = "all"``, the cross-entropy of the same discriminator
+frozen and applied to every well (only the encoder learns from it).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class LossBatch:
     labels: Mapping[str, Tensor]        # effect -> [n] level codes
     soft_targets: Mapping[str, Tensor]  # effect -> [levels, levels] soft-label table
     e: Tensor | None = None             # image features, rows as ``x``
-    adversary_weight: Tensor | None = None  # [n] 0/1: the wells the discriminators learn from (None: all)
+    # effect -> [n] 0/1: the wells that effect's discriminator learns from (an effect not named: every well)
+    adversary_weight: Mapping[str, Tensor] | None = None
     anchors: Tensor | None = None       # [m] positions in the batch of the triplet anchors
     pair_x: Tensor | None = None        # [2m] positives then negatives, encoded without gradient
     pair_e: Tensor | None = None        # (pair_gradients off); None when they are rows of ``x``
@@ -82,15 +84,15 @@ class LossOutput:
     discriminator_per_effect: dict[str, Tensor] = field(default_factory=dict)  # weighted mean over adversary wells
     hidden_per_effect: dict[str, Tensor] = field(default_factory=dict)  # frozen discriminators, every well
     correct: dict[str, Tensor] = field(default_factory=dict)  # (weighted) wells each discriminator gets right
-    n_adversary: Tensor | int = 0       # wells (total weight) the discriminators learn from
+    n_adversary: dict[str, Tensor | int] = field(default_factory=dict)  # per effect: wells (weight) it learns from
     triplet: Tensor | None = None       # mean triplet margin loss per anchor
     n_triplets: int = 0
 
     @property
     def accuracy(self) -> dict[str, Tensor]:
         """Per effect, the discriminator's accuracy over the wells it learns from."""
-        total = torch.as_tensor(self.n_adversary, dtype=torch.float32).clamp_min(1.0)
-        return {e: c / total.to(c.device) for e, c in self.correct.items()}
+        return {e: c / torch.as_tensor(self.n_adversary[e], dtype=torch.float32, device=c.device).clamp_min(1.0)
+                for e, c in self.correct.items()}
 
     def log_terms(self) -> dict[str, Tensor]:
         """The values the training log averages over wells, in the log's column order.
@@ -113,41 +115,43 @@ def adversarial_loss(discriminators: nn.ModuleDict, z: Tensor, batch: LossBatch,
                      out: LossOutput) -> Tensor:
     """Sum over effects of the discriminators' losses on the batch's ``z``; fills ``out``'s adversary fields.
 
-    Without ``adversary_weight`` every well trains discriminator and (reversed) encoder alike. With it,
-    the discriminators learn from the weighted wells only; with ``adversary_encoder = "all"`` they learn
-    on a detached ``z`` and the encoder is pushed on every well through the frozen discriminators.
+    An effect without an ``adversary_weight`` trains its discriminator and (reversed) the encoder on
+    every well. With one, the discriminator learns from the weighted wells only; with
+    ``adversary_encoder = "all"`` it learns on a detached ``z`` and the encoder is pushed on every well
+    through the frozen discriminator.
     """
-    w = batch.adversary_weight
+    weights = batch.adversary_weight or {}
     confusion = context.adversary_objective == "confusion"
-    hide_all = (w is not None and context.adversary_encoder == "all") or confusion
+    hidden_effects = {ef for ef in discriminators
+                      if confusion or (ef in weights and context.adversary_encoder == "all")}
     amp = context.autocast(z.device.type)
     with amp:
-        z_rev = z.detach() if hide_all else grad_reverse(z, context.lam)
-        logits = {ef: discriminators[ef](z_rev) for ef in discriminators}
+        z_views = {True: z.detach() if hidden_effects else None,
+                   False: grad_reverse(z, context.lam) if len(hidden_effects) < len(discriminators) else None}
+        logits = {ef: discriminators[ef](z_views[ef in hidden_effects]) for ef in discriminators}
     dis = torch.zeros((), device=z.device)
     for ef in discriminators:
-        target = batch.labels[ef]
+        target, w = batch.labels[ef], weights.get(ef)
         per_well = soft_label_cross_entropy(logits[ef], target, batch.soft_targets[ef], context.soft_label_eps,
                                             reduction="none")
         hit = (logits[ef].detach().argmax(dim=1) == target).float()
         if w is None:
             term = per_well.mean()
-            out.correct[ef] = hit.sum()
+            out.correct[ef], out.n_adversary[ef] = hit.sum(), batch.n
         else:
             term = (per_well * w).sum() / w.sum().clamp_min(1.0)
-            out.correct[ef] = (hit * w).sum()
+            out.correct[ef], out.n_adversary[ef] = (hit * w).sum(), w.sum()
         dis = dis + term
         out.discriminator_per_effect[ef] = term.detach()
         if confusion:
             hidden = confuse(discriminators[ef], z, context.lam, amp)
-            dis = dis + hidden
-            out.hidden_per_effect[ef] = hidden.detach()
-        elif hide_all:
+        elif ef in hidden_effects:
             hidden = hide_from(discriminators[ef], z, context.lam, target, batch.soft_targets[ef],
                                context.soft_label_eps, amp)
-            dis = dis + hidden
-            out.hidden_per_effect[ef] = hidden.detach()
-    out.n_adversary = batch.n if w is None else w.sum()
+        else:
+            continue
+        dis = dis + hidden
+        out.hidden_per_effect[ef] = hidden.detach()
     out.discriminator = dis.detach()
     return dis
 
