@@ -159,7 +159,7 @@ class CpDistillerConfig:
                                 "another effect remains), controls (learn them from the negative controls), "
                                 "auto (skip; controls when every effect is tied) or correct (as the paper)",
                                 label="Position tied to treatments", group="departure", choices=TIED_EFFECTS,
-                                paper="correct")
+                                paper="correct", auto_default="skip")
     # With the all-wells adversary and a layout that ties perturbations to well positions (a replicated
     # treatment kept in one row or column, ``layout.position_confounding`` >= 0.5 for row or column), the
     # row/column discriminators remove biology along with position, and more of it the longer they train:
