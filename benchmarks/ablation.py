@@ -147,9 +147,8 @@ VARIANTS: dict[str, dict] = {
     "tied_controls+decoder": {"tied_effects": "controls", "decoder_covariates": "effects"},
     "tied_controls+paper_triplets": {"tied_effects": "controls", "triplet_controls": "paper"},
     "default_skip": {"tied_effects": "skip"},
-    # the model fitted on the profiles minus the controls' additive batch/row/column model
-    "ncl_in": {"_pre": "negcon_linear"},
-    "ncl_in+paper_tied": {"_pre": "negcon_linear", "tied_effects": "correct"},  # the default of stop 17 (every effect tied: all-wells, 50 epochs)
+    # the model input minus the controls' additive batch/row/column model (input_correction)
+    "ncl_in": {"input_correction": "negcon_linear"},  # the default of stop 17 (every effect tied: all-wells, 50 epochs)
     "cond+epochs100+dis/3": {"epochs": 100, "tied_layout_epochs": None, "w_dis_per_feature": 1 / 105},
     "cond+epochs100+dis/10": {"epochs": 100, "tied_layout_epochs": None, "w_dis_per_feature": 1 / 350},
     "cond+epochs400": {"epochs": 400},
@@ -253,16 +252,6 @@ def post_process(base, how: str) -> np.ndarray:
     return (base.X - tech).astype("float32")
 
 
-def pre_process(profiles, effects, how: str):
-    """The profiles minus the additive technical effects a ridge model fits on their negative controls
-    (the negcon_linear reference's model, on the features): the model's input for ``_pre`` variants."""
-    assert how == "negcon_linear", how
-    from cpdistiller_core.preprocess import fit_negcon_technical
-    use, _ = baselines.resolve_effects(profiles, effects)
-    model = fit_negcon_technical(profiles.X, {e: baselines._labels(profiles, e) for e in use}, profiles.negative_mask)
-    return profiles.with_features(np.asarray(model.corrected(profiles.X)), profiles.features)
-
-
 def embedding(name: str, method: str, seed: int, overrides: dict | None, profiles, reference,
               args: argparse.Namespace):
     """The embedding of one row: computed, or read back from ``--embeddings`` (so rows can be re-scored)."""
@@ -282,8 +271,7 @@ def embedding(name: str, method: str, seed: int, overrides: dict | None, profile
             settings = {**overrides}
             epochs = settings.pop("epochs", args.epochs)  # a variant's own epochs win over --epochs
             effects = settings.pop("_effects", ("batch", "row", "column"))
-            fit_on = pre_process(profiles, effects, settings.pop("_pre")) if "_pre" in settings else profiles
-            emb = run_cpdistiller(fit_on, effects, seed=seed, epochs=epochs, **settings)
+            emb = run_cpdistiller(profiles, effects, seed=seed, epochs=epochs, **settings)
         else:
             emb = reference if method == "uncorrected" else baselines.sphering(profiles)
     if path is not None:

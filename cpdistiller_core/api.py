@@ -26,6 +26,7 @@ from .layout import position_ties, tied_effects
 from .model.bounds import check_architecture
 from .model.gmvae import CorrectionModule
 from .paths import atomic_write_bytes, atomic_write_text, json_default
+from .preprocess import NegconTechnicalModel
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
 from .train import EMA, TrainResult, ema_state, seed_everything, select_device, train
@@ -301,6 +302,7 @@ class CpDistiller:
         self.neighbor_stats: dict[str, Any] = {}
         self.adversary_wells: str | None = None
         self.adversary: dict[str, str] = {}  # effect -> "all" / "negcon": the wells its discriminator learns from
+        self.technical: NegconTechnicalModel | None = None  # the controls' additive model (input_correction)
         self.timings: dict[str, float] = {}
         self.train_info: dict[str, Any] = {}
         self.device = select_device(self.config.device)
@@ -328,6 +330,8 @@ class CpDistiller:
             raise CpDistillerError(f"{where(src)}need at least 2 wells to train, got {profiles.n_wells}.")
         self.effects = self._usable_effects(profiles, parse_effects(effects))
         self.adversary_wells = resolve_adversary_wells(profiles, self.effects, self.config)  # fail before any work
+        requested = self.effects
+        self._check_input_correction(profiles)
         confounding = position_ties(profiles, self.effects)
         self.effects, skipped = self._skip_tied_effects(profiles, confounding)
         self.adversary = self._adversary_by_effect(profiles, confounding)
@@ -342,6 +346,7 @@ class CpDistiller:
                 cfg.sphering_min_controls, overwrite_input=overwrite_input)
         else:
             X = self.input_transform.apply(profiles.subset(features=self.features).X)
+        X = self._fit_technical(profiles, X, requested)
         data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary,
                                        features=self.features, extractor=extractor, device=self.device,
                                        progress=lambda f, m: progress(0.05 * f, m))
@@ -355,7 +360,59 @@ class CpDistiller:
         self.timings["fit_s"] = time.perf_counter() - t_start
         self.train_info = self._train_info(result, profiles, confounding, warm_start)
         self.train_info.update(epochs=cfg.epochs, effects_skipped=skipped)
+        if self.technical is not None:
+            self.train_info["input_correction"] = {
+                "effects": list(self.technical.levels),
+                "levels_without_controls": dict(self.technical.levels_without_controls)}
         return self
+
+    def _check_input_correction(self, profiles: Profiles) -> None:
+        """Refuse ``input_correction="negcon_linear"`` before any work when there are too few controls."""
+        n_neg = int(profiles.negative_mask.sum())
+        if self.config.input_correction != "none" and n_neg < 3:
+            raise CpDistillerError(
+                f"{where(profiles.source or None)}input_correction 'negcon_linear' fits the technical effects on "
+                f"the negative controls and needs 3+ of them (found {n_neg}): set the 'control' role and its "
+                "negative values, or use input_correction 'none'.")
+
+    def _fit_technical(self, profiles: Profiles, X: np.ndarray, effects: Sequence[str]) -> np.ndarray:
+        """The model input ``X`` minus the additive ``effects`` a ridge model fits on the negative controls
+        (``input_correction="negcon_linear"``; in place), or ``X`` as it is."""
+        self.technical = None
+        if self.config.input_correction == "none":
+            return X
+        from .preprocess import fit_negcon_technical
+
+        self.technical = fit_negcon_technical(X, {e: profiles.labels(e) for e in effects}, profiles.negative_mask)
+        uncovered = {e: k for e, k in self.technical.levels_without_controls.items() if k}
+        if uncovered:
+            warnings.warn(
+                f"{where(profiles.source or None)}no negative control at "
+                f"{', '.join(f'{k} {e} level' + ('s' if k > 1 else '') for e, k in uncovered.items())}: "
+                "their wells keep that additive effect in the model input (input_correction 'negcon_linear').",
+                CpDistillerWarning, stacklevel=3)
+        return self.technical.subtract_from(X)
+
+    def _technical_for(self, profiles: Profiles) -> NegconTechnicalModel | None:
+        """The fitted controls' additive model for ``profiles``' wells (None without one); warns about wells
+        at levels the training controls did not cover (they keep that effect)."""
+        if self.technical is None:
+            return None
+        labels = {}
+        for e in self.technical.levels:
+            try:
+                labels[e] = profiles.labels(e)
+            except CpDistillerError as exc:
+                raise CpDistillerError(f"this model removes the controls' additive {e} effects from its input, "
+                                       f"so it needs the {e} of each well: {exc}") from None
+        model, unseen = self.technical.for_wells(labels)
+        missing = {e: k for e, k in unseen.items() if k}
+        if missing:
+            warnings.warn(
+                f"{where(profiles.source or None)}"
+                f"{', '.join(f'{k} wells at a {e} level' for e, k in missing.items())} the training controls did "
+                "not cover keep that additive effect in the model input.", CpDistillerWarning, stacklevel=3)
+        return model
 
     def _skip_tied_effects(self, profiles: Profiles, confounding: Mapping[str, float | None]
                            ) -> tuple[tuple[str, ...], dict[str, float]]:
@@ -586,9 +643,13 @@ class CpDistiller:
                     f"image features have {E.shape[1]} columns; the model was trained on "
                     f"{len(self.extractor_features)}.")
         module.eval().to(self.device)
+        technical = self._technical_for(profiles)
         Z = np.empty((sub.n_wells, self.config.latent_dim), dtype=np.float32)
         for s in range(0, sub.n_wells, batch_size):
-            x = torch.from_numpy(self.input_transform.apply(sub.X[s:s + batch_size])).to(self.device)
+            xb = self.input_transform.apply(sub.X[s:s + batch_size])
+            if technical is not None:
+                xb -= technical.effects(slice(s, s + batch_size)).astype(xb.dtype, copy=False)
+            x = torch.from_numpy(xb).to(self.device)
             e = None if E is None else torch.from_numpy(E[s:s + batch_size]).to(self.device)
             Z[s:s + batch_size] = module.embed(x, e).float().cpu().numpy()
         return Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
@@ -615,14 +676,18 @@ class CpDistiller:
         assert self.input_transform is not None
         directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        torch.save({"module": dict(module_state), "input_transform": self.input_transform.tensors()}, buf)
+        state = {"module": dict(module_state), "input_transform": self.input_transform.tensors()}
+        if self.technical is not None:
+            state["technical"] = {"coef": torch.from_numpy(np.ascontiguousarray(self.technical.coef))}
+        torch.save(state, buf)
         atomic_write_bytes(directory / WEIGHTS_FILE, buf.getvalue())
         meta = {"format_version": FORMAT_VERSION, "cpdistiller_version": __version__,
                 "config": self.config.to_dict(), "features": self.features, "effects": list(self.effects),
                 "levels": {e: list(v) for e, v in self.levels.items()},
                 "extractor_features": self.extractor_features, "joint": self.joint_settings,
                 "n_input": len(self.features), "neighbors": self.neighbor_stats, "train": self.train_info,
-                "timings": self.timings, **dict(extra or {})}
+                "timings": self.timings,
+                "technical_levels": None if self.technical is None else self.technical.levels, **dict(extra or {})}
         atomic_write_text(directory / MODEL_FILE, json.dumps(meta, indent=1, default=json_default))
         return directory
 
@@ -675,6 +740,10 @@ class CpDistiller:
         except (RuntimeError, KeyError) as exc:
             raise CpDistillerError(f"{w_path}: weights do not match {meta_path} ({exc}).") from None
         self.input_transform = InputTransform.from_tensors(state["input_transform"])
+        if "technical" in state:
+            levels = {e: list(v) for e, v in (meta.get("technical_levels") or {}).items()}
+            self.technical = NegconTechnicalModel(state["technical"]["coef"].numpy(),
+                                                  np.zeros((0, len(levels)), dtype=np.int64), {}, levels)
         if self.input_transform.mean.shape[0] != len(self.features):
             raise CpDistillerError(f"{w_path}: input transform does not match the feature list.")
         self.module.eval().to(self.device)

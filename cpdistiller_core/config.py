@@ -29,6 +29,7 @@ ADVERSARY_ENCODER = ("all", "same")
 LATENT_VIEWS = ("sample", "mean")
 JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
 TIED_EFFECTS = ("auto", "skip", "controls", "correct")
+INPUT_CORRECTIONS = ("none", "negcon_linear")
 
 
 @dataclass
@@ -186,6 +187,14 @@ class CpDistillerConfig:
                             group="departure", choices=SPHERING, paper="none")
     sphering_min_controls: int = 10
     sphering_regularization: float = 1e-3  # ridge, relative to the mean eigenvalue of the control covariance
+    # The model input minus the additive batch/row/column effects a ridge model fits on the negative
+    # controls (ours, an option; docs/model.md "Controls' additive effects removed first"): "none" (paper)
+    # or "negcon_linear". The coefficients are saved with the model and applied by level name in
+    # ``transform``; wells at a level without controls keep that level's effect (with a warning).
+    input_correction: str = setting("none", "remove the additive batch/row/column effects fitted on the negative "
+                                    "controls from the model input first (negcon_linear)",
+                                    label="Remove the controls' additive effects first", group="departure",
+                                    choices=INPUT_CORRECTIONS, paper="none")
     # --- runtime ---
     seed: int = setting(0, "random seed", label="Seed", group="basic", range=(0, 2**31 - 1))
     device: str = setting("auto", "device (auto: CUDA > MPS > CPU)", label="Device", group="basic", choices=DEVICES)
@@ -249,6 +258,7 @@ class CpDistillerConfig:
             (self.triplet_controls in TRIPLET_CONTROLS, f"triplet_controls must be one of {TRIPLET_CONTROLS}"),
             (self.joint_module in JOINT_MODULES, f"joint_module must be one of {JOINT_MODULES}"),
             (self.tied_effects in TIED_EFFECTS, f"tied_effects must be one of {TIED_EFFECTS}"),
+            (self.input_correction in INPUT_CORRECTIONS, f"input_correction must be one of {INPUT_CORRECTIONS}"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]
         bad = [msg for ok, msg in checks if not ok]

@@ -972,6 +972,7 @@ class NegconTechnicalModel:
     coef: np.ndarray                     # levels (all effects, stacked) x features
     codes: np.ndarray                    # wells x effects: each well's row of ``coef`` (-1: level without controls)
     levels_without_controls: dict[str, int]
+    levels: dict[str, list[str]] = field(default_factory=dict)  # effect -> levels with controls, in ``coef`` order
 
     def effects(self, rows: slice = slice(None)) -> np.ndarray:
         """The effects of the wells ``rows`` (the sum of their levels' coefficients)."""
@@ -985,6 +986,38 @@ class NegconTechnicalModel:
     def corrected(self, X: np.ndarray) -> CorrectedRows:
         """``X`` minus the effects, computed a block of rows at a time when read."""
         return CorrectedRows(X, self)
+
+    def subtract_from(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """``X`` minus the effects, in place, a block of rows at a time (``X`` must be writable)."""
+        for s in range(0, X.shape[0], chunk):
+            X[s:s + chunk] -= self.effects(slice(s, s + chunk)).astype(X.dtype, copy=False)
+        return X
+
+    def for_wells(self, labels: Mapping[str, np.ndarray]) -> tuple[NegconTechnicalModel, dict[str, int]]:
+        """The same coefficients for other wells, given their levels (effect -> one level per well), and
+        per effect the number of those wells at a level the controls did not cover (they keep its effect)."""
+        codes, offset, unseen = [], 0, {}
+        for effect, known in self.levels.items():
+            lab = _level_strings(labels[effect])
+            code = _codes_in(lab, np.asarray(known, dtype=str), offset)
+            codes.append(code)
+            unseen[effect] = int((code < 0).sum())
+            offset += len(known)
+        wells = len(next(iter(labels.values()))) if labels else 0
+        codes_arr = np.column_stack(codes).astype(np.int64) if codes else np.zeros((wells, 0), dtype=np.int64)
+        return NegconTechnicalModel(self.coef, codes_arr, self.levels_without_controls, self.levels), unseen
+
+
+def _level_strings(labels: np.ndarray) -> np.ndarray:
+    return pd.Series(np.asarray(labels, dtype=object)).astype("string").fillna("<NA>").to_numpy(dtype=str)
+
+
+def _codes_in(lab: np.ndarray, levels: np.ndarray, offset: int) -> np.ndarray:
+    """Each well's row of ``coef``: ``offset`` + its position in the sorted ``levels``, or -1 if absent."""
+    if not len(levels):
+        return np.full(len(lab), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(levels, lab), len(levels) - 1)
+    return np.where(levels[pos] == lab, offset + pos, -1)
 
 
 class CorrectedRows:
@@ -1042,13 +1075,13 @@ def fit_negcon_technical(X: np.ndarray, labels: Mapping[str, np.ndarray], negati
     neg = np.asarray(negative_mask, dtype=bool)
     if neg.sum() < 3:
         raise CpDistillerError("the negative-control technical model needs 3+ negative-control wells.")
-    codes, unseen, n_levels = [], {}, 0
+    codes, unseen, n_levels, known = [], {}, 0, {}
     for effect, lab in labels.items():
-        lab = pd.Series(np.asarray(lab, dtype=object)).astype("string").fillna("<NA>").to_numpy(dtype=str)
+        lab = _level_strings(lab)
         levels = np.unique(lab[neg])
-        pos = np.minimum(np.searchsorted(levels, lab), len(levels) - 1)
-        codes.append(np.where(levels[pos] == lab, n_levels + pos, -1))
+        codes.append(_codes_in(lab, levels, n_levels))
         unseen[effect] = int(len(np.unique(lab)) - len(levels))
+        known[effect] = levels.tolist()
         n_levels += len(levels)
     codes_arr = np.column_stack(codes).astype(np.int64)
     D = np.zeros((int(neg.sum()), n_levels))
@@ -1056,7 +1089,7 @@ def fit_negcon_technical(X: np.ndarray, labels: Mapping[str, np.ndarray], negati
         D[np.arange(D.shape[0]), codes_arr[neg, j]] = 1.0
     dtype = np.result_type(X.dtype, np.float32)
     coef = Ridge(alpha=alpha).fit(D, X[neg]).coef_.T.astype(dtype)
-    return NegconTechnicalModel(coef=coef, codes=codes_arr, levels_without_controls=unseen)
+    return NegconTechnicalModel(coef=coef, codes=codes_arr, levels_without_controls=unseen, levels=known)
 
 
 def negcon_technical_effects(X: np.ndarray, labels: Mapping[str, np.ndarray], negative_mask: np.ndarray,

@@ -355,3 +355,33 @@ def test_tied_effects_controls_teaches_a_tied_row_from_the_negative_controls(scr
     # a shuffled layout: every discriminator learns from every well, as with "skip"
     assert CpDistiller(cfg).fit(screen, effects="row,column").train_info["adversary_by_effect"] == \
         {"row": "all", "column": "all"}
+
+
+def test_input_correction_removes_the_controls_additive_effects_and_survives_a_reload(screen, tmp_path):
+    from cpdistiller_core.preprocess import fit_negcon_technical
+
+    cfg = TINY.replace(input_correction="negcon_linear")
+    m = CpDistiller(cfg).fit(screen, effects="batch,row,column")
+    assert m.train_info["input_correction"]["effects"] == ["batch", "row", "column"]
+    # the model input is the z-scored profiles minus what a ridge model fits on the controls
+    X = m.input_transform.apply(screen.X)
+    labels = {e: screen.labels(e) for e in ("batch", "row", "column")}
+    expected = X - fit_negcon_technical(X, labels, screen.negative_mask).effects()
+    own, unseen = m.technical.for_wells(labels)
+    assert unseen == {"batch": 0, "row": 0, "column": 0}
+    np.testing.assert_allclose(X - own.effects(), expected, rtol=1e-5, atol=1e-5)
+    # it changes the embedding, and a reload gives the same one
+    plain = CpDistiller(TINY).fit(screen, effects="batch,row,column")
+    assert not np.allclose(plain.transform(screen).X, m.transform(screen).X)
+    m.save(tmp_path / "m")
+    loaded = CpDistiller.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.transform(screen).X, m.transform(screen).X, rtol=1e-5, atol=1e-5)
+    # wells of a batch the controls never saw keep that batch's effect, and the user is told
+    renamed = Profiles(screen.meta.assign(Metadata_Batch="new_batch"), screen.X, screen.features, screen.roles,
+                       screen.source)
+    with pytest.warns(CpDistillerWarning, match=r"\d+ wells at a batch level the training controls did not cover"):
+        loaded.transform(renamed)
+    # too few controls: refused before any work, naming the setting
+    no_controls = small_screen(n_plates=2, n_features=20, seed=1, with_controls=False)
+    with pytest.raises(CpDistillerError, match="input_correction 'negcon_linear' .* needs 3\\+ of them"):
+        CpDistiller(cfg).fit(no_controls, effects="row,column")
