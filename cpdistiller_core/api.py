@@ -341,12 +341,15 @@ class CpDistiller:
         cfg = self._training_config(confounding)
         if base is None:
             self.features = list(profiles.features)
+            corrected = self._fit_technical(profiles, profiles.X, requested)
             self.input_transform, X = InputTransform.fit_apply(
-                profiles.X, profiles.negative_mask, cfg.sphering, cfg.sphering_regularization, src,
-                cfg.sphering_min_controls, overwrite_input=overwrite_input)
+                profiles.X if corrected is None else corrected, profiles.negative_mask, cfg.sphering,
+                cfg.sphering_regularization, src, cfg.sphering_min_controls,
+                overwrite_input=overwrite_input or corrected is not None)
         else:
-            X = self.input_transform.apply(profiles.subset(features=self.features).X)
-        X = self._fit_technical(profiles, X, requested)
+            X = profiles.subset(features=self.features).X
+            corrected = self._fit_technical(profiles, X, requested)
+            X = self.input_transform.apply(X if corrected is None else corrected)
         data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary,
                                        features=self.features, extractor=extractor, device=self.device,
                                        progress=lambda f, m: progress(0.05 * f, m))
@@ -375,12 +378,13 @@ class CpDistiller:
                 f"the negative controls and needs 3+ of them (found {n_neg}): set the 'control' role and its "
                 "negative values, or use input_correction 'none'.")
 
-    def _fit_technical(self, profiles: Profiles, X: np.ndarray, effects: Sequence[str]) -> np.ndarray:
-        """The model input ``X`` minus the additive ``effects`` a ridge model fits on the negative controls
-        (``input_correction="negcon_linear"``; in place), or ``X`` as it is."""
+    def _fit_technical(self, profiles: Profiles, X: np.ndarray, effects: Sequence[str]) -> np.ndarray | None:
+        """With ``input_correction="negcon_linear"``, a copy of the features ``X`` minus the additive ``effects``
+        a ridge model fits on the negative controls (the model's input transform is fitted on it);
+        else None."""
         self.technical = None
         if self.config.input_correction == "none":
-            return X
+            return None
         from .preprocess import fit_negcon_technical
 
         self.technical = fit_negcon_technical(X, {e: profiles.labels(e) for e in effects}, profiles.negative_mask)
@@ -391,7 +395,7 @@ class CpDistiller:
                 f"{', '.join(f'{k} {e} level' + ('s' if k > 1 else '') for e, k in uncovered.items())}: "
                 "their wells keep that additive effect in the model input (input_correction 'negcon_linear').",
                 CpDistillerWarning, stacklevel=3)
-        return self.technical.subtract_from(X)
+        return self.technical.subtract_from(np.array(X, dtype=np.result_type(X.dtype, np.float32)))
 
     def _technical_for(self, profiles: Profiles) -> NegconTechnicalModel | None:
         """The fitted controls' additive model for ``profiles``' wells (None without one); warns about wells
@@ -646,10 +650,10 @@ class CpDistiller:
         technical = self._technical_for(profiles)
         Z = np.empty((sub.n_wells, self.config.latent_dim), dtype=np.float32)
         for s in range(0, sub.n_wells, batch_size):
-            xb = self.input_transform.apply(sub.X[s:s + batch_size])
+            xb = sub.X[s:s + batch_size]
             if technical is not None:
-                xb -= technical.effects(slice(s, s + batch_size)).astype(xb.dtype, copy=False)
-            x = torch.from_numpy(xb).to(self.device)
+                xb = xb - technical.effects(slice(s, s + batch_size)).astype(xb.dtype, copy=False)
+            x = torch.from_numpy(self.input_transform.apply(xb)).to(self.device)
             e = None if E is None else torch.from_numpy(E[s:s + batch_size]).to(self.device)
             Z[s:s + batch_size] = module.embed(x, e).float().cpu().numpy()
         return Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
