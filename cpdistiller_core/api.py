@@ -247,9 +247,9 @@ def _warn_locked_layout(profiles: Profiles, confounding: Mapping[str, float | No
         warnings.warn(
             f"{where(profiles.source or None)}the layout ties perturbations to well positions (share of "
             f"replicated treatments kept in one {shares}): the paper's all-wells discriminators will remove "
-            "biology along with the position effect. Consider tied_effects 'auto' with negative controls, or "
-            "sphering 'auto' and adversary_wells 'auto' (learn position effects from the negative controls; "
-            "docs/model.md).", CpDistillerWarning, stacklevel=3)
+            "biology along with the position effect. Consider tied_effects 'controls' or adversary_wells "
+            "'auto' (learn position effects from the negative controls; they trade annotation consistency for "
+            "replicate scores on such layouts, docs/model.md).", CpDistillerWarning, stacklevel=3)
 
 
 def package_versions() -> dict[str, str]:
@@ -424,8 +424,8 @@ class CpDistiller:
 
         With the all-wells adversary a position effect that holds each replicated treatment in one level
         cannot be told from the treatments: its discriminator removes biology with it (benchmarks/README
-        "Position effects tied to the treatments"). "skip" and "auto" leave it uncorrected when another
-        effect remains; "controls" does so only when the negative controls cannot teach its discriminator
+        "Position effects tied to the treatments"). "skip" leaves it uncorrected when another effect
+        remains; "controls" does so only when the negative controls cannot teach its discriminator
         (:meth:`_controls_teach`). When every effect would be left out none is.
         """
         tied = tied_effects(confounding)
@@ -452,12 +452,12 @@ class CpDistiller:
                     and len(np.unique(profiles.labels(effect)[neg].astype(str))) >= 2)
 
     def _adversary_by_effect(self, profiles: Profiles, confounding: Mapping[str, float | None]) -> dict[str, str]:
-        """Effect -> the wells its discriminator learns from: ``adversary_wells``, except that a tied position
-        effect still corrected with ``tied_effects`` "controls" or "auto" (then: every effect is tied) learns
-        from the negative controls, which tell position apart from treatment. Its discriminator, frozen,
-        still hides the effect in every well (``adversary_encoder="all"``)."""
+        """Effect -> the wells its discriminator learns from: ``adversary_wells``, except that with
+        ``tied_effects="controls"`` a tied position effect learns from the negative controls, which tell
+        position apart from treatment. Its discriminator, frozen, still hides the effect in every well
+        (``adversary_encoder="all"``)."""
         by_effect = {e: self.adversary_wells or "all" for e in self.effects}
-        if self.config.tied_effects not in ("controls", "auto") or self.adversary_wells != "all":
+        if self.config.tied_effects != "controls" or self.adversary_wells != "all":
             return by_effect
         taught = [e for e in tied_effects(confounding) if e in by_effect and self._controls_teach(profiles, e)]
         for e in taught:
@@ -558,7 +558,8 @@ class CpDistiller:
 
         "auto" conditions on the effects whose discriminators learn from every well: a tied effect whose
         discriminator learns from the controls (``tied_effects="controls"``) is left out, as every effect
-        is with controls-trained discriminators (benchmarks/README "Tied position effects").
+        is with controls-trained discriminators (benchmarks/README "Tied position effects learnt from the
+        controls").
         """
         choice = self._decoder_covariates()
         effects = self.effects

@@ -28,7 +28,7 @@ DECODER_COVARIATES = ("auto", "none", "batch", "effects")
 ADVERSARY_ENCODER = ("all", "same")
 LATENT_VIEWS = ("sample", "mean")
 JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
-TIED_EFFECTS = ("auto", "skip", "controls", "correct")
+TIED_EFFECTS = ("skip", "controls", "correct")
 INPUT_CORRECTIONS = ("none", "negcon_linear")
 
 
@@ -151,16 +151,16 @@ class CpDistillerConfig:
     # Position effects the layout ties to the treatments (a replicated treatment kept in one row or column,
     # ``layout.position_confounding`` >= 0.5) with the all-wells adversary (ours; docs/model.md "Position
     # effects tied to the treatments"). A discriminator that learns from every well cannot tell such a row
-    # from its treatments. "skip": leave them uncorrected, with a warning, when another effect remains
-    # (else correct them all, as the paper). "controls": their discriminators learn from the negative
-    # controls (frozen, applied to every well), where there are enough of them at 2+ levels; the others
-    # are skipped. "auto" (default): "skip", and when every effect is tied, "controls". "correct": the paper.
-    tied_effects: str = setting("auto", "position effects the layout ties to the treatments (a replicated "
-                                "treatment kept in one row or column): skip (leave them uncorrected when "
-                                "another effect remains), controls (learn them from the negative controls), "
-                                "auto (skip; controls when every effect is tied) or correct (as the paper)",
+    # from its treatments. "skip" (default): leave them uncorrected, with a warning, when another effect
+    # remains (else correct them all, as the paper, for at most ``tied_layout_epochs``). "controls": their
+    # discriminators learn from the negative controls (frozen, applied to every well) where there are
+    # enough of them at 2+ levels; the others are skipped. "correct": the paper.
+    tied_effects: str = setting("skip", "position effects the layout ties to the treatments (a replicated "
+                                "treatment kept in one row or column): skip (leave them uncorrected, with a "
+                                "warning, when another effect remains), controls (learn them from the negative "
+                                "controls) or correct (as the paper)",
                                 label="Position tied to treatments", group="departure", choices=TIED_EFFECTS,
-                                paper="correct", auto_default="skip")
+                                paper="correct")
     # With the all-wells adversary and a layout that ties perturbations to well positions (a replicated
     # treatment kept in one row or column, ``layout.position_confounding`` >= 0.5 for row or column), the
     # row/column discriminators remove biology along with position, and more of it the longer they train:

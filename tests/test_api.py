@@ -278,11 +278,12 @@ def test_locked_layout_warns_about_the_all_wells_adversary():
     locked = Profiles(locked.meta.assign(Metadata_pert=pert), locked.X, locked.features, locked.roles,
                       locked.source)
     with pytest.warns(CpDistillerWarning, match="ties perturbations to well positions"):
-        CpDistiller(TINY.replace(epochs=1, tied_effects="correct")).fit(locked, effects="row,column")
-    # the default: with every position effect tied, their discriminators learn from the negative controls
+        CpDistiller(TINY.replace(epochs=1)).fit(locked, effects="row,column")
+    # "controls": with every position effect tied, their discriminators learn from the negative controls
+    cfg = TINY.replace(epochs=1, sphering_min_controls=5, tied_effects="controls")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        m = CpDistiller(TINY.replace(epochs=1, sphering_min_controls=5)).fit(locked, effects="row,column")
+        m = CpDistiller(cfg).fit(locked, effects="row,column")
     said = " ".join(str(w.message) for w in caught)
     assert "ties row and column to the treatments: their discriminators learn from the" in said
     assert "ties perturbations to well positions" not in said
@@ -290,7 +291,7 @@ def test_locked_layout_warns_about_the_all_wells_adversary():
     assert len(m.module.gmvae.decoder_covariates) == 0 and m.neighbor_stats["triplet_controls"] == "neutral"
     # too few controls to teach them: the paper's correction, with its warning
     with pytest.warns(CpDistillerWarning, match="ties perturbations to well positions"):
-        few = CpDistiller(TINY.replace(epochs=1, sphering_min_controls=10_000)).fit(locked, effects="row,column")
+        few = CpDistiller(cfg.replace(sphering_min_controls=10_000)).fit(locked, effects="row,column")
     assert few.train_info["adversary_by_effect"] == {"row": "all", "column": "all"}
 
 
