@@ -142,12 +142,18 @@ VARIANTS: dict[str, dict] = {
     # stop 18: a tied position effect's discriminator learns from the negative controls (frozen, applied
     # to every well) while the others learn from every well; then with controls as ordinary triplet wells
     "tied_controls": {"tied_effects": "controls"},
+    # results/ablation_tied.csv rows "tied_controls+dec" and "tied_controls+neutral+dec" were written before the
+    # decoder's "auto" rule left controls-trained effects out: they are "tied_controls+decoder" (+ neutral)
     "tied_controls+neutral": {"tied_effects": "controls", "triplet_controls": "neutral"},
+    "tied_controls+decoder+neutral": {"tied_effects": "controls", "decoder_covariates": "effects",
+                                      "triplet_controls": "neutral"},
     "tied_controls+epochs50": {"tied_effects": "controls", "epochs": 50},
     "tied_controls+decoder": {"tied_effects": "controls", "decoder_covariates": "effects"},
     "tied_controls+paper_triplets": {"tied_effects": "controls", "triplet_controls": "paper"},
     "default_skip": {"tied_effects": "skip"},
-    # the model input minus the controls' additive batch/row/column model (input_correction)
+    # the model input minus the controls' additive batch/row/column model (input_correction). Rows
+    # "ncl_in_zscored_first" in results/ablation_input_correction.csv come from a first version that
+    # subtracted it after the input's z-scoring (commit efcec96)
     "ncl_in": {"input_correction": "negcon_linear"},  # the default of stop 17 (every effect tied: all-wells, 50 epochs)
     "cond+epochs100+dis/3": {"epochs": 100, "tied_layout_epochs": None, "w_dis_per_feature": 1 / 105},
     "cond+epochs100+dis/10": {"epochs": 100, "tied_layout_epochs": None, "w_dis_per_feature": 1 / 350},
