@@ -25,16 +25,32 @@ def _emb(screen, Z, method):
     return Embedding.from_profiles(screen, Z.astype(np.float32), method=method)
 
 
-def test_uncorrected_against_itself_is_good_and_unchanged(screen):
+def test_uncorrected_against_itself_keeps_biology_and_says_position_stays(screen):
     ref = baselines.uncorrected(screen)
     v = did_it_help(ref, screen, uncorrected=ref, null_size=200)
     names = {c.name for c in v.checks}
     assert {"replicates", "relations", "neighbours", "controls", "row", "column", "batch"} <= names
     for c in v.checks:
-        assert c.status == "good", c
         if c.name != "neighbours":
             assert c.corrected == pytest.approx(c.uncorrected)
-    assert v.status == "good"
+        if c.name in ("row", "column", "batch") and 1 - c.uncorrected >= 0.05:
+            assert c.status == "warn" and "was not removed" in c.sentence, c  # nothing was corrected
+        else:
+            assert c.status == "good", c
+    assert v.status == "warn"
+
+
+def test_a_removed_row_effect_reads_good(screen):
+    ref = baselines.uncorrected(screen)
+    Z = ref.X.copy()
+    rows = screen.labels("row")
+    neg = screen.negative_mask
+    for r in np.unique(rows):  # subtract each row's control mean: the row effect among controls is gone
+        Z[rows == r] -= Z[(rows == r) & neg].mean(axis=0)
+    v = did_it_help(_emb(screen, Z, "row removed"), screen, uncorrected=ref, null_size=200)
+    row = {c.name: c for c in v.checks}["row"]
+    assert 1 - row.uncorrected >= 0.05 and row.corrected >= row.uncorrected + 0.02
+    assert row.status == "good" and "explains" in row.sentence
 
 
 def test_collapsed_controls_are_flagged(screen):
