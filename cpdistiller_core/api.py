@@ -203,17 +203,29 @@ def _chunked_affine(X: np.ndarray, center: np.ndarray, whitening: ZCAWhitening |
 
 
 # ----- helpers -------------------------------------------------------------------------------------
+def control_levels(profiles: Profiles, effects: Sequence[str]) -> dict[str, int]:
+    """Per effect, the number of its levels that hold at least one negative control."""
+    neg = profiles.negative_mask
+    return {e: len(set(profiles.labels(e)[neg].tolist())) for e in effects}
+
+
+def controls_teach(profiles: Profiles, effects: Sequence[str], min_controls: int) -> bool:
+    """Whether the negative controls can train discriminators for ``effects``: at least ``min_controls``
+    of them, at 2+ levels of every effect."""
+    return int(profiles.negative_mask.sum()) >= min_controls and \
+        all(k >= 2 for k in control_levels(profiles, effects).values())
+
+
 def resolve_adversary_wells(profiles: Profiles, effects: Sequence[str], config: CpDistillerConfig) -> str:
     """The wells the discriminators learn from, "all" or "negcon", with ``config.adversary_wells`` resolved.
 
     "auto" chooses "negcon" when there are at least ``sphering_min_controls`` negative controls
     spread over 2+ levels of every corrected effect, else "all" (with a warning saying why).
     """
-    neg = profiles.negative_mask
-    n_neg = int(neg.sum())
+    n_neg = int(profiles.negative_mask.sum())
     src = profiles.source or None
-    spread = {e: len(set(profiles.labels(e)[neg].tolist())) for e in effects}
-    thin = [f"{e} ({k} level{'s' if k != 1 else ''})" for e, k in spread.items() if k < 2]
+    thin = [f"{e} ({k} level{'s' if k != 1 else ''})" for e, k in control_levels(profiles, effects).items()
+            if k < 2]
     if config.adversary_wells == "negcon":
         if n_neg < 2 or thin:
             raise CpDistillerError(
@@ -222,7 +234,7 @@ def resolve_adversary_wells(profiles: Profiles, effects: Sequence[str], config: 
                 "and its negative values, or use adversary_wells 'all'.")
         return "negcon"
     if config.adversary_wells == "auto":
-        if n_neg >= config.sphering_min_controls and not thin:
+        if controls_teach(profiles, effects, config.sphering_min_controls):
             return "negcon"
         why = f"only {n_neg} negative controls" if n_neg < config.sphering_min_controls else \
             f"negative controls cover too few levels of {', '.join(thin)}"
@@ -395,7 +407,7 @@ class CpDistiller:
                 f"{', '.join(f'{k} {e} level' + ('s' if k > 1 else '') for e, k in uncovered.items())}: "
                 "their wells keep that additive effect in the model input (input_correction 'negcon_linear').",
                 CpDistillerWarning, stacklevel=3)
-        return self.technical.subtract_from(np.array(X, dtype=np.result_type(X.dtype, np.float32)))
+        return np.asarray(self.technical.corrected(X))
 
     def _technical_for(self, profiles: Profiles) -> NegconTechnicalModel | None:
         """The fitted controls' additive model for ``profiles``' wells (None without one); warns about wells
@@ -426,13 +438,14 @@ class CpDistiller:
         cannot be told from the treatments: its discriminator removes biology with it (benchmarks/README
         "Position effects tied to the treatments"). "skip" leaves it uncorrected when another effect
         remains; "controls" does so only when the negative controls cannot teach its discriminator
-        (:meth:`_controls_teach`). When every effect would be left out none is.
+        (:func:`controls_teach`). When every effect would be left out none is.
         """
         tied = tied_effects(confounding)
         if self.config.tied_effects == "correct" or self.adversary_wells != "all" or not tied:
             return self.effects, {}
         if self.config.tied_effects == "controls":
-            tied = {e: v for e, v in tied.items() if not self._controls_teach(profiles, e)}
+            tied = {e: v for e, v in tied.items()
+                    if not controls_teach(profiles, (e,), self.config.sphering_min_controls)}
         kept = tuple(e for e in self.effects if e not in tied)
         if not kept or not tied:
             return self.effects, {}
@@ -445,12 +458,6 @@ class CpDistiller:
             CpDistillerWarning, stacklevel=3)
         return kept, dict(tied)
 
-    def _controls_teach(self, profiles: Profiles, effect: str) -> bool:
-        """Whether the negative controls can train ``effect``'s discriminator: enough of them, at 2+ levels."""
-        neg = profiles.negative_mask
-        return bool(neg.sum() >= self.config.sphering_min_controls
-                    and len(np.unique(profiles.labels(effect)[neg].astype(str))) >= 2)
-
     def _adversary_by_effect(self, profiles: Profiles, confounding: Mapping[str, float | None]) -> dict[str, str]:
         """Effect -> the wells its discriminator learns from: ``adversary_wells``, except that with
         ``tied_effects="controls"`` a tied position effect learns from the negative controls, which tell
@@ -459,7 +466,8 @@ class CpDistiller:
         by_effect = {e: self.adversary_wells or "all" for e in self.effects}
         if self.config.tied_effects != "controls" or self.adversary_wells != "all":
             return by_effect
-        taught = [e for e in tied_effects(confounding) if e in by_effect and self._controls_teach(profiles, e)]
+        taught = [e for e in tied_effects(confounding)
+                  if e in by_effect and controls_teach(profiles, (e,), self.config.sphering_min_controls)]
         for e in taught:
             by_effect[e] = "negcon"
         if taught:
@@ -561,11 +569,11 @@ class CpDistiller:
         is with controls-trained discriminators (benchmarks/README "Tied position effects learnt from the
         controls").
         """
-        choice = self._decoder_covariates()
-        effects = self.effects
-        if choice == "effects" and self.config.decoder_covariates == "auto":
-            effects = tuple(e for e in effects if self.adversary.get(e, "all") == "all")
-        chosen = {"none": (), "batch": ("batch",), "effects": effects}[choice]
+        choice = self.config.decoder_covariates
+        if choice == "auto":  # a model saved before per-effect adversaries records only adversary_wells
+            chosen = tuple(e for e in self.effects if self.adversary.get(e, self.adversary_wells or "all") == "all")
+        else:
+            chosen = {"none": (), "batch": ("batch",), "effects": self.effects}[choice]
         return {e: len(self.levels[e]) for e in chosen if e in self.levels}
 
     def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
@@ -649,12 +657,10 @@ class CpDistiller:
                     f"{len(self.extractor_features)}.")
         module.eval().to(self.device)
         technical = self._technical_for(profiles)
+        rows = sub.X if technical is None else technical.corrected(sub.X)
         Z = np.empty((sub.n_wells, self.config.latent_dim), dtype=np.float32)
         for s in range(0, sub.n_wells, batch_size):
-            xb = sub.X[s:s + batch_size]
-            if technical is not None:
-                xb = xb - technical.effects(slice(s, s + batch_size)).astype(xb.dtype, copy=False)
-            x = torch.from_numpy(self.input_transform.apply(xb)).to(self.device)
+            x = torch.from_numpy(self.input_transform.apply(rows[s:s + batch_size])).to(self.device)
             e = None if E is None else torch.from_numpy(E[s:s + batch_size]).to(self.device)
             Z[s:s + batch_size] = module.embed(x, e).float().cpu().numpy()
         return Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
@@ -723,9 +729,6 @@ class CpDistiller:
         self.train_info = meta.get("train", {})
         self.adversary_wells = self.train_info.get("adversary_wells")
         self.adversary = dict(self.train_info.get("adversary_by_effect", {}))
-        recorded = self.train_info.get("decoder_covariates")
-        if self.config.decoder_covariates == "auto" and recorded and not self.adversary:
-            self.config = self.config.replace(decoder_covariates=recorded)
         self.timings = meta.get("timings", {})
         try:
             state = torch.load(w_path, map_location="cpu", weights_only=True)

@@ -1042,7 +1042,7 @@ class CorrectedRows:
         return self.X[rows] - self.model.effects(rows)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = self[0:len(self)]
+        out = self.model.subtract_from(np.array(self.X, dtype=self.dtype))  # one copy, effects a block at a time
         return out if dtype is None else out.astype(dtype, copy=False)
 
 

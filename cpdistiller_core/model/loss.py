@@ -126,9 +126,8 @@ def adversarial_loss(discriminators: nn.ModuleDict, z: Tensor, batch: LossBatch,
                       if confusion or (ef in weights and context.adversary_encoder == "all")}
     amp = context.autocast(z.device.type)
     with amp:
-        z_views = {True: z.detach() if hidden_effects else None,
-                   False: grad_reverse(z, context.lam) if len(hidden_effects) < len(discriminators) else None}
-        logits = {ef: discriminators[ef](z_views[ef in hidden_effects]) for ef in discriminators}
+        z_reversed = grad_reverse(z, context.lam) if len(hidden_effects) < len(discriminators) else None
+        logits = {ef: discriminators[ef](z.detach() if ef in hidden_effects else z_reversed) for ef in discriminators}
     dis = torch.zeros((), device=z.device)
     for ef in discriminators:
         target, w = batch.labels[ef], weights.get(ef)
