@@ -166,6 +166,10 @@ VARIANTS: dict[str, dict] = {
     "cond+mnn_only": {"triplet_knn_share": 0.0},
     "cond+k_mnn10": {"k_mnn": 10},
     "cond+margin1": {"triplet_margin": 1.0},
+    # the embedding = the model input minus the decoder's technical shift, PCA (output="corrected_input")
+    "cf": {"output": "corrected_input"},
+    "cf+ncl_in": {"output": "corrected_input", "input_correction": "negcon_linear"},
+    "cf+epochs50": {"output": "corrected_input", "epochs": 50},
 }
 
 

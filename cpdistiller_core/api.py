@@ -7,6 +7,7 @@ ZCA sphering fitted on negative-control wells (``config.sphering = "negcon"``).
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
@@ -24,6 +25,7 @@ from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning, example_values, where
 from .layout import position_ties, tied_effects
 from .model.bounds import check_architecture
+from .model.corrected_input import BLOCK, CorrectedInputProjection, level_codes
 from .model.gmvae import CorrectionModule
 from .paths import atomic_write_bytes, atomic_write_text, json_default
 from .preprocess import NegconTechnicalModel
@@ -279,8 +281,10 @@ class CpDistiller:
     """Removes batch / row / column effects from preprocessed well-level profiles.
 
     scvi-tools style: ``fit`` trains the correction network (``model.gmvae.CorrectionModule``) on
-    preprocessed profiles, ``transform`` returns the corrected embedding (the EMA model's posterior
-    mean, ``cpd_0 … cpd_{latent-1}``) with every metadata column, ``save``/``load`` round-trip it.
+    preprocessed profiles, ``transform`` returns the corrected embedding ``cpd_0 …`` with every metadata
+    column, ``save``/``load`` round-trip it. The embedding is, by default, the principal components of
+    the model input minus the technical shift the conditional decoder learnt (``output``,
+    ``model/corrected_input.py``); the paper's is the EMA model's posterior mean (``output="latent"``).
 
     Parameters
     ----------
@@ -295,9 +299,9 @@ class CpDistiller:
     >>> from cpdistiller_core.datasets import make_demo_screen
     >>> profiles, _ = preprocess(make_demo_screen(n_batches=1, plates_per_batch=2, n_features=40).profiles)
     >>> model = CpDistiller(epochs=2, hidden_dim=32).fit(profiles, effects="row,column")
-    >>> emb = model.transform(profiles)
-    >>> emb.X.shape
-    (768, 50)
+    >>> emb = model.transform(profiles)  # principal components of the corrected input
+    >>> emb.X.shape == (768, min(50, len(model.features)))
+    True
     """
 
     def __init__(self, config: CpDistillerConfig | None = None, **overrides: Any) -> None:
@@ -315,6 +319,8 @@ class CpDistiller:
         self.adversary_wells: str | None = None
         self.adversary: dict[str, str] = {}  # effect -> "all" / "negcon": the wells its discriminator learns from
         self.technical: NegconTechnicalModel | None = None  # the controls' additive model (input_correction)
+        self.projection: CorrectedInputProjection | None = None  # output="corrected_input"
+        self.embedding_kind = "latent"  # config.output resolved by fit: "latent" or "corrected_input"
         self.timings: dict[str, float] = {}
         self.train_info: dict[str, Any] = {}
         self.device = select_device(self.config.device)
@@ -348,6 +354,7 @@ class CpDistiller:
         self.effects, skipped = self._skip_tied_effects(profiles, confounding)
         self.adversary = self._adversary_by_effect(profiles, confounding)
         _warn_locked_layout(profiles, confounding, self.adversary)
+        self.embedding_kind = self._resolve_output(profiles)
         seed_everything(self.config.seed)  # before any module is built: same seed, same initial weights
         base = self._warm_base(profiles, warm_start, extractor)
         cfg = self._training_config(confounding)
@@ -368,13 +375,18 @@ class CpDistiller:
         self._build_module(data, extractor, base)
         result: TrainResult = train(self.module, data, cfg, self.device,
                                     progress=lambda f, m: progress(0.05 + 0.95 * f, m),
-                                    on_epoch=self._epoch_hook(on_epoch, checkpoint_dir, cfg.epochs))
+                                    on_epoch=self._epoch_hook(on_epoch, checkpoint_dir, cfg.epochs, data))
+        self.projection = self._fit_projection(self.module, data)
         del data
         self.history = result.history
         self.timings["train_s"] = result.seconds
         self.timings["fit_s"] = time.perf_counter() - t_start
         self.train_info = self._train_info(result, profiles, confounding, warm_start)
-        self.train_info.update(epochs=cfg.epochs, effects_skipped=skipped)
+        self.train_info.update(epochs=cfg.epochs, effects_skipped=skipped, embedding=self.embedding_kind)
+        if self.projection is not None:
+            self.train_info["output"] = {"effects": list(self.projection.reference),
+                                         "n_components": self.projection.n_components,
+                                         "variance_explained": round(float(self.projection.explained.sum()), 4)}
         if self.technical is not None:
             self.train_info["input_correction"] = {
                 "effects": list(self.technical.levels),
@@ -539,7 +551,8 @@ class CpDistiller:
             self._load_warm(base)
 
     def _epoch_hook(self, on_epoch: Callable[[dict[str, Any], EMA], None] | None,
-                    checkpoint_dir: str | Path | None, epochs: int) -> Callable[[dict[str, Any], EMA], None] | None:
+                    checkpoint_dir: str | Path | None, epochs: int,
+                    data: TrainData) -> Callable[[dict[str, Any], EMA], None] | None:
         every = self.config.checkpoint_every
         if not (every and checkpoint_dir):
             return on_epoch
@@ -547,8 +560,14 @@ class CpDistiller:
         def hook(record: dict[str, Any], ema: EMA) -> None:
             if record["epoch"] % every == 0 or record["epoch"] == epochs:
                 assert self.module is not None
-                self._write(Path(checkpoint_dir) / f"epoch_{record['epoch']:03d}", ema_state(self.module, ema),
-                            {"checkpoint_epoch": record["epoch"]})
+                state = ema_state(self.module, ema)
+                projection = None
+                if self.embedding_kind == "corrected_input":
+                    averaged = copy.deepcopy(self.module)
+                    averaged.load_state_dict(state)
+                    projection = self._fit_projection(averaged, data)
+                self._write(Path(checkpoint_dir) / f"epoch_{record['epoch']:03d}", state,
+                            {"checkpoint_epoch": record["epoch"]}, projection=projection)
             if on_epoch is not None:
                 on_epoch(record, ema)
         return hook
@@ -569,12 +588,76 @@ class CpDistiller:
         is with controls-trained discriminators (benchmarks/README "Tied position effects learnt from the
         controls").
         """
+        return {e: len(self.levels[e]) for e in self._decoder_effects() if e in self.levels}
+
+    def _decoder_effects(self) -> tuple[str, ...]:
+        """The corrected effects the decoder is told (``_decoder_levels`` without the level counts)."""
         choice = self.config.decoder_covariates
         if choice == "auto":  # a model saved before per-effect adversaries records only adversary_wells
-            chosen = tuple(e for e in self.effects if self.adversary.get(e, self.adversary_wells or "all") == "all")
-        else:
-            chosen = {"none": (), "batch": ("batch",), "effects": self.effects}[choice]
-        return {e: len(self.levels[e]) for e in chosen if e in self.levels}
+            return tuple(e for e in self.effects if self.adversary.get(e, self.adversary_wells or "all") == "all")
+        chosen = {"none": (), "batch": ("batch",), "effects": self.effects}[choice]
+        return tuple(e for e in chosen if e in self.effects)
+
+    def _resolve_output(self, profiles: Profiles) -> str:
+        """``config.output`` with "auto" resolved: "corrected_input" when the decoder is told every corrected
+        effect, else "latent". An explicit "corrected_input" is refused before any work when the decoder
+        is told no effect (nothing would be removed), and warns about the effects it is not told (they
+        stay in the embedding)."""
+        told = set(self._decoder_effects())
+        untold = [e for e in self.effects if e not in told]
+        if self.config.output == "auto":
+            return "corrected_input" if told and not untold else "latent"
+        if self.config.output == "latent":
+            return "latent"
+        if not told:
+            raise CpDistillerError(
+                f"{where(profiles.source or None)}output 'corrected_input' removes the technical shift the "
+                "conditional decoder learns, but with these settings the decoder is told no effect "
+                f"(decoder_covariates {self.config.decoder_covariates!r}, discriminators learning from "
+                f"{self.adversary}): use output 'latent', or decoder_covariates 'effects'.")
+        if untold:
+            warnings.warn(
+                f"{where(profiles.source or None)}output 'corrected_input' removes only the effects the "
+                f"decoder is told ({', '.join(sorted(told))}); {', '.join(untold)} stays in the embedding.",
+                CpDistillerWarning, stacklevel=3)
+        return "corrected_input"
+
+    def _fit_projection(self, module: CorrectionModule | None, data: TrainData) -> CorrectedInputProjection | None:
+        """The corrected input's reference levels and PCA, fitted on the training wells (None for "latent")."""
+        if self.embedding_kind != "corrected_input":
+            return None
+        assert module is not None
+        module.eval()
+        told = list(module.gmvae.decoder_covariates)
+
+        def blocks() -> Any:
+            for s in range(0, data.n, BLOCK):
+                e = None if data.E is None else data.E[s:s + BLOCK]
+                yield data.X[s:s + BLOCK], e, {ef: data.labels[ef][s:s + BLOCK] for ef in told}
+        codes = {ef: data.labels[ef].cpu().numpy() for ef in told}
+        return CorrectedInputProjection.fit(module, blocks, codes, self.config.latent_dim)
+
+    def _level_codes_for(self, profiles: Profiles) -> dict[str, np.ndarray]:
+        """Each decoder effect's level codes for ``profiles`` (-1 at levels the model has not seen, with a
+        warning: those wells keep that effect)."""
+        assert self.module is not None
+        codes, unseen = {}, {}
+        for e in self.module.gmvae.decoder_covariates:
+            try:
+                values = np.asarray(profiles.labels(e))
+            except CpDistillerError as exc:
+                raise CpDistillerError(f"this model's embedding removes the {e} shift its decoder learnt, so it "
+                                       f"needs the {e} of each well: {exc}") from None
+            codes[e] = level_codes(values, self.levels[e], e)
+            if (codes[e] < 0).any():
+                unseen[e] = (int((codes[e] < 0).sum()), example_values(values[codes[e] < 0]))
+        if unseen:
+            warnings.warn(
+                f"{where(profiles.source or None)}"
+                + "; ".join(f"{k} wells at {e} levels the model was not trained on (e.g. {ex})"
+                            for e, (k, ex) in unseen.items())
+                + ": they keep that effect in the embedding.", CpDistillerWarning, stacklevel=3)
+        return codes
 
     def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
         kept = []
@@ -641,7 +724,9 @@ class CpDistiller:
     @torch.no_grad()
     def transform(self, profiles: Profiles, extractor: Profiles | None = None,
                   batch_size: int = 8192) -> Embedding:
-        """The corrected embedding (EMA model's posterior mean) for profiles with the model's features."""
+        """The corrected embedding for profiles with the model's features: the principal components of the
+        corrected input (``output="corrected_input"``; needs each well's batch/row/column) or the EMA
+        model's posterior mean (``output="latent"``)."""
         module = self._require_fitted()
         self._check_features(profiles, self.features, "this model")
         sub = profiles if list(profiles.features) == self.features else profiles.subset(features=self.features)
@@ -658,11 +743,17 @@ class CpDistiller:
         module.eval().to(self.device)
         technical = self._technical_for(profiles)
         rows = sub.X if technical is None else technical.corrected(sub.X)
-        Z = np.empty((sub.n_wells, self.config.latent_dim), dtype=np.float32)
+        codes = None if self.projection is None else self._level_codes_for(profiles)
+        width = self.config.latent_dim if self.projection is None else self.projection.n_components
+        Z = np.empty((sub.n_wells, width), dtype=np.float32)
         for s in range(0, sub.n_wells, batch_size):
             x = torch.from_numpy(self.input_transform.apply(rows[s:s + batch_size])).to(self.device)
             e = None if E is None else torch.from_numpy(E[s:s + batch_size]).to(self.device)
-            Z[s:s + batch_size] = module.embed(x, e).float().cpu().numpy()
+            if codes is None:
+                Z[s:s + batch_size] = module.embed(x, e).float().cpu().numpy()
+            else:
+                levels = {ef: torch.from_numpy(c[s:s + batch_size]).to(self.device) for ef, c in codes.items()}
+                Z[s:s + batch_size] = self.projection.embed(module, x, e, levels).cpu().numpy()
         return Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
 
     def fit_transform(self, profiles: Profiles, effects: str | Sequence[str] = ("row", "column"),
@@ -678,10 +769,11 @@ class CpDistiller:
     def save(self, directory: str | Path) -> Path:
         """``weights.pt`` (tensors only, loads with weights_only=True) + ``model.json`` (config, features)."""
         module = self._require_fitted()
-        return self._write(Path(directory), {k: v.detach().cpu() for k, v in module.state_dict().items()})
+        return self._write(Path(directory), {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                           projection=self.projection)
 
     def _write(self, directory: Path, module_state: Mapping[str, torch.Tensor],
-               extra: Mapping[str, Any] | None = None) -> Path:
+               extra: Mapping[str, Any] | None = None, projection: CorrectedInputProjection | None = None) -> Path:
         import io
 
         assert self.input_transform is not None
@@ -690,6 +782,8 @@ class CpDistiller:
         state = {"module": dict(module_state), "input_transform": self.input_transform.tensors()}
         if self.technical is not None:
             state["technical"] = {"coef": torch.from_numpy(np.ascontiguousarray(self.technical.coef))}
+        if projection is not None:
+            state["output"] = projection.tensors()
         torch.save(state, buf)
         atomic_write_bytes(directory / WEIGHTS_FILE, buf.getvalue())
         meta = {"format_version": FORMAT_VERSION, "cpdistiller_version": __version__,
@@ -752,6 +846,12 @@ class CpDistiller:
             levels = {e: list(v) for e, v in (meta.get("technical_levels") or {}).items()}
             self.technical = NegconTechnicalModel(state["technical"]["coef"].numpy(),
                                                   np.zeros((0, len(levels)), dtype=np.int64), {}, levels)
+        self.embedding_kind = self.train_info.get("embedding", "latent")
+        if "output" in state:
+            self.projection = CorrectedInputProjection.from_tensors(state["output"])
+        elif self.embedding_kind == "corrected_input" or cfg.output == "corrected_input":
+            raise CpDistillerError(f"{w_path}: the model's embedding is its corrected input, but the weights "
+                                   "lack its projection.")
         if self.input_transform.mean.shape[0] != len(self.features):
             raise CpDistillerError(f"{w_path}: input transform does not match the feature list.")
         self.module.eval().to(self.device)

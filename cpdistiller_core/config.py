@@ -30,6 +30,7 @@ LATENT_VIEWS = ("sample", "mean")
 JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
 TIED_EFFECTS = ("skip", "controls", "correct")
 INPUT_CORRECTIONS = ("none", "negcon_linear")
+OUTPUTS = ("auto", "latent", "corrected_input")
 
 
 @dataclass
@@ -195,6 +196,16 @@ class CpDistillerConfig:
                                     "controls from the model input first (negcon_linear)",
                                     label="Remove the controls' additive effects first", group="departure",
                                     choices=INPUT_CORRECTIONS, paper="none")
+    # What the embedding is (ours; docs/model.md "The input minus the decoder's technical shift"): "latent"
+    # (the paper: the posterior mean of z) or "corrected_input" (the model input minus the shift the
+    # conditional decoder gives each well's batch/row/column levels, reduced by PCA to ``latent_dim``;
+    # ``model/corrected_input.py``). Needs a conditional decoder; "auto": corrected_input when the decoder
+    # is told every corrected effect, else latent.
+    output: str = setting("auto", "what the embedding is: latent (the posterior mean of z), corrected_input "
+                          "(the model input minus the technical shift the conditional decoder learnt for each "
+                          "well's batch/row/column, reduced by PCA) or auto (corrected_input when the decoder "
+                          "is told every corrected effect, else latent)", label="Embedding from", group="departure",
+                          choices=OUTPUTS, paper="latent", auto_default="corrected_input")
     # --- runtime ---
     seed: int = setting(0, "random seed", label="Seed", group="basic", range=(0, 2**31 - 1))
     device: str = setting("auto", "device (auto: CUDA > MPS > CPU)", label="Device", group="basic", choices=DEVICES)
@@ -259,6 +270,10 @@ class CpDistillerConfig:
             (self.joint_module in JOINT_MODULES, f"joint_module must be one of {JOINT_MODULES}"),
             (self.tied_effects in TIED_EFFECTS, f"tied_effects must be one of {TIED_EFFECTS}"),
             (self.input_correction in INPUT_CORRECTIONS, f"input_correction must be one of {INPUT_CORRECTIONS}"),
+            (self.output in OUTPUTS, f"output must be one of {OUTPUTS}"),
+            (self.output != "corrected_input" or self.decoder_covariates != "none",
+             "output 'corrected_input' removes the technical shift the conditional decoder learnt: it needs "
+             "decoder_covariates other than 'none'"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]
         bad = [msg for ok, msg in checks if not ok]

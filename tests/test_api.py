@@ -44,7 +44,7 @@ def test_transform_returns_embedding_with_every_metadata_column(fitted, screen):
 def test_save_load_identical_and_weights_only(fitted, screen, tmp_path):
     fitted.save(tmp_path / "m")
     state = torch.load(tmp_path / "m" / WEIGHTS_FILE, weights_only=True)
-    assert set(state) == {"module", "input_transform"}
+    assert set(state) == {"module", "input_transform", "output"}  # output: the corrected input's projection
     meta = json.loads((tmp_path / "m" / MODEL_FILE).read_text())
     assert meta["features"] == screen.features and meta["config"]["latent_dim"] == 8
     loaded = CpDistiller.load(tmp_path / "m")

@@ -23,6 +23,12 @@ from cpdistiller_core.profiles import Embedding
 FAST = dict(epochs=1, min_steps=0, device="cpu", summary=False)
 
 
+def width(info: dict) -> int:
+    """Columns of the default embedding: principal components of the corrected input, at most 50 and at
+    most one per feature the model kept (these test screens keep 16)."""
+    return min(50, info["train"]["n_features"])
+
+
 def screen_frame(n_plates: int = 3, n_features: int = 16, seed: int = 0) -> pd.DataFrame:
     """A simulated screen in pycytominer layout whose roles auto-detection finds (DMSO controls)."""
     p = small_screen(n_plates=n_plates, n_features=n_features, seed=seed)
@@ -162,7 +168,7 @@ def test_correct_anndata_in_place_with_nan_rows_for_dropped_wells(corrected) -> 
     ad, out, caught = corrected
     assert out is ad
     Z = ad.obsm["X_cpdistiller"]
-    assert Z.shape == (ad.n_obs, 50)
+    assert Z.shape == (ad.n_obs, width(ad.uns["cpdistiller"]))
     used = ad.obs["cpdistiller_used"].to_numpy()
     assert used.dtype == bool and not used[7] and used.sum() == ad.n_obs - 1
     assert np.isnan(Z[7]).all() and np.isfinite(Z[used]).all()
@@ -220,7 +226,7 @@ def test_correct_dataframe_keeps_metadata_index_and_order(frame) -> None:
         out = cpd.correct(df.drop(columns=["Metadata_Batch"]), **FAST)  # default effects without a batch column
     assert any("no batch column" in str(w.message) for w in caught)
     meta = [c for c in df.columns if c != "Metadata_Batch" and not c.startswith("Cells_")]
-    names = [f"cpd_{i}" for i in range(50)]
+    names = [f"cpd_{i}" for i in range(width(out.attrs["cpdistiller"]))]
     assert list(out.columns) == meta + names + ["Metadata_cpdistiller_used"]
     assert (out.index == df.index).all()
     pd.testing.assert_frame_equal(out[meta], df[meta])
@@ -233,7 +239,7 @@ def test_correct_frame_with_non_cellprofiler_feature_names(frame) -> None:
     with pytest.raises(CpDistillerError, match="DataFrame: no feature columns found"):
         cpd.correct(df, **FAST)
     out = quiet(cpd.correct, df, feature_regex="^emb_", **FAST)
-    assert not out.filter(like="emb_").shape[1] and out.filter(like="cpd_").shape[1] == 50
+    assert not out.filter(like="emb_").shape[1] and out.filter(like="cpd_").shape[1] == width(out.attrs["cpdistiller"])
 
 
 def test_fitted_model_applies_to_new_plates(tmp_path: Path) -> None:
@@ -244,7 +250,7 @@ def test_fitted_model_applies_to_new_plates(tmp_path: Path) -> None:
     out = quiet(cpd.correct, new, model=model, summary=False)
     pp = quiet(model.preprocess_report.apply, quiet(cpd.Profiles.from_frame, new))
     expected = model.transform(pp).X
-    names = [f"cpd_{i}" for i in range(50)]
+    names = [f"cpd_{i}" for i in range(width(out.attrs["cpdistiller"]))]
     np.testing.assert_allclose(out[names].to_numpy(), expected, rtol=1e-5, atol=1e-5)
     assert out.attrs["cpdistiller"]["model"] == "applied a fitted model"
     from_disk = quiet(cpd.correct, new, model=tmp_path / "m", summary=False)
@@ -328,8 +334,9 @@ def test_readme_python_example_runs(docs_screen: Path) -> None:
         warnings.simplefilter("ignore")
         for block in blocks:
             exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - the project's own README
-    assert ns["adata"].obsm["X_cpdistiller"].shape == (288, 50)
-    assert ns["out"].filter(regex=r"^cpd_\d+$").shape == (288, 50)
+    k = width(ns["adata"].uns["cpdistiller"])
+    assert ns["adata"].obsm["X_cpdistiller"].shape == (288, k)
+    assert ns["out"].filter(regex=r"^cpd_\d+$").shape == (288, k)
 
 
 @pytest.mark.slow
@@ -340,7 +347,7 @@ def test_api_walkthrough_runs(docs_screen: Path) -> None:
         warnings.simplefilter("ignore")
         for block in _python_blocks(doc):
             exec(compile(block, "docs/api.md", "exec"), ns)  # noqa: S102 - the project's own docs
-    assert ns["new_adata"].obsm["X_cpdistiller"].shape == (288, 50)
+    assert ns["new_adata"].obsm["X_cpdistiller"].shape == (288, width(ns["new_adata"].uns["cpdistiller"]))
     assert list(ns["both"].summary().index) == ["uncorrected", "cpDistiller"]
     assert (docs_screen / "screen_model" / "preprocess.json").is_file()
     assert len(ns["fig"].data) > 0
