@@ -79,6 +79,13 @@ class ZCAWhitening:
         """Whitened copy of centred rows ``Y``."""
         return (Y @ self.basis) * (self.scale - self.null_scale) @ self.basis.T + self.null_scale * Y
 
+    def invert(self, W: np.ndarray) -> np.ndarray:
+        """The centred rows whose whitening is ``W`` (the basis is orthonormal, so the inverse scales invert)."""
+        if self.null_scale == 0.0:  # a full basis (``from_matrix``): no directions outside it
+            return (W @ self.basis) / self.scale @ self.basis.T
+        inside = (1.0 / self.scale - 1.0 / self.null_scale).astype(W.dtype)
+        return (W @ self.basis) * inside @ self.basis.T + W / self.null_scale
+
 
 @dataclass
 class InputTransform:
@@ -155,6 +162,13 @@ class InputTransform:
                 blk = self.whitening.apply(blk - self.center)
             out[s:s + chunk] = (blk - self.mean) / self.std
         return out
+
+    def invert(self, Y: np.ndarray) -> np.ndarray:
+        """Rows of the model's input space back in the units of the profiles (``apply``'s inverse)."""
+        X = Y * self.std + self.mean
+        if self.whitening is not None:
+            X = self.whitening.invert(X)
+        return (X + self.center).astype(np.float32)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         arrays = [("center", self.center), ("mean", self.mean), ("std", self.std)]
@@ -731,15 +745,7 @@ class CpDistiller:
         self._check_features(profiles, self.features, "this model")
         sub = profiles if list(profiles.features) == self.features else profiles.subset(features=self.features)
         _check_finite(sub)
-        if (self.extractor_features is not None) and extractor is None:
-            raise CpDistillerError("this model was trained with image features: pass extractor= to transform.")
-        E = None
-        if self.extractor_features is not None and extractor is not None:
-            E = align_extractor(profiles, extractor).astype(np.float32)
-            if E.shape[1] != len(self.extractor_features):
-                raise CpDistillerError(
-                    f"image features have {E.shape[1]} columns; the model was trained on "
-                    f"{len(self.extractor_features)}.")
+        E = self._extractor_rows(profiles, extractor)
         module.eval().to(self.device)
         technical = self._technical_for(profiles)
         rows = sub.X if technical is None else technical.corrected(sub.X)
@@ -755,6 +761,49 @@ class CpDistiller:
                 levels = {ef: torch.from_numpy(c[s:s + batch_size]).to(self.device) for ef, c in codes.items()}
                 Z[s:s + batch_size] = self.projection.embed(module, x, e, levels).cpu().numpy()
         return Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
+
+    def _extractor_rows(self, profiles: Profiles, extractor: Profiles | None) -> np.ndarray | None:
+        """The image features aligned to ``profiles``' wells (None for a model without them)."""
+        if self.extractor_features is None:
+            return None
+        if extractor is None:
+            raise CpDistillerError("this model was trained with image features: pass extractor= to transform.")
+        E = align_extractor(profiles, extractor).astype(np.float32)
+        if E.shape[1] != len(self.extractor_features):
+            raise CpDistillerError(f"image features have {E.shape[1]} columns; the model was trained on "
+                                   f"{len(self.extractor_features)}.")
+        return E
+
+    @torch.no_grad()
+    def corrected_features(self, profiles: Profiles, extractor: Profiles | None = None,
+                           batch_size: int = 8192) -> Profiles:
+        """The profiles minus the technical shift the decoder learnt, in their own features and units.
+
+        The embedding of ``output="corrected_input"`` before its PCA, mapped back through the model's
+        input transform: one value per model feature, every metadata column kept. With
+        ``input_correction`` the controls' additive effects are removed as well. Only for a model whose
+        embedding is the corrected input (``output`` "auto" or "corrected_input").
+        """
+        module = self._require_fitted()
+        if self.projection is None:
+            raise CpDistillerError("this model's embedding is its latent space (output 'latent'), which has no "
+                                   "feature-space counterpart: fit with output 'corrected_input' (or 'auto').")
+        self._check_features(profiles, self.features, "this model")
+        sub = profiles if list(profiles.features) == self.features else profiles.subset(features=self.features)
+        _check_finite(sub)
+        E = self._extractor_rows(profiles, extractor)
+        technical = self._technical_for(profiles)
+        rows = sub.X if technical is None else technical.corrected(sub.X)
+        codes = self._level_codes_for(profiles)
+        module.eval().to(self.device)
+        out = np.empty((sub.n_wells, len(self.features)), dtype=np.float32)
+        for s in range(0, sub.n_wells, batch_size):
+            x = torch.from_numpy(self.input_transform.apply(rows[s:s + batch_size])).to(self.device)
+            e = None if E is None else torch.from_numpy(E[s:s + batch_size]).to(self.device)
+            levels = {ef: torch.from_numpy(c[s:s + batch_size]).to(self.device) for ef, c in codes.items()}
+            y = self.projection.corrected(module, x, e, levels)[:, :len(self.features)]
+            out[s:s + batch_size] = self.input_transform.invert(y.cpu().numpy())
+        return sub.with_features(out, self.features)
 
     def fit_transform(self, profiles: Profiles, effects: str | Sequence[str] = ("row", "column"),
                       **kw: Any) -> Embedding:

@@ -84,10 +84,15 @@ def test_embedding_is_the_pca_of_the_corrected_input_and_survives_a_reload(fitte
     np.testing.assert_array_equal(loaded.transform(screen).X, emb.X)
 
 
-def test_it_removes_a_strong_position_effect_that_the_input_carries():
+@pytest.fixture(scope="module")
+def strong_position() -> tuple[Profiles, CpDistiller]:
     profiles = small_screen(n_plates=3, n_features=16, seed=5, position_strength=3.0)
-    cfg = TINY.replace(epochs=80, batch_size=32)
-    emb = CpDistiller(cfg).fit(profiles, effects="row,column").transform(profiles)
+    return profiles, CpDistiller(TINY.replace(epochs=80, batch_size=32)).fit(profiles, effects="row,column")
+
+
+def test_it_removes_a_strong_position_effect_that_the_input_carries(strong_position):
+    profiles, model = strong_position
+    emb = model.transform(profiles)
     X = profiles.X - profiles.X.mean(0)
     for effect in ("row", "column"):  # about a third of the input's variance each; here 0.34 -> 0.02
         labels = np.asarray(profiles.labels(effect))
@@ -96,6 +101,39 @@ def test_it_removes_a_strong_position_effect_that_the_input_carries():
     # what is left is the perturbations: their share of the variance rises (0.23 -> 0.61)
     perts = np.asarray(profiles.meta["Metadata_pert"])
     assert _share_explained(emb.X, perts) > 1.5 * _share_explained(X, perts)
+
+
+def test_corrected_features_are_the_profiles_minus_the_shift_in_their_own_units(strong_position):
+    profiles, model = strong_position
+    fixed = model.corrected_features(profiles)
+    assert fixed.features == profiles.features and fixed.meta.equals(profiles.meta)
+    # the corrected input, mapped back through the input transform
+    y = model.projection.corrected(model.module, _model_input(model, profiles), None, _codes(model, profiles))
+    np.testing.assert_allclose(fixed.X, y.numpy() * model.input_transform.std + model.input_transform.mean,
+                               rtol=1e-4, atol=1e-4)
+    # per feature, the row and column effects are gone and the perturbation signal kept
+    rows, perts = np.asarray(profiles.labels("row")), np.asarray(profiles.meta["Metadata_pert"])
+    before = [_share_explained(profiles.X[:, [j]], rows) for j in range(16)]
+    after = [_share_explained(fixed.X[:, [j]], rows) for j in range(16)]
+    assert np.median(after) < 0.25 * np.median(before)
+    assert _share_explained(fixed.X, perts) > 1.5 * _share_explained(profiles.X, perts)
+    # the paper's embedding has no feature-space counterpart
+    latent = CpDistiller(TINY.replace(output="latent")).fit(profiles, effects="row,column")
+    with pytest.raises(CpDistillerError, match="no feature-space counterpart"):
+        latent.corrected_features(profiles)
+
+
+@pytest.mark.parametrize("sphering", ["none", "negcon"])
+def test_the_input_transform_inverts(sphering):
+    from cpdistiller_core.api import InputTransform
+
+    profiles = small_screen(n_plates=2, n_features=30, seed=1)  # 64 controls: more controls than features
+    for X in (profiles.X, profiles.X[:, :10]):
+        t = InputTransform.fit(X, profiles.negative_mask, sphering, 1e-3)
+        np.testing.assert_allclose(t.invert(t.apply(X)), X, rtol=1e-3, atol=1e-3)
+    few = profiles.negative_mask & (np.cumsum(profiles.negative_mask) <= 8)  # fewer controls than features
+    t = InputTransform.fit(profiles.X, few, sphering, 1e-3)
+    np.testing.assert_allclose(t.invert(t.apply(profiles.X)), profiles.X, rtol=1e-3, atol=1e-3)
 
 
 def test_wells_at_levels_the_model_never_saw_keep_that_effect_with_a_warning(fitted, screen):
