@@ -40,6 +40,7 @@ from cpdistiller_core.cli import build_parser  # noqa: E402
 from cpdistiller_core.cli.evaluate import _eval_config, _load_benchmark_data, _pairs  # noqa: E402
 from cpdistiller_core.datasets import make_demo_screen  # noqa: E402
 from cpdistiller_core.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from cpdistiller_core.settings import paper_values  # noqa: E402
 
 DATA = Path(os.environ.get("CPDISTILLER_SHARED_DATA", REPO.parent / "shared" / "data"))
 PAPER = {"sphering": "none", "adversary_wells": "all", "min_steps": 0, "neighbor_space": "input"}
@@ -170,6 +171,9 @@ VARIANTS: dict[str, dict] = {
     "cf": {"output": "corrected_input"},
     "cf+ncl_in": {"output": "corrected_input", "input_correction": "negcon_linear"},
     "cf+epochs50": {"output": "corrected_input", "epochs": 50},
+    # every departure at the paper's value (``CpDistillerConfig.paper()``, what ``--paper`` runs); "paper"
+    # above is the paper's settings of issue #12's first rounds, before the later departures existed
+    "paper_settings": paper_values(CpDistillerConfig),
 }
 
 
@@ -282,6 +286,8 @@ def embedding(name: str, method: str, seed: int, overrides: dict | None, profile
             epochs = settings.pop("epochs", args.epochs)  # a variant's own epochs win over --epochs
             effects = settings.pop("_effects", ("batch", "row", "column"))
             emb = run_cpdistiller(profiles, effects, seed=seed, epochs=epochs, **settings)
+        elif method == "harmony":
+            emb = baselines.harmony(profiles)
         else:
             emb = reference if method == "uncorrected" else baselines.sphering(profiles)
     if path is not None:
@@ -324,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--harmony", action="store_true", help="also score Harmony (batch, row, column)")
     ap.add_argument("--null-size", type=int, default=2000)
     ap.add_argument("--sim", default="{}", help="JSON of make_demo_screen arguments for data set 'sim'")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablation.csv")
@@ -345,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         sim = json.loads(args.sim) if name.startswith("sim") else None
         profiles, truth, pairs, eval_cfg = load(name, args, sim)
         reference = baselines.uncorrected(profiles)
-        jobs = [("uncorrected", 0, None), ("sphering", 0, None)]
+        jobs = [("uncorrected", 0, None), ("sphering", 0, None)] + ([("harmony", 0, None)] if args.harmony else [])
         jobs += [(f"cpDistiller[{v}]", s, VARIANTS[v]) for v in variants for s in seeds]
         for method, seed, overrides in jobs:
             if (name, method, seed) in have:
