@@ -12,7 +12,7 @@ import json
 import platform
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -453,7 +453,7 @@ class CpDistiller:
             warnings.warn(
                 f"{where(profiles.source or None)}"
                 f"{', '.join(f'{k} wells at a {e} level' for e, k in missing.items())} the training controls did "
-                "not cover keep that additive effect in the model input.", CpDistillerWarning, stacklevel=3)
+                "not cover keep that additive effect in the model input.", CpDistillerWarning, stacklevel=4)
         return model
 
     def _skip_tied_effects(self, profiles: Profiles, confounding: Mapping[str, float | None]
@@ -670,7 +670,7 @@ class CpDistiller:
                 f"{where(profiles.source or None)}"
                 + "; ".join(f"{k} wells at {e} levels the model was not trained on (e.g. {ex})"
                             for e, (k, ex) in unseen.items())
-                + ": they keep that effect in the embedding.", CpDistillerWarning, stacklevel=3)
+                + ": they keep that effect in the embedding.", CpDistillerWarning, stacklevel=4)
         return codes
 
     def _usable_effects(self, profiles: Profiles, effects: tuple[str, ...]) -> tuple[str, ...]:
@@ -742,25 +742,38 @@ class CpDistiller:
         corrected input (``output="corrected_input"``; needs each well's batch/row/column) or the EMA
         model's posterior mean (``output="latent"``)."""
         module = self._require_fitted()
+        sub, blocks = self._input_blocks(profiles, extractor, batch_size)
+        width = self.config.latent_dim if self.projection is None else self.projection.n_components
+        Z = np.empty((sub.n_wells, width), dtype=np.float32)
+        for part, x, e, levels in blocks:
+            if self.projection is None:
+                Z[part] = module.embed(x, e).float().cpu().numpy()
+            else:
+                Z[part] = self.projection.embed(module, x, e, levels).cpu().numpy()
+        return Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
+
+    def _input_blocks(self, profiles: Profiles, extractor: Profiles | None, batch_size: int
+                      ) -> tuple[Profiles, Iterator[tuple[slice, torch.Tensor, torch.Tensor | None,
+                                                          dict[str, torch.Tensor]]]]:
+        """``profiles`` cut to the model's features, and their model input in row blocks on the model's
+        device: (rows, input, image features or None, level codes per decoder effect; the codes only with a
+        corrected-input projection). Bad input is refused here, before the first block."""
         self._check_features(profiles, self.features, "this model")
         sub = profiles if list(profiles.features) == self.features else profiles.subset(features=self.features)
         _check_finite(sub)
         E = self._extractor_rows(profiles, extractor)
-        module.eval().to(self.device)
         technical = self._technical_for(profiles)
         rows = sub.X if technical is None else technical.corrected(sub.X)
-        codes = None if self.projection is None else self._level_codes_for(profiles)
-        width = self.config.latent_dim if self.projection is None else self.projection.n_components
-        Z = np.empty((sub.n_wells, width), dtype=np.float32)
-        for s in range(0, sub.n_wells, batch_size):
-            x = torch.from_numpy(self.input_transform.apply(rows[s:s + batch_size])).to(self.device)
-            e = None if E is None else torch.from_numpy(E[s:s + batch_size]).to(self.device)
-            if codes is None:
-                Z[s:s + batch_size] = module.embed(x, e).float().cpu().numpy()
-            else:
-                levels = {ef: torch.from_numpy(c[s:s + batch_size]).to(self.device) for ef, c in codes.items()}
-                Z[s:s + batch_size] = self.projection.embed(module, x, e, levels).cpu().numpy()
-        return Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
+        codes = {} if self.projection is None else self._level_codes_for(profiles)
+        self._require_fitted().eval().to(self.device)
+
+        def blocks() -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]]:
+            for s in range(0, sub.n_wells, batch_size):
+                part = slice(s, s + batch_size)
+                x = torch.from_numpy(self.input_transform.apply(rows[part])).to(self.device)
+                e = None if E is None else torch.from_numpy(E[part]).to(self.device)
+                yield part, x, e, {ef: torch.from_numpy(c[part]).to(self.device) for ef, c in codes.items()}
+        return sub, blocks()
 
     def _extractor_rows(self, profiles: Profiles, extractor: Profiles | None) -> np.ndarray | None:
         """The image features aligned to ``profiles``' wells (None for a model without them)."""
@@ -788,21 +801,11 @@ class CpDistiller:
         if self.projection is None:
             raise CpDistillerError("this model's embedding is its latent space (output 'latent'), which has no "
                                    "feature-space counterpart: fit with output 'corrected_input' (or 'auto').")
-        self._check_features(profiles, self.features, "this model")
-        sub = profiles if list(profiles.features) == self.features else profiles.subset(features=self.features)
-        _check_finite(sub)
-        E = self._extractor_rows(profiles, extractor)
-        technical = self._technical_for(profiles)
-        rows = sub.X if technical is None else technical.corrected(sub.X)
-        codes = self._level_codes_for(profiles)
-        module.eval().to(self.device)
+        sub, blocks = self._input_blocks(profiles, extractor, batch_size)
         out = np.empty((sub.n_wells, len(self.features)), dtype=np.float32)
-        for s in range(0, sub.n_wells, batch_size):
-            x = torch.from_numpy(self.input_transform.apply(rows[s:s + batch_size])).to(self.device)
-            e = None if E is None else torch.from_numpy(E[s:s + batch_size]).to(self.device)
-            levels = {ef: torch.from_numpy(c[s:s + batch_size]).to(self.device) for ef, c in codes.items()}
+        for part, x, e, levels in blocks:
             y = self.projection.corrected(module, x, e, levels)[:, :len(self.features)]
-            out[s:s + batch_size] = self.input_transform.invert(y.cpu().numpy())
+            out[part] = self.input_transform.invert(y.cpu().numpy())
         return sub.with_features(out, self.features)
 
     def fit_transform(self, profiles: Profiles, effects: str | Sequence[str] = ("row", "column"),
