@@ -25,14 +25,14 @@ from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning, example_values, where
 from .layout import position_ties, tied_effects
 from .model.bounds import check_architecture
-from .model.corrected_input import BLOCK, CorrectedInputProjection, level_codes
+from .model.corrected_input import BLOCK, CorrectedInputProjection
 from .model.gmvae import CorrectionModule
 from .paths import atomic_write_bytes, atomic_write_text, json_default
 from .preprocess import NegconTechnicalModel
 from .profiles import Embedding, Profiles
 from .progress import ProgressCallback, no_progress
 from .train import EMA, TrainResult, ema_state, seed_everything, select_device, train
-from .training_data import ORDERED_EFFECTS, TrainData, _check_finite, align_extractor
+from .training_data import ORDERED_EFFECTS, TrainData, _check_finite, align_extractor, level_codes
 
 WEIGHTS_FILE = "weights.pt"
 MODEL_FILE = "model.json"
@@ -644,10 +644,8 @@ class CpDistiller:
         module.eval()
         told = list(module.gmvae.decoder_covariates)
 
-        def blocks() -> Any:
-            for s in range(0, data.n, BLOCK):
-                e = None if data.E is None else data.E[s:s + BLOCK]
-                yield data.X[s:s + BLOCK], e, {ef: data.labels[ef][s:s + BLOCK] for ef in told}
+        blocks = ((data.X[s:s + BLOCK], None if data.E is None else data.E[s:s + BLOCK],
+                   {ef: data.labels[ef][s:s + BLOCK] for ef in told}) for s in range(0, data.n, BLOCK))
         codes = {ef: data.labels[ef].cpu().numpy() for ef in told}
         return CorrectedInputProjection.fit(module, blocks, codes, self.config.latent_dim)
 

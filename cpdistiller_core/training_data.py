@@ -88,8 +88,15 @@ def _level_codes(values: np.ndarray, effect: str) -> tuple[np.ndarray, list[Any]
         codes = np.searchsorted(np.asarray(levels), values.astype(np.int64))
         return codes.astype(np.int64), levels
     levels = sorted({str(v) for v in values})
-    lookup = {v: i for i, v in enumerate(levels)}
-    return np.fromiter((lookup[str(v)] for v in values), dtype=np.int64, count=len(values)), levels
+    return level_codes(values, levels, effect), levels
+
+
+def level_codes(values: np.ndarray, levels: Sequence[Any], effect: str) -> np.ndarray:
+    """Codes of ``values`` among a model's ``levels`` of ``effect`` (as ``_level_codes`` made them); -1 where
+    a value is not among them (a level the model was not trained on)."""
+    key = int if effect in ORDERED_EFFECTS else str
+    lookup = {key(v): i for i, v in enumerate(levels)}
+    return np.fromiter((lookup.get(key(v), -1) for v in values), dtype=np.int64, count=len(values))
 
 
 def soft_label_table(effect: str, n_levels: int, alpha: float) -> Tensor:

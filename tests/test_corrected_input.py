@@ -13,8 +13,8 @@ from engine_screens import small_screen
 from cpdistiller_core.api import CpDistiller
 from cpdistiller_core.config import CpDistillerConfig
 from cpdistiller_core.errors import CpDistillerError, CpDistillerWarning
-from cpdistiller_core.model.corrected_input import level_codes
 from cpdistiller_core.profiles import Profiles
+from cpdistiller_core.training_data import level_codes
 
 TINY = CpDistillerConfig(epochs=2, batch_size=64, hidden_dim=32, latent_dim=8, n_components=4,
                          discriminator_hidden=16, device="cpu", output="corrected_input")

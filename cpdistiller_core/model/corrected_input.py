@@ -20,9 +20,8 @@ linear in wells.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,14 +30,6 @@ from torch import Tensor
 from .gmvae import CorrectionModule
 
 BLOCK = 4096
-
-
-def level_codes(values: np.ndarray, levels: Sequence[Any], effect: str) -> np.ndarray:
-    """Codes of ``values`` among the model's ``levels`` of ``effect``; -1 where a level is not among them."""
-    ordered = effect in ("row", "column")
-    lookup = {(int(v) if ordered else str(v)): i for i, v in enumerate(levels)}
-    key = (lambda v: int(v)) if ordered else (lambda v: str(v))
-    return np.fromiter((lookup.get(key(v), -1) for v in values), dtype=np.int64, count=len(values))
 
 
 @dataclass
@@ -66,14 +57,13 @@ class CorrectedInputProjection:
 
     # ----- fitting -------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, module: CorrectionModule, blocks: Callable[[], Iterator[tuple[Tensor, Tensor | None,
-                                                                               dict[str, Tensor]]]],
+    def fit(cls, module: CorrectionModule, blocks: Iterable[tuple[Tensor, Tensor | None, dict[str, Tensor]]],
             codes: Mapping[str, np.ndarray], n_components: int) -> CorrectedInputProjection:
         """Fit on the training wells.
 
-        ``blocks()`` yields (model input, image features or None, effect -> level codes) in row blocks;
-        one pass accumulates the mean and covariance the PCA comes from. ``codes`` are all training
-        wells' level codes, for the level frequencies of the reference.
+        ``blocks`` are (model input, image features or None, effect -> level codes) in row blocks; one
+        pass accumulates the mean and covariance the PCA comes from. ``codes`` are all training wells'
+        level codes, for the level frequencies of the reference.
         """
         gmvae = module.gmvae
         reference = {}
@@ -83,7 +73,7 @@ class CorrectedInputProjection:
             reference[effect] = (freq / freq.sum() @ weight).astype(np.float32)
         self = cls(reference, np.zeros(0, np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
         n, total, outer = 0, None, None
-        for x, e, levels in blocks():
+        for x, e, levels in blocks:
             y = self.corrected(module, x, e, levels).double()
             if total is None:
                 total = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
@@ -117,22 +107,14 @@ class CorrectedInputProjection:
         """
         gmvae = module.gmvae
         x_in, _ = module.gmvae_input(x, e)
-        z = gmvae.posterior_mean(x_in)
-        first, act1, second, act2 = gmvae.px_z[0]
-        hidden = first(z).float()
-        observed, reference = hidden.clone(), hidden.clone()
+        hidden = gmvae.decoder_first_layer(gmvae.posterior_mean(x_in))
+        observed, reference = hidden, hidden
         for effect, table in gmvae.decoder_covariates.items():
             code = levels[effect]
-            seen = code >= 0
             ref = torch.as_tensor(self.reference[effect], device=hidden.device)
-            offset = table(code.clamp(min=0)).float()
-            observed += torch.where(seen[:, None], offset, ref)
-            reference += ref
-
-        def decode(h: Tensor) -> Tensor:
-            return gmvae.px_z[1](act2(second(act1(h.to(z.dtype))))).float()
-
-        return x_in.float() - (decode(observed) - decode(reference))
+            observed = observed + torch.where((code >= 0)[:, None], table(code.clamp(min=0)), ref)
+            reference = reference + ref
+        return x_in - (gmvae.decode_hidden(observed) - gmvae.decode_hidden(reference))
 
     @torch.no_grad()
     def embed(self, module: CorrectionModule, x: Tensor, e: Tensor | None, levels: Mapping[str, Tensor]) -> Tensor:

@@ -91,10 +91,18 @@ class GMVAE(nn.Module):
         """x_hat from z; ``levels`` (effect -> level codes) feed the conditional decoder when it has one."""
         if not len(self.decoder_covariates):
             return self.px_z(z)
-        first, act1, second, act2 = self.px_z[0]
-        h = first(z)
+        h = self.decoder_first_layer(z)
         for effect, table in self.decoder_covariates.items():
             h = h + table(levels[effect]).to(h.dtype)
+        return self.decode_hidden(h)
+
+    def decoder_first_layer(self, z: Tensor) -> Tensor:
+        """The decoder's first hidden layer before its activation: where the level offsets are added."""
+        return self.px_z[0][0](z)
+
+    def decode_hidden(self, h: Tensor) -> Tensor:
+        """x_hat from the first hidden layer (``decoder_first_layer`` plus any level offsets)."""
+        _, act1, second, act2 = self.px_z[0]
         return self.px_z[1](act2(second(act1(h))))
 
     def prior(self, y: Tensor) -> tuple[Tensor, Tensor]:
