@@ -9,6 +9,10 @@ Layout (all files written atomically; a failed run keeps what it wrote and recor
     RUN_DIR/model/             weights.pt + model.json (CpDistiller.save) + preprocess.json
     RUN_DIR/checkpoints/       epoch_NNN/ model directories when config.checkpoint_every > 0
     RUN_DIR/embedding.parquet  every input metadata column + cpd_0 ... cpd_49 (io.write_profiles)
+    RUN_DIR/corrected_profiles.parquet
+                               every input metadata column + the model's features minus each well's
+                               technical shift, in the input's units (models whose embedding is the
+                               corrected input; CpDistiller.corrected_features)
     RUN_DIR/verdict.json       "did it help?": the embedding against the uncorrected input
     RUN_DIR/references/        <method>.parquet: reference methods on the same input (Run.add_reference)
     RUN_DIR/scores.csv         the field-standard scorecard of every embedding, when computed (dashboard)
@@ -55,6 +59,7 @@ TRAIN_LOG_FILE, EMBEDDING_FILE, MODEL_DIR = "train_log.csv", "embedding.parquet"
 LOCK_FILE, VERDICT_FILE = ".lock", "verdict.json"
 PREPROCESS_FILE = MODEL_PREPROCESS_FILE
 INPUT_FILE, REFERENCES_DIR, CHECKPOINTS_DIR = "input.parquet", "references", "checkpoints"
+CORRECTED_FILE = "corrected_profiles.parquet"
 SCORES_FILE = "scores.csv"
 JOB_INPUT_NAME = "input_profiles"           # the dashboard job's copy of the raw profiles (jobs.save_input)
 UNCORRECTED_PCA = "uncorrected (PCA-50)"    # the name Run.spaces gives the 'uncorrected' reference
@@ -325,6 +330,7 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
     t = time.perf_counter()
     emb = model.transform(profiles, extractor=extractor)
     write_profiles(emb, run_dir / EMBEDDING_FILE)
+    _write_corrected_profiles(model, profiles, extractor, run_dir)
     timings["transform_write_s"] = round(time.perf_counter() - t, 3)
     report["verdict"] = _write_verdict(run_dir, emb, profiles, writer)
     report.update(status=FINISHED, effects=list(model.effects), device=str(model.device),
@@ -343,6 +349,15 @@ def _fit(profiles: Profiles, run_dir: Path, spec: RunSpec, extractor: Profiles |
               extractor=extractor, on_epoch=writer.on_epoch, checkpoint_dir=run_dir / CHECKPOINTS_DIR,
               overwrite_input=overwrite_input)
     return model
+
+
+def _write_corrected_profiles(model: CpDistiller, profiles: Profiles, extractor: Profiles | None,
+                              run_dir: Path) -> None:
+    """corrected_profiles.parquet, for a model whose embedding is the corrected input (else nothing)."""
+    from .io import write_profiles
+
+    if model.projection is not None:
+        write_profiles(model.corrected_features(profiles, extractor=extractor), run_dir / CORRECTED_FILE)
 
 
 def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _RunWriter) -> dict[str, Any]:
@@ -505,6 +520,7 @@ def _apply_stages(src: Run, input_profiles: Any, run_dir: Path, extractor: Profi
     timings["apply_s"] = round(time.perf_counter() - t, 3)
     write_profiles(pp, run_dir / INPUT_FILE)
     write_profiles(emb, run_dir / EMBEDDING_FILE)
+    _write_corrected_profiles(model, pp, extractor, run_dir)
     shutil.copytree(model_directory(src.path), run_dir / MODEL_DIR, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(LOCK_FILE))
     report["verdict"] = _write_verdict(run_dir, emb, pp, writer)
@@ -671,6 +687,22 @@ class Run:
     def embedding(self) -> Embedding:
         """The corrected embedding: every input metadata column + cpd_0 … cpd_{latent-1}."""
         return _read_embedding(self.path / EMBEDDING_FILE, "cpDistiller", self)
+
+    @property
+    def has_corrected_profiles(self) -> bool:
+        return (self.path / CORRECTED_FILE).is_file()
+
+    def corrected_profiles(self) -> Profiles | None:
+        """The input minus each well's technical shift, in the input's features and units.
+
+        Written for models whose embedding is the corrected input (``output`` "auto" or
+        "corrected_input"); None for a latent-space model or a run that did not finish."""
+        path = self.path / CORRECTED_FILE
+        if not path.is_file():
+            return None
+        from .io import read_profiles
+
+        return read_profiles(path)
 
     def input(self) -> Profiles:
         """The profiles the model was trained on (after the run's preprocessing), as saved by the run.

@@ -530,7 +530,7 @@ def guess_column(columns: Sequence[str], words: Sequence[str]) -> int | None:
 
 
 def export_embedding(emb: Profiles, fmt: str, tmp_dir: Path) -> bytes:
-    """The embedding as Parquet, CSV or h5ad bytes (through io.write_profiles)."""
+    """An embedding (or the corrected profiles) as Parquet, CSV or h5ad bytes (through io.write_profiles)."""
     from cpdistiller_core.io import write_profiles
 
     fmt = fmt.lower()

@@ -32,10 +32,11 @@ def _gpu() -> tuple[bool, str]:
 
 
 @st.cache_data(show_spinner="Preparing the download…", max_entries=16)
-def _export(run_dir: str, fmt: str, stamp: tuple) -> bytes:
-    emb = Run.open(run_dir).embedding()
+def _export(run_dir: str, fmt: str, stamp: tuple, corrected: bool = False) -> bytes:
+    run = Run.open(run_dir)
+    table = run.corrected_profiles() if corrected else run.embedding()
     with tempfile.TemporaryDirectory() as tmp:
-        return ds.export_embedding(emb, fmt, Path(tmp))
+        return ds.export_embedding(table, fmt, Path(tmp))
 
 
 @st.cache_data(show_spinner="Zipping the model…", max_entries=8)
@@ -174,6 +175,15 @@ def run_panel(run_dir: Path) -> None:
         c[3].download_button("Model (zip)", partial(_model_zip, str(run_dir), stamp),
                              file_name=f"{run_dir.name}_model.zip", mime="application/zip",
                              key=f"dl_model_{run_dir.name}", on_click="ignore", icon=":material/download:")
+        if run is not None and run.has_corrected_profiles:
+            c = st.columns(4)
+            for i, fmt in enumerate(("parquet", "csv")):
+                c[i].download_button(f"Corrected profiles ({fmt})", partial(_export, str(run_dir), fmt, stamp, True),
+                                     file_name=f"{run_dir.name}_corrected_profiles.{fmt}",
+                                     key=f"dl_corrected_{fmt}_{run_dir.name}", on_click="ignore",
+                                     icon=":material/download:",
+                                     help="Every input metadata column and the model's features minus each "
+                                          "well's batch, row and column shift, in the input's units.")
     seen = st.session_state.setdefault("correct_seen_status", {})
     if seen.get(str(run_dir)) not in (None, state.status) and state.finished:
         seen[str(run_dir)] = state.status

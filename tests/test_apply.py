@@ -75,10 +75,32 @@ def test_cli_apply_writes_a_run_directory_with_every_metadata_column(small_demo,
     spaces = run.spaces(references=False)
     assert spaces["uncorrected"].n_wells == spaces["cpDistiller"].n_wells == len(new)
     assert run.verdict() is not None and (out / "embedding.h5ad").is_file()
+    corrected = run.corrected_profiles()  # the default model's embedding is the corrected input
+    assert corrected is not None and list(corrected.meta.columns) == meta_cols
+    assert corrected.n_wells == len(new) and corrected.features == run.model().features
     assert run.model().features == Run.open(trained).model().features
     # The engine function gives the same embedding as the command.
     again = Run.open(trained).apply(read_csv_profiles(small_demo["new"]))
     np.testing.assert_allclose(again.X, emb.X, atol=1e-5)
+
+
+def test_a_run_writes_the_corrected_profiles_in_the_input_units_with_every_metadata_column(small_demo, trained):
+    run = Run.open(trained)
+    corrected, given = run.corrected_profiles(), run.input()
+    assert list(corrected.meta.columns) == list(given.meta.columns)
+    assert (corrected.meta["Metadata_note"].to_numpy() == given.meta["Metadata_note"].to_numpy()).all()
+    model = run.model()
+    np.testing.assert_allclose(corrected.X, model.corrected_features(given).X, atol=1e-5)
+    # the profiles moved by their technical shift (small after two epochs) and stayed in the input's units
+    X = given.X[:, [given.features.index(f) for f in corrected.features]]
+    assert 1e-4 < np.abs(corrected.X - X).mean() < 0.1 * np.abs(X).mean()
+
+
+def test_a_latent_embedding_run_writes_no_corrected_profiles(small_demo, tmp_path):
+    run_dir = tmp_path / "latent"
+    assert main(["correct", str(small_demo["train"]), "--out", str(run_dir), "--output", "latent", *TINY]) == 0
+    run = Run.open(run_dir)
+    assert run.status == "finished" and not run.has_corrected_profiles and run.corrected_profiles() is None
 
 
 def read_csv_profiles(path):

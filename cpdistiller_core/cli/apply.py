@@ -17,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "normalisation on their own controls, the same features, the stored z-score) and embed "
                     "them with RUN_DIR's model. OUT is a run directory like `correct` writes "
                     "(input.parquet, embedding.parquet with every input metadata column + cpd_*, "
+                    "corrected_profiles.parquet when the model's embedding is the corrected input, "
                     "verdict.json, a copy of model/; config.json records applied_from), so `evaluate`, "
                     "the dashboard and a later `apply` read it as any run.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (written by `correct` or `apply`)")

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "correct", help="remove batch / row / column effects (train cpDistiller, write a run directory)",
         description="Train cpDistiller on the profiles and write RUN_DIR with embedding.parquet "
-                    "(every input metadata column + cpd_0..cpd_49, one per feature if fewer), model/, train_log.csv, report.json.")
+                    "(every input metadata column + cpd_0..cpd_49, one per feature if fewer), corrected_profiles.parquet "
+                    "(the profiles minus each well's technical shift, same features and units; not with "
+                    "--output latent), model/, train_log.csv, report.json.")
     add_input_arguments(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR",
                    help="run directory to write (must be new or empty, unless --overwrite)")
