@@ -171,6 +171,12 @@ VARIANTS: dict[str, dict] = {
     "cf": {"output": "corrected_input"},
     "cf+ncl_in": {"output": "corrected_input", "input_correction": "negcon_linear"},
     "cf+epochs50": {"output": "corrected_input", "epochs": 50},
+    # Stop 20: the discriminators learn from the negative controls only, so z keeps what sets the
+    # treatments at a level apart (cell_injury's columns are its doses) and the decoder's level offsets
+    # hold what z may not carry: the controls' shift. The corrected input removes those offsets.
+    "cf+negadv": {"output": "corrected_input", "adversary_wells": "negcon", "decoder_covariates": "effects"},
+    "cf+negadv+same": {"output": "corrected_input", "adversary_wells": "negcon", "adversary_encoder": "same",
+                       "decoder_covariates": "effects"},
     # every departure at the paper's value (``CpDistillerConfig.paper()``, what ``--paper`` runs); "paper"
     # above is the paper's settings of issue #12's first rounds, before the later departures existed
     "paper_settings": paper_values(CpDistillerConfig),

@@ -160,7 +160,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     if saved is not None:
         info["references_from"] = saved["provenance"]
     (RESULTS / f"{name}_run.json").write_text(json.dumps(info, indent=1) + "\n")
-    return {"name": name, "desc": desc, "rc": 0, "wall": wall, "table": table, "scores": card.scores}
+    return {"name": name, "desc": desc, "rc": 0, "wall": wall, "table": table, "scores": card.scores, "info": info}
 
 
 def _saved_references(name: str) -> dict:

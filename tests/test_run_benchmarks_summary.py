@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from cpdistiller_core.metrics import SCORE_COLUMNS
 
@@ -48,3 +49,29 @@ def test_seed_table_and_summary():
     assert rows[0].startswith("| method |") and rows[1].startswith("| uncorrected | 0.500 |")
     assert "| harmony | 0.600 (+0.100) |" in md
     assert "0.750 ± 0.071" in md
+
+
+def test_reuse_references_keeps_the_saved_reference_rows_only(tmp_path, monkeypatch):
+    import json
+
+    mod = _module()
+    monkeypatch.setattr(mod, "RESULTS", tmp_path)
+    _scores().to_csv(tmp_path / "demo_scores.csv", index=False)
+    pd.DataFrame({"status": ["ok"]}, index=pd.Index(["uncorrected"], name="method")).to_csv(tmp_path / "demo.csv")
+    info = {"date": "2026-12-01 17:30 UTC", "commit": "0d956ca", "failed": {"harmony": "failed (exit 1)"},
+            "commands": ["cpdistiller benchmark demo --methods uncorrected,harmony --out x",
+                         "cpdistiller benchmark demo --methods cpDistiller --out y"]}
+    (tmp_path / "demo_run.json").write_text(json.dumps(info))
+    saved = mod._saved_references("demo")
+    assert set(saved["scores"]["method"]) == {"uncorrected", "harmony"}
+    assert saved["status"] == {"uncorrected": "ok", "harmony": "failed (exit 1)"}
+    assert saved["commands"] == [info["commands"][0]]
+    assert saved["provenance"] == {"date": "2026-12-01 17:30 UTC", "commit": "0d956ca"}
+    run = {"name": "demo", "desc": "d", "rc": 0, "wall": 1.0, "scores": _scores(),
+           "table": pd.DataFrame({"status": "ok"}, index=pd.Index(["uncorrected"], name="method")),
+           "info": {"references_from": saved["provenance"]}}
+    md = mod.summary_markdown([run], argparse.Namespace(methods="all", epochs=None, seeds=[0], null_size=100))
+    assert "kept from the full run of 2026-12-01 17:30 UTC" in md
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "empty")
+    with pytest.raises(SystemExit, match="no saved results for demo"):
+        mod._saved_references("demo")
