@@ -136,6 +136,7 @@ VARIANTS: dict[str, dict] = {
     # the row; varchamp_b14: row and column)
     "no_row": {"_effects": ("batch", "column")},
     "no_position": {"_effects": ("batch",)},
+    "no_column": {"_effects": ("batch", "row")},  # stop 20: cell_injury and lincs_a549 dose by column
     # discriminators learn from the negative controls (frozen, applied to every well): the rest follows
     # "auto" (controls as ordinary wells in the triplets, the paper's decoder)
     "negadv": {"adversary_wells": "negcon"},

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .profiles import Profiles
 
 TIED_SHARE = 0.5  # position_confounding at or above which a position effect is tied to the treatments
+COVARIATE_TIED_SHARE = 0.8  # share of treated wells whose covariate value is their level's (covariate_ties)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,63 @@ def position_ties(profiles: Profiles, effects: Sequence[str] = ("row", "column")
         v = position_confounding(profiles.perturbation, profiles.labels(e), ~profiles.negative_mask)
         out[e] = None if np.isnan(v) else round(v, 3)
     return out
+
+
+@dataclass(frozen=True)
+class CovariateTie:
+    """A position effect whose level sets a treatment covariate, e.g. each column one dose."""
+
+    effect: str
+    column: str    # the metadata column the level sets
+    share: float   # treated wells whose value is the most common one of their level
+    values: int    # distinct values the levels set
+
+
+def covariate_ties(profiles: Profiles, effects: Sequence[str] = ("row", "column"),
+                   threshold: float = COVARIATE_TIED_SHARE) -> dict[str, CovariateTie]:
+    """Row or column effects that set a covariate of the treatments (a dose series laid out by column).
+
+    A metadata column that no role uses is set by the level of ``effect`` when, among the treated wells,
+    at least ``threshold`` of them hold their level's most common value and the levels set two or more
+    values; it is a *covariate* of the treatments when it changes within most replicated perturbations
+    (a compound at six doses) and is the same for every negative control (empty, or the vehicle's 0).
+    Columns derived from the well itself vary among the controls and are not counted. Correcting such
+    an effect removes the covariate's biology (the dose response) along with the technical shift.
+    """
+    from .profiles import TREATMENT  # profiles imports this module
+
+    treated = profiles.control == TREATMENT
+    if not profiles.roles.perturbation or treated.sum() < 4:
+        return {}
+    negative = profiles.negative_mask
+    perturbation = np.asarray(profiles.perturbation, dtype=object)[treated]
+    replicated = pd.Series(perturbation).map(pd.Series(perturbation).value_counts()).to_numpy() >= 2
+    out: dict[str, CovariateTie] = {}
+    for effect in (e for e in effects if e in ("row", "column")):
+        level = np.asarray(profiles.labels(effect), dtype=object)[treated]
+        for column in (c for c in profiles.meta.columns if c not in profiles.roles.columns()):
+            values = profiles.meta[column].astype("string").fillna("<NA>").to_numpy(dtype=object)
+            tie = _covariate_tie(effect, column, values[treated], values[negative], level, perturbation,
+                                 replicated)
+            if tie is not None and tie.share >= threshold and tie.share > getattr(out.get(effect), "share", 0):
+                out[effect] = tie
+    return out
+
+
+def _covariate_tie(effect: str, column: str, treated_values: np.ndarray, control_values: np.ndarray,
+                   level: np.ndarray, perturbation: np.ndarray, replicated: np.ndarray) -> CovariateTie | None:
+    distinct = len(set(treated_values))
+    if distinct < 2 or distinct > len(treated_values) // 2 or len(set(control_values)) > 1:
+        return None
+    frame = pd.DataFrame({"level": level, "value": treated_values})
+    modes = frame.groupby("level", sort=False)["value"].agg(lambda v: v.value_counts().index[0])
+    share = float((frame["value"].to_numpy() == frame["level"].map(modes).to_numpy()).mean())
+    if not replicated.any() or modes.nunique() < 2:
+        return None
+    per_perturbation = pd.DataFrame({"p": perturbation[replicated], "value": treated_values[replicated]})
+    if (per_perturbation.groupby("p", sort=False)["value"].nunique() > 1).mean() < 0.5:
+        return None  # a property of the perturbation (its target, its class), not a covariate
+    return CovariateTie(effect, column, round(share, 3), int(modes.nunique()))
 
 
 def tied_effects(ties: Mapping[str, float | None], threshold: float = TIED_SHARE) -> dict[str, float]:

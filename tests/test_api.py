@@ -316,6 +316,30 @@ def test_a_row_tied_to_the_treatments_is_left_uncorrected_with_a_warning(screen)
     assert negcon.effects == ("row", "column") and negcon.train_info["effects_skipped"] == {}
 
 
+def _dose_by_column(screen: Profiles) -> Profiles:
+    """``screen`` with a dose for each treated well set by its column (six doses), none for the controls."""
+    meta = screen.meta
+    column = meta["Metadata_Well"].str[1:].astype(int)
+    dose = np.where(meta["Metadata_pert"] == "DMSO", np.nan, 20.0 / 2.0 ** (column % 6))
+    return Profiles(meta.assign(Metadata_dose=dose), screen.X, screen.features, screen.roles, screen.source)
+
+
+def test_a_column_that_sets_the_dose_is_left_uncorrected_while_another_effect_remains(screen):
+    dosed = _dose_by_column(screen)
+    with pytest.warns(CpDistillerWarning, match=r"not corrected: column \(it sets 'Metadata_dose' for 100% of "
+                                                r"treated wells\).*correcting batch, row"):
+        m = CpDistiller(TINY).fit(dosed, effects="batch,row,column")
+    assert m.effects == ("batch", "row") and m.train_info["effects_skipped"] == {"column": 1.0}
+    # the paper's behaviour corrects it; so does a fit with nothing else to correct, with a warning
+    assert CpDistiller(TINY.replace(tied_effects="correct")).fit(dosed, effects="batch,row,column").effects == (
+        "batch", "row", "column")
+    with pytest.warns(CpDistillerWarning, match=r"column sets 'Metadata_dose' for 100% of treated wells \(6 "
+                                                r"values\): correcting it, as no other effect is left"):
+        assert CpDistiller(TINY).fit(dosed, effects="column").effects == ("column",)
+    # without the dose column nothing is skipped
+    assert CpDistiller(TINY).fit(screen, effects="batch,row,column").train_info["effects_skipped"] == {}
+
+
 def test_a_layout_tying_treatments_to_rows_trains_at_most_tied_layout_epochs(screen):
     cfg = TINY.replace(epochs=3, tied_layout_epochs=2, tied_effects="correct")
     tied = _tied_to_rows(screen)

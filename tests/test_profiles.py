@@ -109,6 +109,47 @@ def test_position_confounding_separates_fixed_from_shuffled_layouts():
     assert np.isnan(position_confounding(np.array(["a", "b"], dtype=object), np.array([0, 1])))
 
 
+def _dose_series_plate(rng: np.random.Generator, dose_by_column: bool) -> pd.DataFrame:
+    """Two 96-well plates: 8 compounds, one per row, six doses in columns 1-6 (or shuffled), DMSO in 7-12."""
+    rows = []
+    for plate in ("p1", "p2"):
+        for r in range(8):
+            doses = np.array([20.0, 10.0, 5.0, 2.5, 1.25, 0.6])
+            doses = doses if dose_by_column else rng.permutation(doses)
+            for c in range(12):
+                compound = f"c{r}" if c < 6 else "DMSO"
+                rows.append({"Plate": plate, "Well": f"{chr(65 + r)}{c + 1:02d}", "Compound": compound,
+                             "Target": "none" if c >= 6 else f"t{r % 3}",
+                             "Dose": doses[c] if c < 6 else np.nan, "Image": f"{plate}_{r}_{c}",
+                             "Edge": "edge" if c in (0, 11) else "inner"})
+    return pd.DataFrame(rows)
+
+
+def test_covariate_ties_find_the_dose_series_laid_out_by_column():
+    from cpdistiller_core.layout import covariate_ties
+
+    rng = np.random.default_rng(0)
+    roles = Roles(plate="Plate", well="Well", perturbation="Compound", control="Compound",
+                  negative_values=("DMSO",))
+
+    def profiles(meta):
+        return Profiles(meta, rng.normal(size=(len(meta), 3)), ["Cells_a", "Cells_b", "Cells_c"], roles)
+
+    by_column = profiles(_dose_series_plate(rng, dose_by_column=True))
+    ties = covariate_ties(by_column)
+    # Dose is set by the column (6 values); not by the row. The compound's target does not change
+    # within a compound (a property, not a covariate); the image name and the edge flag are set by the
+    # well itself and vary among the controls.
+    assert set(ties) == {"column"}
+    assert (ties["column"].column, ties["column"].share, ties["column"].values) == ("Dose", 1.0, 6)
+    assert covariate_ties(profiles(_dose_series_plate(rng, dose_by_column=False))) == {}
+    # A column that is a role (here the control status) is never a covariate.
+    meta = _dose_series_plate(rng, dose_by_column=True)
+    assert covariate_ties(Profiles(meta, rng.normal(size=(len(meta), 3)), ["Cells_a", "Cells_b", "Cells_c"],
+                                   Roles(plate="Plate", well="Well", perturbation="Compound", control="Compound",
+                                         negative_values=("DMSO",), annotation="Dose"))) == {}
+
+
 def test_position_ties_need_a_perturbation_column():
     from cpdistiller_core.datasets import make_demo_screen
     from cpdistiller_core.layout import position_ties, tied_effects
