@@ -332,7 +332,7 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
     write_profiles(emb, run_dir / EMBEDDING_FILE)
     _write_corrected_profiles(model, profiles, extractor, run_dir)
     timings["transform_write_s"] = round(time.perf_counter() - t, 3)
-    report["verdict"] = _write_verdict(run_dir, emb, profiles, writer)
+    report["verdict"] = _write_verdict(run_dir, emb, profiles, writer, model)
     report.update(status=FINISHED, effects=list(model.effects), device=str(model.device),
                   train=model.train_info, neighbors=model.neighbor_stats,
                   final_epoch=model.history[-1] if model.history else None,
@@ -360,12 +360,13 @@ def _write_corrected_profiles(model: CpDistiller, profiles: Profiles, extractor:
         write_profiles(model.corrected_features(profiles, extractor=extractor), run_dir / CORRECTED_FILE)
 
 
-def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _RunWriter) -> dict[str, Any]:
+def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _RunWriter,
+                   model: CpDistiller) -> dict[str, Any]:
     """Score "did it help?" (``verdict.did_it_help``), save it and warn about every check that is not good."""
-    from .verdict import did_it_help
+    from .verdict import model_verdict
 
     writer.stage("did it help? comparing with the uncorrected profiles", 0.98)
-    verdict = did_it_help(emb, profiles)
+    verdict = model_verdict(model, emb, profiles)
     atomic_write_text(run_dir / VERDICT_FILE, verdict.to_json())
     for check in verdict.problems():
         warnings.warn(f"did it help? {check.name}: {check.sentence}", CpDistillerWarning, stacklevel=2)
@@ -523,7 +524,7 @@ def _apply_stages(src: Run, input_profiles: Any, run_dir: Path, extractor: Profi
     _write_corrected_profiles(model, pp, extractor, run_dir)
     shutil.copytree(model_directory(src.path), run_dir / MODEL_DIR, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(LOCK_FILE))
-    report["verdict"] = _write_verdict(run_dir, emb, pp, writer)
+    report["verdict"] = _write_verdict(run_dir, emb, pp, writer, model)
     report.update(status=FINISHED, applied_from=str(src.path.resolve()), effects=list(model.effects),
                   device=str(model.device), dropped_wells=profiles.n_wells - pp.n_wells,
                   output={"wells": emb.n_wells, "dimensions": emb.n_features})

@@ -182,7 +182,7 @@ def _run(data: Any, effects: str | Sequence[str], roles: Any, strict: bool, mode
             "model": "applied a fitted model" if applied else "fitted here", "train": fitted.train_info,
             "versions": package_versions()}
     if summary:
-        info["did_it_help"] = _did_it_help(pp, emb, seed=fitted.config.seed)
+        info["did_it_help"] = _did_it_help(fitted, pp, emb)
     return _Result(Z, used, list(emb.features), info, list(profiles.features))
 
 
@@ -318,11 +318,11 @@ def _uns_safe(obj: Any) -> Any:
 
 
 # ----- did it help? ---------------------------------------------------------------------------------
-def _did_it_help(pp: Profiles, emb: Embedding, seed: int) -> dict[str, Any]:
-    """``verdict.did_it_help`` (the runs' verdict.json) as a dict keyed by check; a warning per problem."""
-    from .verdict import did_it_help
+def _did_it_help(model: CpDistiller, pp: Profiles, emb: Embedding) -> dict[str, Any]:
+    """``verdict.model_verdict`` (the runs' verdict.json) as a dict keyed by check; a warning per problem."""
+    from .verdict import model_verdict
 
-    verdict = did_it_help(emb, pp, seed=seed)
+    verdict = model_verdict(model, emb, pp)
     for check in verdict.problems():
         warnings.warn(f"did it help? {check.name}: {check.sentence}", CpDistillerWarning, stacklevel=4)
     checks = {c["name"]: {k: v for k, v in c.items() if k != "name"} for c in verdict.to_dict()["checks"]}

@@ -53,6 +53,14 @@ def test_a_removed_row_effect_reads_good(screen):
     assert row.status == "good" and "explains" in row.sentence
 
 
+def test_an_effect_left_out_on_purpose_says_so(screen):
+    ref = baselines.uncorrected(screen)
+    v = did_it_help(ref, screen, uncorrected=ref, null_size=200, left_out=["row"])
+    checks = {c.name: c for c in v.checks}
+    assert "left row uncorrected on purpose" in checks["row"].sentence
+    assert "on purpose" not in checks["column"].sentence and checks["row"].status == "warn"
+
+
 def test_collapsed_controls_are_flagged(screen):
     ref = baselines.uncorrected(screen)
     Z = ref.X.copy()
@@ -74,3 +82,29 @@ def test_random_embedding_loses_neighbours_and_relations(screen):
     assert checks["replicates"].status == "bad"
     assert Verdict.from_dict(v.to_dict()).to_dict() == v.to_dict()
     assert "BAD" in v.format()
+
+
+def test_a_run_compares_with_the_uncorrected_profiles_on_the_model_scale(tmp_path):
+    """A run's verdict standardises the uncorrected reference as the model standardises its input, so a
+    row the model leaves out (tied to the treatments) reads about as before, whatever the features' units."""
+    from cpdistiller_core.runs import Run, RunSpec
+
+    p = small_screen(n_plates=3, n_features=20, seed=2, position_strength=0.0)
+    meta = p.meta.assign(Metadata_pert=np.where(p.meta["Metadata_pert"] == "DMSO", "DMSO",
+                                                "cpd_" + p.meta["Metadata_Well"].str[0]))  # tied to rows
+    X = p.X.copy()
+    row = p.labels("row").astype(float)
+    X[:, 10:] += 1.5 * (row - row.mean())[:, None] / row.std()  # a row effect in half the features...
+    X[:, :10] *= 100.0                                          # ... the other half in much larger units
+    tied = Profiles(meta, X, p.features, p.roles, p.source)
+    spec = RunSpec.build({"epochs": 2, "batch_size": 64, "hidden_dim": 32, "latent_dim": 8, "device": "cpu"},
+                         "row,column", preprocess=False)
+    with Run.create(tmp_path / "run") as run:
+        run = run.correct(tied, spec)
+    check = {c.name: c for c in run.verdict().checks}["row"]
+    assert "on purpose" in check.sentence
+    # the plain PCA of the unscaled features hardly sees the row: against it the run would seem to have
+    # added a row effect; the reference on the model's scale is much closer
+    plain = {c.name: c for c in did_it_help(run.embedding(), tied, null_size=200).checks}["row"]
+    assert plain.uncorrected - check.uncorrected > 0.2
+    assert abs(check.corrected - check.uncorrected) < 0.5 * abs(check.corrected - plain.uncorrected)
