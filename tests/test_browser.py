@@ -139,6 +139,8 @@ def test_demo_flow_in_chromium(app_url):
         assert page.locator('[data-testid="stAlert"]').filter(has_text="Did it help?").count() >= 1
         _shot(page, "3_correct_verdict")
         assert page.get_by_role("button", name="Embedding (parquet)").is_visible()
+        # the default embedding is the corrected input: its feature-space profiles are offered too
+        assert page.get_by_role("button", name="Corrected profiles (csv)").is_visible()
         page.get_by_role("button", name="Compute").click()  # reference methods (uncorrected PCA, Harmony)
         expect(page.get_by_text("Available: harmony, uncorrected.")).to_be_visible(timeout=120_000)
         _idle(page)
