@@ -201,6 +201,8 @@ SIM_GRID: dict[str, dict] = {
     # cell_injury, where 93 % and 99 % of replicate pairs share a row): replicates share their row effect
     "sim/rows": {"replicates_in_row": True},
     "sim/rows_locked": {"replicates_in_row": True, "n_layouts": 1},
+    # ... and each treated well's dose set by its column (cell_injury's layout): the truth keeps the dose
+    "sim/doses": {"replicates_in_row": True, "dose_by_column": True},
 }
 SIM_BASE = {"seed": 1, "n_batches": 3, "plates_per_batch": 2}  # 2,304 wells: the grid stays affordable on 2 cores
 

@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .config import CpDistillerConfig, parse_effects
 from .errors import CpDistillerError, CpDistillerWarning, example_values, where
-from .layout import CovariateTie, covariate_ties, position_ties, tied_effects
+from .layout import covariate_ties, position_ties, tied_effects
 from .model.bounds import check_architecture
 from .model.corrected_input import BLOCK, CorrectedInputProjection
 from .model.gmvae import CorrectionModule
@@ -366,6 +366,7 @@ class CpDistiller:
         self._check_input_correction(profiles)
         confounding = position_ties(profiles, self.effects)
         self.effects, skipped = self._skip_tied_effects(profiles, confounding)
+        self._warn_covariate_ties(profiles)
         self.adversary = self._adversary_by_effect(profiles, confounding)
         _warn_locked_layout(profiles, confounding, self.adversary)
         self.embedding_kind = self._resolve_output(profiles)
@@ -467,48 +468,41 @@ class CpDistiller:
         (:func:`controls_teach`). When every effect would be left out none is.
         """
         tied = tied_effects(confounding)
-        if self.config.tied_effects == "correct" or self.adversary_wells != "all":
+        if self.config.tied_effects == "correct" or self.adversary_wells != "all" or not tied:
             return self.effects, {}
         if self.config.tied_effects == "controls":
             tied = {e: v for e, v in tied.items()
                     if not controls_teach(profiles, (e,), self.config.sphering_min_controls)}
         kept = tuple(e for e in self.effects if e not in tied)
-        if not kept:
+        if not kept or not tied:
             return self.effects, {}
-        kept, covariates = self._skip_covariate_ties(profiles, kept)
-        if not tied and not covariates:
-            return self.effects, {}
-        shares = [f"{e} ({v:.0%} of replicated treated wells in one {e})" for e, v in tied.items()]
-        shares += [f"{t.effect} (it sets {t.column!r} for {t.share:.0%} of treated wells)"
-                   for t in covariates.values()]
+        shares = ", ".join(f"{e} ({v:.0%} of replicated treated wells in one {e})" for e, v in tied.items())
         thin = " and too few negative controls to learn it from" if self.config.tied_effects == "controls" else ""
         warnings.warn(
-            f"{where(profiles.source or None)}not corrected: {'; '.join(shares)}. The layout ties these position "
-            f"effects to the treatments{thin}, so removing them would remove biology too; correcting "
-            f"{', '.join(kept)}. Use tied_effects 'correct' (--tied-effects correct) to correct them anyway "
-            "(docs/model.md).", CpDistillerWarning, stacklevel=3)
-        return kept, {**tied, **{e: t.share for e, t in covariates.items()}}
+            f"{where(profiles.source or None)}not corrected: {shares}. The layout ties these position effects "
+            f"to the treatments{thin}, so removing them would remove biology too; correcting {', '.join(kept)}. "
+            "Use tied_effects 'correct' (--tied-effects correct) to correct them anyway (docs/model.md).",
+            CpDistillerWarning, stacklevel=3)
+        return kept, dict(tied)
 
-    def _skip_covariate_ties(self, profiles: Profiles, effects: tuple[str, ...]
-                             ) -> tuple[tuple[str, ...], dict[str, CovariateTie]]:
-        """``effects`` without the rows/columns that set a covariate of the treatments (a dose series by
-        column: :func:`layout.covariate_ties`), when another effect remains; warned either way.
+    def _warn_covariate_ties(self, profiles: Profiles) -> None:
+        """Warn when a corrected row or column sets a covariate of the treatments (a dose series laid out
+        by column, :func:`layout.covariate_ties`): correcting it also removes what that covariate does
+        to every treatment alike (cytotoxicity at the high doses), so the user can choose.
 
-        Measured on cell_injury (doses by column; seed 0): overall 0.534 correcting the column, 0.547
-        leaving it (uncorrected 0.542), also with the column's discriminator learning from the controls
-        only (0.532); benchmarks/README "A dose series laid out by column"."""
-        if self.config.tied_effects != "skip":
-            return effects, {}
-        ties = covariate_ties(profiles, effects)
-        kept = tuple(e for e in effects if e not in ties)
-        if kept:
-            return kept, ties
-        for t in ties.values():
+        Not a skip: on cell_injury leaving its dose column uncorrected scored higher (three seeds 0.546
+        vs 0.535, uncorrected 0.542), but on the simulator with doses by column and a truth, correcting
+        it is far closer to the truth (truth kNN 0.45 vs 0.30); benchmarks/README "A dose series laid
+        out by column"."""
+        for t in covariate_ties(profiles, self.effects).values():
+            others = [e for e in self.effects if e != t.effect]
+            leave = (f"to leave it uncorrected, correct {','.join(others)} only (--effects {','.join(others)})"
+                     if others else "it is the only effect corrected")
             warnings.warn(
                 f"{where(profiles.source or None)}{t.effect} sets {t.column!r} for {t.share:.0%} of treated wells "
-                f"({t.values} values): correcting it, as no other effect is left to correct, may remove that "
-                f"covariate's biology (a dose response) too (docs/model.md).", CpDistillerWarning, stacklevel=4)
-        return effects, {}
+                f"({t.values} values): correcting {t.effect} also removes whatever that covariate does to every "
+                f"treatment alike (e.g. cytotoxicity at high doses); {leave} (docs/model.md).",
+                CpDistillerWarning, stacklevel=3)
 
     def _adversary_by_effect(self, profiles: Profiles, confounding: Mapping[str, float | None]) -> dict[str, str]:
         """Effect -> the wells its discriminator learns from: ``adversary_wells``, except that with

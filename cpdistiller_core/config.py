@@ -157,8 +157,7 @@ class CpDistillerConfig:
     # discriminators learn from the negative controls (frozen, applied to every well) where there are
     # enough of them at 2+ levels; the others are skipped. "correct": the paper.
     tied_effects: str = setting("skip", "position effects the layout ties to the treatments (a replicated "
-                                "treatment kept in one row or column, or a row or column that sets a "
-                                "treatment covariate such as the dose): skip (leave them uncorrected, with a "
+                                "treatment kept in one row or column): skip (leave them uncorrected, with a "
                                 "warning, when another effect remains), controls (learn them from the negative "
                                 "controls) or correct (as the paper)",
                                 label="Position tied to treatments", group="departure", choices=TIED_EFFECTS,

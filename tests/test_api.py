@@ -324,20 +324,20 @@ def _dose_by_column(screen: Profiles) -> Profiles:
     return Profiles(meta.assign(Metadata_dose=dose), screen.X, screen.features, screen.roles, screen.source)
 
 
-def test_a_column_that_sets_the_dose_is_left_uncorrected_while_another_effect_remains(screen):
+def test_a_column_that_sets_the_dose_is_corrected_with_a_warning_that_names_it(screen):
     dosed = _dose_by_column(screen)
-    with pytest.warns(CpDistillerWarning, match=r"not corrected: column \(it sets 'Metadata_dose' for 100% of "
-                                                r"treated wells\).*correcting batch, row"):
-        m = CpDistiller(TINY).fit(dosed, effects="batch,row,column")
-    assert m.effects == ("batch", "row") and m.train_info["effects_skipped"] == {"column": 1.0}
-    # the paper's behaviour corrects it; so does a fit with nothing else to correct, with a warning
-    assert CpDistiller(TINY.replace(tied_effects="correct")).fit(dosed, effects="batch,row,column").effects == (
-        "batch", "row", "column")
     with pytest.warns(CpDistillerWarning, match=r"column sets 'Metadata_dose' for 100% of treated wells \(6 "
-                                                r"values\): correcting it, as no other effect is left"):
+                                                r"values\).*correct batch,row only \(--effects batch,row\)"):
+        m = CpDistiller(TINY).fit(dosed, effects="batch,row,column")
+    assert m.effects == ("batch", "row", "column") and m.train_info["effects_skipped"] == {}
+    with pytest.warns(CpDistillerWarning, match="it is the only effect corrected"):
         assert CpDistiller(TINY).fit(dosed, effects="column").effects == ("column",)
-    # without the dose column nothing is skipped
-    assert CpDistiller(TINY).fit(screen, effects="batch,row,column").train_info["effects_skipped"] == {}
+    # without the dose column, or without the column among the effects, nothing is said
+    for profiles, effects in ((screen, "batch,row,column"), (dosed, "batch,row")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            CpDistiller(TINY).fit(profiles, effects=effects)
+        assert not [w for w in caught if "sets 'Metadata_dose'" in str(w.message)]
 
 
 def test_a_layout_tying_treatments_to_rows_trains_at_most_tied_layout_epochs(screen):

@@ -208,3 +208,27 @@ def test_replicates_in_row_lays_a_treatments_wells_along_one_row(fraction):
     pd.testing.assert_series_equal(plain, moved)
     assert in_row.params["replicates_in_row"] is True
     np.testing.assert_array_equal(in_row.truth.meta["Metadata_Well"], in_row.profiles.meta["Metadata_Well"])
+
+
+def test_dose_by_column_sets_each_treated_wells_dose_and_scales_its_effect_in_the_truth():
+    from cpdistiller_core.layout import covariate_ties
+
+    kw = dict(n_batches=1, plates_per_batch=2, n_features=40, replicates_in_row=True)
+    plain, dosed = make_demo_screen(**kw), make_demo_screen(dose_by_column=True, **kw)
+    assert "Metadata_dose_uM" not in plain.profiles.meta and dosed.params["dose_by_column"] is True
+    meta = dosed.profiles.meta
+    treated = meta["Metadata_pert_type"].to_numpy() == "trt"
+    dose = meta["Metadata_dose_uM"].to_numpy()
+    assert np.isnan(dose[~treated]).all()
+    expected = np.array([10.0, 3.0, 1.0])[(meta["Metadata_Column"].to_numpy() - 1) % 3]
+    np.testing.assert_array_equal(dose[treated], expected[treated])
+    # the truth: a treatment's distance from the negative controls shrinks with its dose
+    truth = dosed.truth
+    controls = truth.X[truth.negative_mask]
+    dist = np.linalg.norm((truth.X - controls.mean(axis=0)) / controls.std(axis=0), axis=1)
+    by_dose = pd.Series(dist[treated]).groupby(dose[treated]).mean()
+    assert by_dose[10.0] > by_dose[3.0] > by_dose[1.0]
+    # the placement and the noise are those of the same screen without doses
+    np.testing.assert_array_equal(meta["Metadata_pert_iname"], plain.profiles.meta["Metadata_pert_iname"])
+    assert covariate_ties(dosed.profiles)["column"].column == "Metadata_dose_uM"
+    assert covariate_ties(plain.profiles) == {}

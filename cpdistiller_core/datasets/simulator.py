@@ -41,6 +41,9 @@ CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 N_ROWS, N_COLS = 16, 24
 REPLICATES = 3  # wells per treatment per plate map
+# dose_by_column: a treated well's dose is set by its column (cycling through these), as in cell_injury
+DOSES_UM = (10.0, 3.0, 1.0)
+DOSE_RESPONSE = (1.0, 0.6, 0.35)  # the share of the perturbation's effect at each dose
 POSCON_WELLS = 16
 
 _AREASHAPE = ("Area", "Perimeter", "FormFactor", "Eccentricity", "Solidity", "Extent", "Compactness",
@@ -356,7 +359,8 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
                      n_layouts: int | None = None, effect_size: float = 3.0, row_effect: float = 0.8,
                      column_effect: float = 0.8, edge_effect: float = 0.8, batch_effect: float = 1.0,
                      plate_effect: float = 0.35, noise: float = 1.0,
-                     negcon_fraction: float | None = None, replicates_in_row: bool = False) -> DemoScreen:
+                     negcon_fraction: float | None = None, replicates_in_row: bool = False,
+                     dose_by_column: bool = False) -> DemoScreen:
     """Simulate the demo screen (deterministic by ``seed``).
 
     Sizes: ``n_batches`` x ``plates_per_batch`` 384-well plates, ``n_features`` CellProfiler features.
@@ -369,6 +373,9 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     on every plate. ``replicates_in_row`` lays each treatment's wells side by side in one row of each
     plate map, as in screens with dose series or replicate strips along rows (lincs_a549, cell_injury):
     replicates then share their row effect, so replicate-based scores reward keeping it.
+    ``dose_by_column`` gives each treated well a dose set by its column (10, 3, 1 µM in turn, in
+    ``Metadata_dose_uM``; the effect scaled by 1, 0.6, 0.35), as cell_injury lays out its dose series:
+    the column effect among the treatments is then partly the dose response, which the truth keeps.
     """
     if n_batches < 1 or plates_per_batch < 1:
         raise CpDistillerError("the demo screen needs at least one batch and one plate per batch.")
@@ -415,16 +422,20 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
             plate = f"B{b + 1}_P{j + 1:02d}"
             lat = rng.normal(size=(n_wells, F.shape[0]))
             well_noise = noise * (0.55 * (lat @ F) + 0.835 * rng.normal(size=(n_wells, p)))
-            bio = effects[pert] + well_noise
+            dose_um, response = _doses(table, pert, well_col, dose_by_column)
+            bio = effects[pert] * response[:, None] + well_noise
             offset = plate_effect * _direction(F, rng)
             measured = scale * bio + shift + offset + tech_pos
             for arr in (bio, measured):
                 arr[:, dup] = rho[dup] * arr[:, parent[dup]] + np.sqrt(1 - rho[dup] ** 2) * arr[:, dup]
             truth_parts.append(mu + sd * bio)
             meas_parts.append(mu + sd * measured)
-            log_count = np.log(2200) + count_effects[pert] + count_tech + 0.12 * rng.normal(size=n_wells)
-            meta_parts.append(_plate_meta(table, pert, batch, plate, f"MAP{layout_id + 1:02d}", log_count,
-                                          well_row, well_col))
+            log_count = np.log(2200) + count_effects[pert] * response + count_tech + 0.12 * rng.normal(size=n_wells)
+            well_meta = _plate_meta(table, pert, batch, plate, f"MAP{layout_id + 1:02d}", log_count, well_row,
+                                    well_col)
+            if dose_by_column:
+                well_meta.insert(well_meta.columns.get_loc("Metadata_pert_iname") + 1, "Metadata_dose_uM", dose_um)
+            meta_parts.append(well_meta)
             plate_no += 1
     meta = pd.concat(meta_parts, ignore_index=True)
     names = feats["feature"].tolist()
@@ -435,9 +446,20 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
               "n_features": p, "n_layouts": n_layouts, "effect_size": effect_size, "row_effect": row_effect,
               "column_effect": column_effect, "edge_effect": edge_effect, "batch_effect": batch_effect,
               "plate_effect": plate_effect, "noise": noise, "negcon_fraction": negcon_fraction,
-              "replicates_in_row": replicates_in_row}
+              "replicates_in_row": replicates_in_row, "dose_by_column": dose_by_column}
     return DemoScreen(profiles=profiles, truth=truth, gene_sets=gene_sets(), perturbations=table,
                       features=feats, params=params)
+
+
+def _doses(table: pd.DataFrame, pert: np.ndarray, well_col: np.ndarray, by_column: bool
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Each well's dose (µM; NaN for controls) and the share of its perturbation's effect it shows."""
+    treated = table["pert_type"].to_numpy()[pert] == "trt"
+    if not by_column:
+        return np.full(len(pert), np.nan), np.ones(len(pert))
+    level = well_col % len(DOSES_UM)
+    return (np.where(treated, np.asarray(DOSES_UM)[level], np.nan),
+            np.where(treated, np.asarray(DOSE_RESPONSE)[level], 1.0))
 
 
 def _redundancy(feats: pd.DataFrame, rng: np.random.Generator, share: float = 0.35
