@@ -162,6 +162,8 @@ def run_panel(run_dir: Path) -> None:
             st.write(Run(run_dir).files())
     if state.status == jobs.DONE:
         st.success(f"Finished in {format_seconds(elapsed)}. Open the Embedding explorer or Plate maps to look at it.")
+        for note in run.notes if run is not None else []:  # effects left out, dose columns, ...
+            st.warning(note, icon=":material/info:")
         verdict = run.verdict() if run is not None else None
         if verdict is not None:
             st.subheader("Did it help?")

@@ -295,3 +295,24 @@ def test_image_features_go_to_the_job_and_train_the_joint_module(tmp_path):
     run = Run.open(run_dir)
     assert run.config["extractor"] == "plate_features.parquet"
     assert run.model().extractor_features == images.features
+
+
+def test_a_finished_run_shows_what_the_fit_warned_about(finished):
+    """The fit's warnings (an effect left out, a column that sets the dose, ...) are shown with the run;
+    the verdict's own are not repeated."""
+    import json
+
+    at, run_dir = finished
+    report_path = run_dir / "report.json"
+    original = report_path.read_text()
+    report = json.loads(original)
+    note = "demo.csv: not corrected: row (100% of replicated treated wells in one row)."
+    report["warnings"] = [note, "did it help? row: Row still explains 33% of the controls' variation."]
+    try:
+        report_path.write_text(json.dumps(report))
+        at.switch_page(CORRECT).run()
+        assert not at.exception
+        shown = [w.value for w in at.warning]
+        assert note in shown and not any(w.startswith("did it help?") for w in shown)
+    finally:
+        report_path.write_text(original)

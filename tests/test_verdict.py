@@ -103,6 +103,10 @@ def test_a_run_compares_with_the_uncorrected_profiles_on_the_model_scale(tmp_pat
         run = run.correct(tied, spec)
     check = {c.name: c for c in run.verdict().checks}["row"]
     assert "on purpose" in check.sentence
+    # the fit's own warnings are kept as the run's notes (the dashboard shows them); the verdict's are not
+    assert any(n.startswith(f"{p.source}: not corrected: row") for n in run.notes), run.notes
+    assert any(w.startswith("did it help? row") for w in run.report["warnings"])
+    assert not any(n.startswith("did it help?") for n in run.notes)
     # the plain PCA of the unscaled features hardly sees the row: against it the run would seem to have
     # added a row effect; the reference on the model's scale is much closer
     plain = {c.name: c for c in did_it_help(run.embedding(), tied, null_size=200).checks}["row"]
