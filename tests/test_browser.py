@@ -103,6 +103,18 @@ def _open(playwright):
     return browser, page, errors
 
 
+def _run_short_correction(page) -> None:
+    """On the Correct page: 3 epochs, start, wait until the run has finished."""
+    from playwright.sync_api import expect
+
+    epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+    epochs.fill("3")
+    epochs.press("Tab")
+    page.get_by_role("button", name="Start correction").click()
+    expect(page.get_by_text("Finished in")).to_be_visible(timeout=240_000)
+    _idle(page)
+
+
 def test_demo_flow_in_chromium(app_url):
     from playwright.sync_api import expect, sync_playwright
 
@@ -128,12 +140,7 @@ def test_demo_flow_in_chromium(app_url):
         expect(page.get_by_role("combobox", name="Mine neighbours in")).to_have_value("negcon_linear")
         expect(page.get_by_role("combobox", name="Decoder sees")).to_have_value("auto")
         _shot(page, "3a_correct_departures")
-        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
-        epochs.fill("3")
-        epochs.press("Tab")
-        page.get_by_role("button", name="Start correction").click()
-        expect(page.get_by_text("Finished in")).to_be_visible(timeout=240_000)
-        _idle(page)
+        _run_short_correction(page)
         # the verdict: corrected vs uncorrected, in words
         expect(page.get_by_text("Did it help?").first).to_be_visible(timeout=60_000)
         assert page.locator('[data-testid="stAlert"]').filter(has_text="Did it help?").count() >= 1
@@ -229,12 +236,7 @@ def test_cell_injury_upload_defaults_plate_maps_to_controls(app_url):
         # a short correction: the page says what the fit left out and why (tied rows, the dose column)
         page.get_by_role("link", name="Correct").first.click()
         expect(page.get_by_role("button", name="Start correction")).to_be_visible(timeout=60_000)
-        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
-        epochs.fill("3")
-        epochs.press("Tab")
-        page.get_by_role("button", name="Start correction").click()
-        expect(page.get_by_text("Finished in")).to_be_visible(timeout=240_000)
-        _idle(page)
+        _run_short_correction(page)
         expect(page.get_by_text("sets 'Compound Concentration (microMolar)'").first).to_be_visible(timeout=60_000)
         _shot(page, "10_cell_injury_correct_notes")
         assert not page.get_by_text("Traceback").count()
