@@ -806,6 +806,30 @@ class CpDistiller:
         return E
 
     @torch.no_grad()
+    def transform_with_corrected_features(self, profiles: Profiles, extractor: Profiles | None = None,
+                                          batch_size: int = 8192) -> tuple[Embedding, Profiles]:
+        """``transform`` and ``corrected_features`` in one pass over the wells (one decoder pass, not two).
+
+        Returns
+        -------
+        (Embedding, Profiles)
+            The embedding and the corrected profiles, as the two methods give them.
+        """
+        module = self._require_fitted()
+        if self.projection is None:
+            raise CpDistillerError("this model's embedding is its latent space (output 'latent'), which has no "
+                                   "feature-space counterpart: fit with output 'corrected_input' (or 'auto').")
+        sub, blocks = self._input_blocks(profiles, extractor, batch_size)
+        Z = np.empty((sub.n_wells, self.projection.n_components), dtype=np.float32)
+        out = np.empty((sub.n_wells, len(self.features)), dtype=np.float32)
+        for part, x, e, levels in blocks:
+            y = self.projection.corrected(module, x, e, levels)
+            Z[part] = self.projection.project(y).cpu().numpy()
+            out[part] = self.input_transform.invert(y[:, :len(self.features)].cpu().numpy())
+        emb = Embedding.from_profiles(profiles, Z, method="cpDistiller", provenance=self.provenance())
+        return emb, sub.with_features(out, self.features)
+
+    @torch.no_grad()
     def corrected_features(self, profiles: Profiles, extractor: Profiles | None = None,
                            batch_size: int = 8192) -> Profiles:
         """The profiles minus the technical shift the decoder learnt, in their own features and units.

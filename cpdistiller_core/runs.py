@@ -329,9 +329,8 @@ def _correct_stages(input_profiles: Any, run_dir: Path, spec: RunSpec, extractor
         prep_report.save(run_dir / MODEL_DIR / PREPROCESS_FILE)
     writer.stage("writing embedding", 0.97)
     t = time.perf_counter()
-    emb = model.transform(profiles, extractor=extractor)
+    emb = _embed_and_write_corrected(model, profiles, extractor, run_dir)
     write_profiles(emb, run_dir / EMBEDDING_FILE)
-    _write_corrected_profiles(model, profiles, extractor, run_dir)
     timings["transform_write_s"] = round(time.perf_counter() - t, 3)
     report["verdict"] = _write_verdict(run_dir, emb, profiles, writer, model)
     report.update(status=FINISHED, effects=list(model.effects), device=str(model.device),
@@ -352,13 +351,17 @@ def _fit(profiles: Profiles, run_dir: Path, spec: RunSpec, extractor: Profiles |
     return model
 
 
-def _write_corrected_profiles(model: CpDistiller, profiles: Profiles, extractor: Profiles | None,
-                              run_dir: Path) -> None:
-    """corrected_profiles.parquet, for a model whose embedding is the corrected input (else nothing)."""
+def _embed_and_write_corrected(model: CpDistiller, profiles: Profiles, extractor: Profiles | None,
+                               run_dir: Path) -> Embedding:
+    """The embedding; for a model whose embedding is the corrected input, corrected_profiles.parquet too
+    (one decoder pass for both)."""
     from .io import write_profiles
 
-    if model.projection is not None:
-        write_profiles(model.corrected_features(profiles, extractor=extractor), run_dir / CORRECTED_FILE)
+    if model.projection is None:
+        return model.transform(profiles, extractor=extractor)
+    emb, corrected = model.transform_with_corrected_features(profiles, extractor=extractor)
+    write_profiles(corrected, run_dir / CORRECTED_FILE)
+    return emb
 
 
 def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _RunWriter,
@@ -440,10 +443,16 @@ def apply_model(model: CpDistiller, profiles: Profiles, *, extractor: Profiles |
     Features the preprocessing or the model needs and ``profiles`` lack are refused by name; a model
     trained with image features needs ``extractor`` (the same extractor's columns, joined on plate + well).
     """
+    pp = _prepare_new_plates(model, profiles, preprocess)
+    return pp, model.transform(pp, extractor=_model_image_features(model, extractor))
+
+
+def _prepare_new_plates(model: CpDistiller, profiles: Profiles, preprocess: bool = True) -> Profiles:
+    """New plates through the model's stored preprocessing, with a warning about unseen batches."""
     prep = getattr(model, "preprocess_report", None) if preprocess else None
     pp = prep.apply(profiles) if prep is not None else profiles
     _warn_unseen_batches(model, pp)
-    return pp, model.transform(pp, extractor=_model_image_features(model, extractor))
+    return pp
 
 
 def _warn_unseen_batches(model: CpDistiller, profiles: Profiles) -> None:
@@ -518,11 +527,11 @@ def _apply_stages(src: Run, input_profiles: Any, run_dir: Path, extractor: Profi
     writer.stage("applying the saved model", 0.1)
     t = time.perf_counter()
     model = load_fitted(src.path)
-    pp, emb = apply_model(model, profiles, extractor=extractor)
+    pp = _prepare_new_plates(model, profiles)
+    emb = _embed_and_write_corrected(model, pp, _model_image_features(model, extractor), run_dir)
     timings["apply_s"] = round(time.perf_counter() - t, 3)
     write_profiles(pp, run_dir / INPUT_FILE)
     write_profiles(emb, run_dir / EMBEDDING_FILE)
-    _write_corrected_profiles(model, pp, extractor, run_dir)
     shutil.copytree(model_directory(src.path), run_dir / MODEL_DIR, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(LOCK_FILE))
     report["verdict"] = _write_verdict(run_dir, emb, pp, writer, model)

@@ -189,3 +189,10 @@ def test_auto_takes_the_corrected_input_only_when_the_decoder_is_told_every_corr
     assert controls.embedding_kind == "latent" and controls.train_info["embedding"] == "latent"
     np.testing.assert_array_equal(controls.transform(screen).X[:, :2],
                                   controls.module.embed(_model_input(controls, screen)).numpy()[:, :2])
+
+
+def test_one_pass_gives_the_embedding_and_the_corrected_features_of_the_two_methods(fitted, screen):
+    emb, corrected = fitted.transform_with_corrected_features(screen)
+    np.testing.assert_allclose(emb.X, fitted.transform(screen).X, atol=1e-5)
+    np.testing.assert_allclose(corrected.X, fitted.corrected_features(screen).X, atol=1e-5)
+    assert list(corrected.meta.columns) == list(screen.meta.columns) and corrected.features == fitted.features

@@ -119,7 +119,10 @@ class CorrectedInputProjection:
     @torch.no_grad()
     def embed(self, module: CorrectionModule, x: Tensor, e: Tensor | None, levels: Mapping[str, Tensor]) -> Tensor:
         """The embedding of one block: the corrected input projected on the principal components."""
-        y = self.corrected(module, x, e, levels)
+        return self.project(self.corrected(module, x, e, levels))
+
+    def project(self, y: Tensor) -> Tensor:
+        """Corrected input rows (``corrected``) projected on the principal components."""
         mean = torch.as_tensor(self.mean, device=y.device)
         return (y - mean) @ torch.as_tensor(self.components, device=y.device)
 
