@@ -200,11 +200,11 @@ def covariate_ties(profiles: Profiles, effects: Sequence[str] = ("row", "column"
     negative = profiles.negative_mask
     perturbation = np.asarray(profiles.perturbation, dtype=object)[treated]
     replicated = pd.Series(perturbation).map(pd.Series(perturbation).value_counts()).to_numpy() >= 2
+    levels = {e: np.asarray(profiles.labels(e), dtype=object)[treated] for e in effects if e in ("row", "column")}
     out: dict[str, CovariateTie] = {}
-    for effect in (e for e in effects if e in ("row", "column")):
-        level = np.asarray(profiles.labels(effect), dtype=object)[treated]
-        for column in (c for c in profiles.meta.columns if c not in profiles.roles.columns()):
-            values = profiles.meta[column].astype("string").fillna("<NA>").to_numpy(dtype=object)
+    for column in (c for c in profiles.meta.columns if c not in profiles.roles.columns()):
+        values = profiles.meta[column].astype("string").fillna("<NA>").to_numpy(dtype=object)
+        for effect, level in levels.items():
             tie = _covariate_tie(effect, column, values[treated], values[negative], level, perturbation,
                                  replicated)
             if tie is not None and tie.share >= threshold and tie.share > getattr(out.get(effect), "share", 0):

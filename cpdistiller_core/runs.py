@@ -57,7 +57,6 @@ from .progress import ProgressCallback, no_progress
 CONFIG_FILE, PROGRESS_FILE, REPORT_FILE = "config.json", "progress.json", "report.json"
 TRAIN_LOG_FILE, EMBEDDING_FILE, MODEL_DIR = "train_log.csv", "embedding.parquet", "model"
 LOCK_FILE, VERDICT_FILE = ".lock", "verdict.json"
-VERDICT_WARNING_PREFIX = "did it help? "  # the verdict's own warnings (shown with the verdict, not as notes)
 PREPROCESS_FILE = MODEL_PREPROCESS_FILE
 INPUT_FILE, REFERENCES_DIR, CHECKPOINTS_DIR = "input.parquet", "references", "checkpoints"
 CORRECTED_FILE = "corrected_profiles.parquet"
@@ -372,8 +371,7 @@ def _write_verdict(run_dir: Path, emb: Embedding, profiles: Profiles, writer: _R
     writer.stage("did it help? comparing with the uncorrected profiles", 0.98)
     verdict = model_verdict(model, emb, profiles)
     atomic_write_text(run_dir / VERDICT_FILE, verdict.to_json())
-    for check in verdict.problems():
-        warnings.warn(f"{VERDICT_WARNING_PREFIX}{check.name}: {check.sentence}", CpDistillerWarning, stacklevel=2)
+    verdict.warn(stacklevel=2)
     return {"status": verdict.status, "problems": [c.name for c in verdict.problems()]}
 
 
@@ -735,7 +733,9 @@ class Run:
     def notes(self) -> list[str]:
         """What the run warned about besides its verdict (effects left out, a covariate a row or column
         sets, too few controls, ...), in the order raised, without repeats."""
-        said = [w for w in self.report.get("warnings") or [] if not w.startswith(VERDICT_WARNING_PREFIX)]
+        from .verdict import WARNING_PREFIX
+
+        said = [w for w in self.report.get("warnings") or [] if not w.startswith(WARNING_PREFIX)]
         return list(dict.fromkeys(said))
 
     def verdict(self) -> Any:

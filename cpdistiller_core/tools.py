@@ -323,8 +323,7 @@ def _did_it_help(model: CpDistiller, pp: Profiles, emb: Embedding) -> dict[str, 
     from .verdict import model_verdict
 
     verdict = model_verdict(model, emb, pp)
-    for check in verdict.problems():
-        warnings.warn(f"did it help? {check.name}: {check.sentence}", CpDistillerWarning, stacklevel=4)
+    verdict.warn(stacklevel=4)
     checks = {c["name"]: {k: v for k, v in c.items() if k != "name"} for c in verdict.to_dict()["checks"]}
     return {"status": verdict.status, "checks": checks}
 

@@ -31,10 +31,13 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .errors import CpDistillerWarning
 from .profiles import Embedding, Profiles
 
 if TYPE_CHECKING:
     from .api import CpDistiller
+
+WARNING_PREFIX = "did it help? "  # the verdict's warnings (a run keeps the others as its notes)
 
 STATUSES = ("good", "warn", "bad")
 # A technical effect counts as removed when its share of the controls' variation falls by at least this
@@ -68,6 +71,12 @@ class Verdict:
     def problems(self) -> list[Check]:
         """Checks that are not good, worst first."""
         return sorted((c for c in self.checks if c.status != "good"), key=lambda c: -STATUSES.index(c.status))
+
+    def warn(self, stacklevel: int = 2) -> None:
+        """One warning per check that is not good, each starting with ``WARNING_PREFIX``."""
+        for check in self.problems():
+            warnings.warn(f"{WARNING_PREFIX}{check.name}: {check.sentence}", CpDistillerWarning,
+                          stacklevel=stacklevel + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "checks": [asdict(c) for c in self.checks]}
