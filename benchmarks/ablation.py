@@ -178,6 +178,12 @@ VARIANTS: dict[str, dict] = {
     "cf+negadv": {"output": "corrected_input", "adversary_wells": "negcon", "decoder_covariates": "effects"},
     "cf+negadv+same": {"output": "corrected_input", "adversary_wells": "negcon", "adversary_encoder": "same",
                        "decoder_covariates": "effects"},
+    # stop 21: a layout that ties every corrected effect to the treatments (varchamp_b14: same-well replicates,
+    # one batch). The controls' additive effects removed first, then the tied effects left to the controls'
+    # discriminators, or to no discriminator at all.
+    "ncl_in+tied_controls": {"input_correction": "negcon_linear", "tied_effects": "controls"},
+    "ncl_in+no_adversary": {"input_correction": "negcon_linear", "w_dis_per_feature": 0.0},
+    "cf+no_adversary": {"w_dis_per_feature": 0.0},
     # every departure at the paper's value (``CpDistillerConfig.paper()``, what ``--paper`` runs); "paper"
     # above is the paper's settings of issue #12's first rounds, before the later departures existed
     "paper_settings": paper_values(CpDistillerConfig),
@@ -203,6 +209,9 @@ SIM_GRID: dict[str, dict] = {
     "sim/rows_locked": {"replicates_in_row": True, "n_layouts": 1},
     # ... and each treated well's dose set by its column (cell_injury's layout): the truth keeps the dose
     "sim/doses": {"replicates_in_row": True, "dose_by_column": True},
+    # stop 21: one plate map, one batch, each treated well its own perturbation: replicates only across plates,
+    # in the same well (varchamp_b14), so row and column are both tied and no other effect remains
+    "sim/same_well": {"n_layouts": 1, "n_batches": 1, "plates_per_batch": 6, "same_well_replicates": True},
 }
 SIM_BASE = {"seed": 1, "n_batches": 3, "plates_per_batch": 2}  # 2,304 wells: the grid stays affordable on 2 cores
 
@@ -297,6 +306,8 @@ def embedding(name: str, method: str, seed: int, overrides: dict | None, profile
             emb = run_cpdistiller(profiles, effects, seed=seed, epochs=epochs, **settings)
         elif method == "harmony":
             emb = baselines.harmony(profiles)
+        elif method == "negcon_linear":
+            emb = baselines.negcon_linear(profiles)
         else:
             emb = reference if method == "uncorrected" else baselines.sphering(profiles)
     if path is not None:
@@ -340,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--harmony", action="store_true", help="also score Harmony (batch, row, column)")
+    ap.add_argument("--negcon-linear", action="store_true",
+                    help="also score negcon_linear (the controls' additive batch/row/column effects removed)")
     ap.add_argument("--null-size", type=int, default=2000)
     ap.add_argument("--sim", default="{}", help="JSON of make_demo_screen arguments for data set 'sim'")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablation.csv")
@@ -362,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         profiles, truth, pairs, eval_cfg = load(name, args, sim)
         reference = baselines.uncorrected(profiles)
         jobs = [("uncorrected", 0, None), ("sphering", 0, None)] + ([("harmony", 0, None)] if args.harmony else [])
+        jobs += [("negcon_linear", 0, None)] if args.negcon_linear else []
         jobs += [(f"cpDistiller[{v}]", s, VARIANTS[v]) for v in variants for s in seeds]
         for method, seed, overrides in jobs:
             if (name, method, seed) in have:

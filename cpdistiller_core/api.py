@@ -333,6 +333,7 @@ class CpDistiller:
         self.adversary_wells: str | None = None
         self.adversary: dict[str, str] = {}  # effect -> "all" / "negcon": the wells its discriminator learns from
         self.technical: NegconTechnicalModel | None = None  # the controls' additive model (input_correction)
+        self.input_correction = "none"  # config.input_correction resolved by fit
         self.projection: CorrectedInputProjection | None = None  # output="corrected_input"
         self.embedding_kind = "latent"  # config.output resolved by fit: "latent" or "corrected_input"
         self.timings: dict[str, float] = {}
@@ -363,9 +364,10 @@ class CpDistiller:
         self.effects = self._usable_effects(profiles, parse_effects(effects))
         self.adversary_wells = resolve_adversary_wells(profiles, self.effects, self.config)  # fail before any work
         requested = self.effects
-        self._check_input_correction(profiles)
         confounding = position_ties(profiles, self.effects)
         self.effects, skipped = self._skip_tied_effects(profiles, confounding)
+        self.input_correction = self._resolve_input_correction(profiles, confounding)
+        self._check_input_correction(profiles)
         self._warn_covariate_ties(profiles)
         self.adversary = self._adversary_by_effect(profiles, confounding)
         _warn_locked_layout(profiles, confounding, self.adversary)
@@ -404,14 +406,39 @@ class CpDistiller:
                                          "variance_explained": round(float(self.projection.explained.sum()), 4)}
         if self.technical is not None:
             self.train_info["input_correction"] = {
-                "effects": list(self.technical.levels),
+                "setting": self.config.input_correction, "effects": list(self.technical.levels),
                 "levels_without_controls": dict(self.technical.levels_without_controls)}
         return self
+
+    def _resolve_input_correction(self, profiles: Profiles, confounding: Mapping[str, float | None]) -> str:
+        """``config.input_correction`` with "auto" resolved: "negcon_linear" when the layout ties every effect
+        to be corrected to the treatments and the negative controls cover 2+ levels of each, else "none".
+
+        There ``tied_effects="skip"`` has no other effect to keep, so the all-wells discriminators correct
+        the tied effects as the paper does, and alone they removed biology rather than position
+        (varchamp_b14, three seeds: 0.536 overall, uncorrected 0.555, the controls' row and column variance
+        unchanged). With the controls' additive effects removed first: 0.578, and on the simulator with
+        the same layout and a truth, truth kNN 0.666 -> 0.669 (benchmarks/README "Every effect tied to the
+        treatments")."""
+        cfg = self.config
+        if cfg.input_correction != "auto":
+            return cfg.input_correction
+        tied = tied_effects({e: v for e, v in confounding.items() if e in self.effects})
+        if (cfg.tied_effects != "skip" or self.adversary_wells != "all" or set(tied) != set(self.effects)
+                or not controls_teach(profiles, self.effects, cfg.sphering_min_controls)):
+            return "none"
+        warnings.warn(
+            f"{where(profiles.source or None)}the layout ties every effect corrected ({', '.join(self.effects)}) "
+            "to the treatments, so no discriminator can tell them apart from biology: their additive effects "
+            f"fitted on the {int(profiles.negative_mask.sum())} negative controls are removed from the input "
+            "first (input_correction 'auto'; 'none' to leave them, docs/model.md).", CpDistillerWarning,
+            stacklevel=3)
+        return "negcon_linear"
 
     def _check_input_correction(self, profiles: Profiles) -> None:
         """Refuse ``input_correction="negcon_linear"`` before any work when there are too few controls."""
         n_neg = int(profiles.negative_mask.sum())
-        if self.config.input_correction != "none" and n_neg < 3:
+        if self.input_correction != "none" and n_neg < 3:
             raise CpDistillerError(
                 f"{where(profiles.source or None)}input_correction 'negcon_linear' fits the technical effects on "
                 f"the negative controls and needs 3+ of them (found {n_neg}): set the 'control' role and its "
@@ -422,7 +449,7 @@ class CpDistiller:
         a ridge model fits on the negative controls (the model's input transform is fitted on it);
         else None."""
         self.technical = None
-        if self.config.input_correction == "none":
+        if self.input_correction == "none":
             return None
         from .preprocess import fit_negcon_technical
 

@@ -29,7 +29,7 @@ ADVERSARY_ENCODER = ("all", "same")
 LATENT_VIEWS = ("sample", "mean")
 JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
 TIED_EFFECTS = ("skip", "controls", "correct")
-INPUT_CORRECTIONS = ("none", "negcon_linear")
+INPUT_CORRECTIONS = ("auto", "none", "negcon_linear")
 OUTPUTS = ("auto", "latent", "corrected_input")
 
 
@@ -189,13 +189,18 @@ class CpDistillerConfig:
     sphering_min_controls: int = 10
     sphering_regularization: float = 1e-3  # ridge, relative to the mean eigenvalue of the control covariance
     # The model input minus the additive batch/row/column effects a ridge model fits on the negative
-    # controls (ours, an option; docs/model.md "Controls' additive effects removed first"): "none" (paper)
-    # or "negcon_linear". The coefficients are saved with the model and applied by level name in
+    # controls (ours; docs/model.md "Controls' additive effects removed first"): "none" (paper) or
+    # "negcon_linear". The coefficients are saved with the model and applied by level name in
     # ``transform``; wells at a level without controls keep that level's effect (with a warning).
-    input_correction: str = setting("none", "remove the additive batch/row/column effects fitted on the negative "
-                                    "controls from the model input first (negcon_linear)",
+    # "auto" (default): "negcon_linear" when the layout ties every effect to be corrected to the treatments
+    # (``tied_effects="skip"`` then has nothing to keep, and the all-wells discriminators alone would
+    # remove biology, not position; docs/model.md "Every effect tied to the treatments") and the negative
+    # controls cover 2+ levels of each, else "none".
+    input_correction: str = setting("auto", "remove the additive batch/row/column effects fitted on the negative "
+                                    "controls from the model input first (negcon_linear; auto: when the layout "
+                                    "ties every corrected effect to the treatments)",
                                     label="Remove the controls' additive effects first", group="departure",
-                                    choices=INPUT_CORRECTIONS, paper="none")
+                                    choices=INPUT_CORRECTIONS, paper="none", auto_default="none")
     # What the embedding is (ours; docs/model.md "The input minus the decoder's technical shift"): "latent"
     # (the paper: the posterior mean of z) or "corrected_input" (the model input minus the shift the
     # conditional decoder gives each well's batch/row/column levels, reduced by PCA to ``latent_dim``;

@@ -272,11 +272,7 @@ def test_cpdistiller_docstring_example_runs():
 
 
 def test_locked_layout_warns_about_the_all_wells_adversary():
-    locked = small_screen(n_plates=3, n_features=20, seed=2)
-    # every treatment sits in one well, the same on every plate (one plate map for all plates)
-    pert = np.where(locked.meta["Metadata_pert"] == "DMSO", "DMSO", "cpd_" + locked.meta["Metadata_Well"])
-    locked = Profiles(locked.meta.assign(Metadata_pert=pert), locked.X, locked.features, locked.roles,
-                      locked.source)
+    locked = _one_plate_map(small_screen(n_plates=3, n_features=20, seed=2))
     with pytest.warns(CpDistillerWarning, match="ties perturbations to well positions"):
         CpDistiller(TINY.replace(epochs=1)).fit(locked, effects="row,column")
     # "controls": with every position effect tied, their discriminators learn from the negative controls
@@ -380,6 +376,37 @@ def test_tied_effects_controls_teaches_a_tied_row_from_the_negative_controls(scr
     # a shuffled layout: every discriminator learns from every well, as with "skip"
     assert CpDistiller(cfg).fit(screen, effects="row,column").train_info["adversary_by_effect"] == \
         {"row": "all", "column": "all"}
+
+
+def _one_plate_map(screen: Profiles) -> Profiles:
+    """``screen`` with every treatment in one well, the same on every plate (replicates only across plates)."""
+    meta = screen.meta
+    pert = np.where(meta["Metadata_pert"] == "DMSO", "DMSO", "cpd_" + meta["Metadata_Well"])
+    return Profiles(meta.assign(Metadata_pert=pert), screen.X, screen.features, screen.roles, screen.source)
+
+
+def test_input_correction_auto_removes_the_controls_effects_when_every_effect_is_tied(screen):
+    locked = _one_plate_map(screen)
+    cfg = TINY.replace(sphering_min_controls=5)
+    with pytest.warns(CpDistillerWarning, match=r"ties every effect corrected \(row, column\) to the treatments.*"
+                                                r"fitted on the \d+ negative controls are removed from the input"):
+        auto = CpDistiller(cfg).fit(locked, effects="row,column")
+    assert auto.effects == ("row", "column") and auto.train_info["effects_skipped"] == {}
+    assert auto.train_info["input_correction"] == {"setting": "auto", "effects": ["row", "column"],
+                                                   "levels_without_controls": {"row": 0, "column": 0}}
+    # the same model as the explicit setting; without it the embedding differs
+    explicit = CpDistiller(cfg.replace(input_correction="negcon_linear")).fit(locked, effects="row,column")
+    np.testing.assert_array_equal(auto.transform(locked).X, explicit.transform(locked).X)
+    off = CpDistiller(cfg.replace(input_correction="none")).fit(locked, effects="row,column")
+    assert off.technical is None and not np.allclose(off.transform(locked).X, auto.transform(locked).X)
+    # "auto" stays off: a shuffled layout, a tied row with the column still corrected, the paper's handling
+    # of tied effects, controls-trained discriminators, too few controls at the levels
+    for profiles, changes in ((screen, {}), (_tied_to_rows(screen), {}), (locked, {"tied_effects": "correct"}),
+                              (locked, {"adversary_wells": "negcon"}), (locked, {"sphering_min_controls": 10_000})):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = CpDistiller(cfg.replace(**changes)).fit(profiles, effects="row,column")
+        assert m.technical is None and "input_correction" not in m.train_info, changes
 
 
 def test_input_correction_removes_the_controls_additive_effects_and_survives_a_reload(screen, tmp_path):

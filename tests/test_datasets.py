@@ -232,3 +232,26 @@ def test_dose_by_column_sets_each_treated_wells_dose_and_scales_its_effect_in_th
     np.testing.assert_array_equal(meta["Metadata_pert_iname"], plain.profiles.meta["Metadata_pert_iname"])
     assert covariate_ties(dosed.profiles)["column"].column == "Metadata_dose_uM"
     assert covariate_ties(plain.profiles) == {}
+
+
+def test_same_well_replicates_make_each_treated_well_a_perturbation_replicated_in_its_well_across_plates():
+    from cpdistiller_core.layout import position_ties, tied_effects
+
+    kw = dict(n_batches=1, plates_per_batch=3, n_features=40, n_layouts=1)
+    plain, clones = make_demo_screen(**kw), make_demo_screen(same_well_replicates=True, **kw)
+    assert clones.params["same_well_replicates"] is True
+    np.testing.assert_array_equal(clones.profiles.X, plain.profiles.X)  # the same screen, renamed
+    meta, before = clones.profiles.meta, plain.profiles.meta
+    treated = meta["Metadata_pert_type"].to_numpy() == "trt"
+    names = meta["Metadata_pert_iname"].astype(str)
+    assert (names[~treated] == before["Metadata_pert_iname"][~treated]).all()
+    assert names[treated].str.fullmatch(r".+_w\d+").all()
+    # each clone sits in one well, once on every plate; the clones of a treatment keep its gene
+    per_clone = meta[treated].groupby("Metadata_pert_iname")
+    assert (per_clone["Metadata_Well"].nunique() == 1).all() and (per_clone.size() == 3).all()
+    base = names[treated].str.replace(r"_w\d+$", "", regex=True)
+    np.testing.assert_array_equal(base, before["Metadata_pert_iname"][treated].astype(str))
+    np.testing.assert_array_equal(meta["Metadata_Symbol"], before["Metadata_Symbol"])
+    # the layout ties row and column to the perturbations; without the renaming it ties neither
+    assert set(tied_effects(position_ties(clones.profiles, ("row", "column")))) == {"row", "column"}
+    assert tied_effects(position_ties(plain.profiles, ("row", "column"))) == {}

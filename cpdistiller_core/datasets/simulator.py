@@ -360,7 +360,7 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
                      column_effect: float = 0.8, edge_effect: float = 0.8, batch_effect: float = 1.0,
                      plate_effect: float = 0.35, noise: float = 1.0,
                      negcon_fraction: float | None = None, replicates_in_row: bool = False,
-                     dose_by_column: bool = False) -> DemoScreen:
+                     dose_by_column: bool = False, same_well_replicates: bool = False) -> DemoScreen:
     """Simulate the demo screen (deterministic by ``seed``).
 
     Sizes: ``n_batches`` x ``plates_per_batch`` 384-well plates, ``n_features`` CellProfiler features.
@@ -376,6 +376,12 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
     ``dose_by_column`` gives each treated well a dose set by its column (10, 3, 1 µM in turn, in
     ``Metadata_dose_uM``; the effect scaled by 1, 0.6, 0.35), as cell_injury lays out its dose series:
     the column effect among the treatments is then partly the dose response, which the truth keeps.
+    ``same_well_replicates`` names each treated well of a plate map as its own perturbation
+    (``<name>_w1``, ``_w2``, ...: clones or alleles with the same effect, ``Metadata_Symbol`` and
+    target kept), so a perturbation's replicates are the plates that share its map; with
+    ``n_layouts=1`` every replicate sits in the same well, as in arrayed ORF screens imaged on
+    replicate plates (varchamp_b14): row and column are then both tied to the perturbations, and only
+    the clones of one treatment, in different wells, share biology across positions.
     """
     if n_batches < 1 or plates_per_batch < 1:
         raise CpDistillerError("the demo screen needs at least one batch and one plate per batch.")
@@ -433,6 +439,8 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
             log_count = np.log(2200) + count_effects[pert] * response + count_tech + 0.12 * rng.normal(size=n_wells)
             well_meta = _plate_meta(table, pert, batch, plate, f"MAP{layout_id + 1:02d}", log_count, well_row,
                                     well_col)
+            if same_well_replicates:
+                well_meta["Metadata_pert_iname"] = _name_wells(well_meta)
             if dose_by_column:
                 well_meta.insert(well_meta.columns.get_loc("Metadata_pert_iname") + 1, "Metadata_dose_uM", dose_um)
             meta_parts.append(well_meta)
@@ -446,9 +454,19 @@ def make_demo_screen(seed: int = 0, n_batches: int = 3, plates_per_batch: int = 
               "n_features": p, "n_layouts": n_layouts, "effect_size": effect_size, "row_effect": row_effect,
               "column_effect": column_effect, "edge_effect": edge_effect, "batch_effect": batch_effect,
               "plate_effect": plate_effect, "noise": noise, "negcon_fraction": negcon_fraction,
-              "replicates_in_row": replicates_in_row, "dose_by_column": dose_by_column}
+              "replicates_in_row": replicates_in_row, "dose_by_column": dose_by_column,
+              "same_well_replicates": same_well_replicates}
     return DemoScreen(profiles=profiles, truth=truth, gene_sets=gene_sets(), perturbations=table,
                       features=feats, params=params)
+
+
+def _name_wells(meta: pd.DataFrame) -> np.ndarray:
+    """Each treated well's perturbation named by its occurrence in the plate map (``<name>_w<k>``,
+    k counted in well order), controls unchanged."""
+    names = meta["Metadata_pert_iname"].astype(str)
+    k = names.groupby(names).cumcount() + 1
+    treated = meta["Metadata_pert_type"].to_numpy() == "trt"
+    return np.where(treated, names + "_w" + k.astype(str), names).astype(object)
 
 
 def _doses(table: pd.DataFrame, pert: np.ndarray, well_col: np.ndarray, by_column: bool
