@@ -181,6 +181,7 @@ VARIANTS: dict[str, dict] = {
     # stop 21: a layout that ties every corrected effect to the treatments (varchamp_b14: same-well replicates,
     # one batch). The controls' additive effects removed first, then the tied effects left to the controls'
     # discriminators, or to no discriminator at all.
+    "no_input_correction": {"input_correction": "none"},  # the default before input_correction "auto"
     "ncl_in+tied_controls": {"input_correction": "negcon_linear", "tied_effects": "controls"},
     "ncl_in+no_adversary": {"input_correction": "negcon_linear", "w_dis_per_feature": 0.0},
     "cf+no_adversary": {"w_dis_per_feature": 0.0},

@@ -252,7 +252,8 @@ def summary_markdown(runs: list[dict], args: argparse.Namespace, date: str | Non
              "Read with these caveats:", "",
              "- cpDistiller rows are `cpDistiller[<variant>_s<seed>]`: `defaults` (the engine's defaults: the "
              "embedding is the model input minus the technical shift the conditional decoder learnt, a row or "
-             "column tied to the treatments is left alone; every departure from the paper is in "
+             "column tied to the treatments is left alone, and when every effect is tied the negative "
+             "controls' additive effects are removed first; every departure from the paper is in "
              "`docs/model.md`), `paper` (`CpDistillerConfig.paper()`: the published settings, the posterior "
              "mean as embedding) and `controls` (the negative-control family: sphering and discriminators on "
              "the controls, batch/position hidden from every well). Reference methods ran once (seed "

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .errors import CpDistillerWarning
+from .errors import CpDistillerError, CpDistillerWarning
 from .profiles import Embedding, Profiles
 
 if TYPE_CHECKING:
@@ -135,7 +135,8 @@ def _mean_map(fn: Any) -> float | None:
 
 
 def did_it_help(embedding: Embedding, profiles: Profiles, *, uncorrected: Embedding | None = None,
-                null_size: int = 1000, seed: int = 0, left_out: Sequence[str] = ()) -> Verdict:
+                null_size: int = 1000, seed: int = 0, left_out: Sequence[str] = (),
+                learnt_from_controls: Sequence[str] = ()) -> Verdict:
     """Compare ``embedding`` with the uncorrected ``profiles`` on the cheap "did it help?" measures.
 
     Parameters
@@ -151,6 +152,10 @@ def did_it_help(embedding: Embedding, profiles: Profiles, *, uncorrected: Embedd
     left_out
         Effects the model left uncorrected on purpose (``train_info["effects_skipped"]``: tied to the
         treatments); their checks say so.
+    learnt_from_controls
+        Effects the correction was fitted on the negative controls for (the controls' additive model of
+        ``input_correction``, or a discriminator that learns from the controls): the controls' check is
+        then in-sample, and says so with the number of wells at levels without a control.
 
     Returns
     -------
@@ -185,7 +190,8 @@ def did_it_help(embedding: Embedding, profiles: Profiles, *, uncorrected: Embedd
         checks.append(_collapse_check(_try(lambda: metrics.control_collapse(embedding)),
                                       _try(lambda: metrics.control_collapse(ref))))
         for effect in ("row", "column", "batch"):
-            checks.append(_technical_check(effect, embedding, ref, effect in left_out))
+            checks.append(_technical_check(effect, embedding, ref, profiles, effect in left_out,
+                                           effect in learnt_from_controls))
     return Verdict([c for c in checks if c is not None])
 
 
@@ -196,7 +202,8 @@ def model_verdict(model: CpDistiller, embedding: Embedding, profiles: Profiles) 
     input (each feature by its mean and sd), so the comparison is not moved by the features' units:
     with the plain PCA, cell_injury's row, left uncorrected, read as falling from 11 % to 6 % of the
     controls' variation. With sphering (itself a correction) the plain PCA is used. Effects the model
-    left out on purpose (``train_info["effects_skipped"]``) say so.
+    left out on purpose (``train_info["effects_skipped"]``) say so; effects learnt from the negative
+    controls say that their check is in-sample.
     """
     from . import baselines
 
@@ -206,8 +213,11 @@ def model_verdict(model: CpDistiller, embedding: Embedding, profiles: Profiles) 
         columns = [profiles.features.index(f) for f in model.features]
         X = (profiles.X[:, columns] - transform.mean) / transform.std
         reference = baselines.uncorrected(profiles.with_features(X.astype(np.float32), list(model.features)))
+    learnt = set((model.train_info.get("input_correction") or {}).get("effects") or [])
+    learnt |= {e for e, wells in (model.train_info.get("adversary_by_effect") or {}).items() if wells == "negcon"}
     return did_it_help(embedding, profiles, uncorrected=reference, seed=model.config.seed,
-                       left_out=list(model.train_info.get("effects_skipped") or {}))
+                       left_out=list(model.train_info.get("effects_skipped") or {}),
+                       learnt_from_controls=sorted(learnt))
 
 
 def _neighbour_check(value: float | None) -> Check | None:
@@ -239,7 +249,23 @@ def _collapse_check(corrected: float | None, uncorrected: float | None) -> Check
     return Check("controls", "control spread / replicate spread", corrected, uncorrected, status, sentence)
 
 
-def _technical_check(effect: str, embedding: Embedding, ref: Embedding, left_out: bool = False) -> Check | None:
+def _learnt_from_controls(effect: str, profiles: Profiles) -> str:
+    """The caveat of a controls' check whose effect the correction was fitted on: it is in-sample, and
+    wells at levels without a control keep the effect."""
+    note = f" The correction learnt {effect} from these controls, so this check reads better than it is"
+    try:
+        labels = np.asarray(profiles.labels(effect)).astype(str)
+    except CpDistillerError:
+        return note + "."
+    uncovered = int((~np.isin(labels, labels[profiles.negative_mask])).sum())
+    if not uncovered:
+        return note + "."
+    return note + (f"; {uncovered:,} of {len(labels):,} wells sit at a {effect} without a negative control and keep "
+                   "that part of the effect.")
+
+
+def _technical_check(effect: str, embedding: Embedding, ref: Embedding, profiles: Profiles,
+                     left_out: bool = False, in_sample: bool = False) -> Check | None:
     values = [_try(lambda e=e: metrics.variance_explained_score(e, effect)) for e in (embedding, ref)]
     if None in values:
         return None
@@ -260,5 +286,7 @@ def _technical_check(effect: str, embedding: Embedding, ref: Embedding, left_out
     if left_out:
         sentence += (f" The model left {effect} uncorrected on purpose: the layout ties it to the treatments, "
                      "so removing it would remove biology too (tied_effects, docs/model.md).")
+    if in_sample:
+        sentence += _learnt_from_controls(effect, profiles)
     return Check(effect, f"1 - variance explained by {effect} (controls)", corrected, uncorrected, status,
                  sentence)

@@ -112,3 +112,35 @@ def test_a_run_compares_with_the_uncorrected_profiles_on_the_model_scale(tmp_pat
     plain = {c.name: c for c in did_it_help(run.embedding(), tied, null_size=200).checks}["row"]
     assert plain.uncorrected - check.uncorrected > 0.2
     assert abs(check.corrected - check.uncorrected) < 0.5 * abs(check.corrected - plain.uncorrected)
+
+
+def test_an_effect_learnt_from_the_controls_says_its_check_is_in_sample(screen):
+    ref = baselines.uncorrected(screen)
+    v = did_it_help(ref, screen, uncorrected=ref, null_size=200, learnt_from_controls=["row"])
+    checks = {c.name: c for c in v.checks}
+    assert "learnt row from these controls, so this check reads better than it is." in checks["row"].sentence
+    assert "learnt" not in checks["column"].sentence
+    # rows without a control: the sentence counts their wells, which keep that part of the effect
+    row = screen.labels("row").astype(str)
+    first = np.unique(row[screen.negative_mask])[0]
+    moved = Profiles(screen.meta.assign(Metadata_pert=np.where(screen.negative_mask & (row == first), "cpd_moved",
+                                                               screen.meta["Metadata_pert"])),
+                     screen.X, screen.features, screen.roles, screen.source)
+    sentence = {c.name: c for c in did_it_help(baselines.uncorrected(moved), moved, null_size=200,
+                                               learnt_from_controls=["row"]).checks}["row"].sentence
+    assert f"{int((row == first).sum()):,} of {moved.n_wells:,} wells sit at a row without a negative control" in sentence
+
+
+def test_a_fit_that_removes_the_controls_additive_effects_reports_them_as_learnt_from_the_controls(screen):
+    from cpdistiller_core import CpDistiller, CpDistillerConfig
+    from cpdistiller_core.verdict import model_verdict
+
+    cfg = CpDistillerConfig(epochs=1, batch_size=64, hidden_dim=32, latent_dim=8, device="cpu",
+                            input_correction="negcon_linear")
+    m = CpDistiller(cfg).fit(screen, effects="row,column")
+    checks = {c.name: c for c in model_verdict(m, m.transform(screen), screen).checks}
+    assert "learnt row from these controls" in checks["row"].sentence
+    assert "learnt column from these controls" in checks["column"].sentence
+    plain = CpDistiller(cfg.replace(input_correction="none")).fit(screen, effects="row,column")
+    checks = {c.name: c for c in model_verdict(plain, plain.transform(screen), screen).checks}
+    assert "learnt" not in checks["row"].sentence
