@@ -183,6 +183,8 @@ VARIANTS: dict[str, dict] = {
     # discriminators, or to no discriminator at all.
     "no_input_correction": {"input_correction": "none"},  # the default before input_correction "auto"
     "ncl_in+tied_controls": {"input_correction": "negcon_linear", "tied_effects": "controls"},
+    # the controls' additive model of the tied effects only (the ones "skip" leaves out; all when all are tied)
+    "tied_in": {"input_correction": "tied"},
     "ncl_in+no_adversary": {"input_correction": "negcon_linear", "w_dis_per_feature": 0.0},
     "cf+no_adversary": {"w_dis_per_feature": 0.0},
     # every departure at the paper's value (``CpDistillerConfig.paper()``, what ``--paper`` runs); "paper"

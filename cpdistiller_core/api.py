@@ -333,7 +333,7 @@ class CpDistiller:
         self.adversary_wells: str | None = None
         self.adversary: dict[str, str] = {}  # effect -> "all" / "negcon": the wells its discriminator learns from
         self.technical: NegconTechnicalModel | None = None  # the controls' additive model (input_correction)
-        self.input_correction = "none"  # config.input_correction resolved by fit
+        self.input_correction: tuple[str, ...] = ()  # the effects config.input_correction removes, resolved by fit
         self.projection: CorrectedInputProjection | None = None  # output="corrected_input"
         self.embedding_kind = "latent"  # config.output resolved by fit: "latent" or "corrected_input"
         self.timings: dict[str, float] = {}
@@ -366,7 +366,7 @@ class CpDistiller:
         requested = self.effects
         confounding = position_ties(profiles, self.effects)
         self.effects, skipped = self._skip_tied_effects(profiles, confounding)
-        self.input_correction = self._resolve_input_correction(profiles, confounding)
+        self.input_correction = self._resolve_input_correction(profiles, confounding, requested, skipped)
         self._check_input_correction(profiles)
         self._warn_covariate_ties(profiles)
         self.adversary = self._adversary_by_effect(profiles, confounding)
@@ -377,14 +377,14 @@ class CpDistiller:
         cfg = self._training_config(confounding)
         if base is None:
             self.features = list(profiles.features)
-            corrected = self._fit_technical(profiles, profiles.X, requested)
+            corrected = self._fit_technical(profiles, profiles.X)
             self.input_transform, X = InputTransform.fit_apply(
                 profiles.X if corrected is None else corrected, profiles.negative_mask, cfg.sphering,
                 cfg.sphering_regularization, src, cfg.sphering_min_controls,
                 overwrite_input=overwrite_input or corrected is not None)
         else:
             X = profiles.subset(features=self.features).X
-            corrected = self._fit_technical(profiles, X, requested)
+            corrected = self._fit_technical(profiles, X)
             X = self.input_transform.apply(X if corrected is None else corrected)
         data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary,
                                        features=self.features, extractor=extractor, device=self.device,
@@ -410,9 +410,14 @@ class CpDistiller:
                 "levels_without_controls": dict(self.technical.levels_without_controls)}
         return self
 
-    def _resolve_input_correction(self, profiles: Profiles, confounding: Mapping[str, float | None]) -> str:
-        """``config.input_correction`` with "auto" resolved: "negcon_linear" when the layout ties every effect
-        to be corrected to the treatments and the negative controls cover 2+ levels of each, else "none".
+    def _resolve_input_correction(self, profiles: Profiles, confounding: Mapping[str, float | None],
+                                  requested: Sequence[str], skipped: Mapping[str, float]) -> tuple[str, ...]:
+        """The effects whose additive model the negative controls give is removed from the input.
+
+        "negcon_linear": every requested effect; "none": none. "tied": the tied effects that
+        ``tied_effects="skip"`` leaves out, or every effect when all are tied. "auto": every effect when
+        the layout ties all of them to the treatments, else none. "tied" and "auto" need the negative
+        controls at 2+ levels of each such effect.
 
         There ``tied_effects="skip"`` has no other effect to keep, so the all-wells discriminators correct
         the tied effects as the paper does, and alone they removed biology rather than position
@@ -421,35 +426,46 @@ class CpDistiller:
         the same layout and a truth, truth kNN 0.666 -> 0.669 (benchmarks/README "Every effect tied to the
         treatments")."""
         cfg = self.config
-        if cfg.input_correction != "auto":
-            return cfg.input_correction
+        if cfg.input_correction in ("none", "negcon_linear"):
+            return tuple(requested) if cfg.input_correction == "negcon_linear" else ()
+        if cfg.tied_effects != "skip" or self.adversary_wells != "all":
+            return ()
         tied = tied_effects({e: v for e, v in confounding.items() if e in self.effects})
-        if (cfg.tied_effects != "skip" or self.adversary_wells != "all" or set(tied) != set(self.effects)
-                or not controls_teach(profiles, self.effects, cfg.sphering_min_controls)):
-            return "none"
+        every = bool(tied) and set(tied) == set(self.effects)
+        chosen = tuple(self.effects) if every else tuple(skipped) if cfg.input_correction == "tied" else ()
+        if not chosen or not controls_teach(profiles, chosen, cfg.sphering_min_controls):
+            return ()
+        if not every:
+            warnings.warn(
+                f"{where(profiles.source or None)}{' and '.join(chosen)}, tied to the treatments and not corrected "
+                f"by the model, {'loses its' if len(chosen) == 1 else 'lose their'} additive effect fitted on the "
+                f"{int(profiles.negative_mask.sum())} negative controls (input_correction 'tied', docs/model.md).",
+                CpDistillerWarning, stacklevel=3)
+            return chosen
         warnings.warn(
             f"{where(profiles.source or None)}the layout ties every effect corrected ({', '.join(self.effects)}) "
             "to the treatments, so no discriminator can tell them apart from biology: their additive effects "
             f"fitted on the {int(profiles.negative_mask.sum())} negative controls are removed from the input "
             "first (input_correction 'auto'; 'none' to leave them, docs/model.md).", CpDistillerWarning,
             stacklevel=3)
-        return "negcon_linear"
+        return chosen
 
     def _check_input_correction(self, profiles: Profiles) -> None:
         """Refuse ``input_correction="negcon_linear"`` before any work when there are too few controls."""
         n_neg = int(profiles.negative_mask.sum())
-        if self.input_correction != "none" and n_neg < 3:
+        if self.input_correction and n_neg < 3:
             raise CpDistillerError(
                 f"{where(profiles.source or None)}input_correction 'negcon_linear' fits the technical effects on "
                 f"the negative controls and needs 3+ of them (found {n_neg}): set the 'control' role and its "
                 "negative values, or use input_correction 'none'.")
 
-    def _fit_technical(self, profiles: Profiles, X: np.ndarray, effects: Sequence[str]) -> np.ndarray | None:
-        """With ``input_correction="negcon_linear"``, a copy of the features ``X`` minus the additive ``effects``
-        a ridge model fits on the negative controls (the model's input transform is fitted on it);
-        else None."""
+    def _fit_technical(self, profiles: Profiles, X: np.ndarray) -> np.ndarray | None:
+        """With an input correction (``self.input_correction``: its effects), a copy of the features ``X``
+        minus the additive effects a ridge model fits on the negative controls (the model's input transform
+        is fitted on it); else None."""
         self.technical = None
-        if self.input_correction == "none":
+        effects = self.input_correction
+        if not effects:
             return None
         from .preprocess import fit_negcon_technical
 

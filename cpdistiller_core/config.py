@@ -29,7 +29,7 @@ ADVERSARY_ENCODER = ("all", "same")
 LATENT_VIEWS = ("sample", "mean")
 JOINT_MODULES = ("paper", "compact")  # model/joint.py VARIANTS
 TIED_EFFECTS = ("skip", "controls", "correct")
-INPUT_CORRECTIONS = ("auto", "none", "negcon_linear")
+INPUT_CORRECTIONS = ("auto", "none", "negcon_linear", "tied")
 OUTPUTS = ("auto", "latent", "corrected_input")
 
 

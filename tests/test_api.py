@@ -409,6 +409,22 @@ def test_input_correction_auto_removes_the_controls_effects_when_every_effect_is
         assert m.technical is None and "input_correction" not in m.train_info, changes
 
 
+
+def test_input_correction_tied_removes_the_controls_effect_of_a_tied_row_the_model_leaves_out(screen):
+    cfg = TINY.replace(sphering_min_controls=5, input_correction="tied")
+    with pytest.warns(CpDistillerWarning, match=r"row, tied to the treatments and not corrected by the model, loses "
+                                                r"its additive effect fitted on the \d+ negative controls"):
+        m = CpDistiller(cfg).fit(_tied_to_rows(screen), effects="row,column")
+    assert m.effects == ("column",) and m.train_info["effects_skipped"] == {"row": 1.0}
+    assert m.train_info["input_correction"]["effects"] == ["row"] and list(m.technical.levels) == ["row"]
+    # every effect tied: all of them, as "auto"; nothing tied: none
+    locked = _one_plate_map(screen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert list(CpDistiller(cfg).fit(locked, effects="row,column").technical.levels) == ["row", "column"]
+        assert CpDistiller(cfg).fit(screen, effects="row,column").technical is None
+
+
 def test_input_correction_removes_the_controls_additive_effects_and_survives_a_reload(screen, tmp_path):
     from cpdistiller_core.preprocess import fit_negcon_technical
 
