@@ -412,19 +412,17 @@ class CpDistiller:
 
     def _resolve_input_correction(self, profiles: Profiles, confounding: Mapping[str, float | None],
                                   requested: Sequence[str], skipped: Mapping[str, float]) -> tuple[str, ...]:
-        """The effects whose additive model the negative controls give is removed from the input.
+        """The effects whose additive model, fitted on the negative controls, is removed from the input.
 
-        "negcon_linear": every requested effect; "none": none. "tied": the tied effects that
-        ``tied_effects="skip"`` leaves out, or every effect when all are tied. "auto": every effect when
-        the layout ties all of them to the treatments, else none. "tied" and "auto" need the negative
-        controls at 2+ levels of each such effect.
+        "negcon_linear": every requested effect; "none": none. "tied": the effects the layout ties to
+        the treatments, which the model does not correct (those ``tied_effects="skip"`` leaves out) or
+        corrects only because every effect is tied. "auto" (default): as "tied", when the negative
+        controls sit on 2+ plates. Both need ``sphering_min_controls`` controls at 2+ levels of each.
 
-        There ``tied_effects="skip"`` has no other effect to keep, so the all-wells discriminators correct
-        the tied effects as the paper does, and alone they removed biology rather than position
-        (varchamp_b14, three seeds: 0.536 overall, uncorrected 0.555, the controls' row and column variance
-        unchanged). With the controls' additive effects removed first: 0.578, and on the simulator with
-        the same layout and a truth, truth kNN 0.666 -> 0.669 (benchmarks/README "Every effect tied to the
-        treatments")."""
+        Measured (benchmarks/README "Position effects tied to the treatments, learnt from the controls'
+        additive model"; three seeds): varchamp_b14 0.536 -> 0.578 (every effect tied), sim/rows_locked
+        0.863 -> 0.874 (retrieval 0.232 -> 0.444), cell_injury 0.534 -> 0.538; on lincs_a549, one plate,
+        each row's coefficient is its few controls' noise: 0.622 -> 0.612, hence the plates rule."""
         cfg = self.config
         if cfg.input_correction in ("none", "negcon_linear"):
             return tuple(requested) if cfg.input_correction == "negcon_linear" else ()
@@ -432,22 +430,22 @@ class CpDistiller:
             return ()
         tied = tied_effects({e: v for e, v in confounding.items() if e in self.effects})
         every = bool(tied) and set(tied) == set(self.effects)
-        chosen = tuple(self.effects) if every else tuple(skipped) if cfg.input_correction == "tied" else ()
+        chosen = tuple(self.effects) if every else tuple(skipped)
         if not chosen or not controls_teach(profiles, chosen, cfg.sphering_min_controls):
             return ()
-        if not every:
-            warnings.warn(
-                f"{where(profiles.source or None)}{' and '.join(chosen)}, tied to the treatments and not corrected "
-                f"by the model, {'loses its' if len(chosen) == 1 else 'lose their'} additive effect fitted on the "
-                f"{int(profiles.negative_mask.sum())} negative controls (input_correction 'tied', docs/model.md).",
-                CpDistillerWarning, stacklevel=3)
-            return chosen
+        plates = len(np.unique(profiles.labels("plate")[profiles.negative_mask]))
+        if cfg.input_correction == "auto" and plates < 2:
+            return ()
+        n_neg = int(profiles.negative_mask.sum())
+        how = (f"correcting {' and '.join(chosen)} with the model, their additive effects fitted on the {n_neg} "
+               "negative controls are removed from the input") if every else (
+               f"of correcting {' and '.join(chosen)} with the model, "
+               f"{'its' if len(chosen) == 1 else 'their'} additive effect fitted on the {n_neg} negative controls "
+               "is removed from the input")
         warnings.warn(
-            f"{where(profiles.source or None)}the layout ties every effect corrected ({', '.join(self.effects)}) "
-            "to the treatments, so no discriminator can tell them apart from biology: their additive effects "
-            f"fitted on the {int(profiles.negative_mask.sum())} negative controls are removed from the input "
-            "first (input_correction 'auto'; 'none' to leave them, docs/model.md).", CpDistillerWarning,
-            stacklevel=3)
+            f"{where(profiles.source or None)}{'Before' if every else 'Instead'} {how} (the layout ties "
+            f"{'every effect' if every else 'it'} to the treatments; input_correction '{cfg.input_correction}', "
+            "'none' to leave it, docs/model.md).", CpDistillerWarning, stacklevel=3)
         return chosen
 
     def _check_input_correction(self, profiles: Profiles) -> None:

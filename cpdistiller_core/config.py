@@ -190,15 +190,16 @@ class CpDistillerConfig:
     sphering_regularization: float = 1e-3  # ridge, relative to the mean eigenvalue of the control covariance
     # The model input minus the additive batch/row/column effects a ridge model fits on the negative
     # controls (ours; docs/model.md "Controls' additive effects removed first"): "none" (paper) or
-    # "negcon_linear". The coefficients are saved with the model and applied by level name in
-    # ``transform``; wells at a level without controls keep that level's effect (with a warning).
-    # "auto" (default): "negcon_linear" when the layout ties every effect to be corrected to the treatments
-    # (``tied_effects="skip"`` then has nothing to keep, and the all-wells discriminators alone would
-    # remove biology, not position; docs/model.md "Every effect tied to the treatments") and the negative
-    # controls cover 2+ levels of each, else "none".
+    # "negcon_linear" (every effect). The coefficients are saved with the model and applied by level name
+    # in ``transform``; wells at a level without controls keep that level's effect (with a warning).
+    # "tied": only the effects the layout ties to the treatments, which the model leaves out
+    # (``tied_effects="skip"``) or corrects only because every effect is tied. "auto" (default): "tied"
+    # when the negative controls sit on 2+ plates (from one plate's controls each level's coefficient is
+    # their own noise), else "none" (docs/model.md "Tied effects learnt from the controls' additive model").
     input_correction: str = setting("auto", "remove the additive batch/row/column effects fitted on the negative "
-                                    "controls from the model input first (negcon_linear; auto: when the layout "
-                                    "ties every corrected effect to the treatments)",
+                                    "controls from the model input first: negcon_linear (every effect), tied "
+                                    "(the effects the layout ties to the treatments) or auto (tied, when the "
+                                    "controls sit on 2+ plates)",
                                     label="Remove the controls' additive effects first", group="departure",
                                     choices=INPUT_CORRECTIONS, paper="none", auto_default="none")
     # What the embedding is (ours; docs/model.md "The input minus the decoder's technical shift"): "latent"

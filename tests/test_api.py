@@ -388,8 +388,9 @@ def _one_plate_map(screen: Profiles) -> Profiles:
 def test_input_correction_auto_removes_the_controls_effects_when_every_effect_is_tied(screen):
     locked = _one_plate_map(screen)
     cfg = TINY.replace(sphering_min_controls=5)
-    with pytest.warns(CpDistillerWarning, match=r"ties every effect corrected \(row, column\) to the treatments.*"
-                                                r"fitted on the \d+ negative controls are removed from the input"):
+    with pytest.warns(CpDistillerWarning, match=r"Before correcting row and column with the model, their additive "
+                                                r"effects fitted on the \d+ negative controls are removed from the "
+                                                r"input \(the layout ties every effect to the treatments"):
         auto = CpDistiller(cfg).fit(locked, effects="row,column")
     assert auto.effects == ("row", "column") and auto.train_info["effects_skipped"] == {}
     assert auto.train_info["input_correction"] == {"setting": "auto", "effects": ["row", "column"],
@@ -399,30 +400,33 @@ def test_input_correction_auto_removes_the_controls_effects_when_every_effect_is
     np.testing.assert_array_equal(auto.transform(locked).X, explicit.transform(locked).X)
     off = CpDistiller(cfg.replace(input_correction="none")).fit(locked, effects="row,column")
     assert off.technical is None and not np.allclose(off.transform(locked).X, auto.transform(locked).X)
-    # "auto" stays off: a shuffled layout, a tied row with the column still corrected, the paper's handling
-    # of tied effects, controls-trained discriminators, too few controls at the levels
-    for profiles, changes in ((screen, {}), (_tied_to_rows(screen), {}), (locked, {"tied_effects": "correct"}),
-                              (locked, {"adversary_wells": "negcon"}), (locked, {"sphering_min_controls": 10_000})):
+    # "auto" stays off: a shuffled layout, the paper's handling of tied effects, controls-trained
+    # discriminators, too few controls at the levels, controls on one plate only
+    one_plate = screen.subset(screen.plate == screen.plate[0])
+    for profiles, changes in ((screen, {}), (locked, {"tied_effects": "correct"}), (locked, {"adversary_wells": "negcon"}),
+                              (locked, {"sphering_min_controls": 10_000}), (_one_plate_map(one_plate), {})):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = CpDistiller(cfg.replace(**changes)).fit(profiles, effects="row,column")
         assert m.technical is None and "input_correction" not in m.train_info, changes
 
 
-
-def test_input_correction_tied_removes_the_controls_effect_of_a_tied_row_the_model_leaves_out(screen):
-    cfg = TINY.replace(sphering_min_controls=5, input_correction="tied")
-    with pytest.warns(CpDistillerWarning, match=r"row, tied to the treatments and not corrected by the model, loses "
-                                                r"its additive effect fitted on the \d+ negative controls"):
-        m = CpDistiller(cfg).fit(_tied_to_rows(screen), effects="row,column")
+def test_input_correction_auto_removes_the_controls_effect_of_a_tied_row_the_model_leaves_out(screen):
+    tied = _tied_to_rows(screen)
+    cfg = TINY.replace(sphering_min_controls=5)
+    with pytest.warns(CpDistillerWarning, match=r"Instead of correcting row with the model, its additive effect "
+                                                r"fitted on the \d+ negative controls is removed from the input"):
+        m = CpDistiller(cfg).fit(tied, effects="row,column")
     assert m.effects == ("column",) and m.train_info["effects_skipped"] == {"row": 1.0}
     assert m.train_info["input_correction"]["effects"] == ["row"] and list(m.technical.levels) == ["row"]
-    # every effect tied: all of them, as "auto"; nothing tied: none
-    locked = _one_plate_map(screen)
+    # the controls of one plate: each row's coefficient would be their own noise, so "auto" leaves the row;
+    # "tied" removes it whatever the plates
+    one_plate = _tied_to_rows(screen.subset(screen.plate == screen.plate[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert list(CpDistiller(cfg).fit(locked, effects="row,column").technical.levels) == ["row", "column"]
-        assert CpDistiller(cfg).fit(screen, effects="row,column").technical is None
+        assert CpDistiller(cfg).fit(one_plate, effects="row,column").technical is None
+        tied_only = CpDistiller(cfg.replace(input_correction="tied")).fit(one_plate, effects="row,column")
+    assert list(tied_only.technical.levels) == ["row"]
 
 
 def test_input_correction_removes_the_controls_additive_effects_and_survives_a_reload(screen, tmp_path):
