@@ -202,8 +202,8 @@ def model_verdict(model: CpDistiller, embedding: Embedding, profiles: Profiles) 
     input (each feature by its mean and sd), so the comparison is not moved by the features' units:
     with the plain PCA, cell_injury's row, left uncorrected, read as falling from 11 % to 6 % of the
     controls' variation. With sphering (itself a correction) the plain PCA is used. Effects the model
-    left out on purpose (``train_info["effects_skipped"]``) say so; effects learnt from the negative
-    controls say that their check is in-sample.
+    left out on purpose (``train_info["effects_skipped"]``) say so, unless the controls' additive model
+    removed them instead; effects learnt from the negative controls say that their check is in-sample.
     """
     from . import baselines
 
@@ -215,8 +215,8 @@ def model_verdict(model: CpDistiller, embedding: Embedding, profiles: Profiles) 
         reference = baselines.uncorrected(profiles.with_features(X.astype(np.float32), list(model.features)))
     learnt = set((model.train_info.get("input_correction") or {}).get("effects") or [])
     learnt |= {e for e, wells in (model.train_info.get("adversary_by_effect") or {}).items() if wells == "negcon"}
-    return did_it_help(embedding, profiles, uncorrected=reference, seed=model.config.seed,
-                       left_out=list(model.train_info.get("effects_skipped") or {}),
+    left_out = [e for e in model.train_info.get("effects_skipped") or {} if e not in learnt]
+    return did_it_help(embedding, profiles, uncorrected=reference, seed=model.config.seed, left_out=left_out,
                        learnt_from_controls=sorted(learnt))
 
 

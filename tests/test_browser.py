@@ -233,11 +233,13 @@ def test_cell_injury_upload_defaults_plate_maps_to_controls(app_url):
         _idle(page)
         page.wait_for_timeout(1000)
         _shot(page, "9_cell_injury_plate_maps")
-        # a short correction: the page says what the fit left out and why (tied rows, the dose column)
+        # a short correction: the page says what the fit left out and why (tied rows, the dose column), and what it did instead
         page.get_by_role("link", name="Correct").first.click()
         expect(page.get_by_role("button", name="Start correction")).to_be_visible(timeout=60_000)
         _run_short_correction(page)
         expect(page.get_by_text("sets 'Compound Concentration (microMolar)'").first).to_be_visible(timeout=60_000)
+        # the tied row is not corrected by the model; the controls' additive row effect is removed instead
+        expect(page.get_by_text("Instead of correcting row with the model").first).to_be_visible()
         _shot(page, "10_cell_injury_correct_notes")
         assert not page.get_by_text("Traceback").count()
         browser.close()

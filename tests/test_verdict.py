@@ -97,7 +97,8 @@ def test_a_run_compares_with_the_uncorrected_profiles_on_the_model_scale(tmp_pat
     X[:, 10:] += 1.5 * (row - row.mean())[:, None] / row.std()  # a row effect in half the features...
     X[:, :10] *= 100.0                                          # ... the other half in much larger units
     tied = Profiles(meta, X, p.features, p.roles, p.source)
-    spec = RunSpec.build({"epochs": 2, "batch_size": 64, "hidden_dim": 32, "latent_dim": 8, "device": "cpu"},
+    spec = RunSpec.build({"epochs": 2, "batch_size": 64, "hidden_dim": 32, "latent_dim": 8, "device": "cpu",
+                          "input_correction": "none"},  # the row left entirely alone
                          "row,column", preprocess=False)
     with Run.create(tmp_path / "run") as run:
         run = run.correct(tied, spec)
@@ -141,6 +142,26 @@ def test_a_fit_that_removes_the_controls_additive_effects_reports_them_as_learnt
     checks = {c.name: c for c in model_verdict(m, m.transform(screen), screen).checks}
     assert "learnt row from these controls" in checks["row"].sentence
     assert "learnt column from these controls" in checks["column"].sentence
+    assert "on purpose" not in checks["row"].sentence
     plain = CpDistiller(cfg.replace(input_correction="none")).fit(screen, effects="row,column")
     checks = {c.name: c for c in model_verdict(plain, plain.transform(screen), screen).checks}
     assert "learnt" not in checks["row"].sentence
+
+
+def test_a_tied_row_the_controls_model_removed_is_not_called_left_alone(screen):
+    from cpdistiller_core import CpDistiller, CpDistillerConfig
+    from cpdistiller_core.verdict import model_verdict
+
+    pert = np.where(screen.meta["Metadata_pert"] == "DMSO", "DMSO", "cpd_" + screen.meta["Metadata_Well"].str[0])
+    tied = Profiles(screen.meta.assign(Metadata_pert=pert), screen.X, screen.features, screen.roles, screen.source)
+    cfg = CpDistillerConfig(epochs=1, batch_size=64, hidden_dim=32, latent_dim=8, device="cpu",
+                            sphering_min_controls=5)
+    with pytest.warns(UserWarning):
+        m = CpDistiller(cfg).fit(tied, effects="row,column")
+    assert m.train_info["effects_skipped"] == {"row": 1.0} and m.train_info["input_correction"]["effects"] == ["row"]
+    row = {c.name: c for c in model_verdict(m, m.transform(tied), tied).checks}["row"]
+    assert "learnt row from these controls" in row.sentence and "on purpose" not in row.sentence
+    # without the controls' model the row is left alone, and the check says so
+    alone = CpDistiller(cfg.replace(input_correction="none")).fit(tied, effects="row,column")
+    row = {c.name: c for c in model_verdict(alone, alone.transform(tied), tied).checks}["row"]
+    assert "on purpose" in row.sentence and "learnt" not in row.sentence
