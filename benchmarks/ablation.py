@@ -265,14 +265,25 @@ def score(emb, reference, truth, pairs, eval_cfg) -> dict:
     return row
 
 
+def engine_hash() -> str:
+    """A hash of the engine's source (``cpdistiller_core/**/*.py``): a cached embedding is only read back
+    by the code that made it (an "auto" setting can change meaning without its value changing)."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "cpdistiller_core").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def config_tag(overrides: dict | None, epochs: int | None) -> str:
-    """A short hash of a cpDistiller row's full settings for its cache file name, so that a variant whose
-    meaning changed (``default`` after a change of defaults) is trained again, not read back."""
+    """A short hash of a cpDistiller row's full settings and the engine's code for its cache file name, so
+    that a variant whose meaning changed (``default`` after a change of defaults) is trained again, not
+    read back."""
     if overrides is None or "_post" in overrides:
         return ""
     settings = CpDistillerConfig(**{k: v for k, v in overrides.items() if not k.startswith("_")}).to_dict()
     extra = {k: v for k, v in overrides.items() if k.startswith("_")}  # e.g. "_effects"
-    text = json.dumps({**settings, **extra, "epochs_override": epochs}, sort_keys=True, default=str)
+    text = json.dumps({**settings, **extra, "epochs_override": epochs, "engine": engine_hash()}, sort_keys=True,
+                      default=str)
     return "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

@@ -200,8 +200,8 @@ class CpDistillerConfig:
                                     "controls from the model input first: negcon_linear (every effect), tied "
                                     "(the effects the layout ties to the treatments) or auto (tied, when the "
                                     "controls sit on 2+ plates)",
-                                    label="Remove the controls' additive effects first", group="departure",
-                                    choices=INPUT_CORRECTIONS, paper="none", auto_default="none")
+                                    label="Remove the controls' additive effects", group="departure",
+                                    choices=INPUT_CORRECTIONS, paper="none", auto_default="tied")
     # What the embedding is (ours; docs/model.md "The input minus the decoder's technical shift"): "latent"
     # (the paper: the posterior mean of z) or "corrected_input" (the model input minus the shift the
     # conditional decoder gives each well's batch/row/column levels, reduced by PCA to ``latent_dim``;

@@ -126,10 +126,11 @@ def test_the_form_names_the_departures_that_are_on_by_default():
     on = departures_on_by_default(CpDistillerConfig)
     # decoder_covariates "auto" is the conditional decoder with the default all-wells adversary;
     # triplet_controls "auto" is then the paper's rule, so it is not listed
-    # output "auto" is the corrected input whenever the decoder is told every corrected effect
+    # output "auto" is the corrected input whenever the decoder is told every corrected effect;
+    # input_correction "auto" is the controls' additive model of the tied effects (controls on 2+ plates)
     assert [s.name for s in on] == ["decoder_covariates", "neighbor_space", "tied_effects", "tied_layout_epochs",
-                                    "output"]
+                                    "input_correction", "output"]
     assert group_title(CpDistillerConfig, "departure").endswith(
         "on by default: Decoder sees, Mine neighbours in, Position tied to treatments, Epochs if positions are tied, "
-        "Embedding from")
+        "Remove the controls' additive effects, Embedding from")
     assert group_title(CpDistillerConfig, "more") == "More settings (paper defaults)"
