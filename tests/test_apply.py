@@ -259,3 +259,24 @@ def test_read_image_features_errors(tmp_path):
     with pytest.raises(CpDistillerError, match="no image-feature files"):
         read_image_features(tmp_path)
 
+
+
+def test_apply_replays_the_controls_additive_model_of_a_tied_row(tmp_path, capsys):
+    """A run whose layout ties the row to the treatments removes the controls' additive row model instead of
+    correcting the row (input_correction "auto"); applied to its own plates it reproduces its embedding,
+    so the saved coefficients are replayed, and the run says what it did."""
+    p = make_demo_screen(seed=3, n_batches=1, plates_per_batch=3, n_features=40, replicates_in_row=True,
+                         n_layouts=1).profiles
+    path = tmp_path / "tied.csv"
+    p.to_frame().to_csv(path, index=False)
+    run_dir = tmp_path / "run"
+    assert main(["correct", str(path), "--out", str(run_dir), "--effects", "row,column", *TINY]) == 0
+    assert "Instead of correcting row with the model" in capsys.readouterr().err
+    run = Run.open(run_dir)
+    model = load_fitted(run_dir / "model")
+    assert model.train_info["effects_skipped"].keys() == {"row"} and list(model.technical.levels) == ["row"]
+    assert any("Instead of correcting row with the model" in n for n in run.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        emb = run.apply(read_csv_profiles(path))
+    np.testing.assert_allclose(emb.X, run.embedding().X, atol=1e-4)
