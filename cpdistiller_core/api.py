@@ -442,10 +442,11 @@ class CpDistiller:
                f"of correcting {' and '.join(chosen)} with the model, "
                f"{'its' if len(chosen) == 1 else 'their'} additive effect fitted on the {n_neg} negative controls "
                "is removed from the input")
+        it = "it" if len(chosen) == 1 else "them"
         warnings.warn(
             f"{where(profiles.source or None)}{'Before' if every else 'Instead'} {how} (the layout ties "
-            f"{'every effect' if every else 'it'} to the treatments; input_correction '{cfg.input_correction}', "
-            "'none' to leave it, docs/model.md).", CpDistillerWarning, stacklevel=3)
+            f"{'every effect' if every else it} to the treatments; input_correction '{cfg.input_correction}', "
+            f"'none' to leave {it}, docs/model.md).", CpDistillerWarning, stacklevel=3)
         return chosen
 
     def _check_input_correction(self, profiles: Profiles) -> None:
