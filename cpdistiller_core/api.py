@@ -427,6 +427,10 @@ class CpDistiller:
         if cfg.input_correction in ("none", "negcon_linear"):
             return tuple(requested) if cfg.input_correction == "negcon_linear" else ()
         if cfg.tied_effects != "skip" or self.adversary_wells != "all":
+            if cfg.input_correction == "tied":
+                warnings.warn(f"{where(profiles.source or None)}input_correction 'tied' acts with tied_effects "
+                              "'skip' and discriminators that learn from all wells only: nothing is removed "
+                              "from the input.", CpDistillerWarning, stacklevel=3)
             return ()
         tied = tied_effects({e: v for e, v in confounding.items() if e in self.effects})
         every = bool(tied) and set(tied) == set(self.effects)

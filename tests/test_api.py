@@ -427,6 +427,10 @@ def test_input_correction_auto_removes_the_controls_effect_of_a_tied_row_the_mod
         assert CpDistiller(cfg).fit(one_plate, effects="row,column").technical is None
         tied_only = CpDistiller(cfg.replace(input_correction="tied")).fit(one_plate, effects="row,column")
     assert list(tied_only.technical.levels) == ["row"]
+    # asked for explicitly where it cannot act, it says so
+    with pytest.warns(CpDistillerWarning, match="input_correction 'tied' acts with tied_effects 'skip'"):
+        m = CpDistiller(cfg.replace(input_correction="tied", tied_effects="correct")).fit(tied, effects="row,column")
+    assert m.technical is None
 
 
 def test_input_correction_removes_the_controls_additive_effects_and_survives_a_reload(screen, tmp_path):
