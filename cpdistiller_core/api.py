@@ -377,14 +377,14 @@ class CpDistiller:
         cfg = self._training_config(confounding)
         if base is None:
             self.features = list(profiles.features)
-            corrected = self._fit_technical(profiles, profiles.X)
+            corrected = self._fit_technical(profiles, profiles.X, requested)
             self.input_transform, X = InputTransform.fit_apply(
                 profiles.X if corrected is None else corrected, profiles.negative_mask, cfg.sphering,
                 cfg.sphering_regularization, src, cfg.sphering_min_controls,
                 overwrite_input=overwrite_input or corrected is not None)
         else:
             X = profiles.subset(features=self.features).X
-            corrected = self._fit_technical(profiles, X)
+            corrected = self._fit_technical(profiles, X, requested)
             X = self.input_transform.apply(X if corrected is None else corrected)
         data = TrainData.from_profiles(profiles, X, self.effects, cfg, adversary_wells=self.adversary,
                                        features=self.features, extractor=extractor, device=self.device,
@@ -462,17 +462,19 @@ class CpDistiller:
                 f"the negative controls and needs 3+ of them (found {n_neg}): set the 'control' role and its "
                 "negative values, or use input_correction 'none'.")
 
-    def _fit_technical(self, profiles: Profiles, X: np.ndarray) -> np.ndarray | None:
+    def _fit_technical(self, profiles: Profiles, X: np.ndarray, requested: Sequence[str]) -> np.ndarray | None:
         """With an input correction (``self.input_correction``: its effects), a copy of the features ``X``
-        minus the additive effects a ridge model fits on the negative controls (the model's input transform
-        is fitted on it); else None."""
+        minus those additive effects (the model's input transform is fitted on it); else None. The ridge
+        model is fitted on the negative controls with every ``requested`` effect, so a tied row's
+        coefficients are not confounded with the columns its controls happen to sit in."""
         self.technical = None
         effects = self.input_correction
         if not effects:
             return None
         from .preprocess import fit_negcon_technical
 
-        self.technical = fit_negcon_technical(X, {e: profiles.labels(e) for e in effects}, profiles.negative_mask)
+        labels = {e: profiles.labels(e) for e in requested}
+        self.technical = fit_negcon_technical(X, labels, profiles.negative_mask).restrict(effects)
         uncovered = {e: k for e, k in self.technical.levels_without_controls.items() if k}
         if uncovered:
             warnings.warn(

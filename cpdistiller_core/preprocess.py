@@ -993,6 +993,24 @@ class NegconTechnicalModel:
             X[s:s + chunk] -= self.effects(slice(s, s + chunk)).astype(X.dtype, copy=False)
         return X
 
+    def restrict(self, effects: Sequence[str]) -> NegconTechnicalModel:
+        """The same fit keeping only ``effects``' coefficients: the others are not removed (their levels
+        were fitted alongside, so the kept coefficients are adjusted for them)."""
+        rows, columns, offset = [], [], 0
+        for j, (effect, known) in enumerate(self.levels.items()):
+            if effect in effects:
+                rows.append(np.arange(offset, offset + len(known)))
+                columns.append(j)
+            offset += len(known)
+        keep = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        remap = np.full(len(self.coef), -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        codes = self.codes[:, columns]
+        codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+        return NegconTechnicalModel(self.coef[keep], codes,
+                                    {e: k for e, k in self.levels_without_controls.items() if e in effects},
+                                    {e: v for e, v in self.levels.items() if e in effects})
+
     def for_wells(self, labels: Mapping[str, np.ndarray]) -> tuple[NegconTechnicalModel, dict[str, int]]:
         """The same coefficients for other wells, given their levels (effect -> one level per well), and
         per effect the number of those wells at a level the controls did not cover (they keep its effect)."""

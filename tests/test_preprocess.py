@@ -396,6 +396,35 @@ def test_already_normalised_profiles_are_recognised_and_raw_ones_are_not():
     assert looks_normalized(shifted) is None
 
 
+def test_a_restricted_negcon_model_removes_one_effect_estimated_alongside_the_others():
+    """The controls of each row sit in a few columns only (one plate map): a row model fitted alone takes
+    up those columns' effects; fitted with the columns and restricted to the row, it does not."""
+    from cpdistiller_core.preprocess import fit_negcon_technical
+
+    rng = np.random.default_rng(1)
+    n_rows, n_cols, d = 8, 12, 4
+    row, col = np.divmod(np.arange(n_rows * n_cols), n_cols)
+    row, col = np.tile(row, 6), np.tile(col, 6)       # six plates of one map
+    row_shift, col_shift = rng.normal(0, 2, (n_rows, d)), rng.normal(0, 2, (n_cols, d))
+    neg = np.zeros(len(row), dtype=bool)
+    neg[(col == 0) | (col == row + 1)] = True   # controls in column 1 and in one more column per row
+    X = row_shift[row] + col_shift[col] + rng.normal(0, 0.05, (len(row), d))
+    labels = {"row": row.astype(str), "column": col.astype(str)}
+    joint = fit_negcon_technical(X, labels, neg, alpha=1e-6)
+    only_row = joint.restrict(["row"])
+    assert list(only_row.levels) == ["row"] and only_row.levels_without_controls == {"row": 0}
+    full = joint.restrict(["row", "column"])
+    np.testing.assert_array_equal(full.effects(), joint.effects())
+    # the restricted model removes the row effect (up to a constant), not the columns'
+    left = X - only_row.effects()
+    by_row = np.array([left[row == r].mean(axis=0) for r in range(n_rows)])
+    assert np.abs(by_row - by_row.mean(axis=0)).max() < 0.1
+    alone = fit_negcon_technical(X, {"row": labels["row"]}, neg, alpha=1e-6)
+    left = X - alone.effects()
+    by_row = np.array([left[row == r].mean(axis=0) for r in range(n_rows)])
+    assert np.abs(by_row - by_row.mean(axis=0)).max() > 0.5   # fitted alone it also moved column effects
+
+
 def test_negcon_technical_effects_recovers_additive_effects_from_the_controls():
     from cpdistiller_core.preprocess import negcon_technical_effects
 
