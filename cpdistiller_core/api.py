@@ -420,8 +420,8 @@ class CpDistiller:
         controls sit on 2+ plates. Both need ``sphering_min_controls`` controls at 2+ levels of each.
 
         Measured (benchmarks/README "Tied effects learnt from the controls' additive model"; three
-        seeds): varchamp_b14 0.536 -> 0.578 (every effect tied), sim/rows_locked 0.863 -> 0.874
-        (retrieval 0.232 -> 0.444), cell_injury 0.534 -> 0.538; on lincs_a549, one plate, each row's
+        seeds): varchamp_b14 0.536 -> 0.578 (every effect tied), sim/rows_locked 0.863 -> 0.868
+        (retrieval 0.232 -> 0.717), cell_injury 0.534 -> 0.536; on lincs_a549, one plate, each row's
         coefficient is its few controls' noise: 0.622 -> 0.612, hence the plates rule."""
         cfg = self.config
         if cfg.input_correction in ("none", "negcon_linear"):
