@@ -422,7 +422,7 @@ class CpDistiller:
         Measured (benchmarks/README "Tied effects learnt from the controls' additive model"; three
         seeds): varchamp_b14 0.536 -> 0.578 (every effect tied), sim/rows_locked 0.863 -> 0.868
         (retrieval 0.232 -> 0.717), cell_injury 0.534 -> 0.536; on lincs_a549, one plate, each row's
-        coefficient is its few controls' noise: 0.622 -> 0.612, hence the plates rule."""
+        coefficient is its few controls' noise: 0.622 -> 0.606, hence the plates rule."""
         cfg = self.config
         if cfg.input_correction in ("none", "negcon_linear"):
             return tuple(requested) if cfg.input_correction == "negcon_linear" else ()
