@@ -97,6 +97,8 @@ def verdict_panel(verdict: Any, link_scorecard: bool = True) -> None:
     st.dataframe(verdict.table(), hide_index=True, width="stretch",
                  column_config={"corrected": st.column_config.NumberColumn(format="%.3f"),
                                 "uncorrected": st.column_config.NumberColumn(format="%.3f")})
+    with st.expander("What each check says"):  # the table cuts long sentences (caveats come last)
+        st.markdown("\n".join(f"- **{c.name}** ({c.status}): {c.sentence}" for c in verdict.checks))
     if link_scorecard:
         st.page_link("pages/6_Retrieval.py", label="Full scorecard (Retrieval page)", icon=":material/leaderboard:")
 

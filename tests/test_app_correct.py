@@ -97,6 +97,9 @@ def test_a_run_goes_through_the_job_runner_and_shows_results(finished):
     verdict = at.dataframe[0].value  # the verdict table comes first, then the history
     assert {"replicates", "neighbours", "controls", "row", "column"} <= set(verdict["check"])
     assert set(verdict["status"]) <= {"good", "warn", "bad"}
+    # every sentence in full, which the table may cut
+    said = " ".join(m.value for e in at.expander if e.label == "What each check says" for m in e.markdown)
+    assert said and all(sentence in said for sentence in verdict["what it means"])
     history = at.dataframe[1].value
     assert run_dir.name in history["run_id"].tolist()
 
