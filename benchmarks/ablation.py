@@ -17,6 +17,7 @@ Rows are appended to ``--out`` as they finish, so a long run can be read (and re
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -265,6 +266,7 @@ def score(emb, reference, truth, pairs, eval_cfg) -> dict:
     return row
 
 
+@functools.cache
 def engine_hash() -> str:
     """A hash of the engine's source (``cpdistiller_core/**/*.py``): a cached embedding is only read back
     by the code that made it (an "auto" setting can change meaning without its value changing)."""

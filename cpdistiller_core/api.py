@@ -480,7 +480,8 @@ class CpDistiller:
             warnings.warn(
                 f"{where(profiles.source or None)}no negative control at "
                 f"{', '.join(f'{k} {e} level' + ('s' if k > 1 else '') for e, k in uncovered.items())}: "
-                "their wells keep that additive effect in the model input (input_correction 'negcon_linear').",
+                f"their wells keep that additive effect in the model input (input_correction "
+                f"'{self.config.input_correction}').",
                 CpDistillerWarning, stacklevel=3)
         return np.asarray(self.technical.corrected(X))
 
