@@ -383,7 +383,8 @@ class Embedding(Profiles):
         """The AnnData ``.obsm`` key of this embedding: ``X_cpdistiller`` for cpDistiller, ``X_<method>``."""
         return "X_" + (re.sub(r"\W+", "_", self.method.lower()).strip("_") or "embedding")
 
-    def to_anndata(self, profiles: Profiles | None = None, key: str | None = None) -> anndata.AnnData:
+    def to_anndata(self, profiles: Profiles | None = None, key: str | None = None,
+                   layers: Mapping[str, Profiles] | None = None) -> anndata.AnnData:
         """An AnnData with the embedding in ``.obsm[key]`` and the metadata in ``.obs``.
 
         Parameters
@@ -393,6 +394,9 @@ class Embedding(Profiles):
             become ``X``/``var``. Without them ``X`` has no columns.
         key : str, optional
             The ``.obsm`` key (default :meth:`obsm_key`, ``"X_cpdistiller"``).
+        layers : mapping of str to Profiles, optional
+            More matrices over the same wells and the same features as ``profiles`` (e.g. the corrected
+            profiles), each into ``.layers[name]``; needs ``profiles``.
 
         Returns
         -------
@@ -414,6 +418,8 @@ class Embedding(Profiles):
             extra["input_features"] = names
         adata = _to_anndata(self, X, names, extra)
         adata.obsm[key] = self.X.copy()
+        for name, layer in (layers or {}).items():
+            adata.layers[name] = _layer_matrix(self, profiles, name, layer)
         return adata
 
     @classmethod
@@ -468,6 +474,17 @@ def _to_anndata(p: Profiles, X: np.ndarray, var_names: Sequence[str], extra: Map
         adata = anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index([str(v) for v in var_names])))
     adata.uns[H5AD_STORE_KEY] = json.dumps({**_store_info(p), **extra}, default=json_default)
     return adata
+
+
+def _layer_matrix(emb: Profiles, profiles: Profiles | None, name: str, layer: Profiles) -> np.ndarray:
+    """``layer``'s matrix for ``.layers[name]``: the wells of ``emb``, the features of ``profiles``."""
+    if profiles is None:
+        raise CpDistillerError(f"layer {name!r} needs the input profiles: its columns are their features.")
+    _check_same_wells(emb, layer)
+    if list(layer.features) != list(profiles.features):
+        raise CpDistillerError(f"layer {name!r} has {len(layer.features)} features, not the {len(profiles.features)} "
+                               "input features in the same order.")
+    return np.asarray(layer.X).copy()
 
 
 def _check_same_wells(emb: Profiles, profiles: Profiles) -> None:

@@ -60,6 +60,7 @@ LOCK_FILE, VERDICT_FILE = ".lock", "verdict.json"
 PREPROCESS_FILE = MODEL_PREPROCESS_FILE
 INPUT_FILE, REFERENCES_DIR, CHECKPOINTS_DIR = "input.parquet", "references", "checkpoints"
 CORRECTED_FILE = "corrected_profiles.parquet"
+CORRECTED_LAYER = "cpdistiller_corrected"  # embedding.h5ad's .layers key for the corrected profiles
 SCORES_FILE = "scores.csv"
 JOB_INPUT_NAME = "input_profiles"           # the dashboard job's copy of the raw profiles (jobs.save_input)
 UNCORRECTED_PCA = "uncorrected (PCA-50)"    # the name Run.spaces gives the 'uncorrected' reference
@@ -790,14 +791,18 @@ class Run:
     def _reference_files(self) -> list[Path]:
         return sorted((self.path / REFERENCES_DIR).glob("*.parquet"))
 
-    def write_h5ad(self) -> Path:
-        """RUN_DIR/embedding.h5ad: metadata in .obs, the model's input features in X, the embedding in
-        .obsm['X_cpdistiller'] (AnnData)."""
+    def write_h5ad(self, path: Path | None = None) -> Path:
+        """The run as one AnnData file (default RUN_DIR/embedding.h5ad): metadata in .obs, the model's input
+        features in X, the embedding in .obsm['X_cpdistiller'] and, when the run has them, the corrected
+        profiles (the input minus each well's technical shift, the same features) in
+        .layers['cpdistiller_corrected']."""
         from .io import write_profiles
         from .platemap import align
 
         before, after = align(self.input(), self.embedding())
-        return write_profiles(after, self.path / "embedding.h5ad", input_profiles=before)
+        corrected = self.corrected_profiles()
+        layers = {CORRECTED_LAYER: align(before, corrected)[1]} if corrected is not None else None
+        return write_profiles(after, path or self.path / "embedding.h5ad", input_profiles=before, layers=layers)
 
     def scores(self) -> Any:
         """The scorecard saved with the run (``metrics.Scorecard``), or None."""

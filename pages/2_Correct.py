@@ -34,9 +34,10 @@ def _gpu() -> tuple[bool, str]:
 @st.cache_data(show_spinner="Preparing the download…", max_entries=16)
 def _export(run_dir: str, fmt: str, stamp: tuple, corrected: bool = False) -> bytes:
     run = Run.open(run_dir)
-    table = run.corrected_profiles() if corrected else run.embedding()
     with tempfile.TemporaryDirectory() as tmp:
-        return ds.export_embedding(table, fmt, Path(tmp))
+        if fmt == "h5ad":  # the whole run: metadata, input features, embedding, corrected profiles
+            return run.write_h5ad(Path(tmp) / "embedding.h5ad").read_bytes()
+        return ds.export_embedding(run.corrected_profiles() if corrected else run.embedding(), fmt, Path(tmp))
 
 
 @st.cache_data(show_spinner="Zipping the model…", max_entries=8)

@@ -19,6 +19,7 @@ import cpdistiller_core as cpd
 from cpdistiller_core.errors import CpDistillerError
 from cpdistiller_core.io import read_profiles_with_report, write_profiles
 from cpdistiller_core.profiles import Embedding
+from cpdistiller_core.runs import Run
 
 FAST = dict(epochs=1, min_steps=0, device="cpu", summary=False)
 
@@ -135,6 +136,18 @@ def test_embedding_h5ad_has_obsm_and_input_features(frame, tmp_path: Path) -> No
     assert isinstance(back, Embedding) and back.method == "cpDistiller" and back.provenance == {"epochs": 3}
     np.testing.assert_array_equal(back.X, Z)
     assert back.features == [f"cpd_{i}" for i in range(50)] and back.roles == p.roles
+    shifted = p.with_features(p.X + 1.0, p.features)
+    layered = anndata.read_h5ad(write_profiles(emb, tmp_path / "layered.h5ad", input_profiles=p,
+                                               layers={"corrected": shifted}))
+    np.testing.assert_array_equal(np.asarray(layered.layers["corrected"]), p.X + 1.0)
+    with pytest.raises(CpDistillerError, match="layer 'corrected' has 2 features"):
+        write_profiles(emb, tmp_path / "bad.h5ad", input_profiles=p,
+                       layers={"corrected": p.subset(features=p.features[:2])})
+    with pytest.raises(CpDistillerError, match="not the wells"):
+        write_profiles(emb, tmp_path / "bad.h5ad", input_profiles=p, layers={"corrected": shifted.subset(np.arange(3))})
+    with pytest.raises(CpDistillerError, match="only be written to an AnnData"):
+        write_profiles(emb, tmp_path / "bad.parquet", input_profiles=p, layers={"corrected": shifted})
+    assert not list(tmp_path.glob("bad*"))
     no_input = anndata.read_h5ad(write_profiles(emb, tmp_path / "bare.h5ad"))
     assert no_input.n_vars == 0 and no_input.obsm["X_cpdistiller"].shape == (p.n_wells, 50)
     bare = cpd.read_profiles(tmp_path / "bare.h5ad")  # e.g. the dashboard's h5ad download
@@ -391,5 +404,12 @@ def test_cli_format_h5ad_writes_the_anndata_layout(frame, tmp_path: Path, capsys
     np.testing.assert_allclose(np.asarray(ad.X), clean.X, rtol=1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(ad.X), frame[clean.features].to_numpy(), atol=1e-2)  # not the raw ones
     assert list(ad.obs.columns) == [c for c in frame.columns if not c.startswith("Cells_")]
+    corrected = cpd.read_profiles(run / "corrected_profiles.parquet")  # the default output: the corrected input
+    assert list(ad.layers) == ["cpdistiller_corrected"] and corrected.features == clean.features
+    np.testing.assert_array_equal(np.asarray(ad.layers["cpdistiller_corrected"]), corrected.X)
+    assert not np.allclose(np.asarray(ad.layers["cpdistiller_corrected"]), np.asarray(ad.X))
+    elsewhere = Run.open(run).write_h5ad(tmp_path / "download.h5ad")  # the dashboard's download
+    np.testing.assert_array_equal(np.asarray(anndata.read_h5ad(elsewhere).layers["cpdistiller_corrected"]),
+                                  corrected.X)
     back = cpd.read_profiles(run / "embedding.h5ad")
     assert isinstance(back, Embedding) and back.roles == emb.roles

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_image_features_argument(p, "train the joint module on them with the CellProfiler features")
     p.add_argument("--format", choices=("parquet", "h5ad"), default="parquet",
                    help="h5ad: also write RUN_DIR/embedding.h5ad (AnnData: metadata in .obs, the preprocessed "
-                        "features in X, the embedding in .obsm['X_cpdistiller']); embedding.parquet is always written")
+                        "features in X, the embedding in .obsm['X_cpdistiller'], the corrected profiles in "
+                        ".layers['cpdistiller_corrected']); embedding.parquet is always written")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_arguments(p, CpDistillerConfig, "model settings (CpDistillerConfig; docs/model.md)")
     p.set_defaults(func=run)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..errors import CpDistillerError
 from ..paths import json_default
 from ..profiles import Embedding, Profiles
 from .common import _STORE_KEY, _STORE_VERSION, SIDECAR_SUFFIX
@@ -125,11 +127,14 @@ def _parquet_schema_metadata(meta: Any, profiles: Profiles, info: dict[str, Any]
 
 
 def _write_h5ad(profiles: Profiles, tmp: Path, path: Path, info: dict[str, Any],
-                input_profiles: Profiles | None = None) -> None:
+                input_profiles: Profiles | None = None, layers: Mapping[str, Profiles] | None = None) -> None:
     """Profiles: X = features. Embedding: the embedding in ``.obsm["X_cpdistiller"]`` (or
-    ``X_<method>``) and X = the input features when ``input_profiles`` are given (see to_anndata)."""
+    ``X_<method>``), X = the input features when ``input_profiles`` are given and ``layers`` in
+    ``.layers`` (see to_anndata)."""
     if isinstance(profiles, Embedding):
-        adata = profiles.to_anndata(input_profiles)
+        adata = profiles.to_anndata(input_profiles, layers=layers)
+    elif layers:
+        raise CpDistillerError(f"{path}: layers are written beside an embedding only.")
     else:
         adata = profiles.to_anndata()
     adata.write_h5ad(tmp)
