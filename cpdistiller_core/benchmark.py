@@ -31,6 +31,10 @@ from .progress import ProgressCallback, no_progress
 log = logging.getLogger("cpdistiller")
 
 CPDISTILLER = "cpDistiller"
+# The ceiling row of a simulated screen: its technical-free truth, preprocessed as the measured profiles
+# and reduced as the uncorrected ones (PCA-50): what a correction that removes every technical effect
+# and invents nothing would give.
+TRUTH = "truth"
 ALL_METHODS: tuple[str, ...] = (CPDISTILLER, *baselines.BASELINES)
 
 
@@ -119,15 +123,19 @@ def run_benchmark(profiles: Profiles, methods: str | Sequence[str] = "all",
                   epochs: int | None = None, truth: Profiles | None = None,
                   pairs: dict[str, pd.DataFrame] | None = None, eval_config: EvaluationConfig | None = None,
                   cpdistiller_config: dict[str, Any] | None = None,
-                  progress: ProgressCallback = no_progress) -> BenchmarkResult:
+                  progress: ProgressCallback = no_progress,
+                  truth_preprocessed: Profiles | None = None) -> BenchmarkResult:
     """Run each method on the same (already preprocessed) profiles and evaluate it.
 
     The uncorrected embedding is scored first (the reference of every Δ and of the mAP scatter);
     neighbour preservation compares each embedding with ``profiles`` themselves. A failing method
-    gets status "failed: …" and no scores.
+    gets status "failed: …" and no scores. ``truth_preprocessed`` (a simulator's technical-free truth,
+    preprocessed as ``profiles``, same wells) adds the ceiling row ``truth``: its PCA-50, scored alike.
     """
     names = parse_methods(methods)
     names = [m for m in names if m == "uncorrected"] + [m for m in names if m != "uncorrected"]
+    if truth_preprocessed is not None:
+        names.insert(1 if names[:1] == ["uncorrected"] else 0, TRUTH)
     cfg = eval_config or EvaluationConfig(seed=seed)
     cards: list[Scorecard] = []
     result = BenchmarkResult(scorecard=Scorecard())
@@ -148,6 +156,8 @@ def run_benchmark(profiles: Profiles, methods: str | Sequence[str] = "all",
                 emb = run_cpdistiller(profiles, effects, seed=seed,
                                       epochs=epochs if epochs is not None else file_epochs,
                                       progress=lambda f, m: sub(0.6 * f, f"{CPDISTILLER}: {m}"), **settings)
+            elif name == TRUTH:
+                emb = baselines.uncorrected(truth_preprocessed, effects, seed=seed)
             else:
                 emb = baselines.run_baseline(name, profiles, effects, seed=seed)
         except (ImportError, NotImplementedError) as exc:

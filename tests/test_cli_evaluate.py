@@ -14,7 +14,7 @@ from cpdistiller_core.metrics import SCORE_COLUMNS
 from cpdistiller_core.profiles import Embedding, Profiles, Roles
 
 
-def screen(n_plates: int = 2, n_perts: int = 20, dim: int = 24, seed: int = 0) -> Profiles:
+def screen(n_plates: int = 2, n_perts: int = 20, dim: int = 24, seed: int = 0, row_effect: float = 0.4) -> Profiles:
     rng = np.random.default_rng(seed)
     rows = []
     for p in range(n_plates):
@@ -33,7 +33,7 @@ def screen(n_plates: int = 2, n_perts: int = 20, dim: int = 24, seed: int = 0) -
     cent = {f"cmp{i}": rng.normal(size=dim) * 2 for i in range(n_perts)}
     cent["DMSO"] = np.zeros(dim)
     X = np.stack([cent[p] for p in meta["Metadata_pert_iname"]]) + rng.normal(size=(len(meta), dim))
-    X += np.outer(meta["Metadata_Well"].str[0].map(ord).to_numpy() - 68.5, rng.normal(size=dim)) * 0.4
+    X += np.outer(meta["Metadata_Well"].str[0].map(ord).to_numpy() - 68.5, rng.normal(size=dim)) * row_effect
     roles = Roles(plate="Metadata_Plate", well="Metadata_Well", batch="Metadata_Batch",
                   perturbation="Metadata_pert_iname", control="Metadata_pert_type", negative_values=("control",),
                   annotation="Metadata_gene")
@@ -100,6 +100,22 @@ def test_benchmark_writes_comparison_and_figures(files, tmp_path, capsys):
     assert list(headline.index)[0] == "uncorrected" and (headline["Δoverall"].loc["uncorrected"] == 0)
     assert "Δkbet[batch]" in headline.columns and "asw[row]" not in headline.columns
     assert "| uncorrected | ok |" in capsys.readouterr().out
+
+
+def test_benchmark_with_a_truth_scores_the_truth_as_the_ceiling_row(files, tmp_path):
+    truth = write_profiles(screen(row_effect=0.0), tmp_path / "clean.parquet")  # the same screen, no row effect
+    out = tmp_path / "bench_truth"
+    common = ["--truth", str(truth), "--null-size", "200", "--no-normalize", "--correct", "batch,row", "--no-figures"]
+    assert main(["benchmark", str(files["csv"]), "--methods", "uncorrected,negcon_linear", "--out", str(out),
+                 *common]) == 0
+    table = pd.read_csv(out / "comparison.csv", index_col=0)
+    assert list(table.index) == ["uncorrected", "truth", "negcon_linear"] and (table["status"] == "ok").all()
+    # no row effect among its controls (1 = none), and its neighbours are the truth's own
+    assert table.loc["truth", "variance[row]"] > 0.95 > table.loc["uncorrected", "variance[row]"]
+    assert table.loc["truth", "knn_overlap[truth]"] > table.loc["uncorrected", "knn_overlap[truth]"] + 0.1
+    assert main(["benchmark", str(files["csv"]), "--methods", "uncorrected", "--out", str(tmp_path / "no_row"),
+                 "--no-truth-row", *common]) == 0
+    assert list(pd.read_csv(tmp_path / "no_row" / "comparison.csv", index_col=0).index) == ["uncorrected"]
 
 
 def test_benchmark_keeps_failed_methods_in_the_table(tmp_path, files):

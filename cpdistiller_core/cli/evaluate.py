@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="skip MAD normalisation (data already normalised) but still select features and scale")
     bm.add_argument("--demo-seed", type=int, default=0, help="seed of the demo screen (DATA = demo)")
     bm.add_argument("--no-figures", action="store_true", help="skip the HTML figures")
+    bm.add_argument("--no-truth-row", action="store_true",
+                    help="with a ground truth (--truth, or DATA = demo): leave out the 'truth' row, the truth's "
+                         "PCA preprocessed as the profiles (what removing every technical effect would score)")
     _eval_options(bm)
     add_input_arguments(bm, positional=False)
     bm.set_defaults(func=_benchmark)
@@ -300,16 +304,23 @@ def _benchmark(args: argparse.Namespace) -> int:
     effects = _split(args.correct) or ()
     overrides = _config_overrides(args.config)
     profiles, truth, desc = _load_benchmark_data(args)
+    comparable = truth is not None and set(profiles.features) <= set(truth.features)
+    truth_preprocessed = truth.subset(features=profiles.features) if comparable else None
     if not args.no_preprocess:
         from ..preprocess import PreprocessConfig, preprocess
 
         cfg = PreprocessConfig(normalize=None) if args.no_normalize else PreprocessConfig()
         with TerminalProgress("preprocess") as bar:
             profiles, report = preprocess(profiles, cfg, progress=bar)
+        if comparable:  # the same per-plate normalisation, kept features and z-score
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # its warnings are the measured profiles' own
+                truth_preprocessed = report.apply(truth)
     with TerminalProgress("benchmark") as bar:
         result = run_benchmark(profiles, methods, effects, seed=args.seed, epochs=args.epochs, truth=truth,
                                pairs=_pairs(args, profiles), eval_config=_eval_config(args),
-                               cpdistiller_config=overrides, progress=bar)
+                               cpdistiller_config=overrides, progress=bar,
+                               truth_preprocessed=None if args.no_truth_row else truth_preprocessed)
     result.info["data"] = desc
     result.info["cpdistiller_config"] = overrides
     try:
