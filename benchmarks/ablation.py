@@ -220,6 +220,11 @@ SIM_GRID: dict[str, dict] = {
 SIM_BASE = {"seed": 1, "n_batches": 3, "plates_per_batch": 2}  # 2,304 wells: the grid stays affordable on 2 cores
 
 
+# data set -> its technical-free truth preprocessed exactly as the measured profiles (the same per-plate
+# normalisation, kept features and z-score): the PCA of it is what a perfect correction would give.
+ORACLE: dict = {}
+
+
 def load(name: str, args: argparse.Namespace, demo: dict | None = None):
     """(preprocessed profiles, truth or None, pairs dict, eval config) for one data set."""
     if name.startswith("sim"):
@@ -245,7 +250,9 @@ def load(name: str, args: argparse.Namespace, demo: dict | None = None):
     cfg = PreprocessConfig(normalize=None) if ns.no_normalize else PreprocessConfig()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        profiles, _ = preprocess(profiles, cfg)
+        profiles, report = preprocess(profiles, cfg)
+        if truth is not None:
+            ORACLE[name] = report.apply(truth)
     ns.treatment_technical = True
     return profiles, truth, _pairs(ns, profiles), _eval_config(ns)
 
@@ -320,6 +327,10 @@ def embedding(name: str, method: str, seed: int, overrides: dict | None, profile
             epochs = settings.pop("epochs", args.epochs)  # a variant's own epochs win over --epochs
             effects = settings.pop("_effects", ("batch", "row", "column"))
             emb = run_cpdistiller(profiles, effects, seed=seed, epochs=epochs, **settings)
+        elif method == "truth":  # the ceiling: no technical effect at all, the same preprocessing and PCA
+            emb = baselines.uncorrected(ORACLE[name])
+        elif method == "truth+sphering":  # ... then sphered on its negative controls: what whitening alone adds
+            emb = baselines.sphering(ORACLE[name])
         elif method == "harmony":
             emb = baselines.harmony(profiles)
         elif method == "negcon_linear":
@@ -369,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--harmony", action="store_true", help="also score Harmony (batch, row, column)")
     ap.add_argument("--negcon-linear", action="store_true",
                     help="also score negcon_linear (the controls' additive batch/row/column effects removed)")
+    ap.add_argument("--truth", action="store_true",
+                    help="also score the simulator's technical-free truth, preprocessed as the measured "
+                         "profiles (the ceiling a correction that invents nothing can reach)")
     ap.add_argument("--null-size", type=int, default=2000)
     ap.add_argument("--sim", default="{}", help="JSON of make_demo_screen arguments for data set 'sim'")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablation.csv")
@@ -392,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = baselines.uncorrected(profiles)
         jobs = [("uncorrected", 0, None), ("sphering", 0, None)] + ([("harmony", 0, None)] if args.harmony else [])
         jobs += [("negcon_linear", 0, None)] if args.negcon_linear else []
+        jobs += [("truth", 0, None), ("truth+sphering", 0, None)] if args.truth and name in ORACLE else []
         jobs += [(f"cpDistiller[{v}]", s, VARIANTS[v]) for v in variants for s in seeds]
         for method, seed, overrides in jobs:
             if (name, method, seed) in have:
