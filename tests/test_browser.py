@@ -115,6 +115,20 @@ def _run_short_correction(page) -> None:
     _idle(page)
 
 
+def _check_h5ad_download(page) -> None:
+    """The h5ad download is the whole run: input features in X, the embedding, the corrected profiles."""
+    import anndata
+
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_role("button", name="Embedding (h5ad)").click()
+    path = ARTIFACTS / "download.h5ad"
+    info.value.save_as(path)
+    adata = anndata.read_h5ad(path)
+    assert adata.n_obs == 4608 and adata.obsm["X_cpdistiller"].shape == (4608, 50)
+    assert adata.layers["cpdistiller_corrected"].shape == adata.X.shape and adata.n_vars > 0
+    path.unlink()
+
+
 def test_demo_flow_in_chromium(app_url):
     from playwright.sync_api import expect, sync_playwright
 
@@ -148,6 +162,7 @@ def test_demo_flow_in_chromium(app_url):
         assert page.get_by_role("button", name="Embedding (parquet)").is_visible()
         # the default embedding is the corrected input: its feature-space profiles are offered too
         assert page.get_by_role("button", name="Corrected profiles (csv)").is_visible()
+        _check_h5ad_download(page)
         page.get_by_role("button", name="Compute").click()  # reference methods (uncorrected PCA, Harmony)
         expect(page.get_by_text("Available: harmony, uncorrected.")).to_be_visible(timeout=120_000)
         _idle(page)
