@@ -204,10 +204,13 @@ def comparison_markdown(result: BenchmarkResult, digits: int = 3) -> str:
     status = pd.DataFrame({"status": [result.status[m] for m in result.methods],
                            "runtime_s": [result.scorecard.runtimes.get(m, np.nan) for m in result.methods]},
                           index=pd.Index(result.methods, name="method"))
+    truth = (" `truth` is the simulator's technical-free truth preprocessed as the profiles: what removing "
+             "every technical effect would score; a method above it on a measure scores more than perfect "
+             "correction there." if TRUTH in result.status else "")
     return ("Headline scores (higher is better); in brackets the difference to uncorrected. technical / "
             "biological / overall follow Arevalo et al. 2024 (overall = 0.4·technical + 0.6·biological); "
             "position is the Cell Painting position score. Every metric: comparison.csv; definitions: "
-            "docs/metrics.md.\n\n" + head + "\n\n" + to_markdown(status, digits))
+            "docs/metrics.md." + truth + "\n\n" + head + "\n\n" + to_markdown(status, digits))
 
 
 def write_benchmark(result: BenchmarkResult, out_dir: str | Path, figures: bool = True) -> dict[str, Path]:

@@ -110,6 +110,7 @@ def test_benchmark_with_a_truth_scores_the_truth_as_the_ceiling_row(files, tmp_p
                  *common]) == 0
     table = pd.read_csv(out / "comparison.csv", index_col=0)
     assert list(table.index) == ["uncorrected", "truth", "negcon_linear"] and (table["status"] == "ok").all()
+    assert "`truth` is the simulator's technical-free truth" in (out / "comparison.md").read_text()
     # no row effect among its controls (1 = none), and its neighbours are the truth's own
     assert table.loc["truth", "variance[row]"] > 0.95 > table.loc["uncorrected", "variance[row]"]
     assert table.loc["truth", "knn_overlap[truth]"] > table.loc["uncorrected", "knn_overlap[truth]"] + 0.1
