@@ -6,7 +6,7 @@
 The preprocessing divides each plate by its negative controls' spread (MAD). Where position effects are
 strong, that spread is mostly position, and it differs from plate to plate with where the controls sit;
 the additive correction cannot undo a per-plate scale. This fits the defaults (seed 0), takes the
-corrected profiles (``CpDistiller.corrected_features``), scales each plate's features so that its
+corrected profiles (``CpDistiller.transform_with_corrected_features``), scales each plate's features so that its
 corrected controls have the median spread of all plates (centred on their median), and scores the PCA of
 the result beside the defaults' own embedding (``ablation.score``: the field scorecard and the
 retrieval and truth measures). One seed: a probe, not a default.
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             profiles, truth, pairs, cfg = ablation.load(name, ns)
             reference = baselines.uncorrected(profiles)
             model = CpDistiller(CpDistillerConfig(seed=0)).fit(profiles, effects=("batch", "row", "column"))
-            corrected = model.corrected_features(profiles)
-            for variant, emb in (("defaults", model.transform(profiles)),
+            embedding, corrected = model.transform_with_corrected_features(profiles)
+            for variant, emb in (("defaults", embedding),
                                  ("defaults, renormalised", baselines.uncorrected(renormalise(corrected)))):
                 rows.append({"data": name, "variant": variant, "seed": 0,
                              **ablation.score(emb, reference, truth, pairs, cfg)})

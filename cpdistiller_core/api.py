@@ -888,16 +888,7 @@ class CpDistiller:
         ``input_correction`` the controls' additive effects are removed as well. Only for a model whose
         embedding is the corrected input (``output`` "auto" or "corrected_input").
         """
-        module = self._require_fitted()
-        if self.projection is None:
-            raise CpDistillerError("this model's embedding is its latent space (output 'latent'), which has no "
-                                   "feature-space counterpart: fit with output 'corrected_input' (or 'auto').")
-        sub, blocks = self._input_blocks(profiles, extractor, batch_size)
-        out = np.empty((sub.n_wells, len(self.features)), dtype=np.float32)
-        for part, x, e, levels in blocks:
-            y = self.projection.corrected(module, x, e, levels)[:, :len(self.features)]
-            out[part] = self.input_transform.invert(y.cpu().numpy())
-        return sub.with_features(out, self.features)
+        return self.transform_with_corrected_features(profiles, extractor, batch_size)[1]
 
     def fit_transform(self, profiles: Profiles, effects: str | Sequence[str] = ("row", "column"),
                       **kw: Any) -> Embedding:
